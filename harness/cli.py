@@ -1,0 +1,124 @@
+"""The ``claims`` command: run, validate, list claims, print the schema.
+
+Exit codes: 0 every verdict matched its expectation (or, for ``validate``, every file is
+valid); 1 some claim did not come out as expected; 2 invalid claim files or usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from harness.errors import SpecError
+
+DEFAULT_PATHS = ["claims"]
+EXIT_OK, EXIT_MISMATCH, EXIT_INVALID = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        print(f"{len(exc.issues)} problem(s) in claim files", file=sys.stderr)
+        return EXIT_INVALID
+    except FileNotFoundError as exc:
+        print(f"claims: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="claims", description="Measure the claims of interpretability course material against model weights.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run claims, write results.json and report.md")
+    run.add_argument("paths", nargs="*", default=DEFAULT_PATHS)
+    run.add_argument("--out", default="claims-out", help="output folder (default: claims-out)")
+    run.add_argument("-k", dest="select", default=None, help="only claims whose id contains this text")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_run)
+    validate = commands.add_parser("validate", help="check claim files without running anything")
+    validate.add_argument("paths", nargs="*", default=DEFAULT_PATHS)
+    validate.set_defaults(handler=_validate)
+    listing = commands.add_parser("list", help="list claims with their models and metrics")
+    listing.add_argument("paths", nargs="*", default=DEFAULT_PATHS)
+    listing.set_defaults(handler=_list)
+    schema = commands.add_parser("schema", help="print the JSON Schema of claim files")
+    schema.set_defaults(handler=_schema)
+    return parser
+
+
+def _load(paths: list[str]):
+    from harness.loader import find_claim_files, load_claim_files
+
+    return load_claim_files(find_claim_files(paths))
+
+
+def _validate(args: argparse.Namespace) -> int:
+    files = _load(args.paths)
+    count = sum(len(f.spec.claims) for f in files)
+    print(f"{len(files)} file(s), {count} claim(s): valid")
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    files = _load(args.paths)
+    for loaded in files:
+        print(f"{loaded.path}  [{loaded.spec.source.course}{' ' + loaded.spec.source.chapter if loaded.spec.source.chapter else ''}]")
+        for claim in loaded.spec.claims:
+            tag = "" if claim.expected_verdict == "supported" else f"  (expected {claim.expected_verdict})"
+            print(f"  {claim.id:<48} {loaded.model_of(claim):<24} {claim.metric}{tag}")
+        for conceptual in loaded.spec.conceptual:
+            print(f"  {conceptual.id:<48} {'(conceptual)':<24} not measurable: {conceptual.reason}")
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from harness.spec import claim_file_json_schema
+
+    print(json.dumps(claim_file_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness.output import write_outputs
+    from harness.runner import run_claim
+    from harness.session import Session
+    from harness.verdicts import Verdict, format_value
+
+    files = _load(args.paths)
+    work = [(f, c) for f in files for c in f.spec.claims if args.select is None or args.select in c.id]
+    session = Session()
+    results = []
+    for loaded, claim in _progress(work, disable=args.no_progress):
+        results.append(run_claim(loaded, claim, session))
+    _print_table(results, format_value)
+    record = write_outputs(Path(args.out), results, {f.path: f.sha256 for f in files}, session)
+    summary = record["summary"]
+    print(f"\n{summary['matched']} as expected, {summary['mismatched']} not as expected, {summary['skipped']} skipped; wrote {args.out}/results.json and {args.out}/report.md")
+    return EXIT_OK if summary["mismatched"] == 0 else EXIT_MISMATCH
+
+
+def _progress(items: list, *, disable: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return items
+    return tqdm(items, desc="claims", unit="claim", disable=disable or not sys.stderr.isatty(), leave=False)
+
+
+def _print_table(results: list, format_value) -> None:
+    width = max((len(r.claim.id) for r in results), default=10)
+    print(f"{'claim':<{width}}  {'verdict':<12} {'expected':<12} measured")
+    for result in results:
+        measured = format_value(result.measurement) if result.measurement is not None else (result.reason or "")
+        flag = "" if result.passed or result.verdict.value == "skipped" else "  <-- NOT AS EXPECTED"
+        print(f"{result.claim.id:<{width}}  {result.verdict.value:<12} {result.claim.expected_verdict:<12} {measured[:80]}{flag}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""What a metric function receives: the model, the inputs, and shared forward passes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from harness.model_api import Forward, ModelHandle
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fixtures.inputs import InputBatch
+    from harness.session import Session
+
+
+@dataclass(frozen=True)
+class MetricContext:
+    """A metric's view of one claim: ``model``, ``inputs`` (if the claim gives any), ``session``."""
+
+    model: ModelHandle
+    inputs: "InputBatch | None"
+    session: "Session"
+
+    def forward(self) -> Forward:
+        """The cached forward pass of ``model`` on ``inputs`` (shared across claims)."""
+        if self.inputs is None:
+            raise ValueError("this metric runs the model, but the claim gives no 'inputs'")
+        return self.session.forward(self.model, self.inputs)
+
+    def require_inputs(self) -> "InputBatch":
+        if self.inputs is None:
+            raise ValueError("this metric needs 'inputs'")
+        return self.inputs

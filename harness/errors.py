@@ -1,0 +1,51 @@
+"""Errors that name where in which file the problem is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    """A 1-based position in a text file."""
+
+    path: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    """One problem in a claim file: where, which key, and the rule it breaks."""
+
+    location: Location
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f" [{self.key}]" if self.key else ""
+        return f"{self.location}:{where} {self.message}"
+
+
+class SpecError(Exception):
+    """A claim file (or several) is invalid; ``issues`` lists every problem found.
+
+    The message is one line per issue, ``file:line:column: [key] rule``, so editors and
+    terminals can jump to it.
+    """
+
+    def __init__(self, issues: list[SpecIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+class ModelUnavailable(Exception):
+    """The weights of a model cannot be had here; ``reason`` says which and how to supply them."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        self.model = model
+        self.reason = reason
+        super().__init__(f"model {model!r} unavailable: {reason}")

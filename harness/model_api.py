@@ -1,0 +1,176 @@
+"""The model layer: the one place metrics meet TransformerLens.
+
+Metrics see a :class:`ModelHandle`, never a ``HookedTransformer``: weights with their shapes,
+a cached forward pass, hooks by (kind, layer). A later TransformerLens 4.x bridge backend
+replaces this module, not the metrics. ``transformer_lens`` is imported lazily (it costs
+8-12 s), so validating and listing claims stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformer_lens import HookedTransformer
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions a spec can be checked against without loading weights."""
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    n_ctx: int
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Everything that makes two loaded models the same model.
+
+    Two handles with equal identities give equal measurements; cache keys use ``key``.
+    """
+
+    name: str
+    source: str
+    weights_sha256: str | None
+    config_sha256: str | None
+    processing: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    @property
+    def key(self) -> str:
+        """A string that differs whenever any part of the identity differs."""
+        flags = ",".join(f"{k}={self.processing[k]}" for k in sorted(self.processing))
+        return f"{self.name}|{self.source}|{self.weights_sha256}|{self.config_sha256}|{flags}|{self.dtype}|{self.device}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "weights_sha256": self.weights_sha256,
+            "config_sha256": self.config_sha256,
+            "processing": dict(self.processing),
+            "dtype": self.dtype,
+            "device": self.device,
+        }
+
+
+Hook = Callable[[Tensor, Any], Tensor | None]
+
+
+class Activations:
+    """Cached activations of one forward pass, read by (kind, layer).
+
+    ``kind`` is a TransformerLens short name: ``"pattern"`` [batch, head, query, key],
+    ``"z"`` [batch, pos, head, d_head], ``"v"``, ``"q"``, ``"k"``, ``"resid_pre"`` [batch, pos, d_model],
+    ``"attn_out"``, ``"embed"``, ``"pos_embed"``.
+    """
+
+    def __init__(self, cache: Any) -> None:
+        self._cache = cache
+
+    def __getitem__(self, key: tuple[str, int] | str) -> Tensor:
+        return self._cache[key]
+
+    def __contains__(self, key: tuple[str, int] | str) -> bool:
+        try:
+            self._cache[key]
+        except KeyError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Logits [batch, pos, d_vocab] and activations of one forward pass."""
+
+    logits: Tensor
+    activations: Activations
+
+
+class ModelHandle:
+    """A loaded model as metrics see it."""
+
+    def __init__(self, hooked: "HookedTransformer", identity: ModelIdentity, *, bos_token_id: int | None) -> None:
+        self._hooked = hooked
+        self.identity = identity
+        self.bos_token_id = bos_token_id
+        cfg = hooked.cfg
+        self.shape = ModelShape(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab, cfg.n_ctx)
+        self.positional_embedding_type: str = cfg.positional_embedding_type
+        self.attn_only: bool = bool(cfg.attn_only)
+
+    # --- weights -----------------------------------------------------------------------
+    @property
+    def W_E(self) -> Tensor:
+        """Token embedding [d_vocab, d_model]."""
+        return self._hooked.W_E.detach()
+
+    @property
+    def W_pos(self) -> Tensor:
+        """Positional embedding [n_ctx, d_model] (absent for rotary models)."""
+        return self._hooked.W_pos.detach()
+
+    @property
+    def W_U(self) -> Tensor:
+        """Unembedding [d_model, d_vocab]."""
+        return self._hooked.W_U.detach()
+
+    @property
+    def W_Q(self) -> Tensor:
+        """Query weights [n_layers, n_heads, d_model, d_head]."""
+        return self._hooked.W_Q.detach()
+
+    @property
+    def W_K(self) -> Tensor:
+        """Key weights [n_layers, n_heads, d_model, d_head] (key/value groups expanded)."""
+        return self._hooked.W_K.detach()
+
+    @property
+    def W_V(self) -> Tensor:
+        """Value weights [n_layers, n_heads, d_model, d_head] (key/value groups expanded)."""
+        return self._hooked.W_V.detach()
+
+    @property
+    def W_O(self) -> Tensor:
+        """Output weights [n_layers, n_heads, d_head, d_model]."""
+        return self._hooked.W_O.detach()
+
+    # --- running -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def run_with_cache(self, tokens: Tensor) -> Forward:
+        """One forward pass on ``tokens`` [batch, pos], caching every activation."""
+        logits, cache = self._hooked.run_with_cache(tokens)
+        return Forward(logits, Activations(cache))
+
+    @torch.inference_mode()
+    def run_with_hooks(self, tokens: Tensor, hooks: list[tuple[str, Hook]]) -> Tensor:
+        """Logits [batch, pos, d_vocab] of a forward pass with ``hooks`` (name, function) attached."""
+        return self._hooked.run_with_hooks(tokens, fwd_hooks=hooks)
+
+    def hook_name(self, kind: str, layer: int | None = None) -> str:
+        """The hook point name of activation ``kind`` in ``layer`` (e.g. ``("z", 1)``)."""
+        from transformer_lens import utils
+
+        return utils.get_act_name(kind, layer)
+
+    def to_tokens(self, text: str | list[str], *, prepend_bos: bool = True) -> Tensor:
+        """Token ids [batch, pos] for ``text`` with the model's tokenizer."""
+        if self._hooked.tokenizer is None:
+            raise ValueError(f"model {self.identity.name!r} has no tokenizer: give token ids instead of text")
+        return self._hooked.to_tokens(text, prepend_bos=prepend_bos)
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self._hooked.tokenizer is not None
+
+    def to_str_tokens(self, tokens: Tensor) -> list[str]:
+        return self._hooked.to_str_tokens(tokens)

@@ -1,0 +1,32 @@
+"""Writing a run's outputs: ``results.json`` (the record) and ``report.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.record import build_record, to_json, write_atomic
+from harness.runner import ClaimResult
+from harness.session import Session
+
+
+def model_summaries(session: Session) -> dict[str, dict]:
+    """Identity and load time of each model the run touched (or why it was unavailable)."""
+    summaries: dict[str, dict] = {}
+    for name, loaded in session.models.items():
+        entry = {"load_seconds": round(session.load_seconds.get(name, 0.0), 3)}
+        if isinstance(loaded, Exception):
+            entry["unavailable"] = str(loaded)
+        else:
+            entry.update(loaded.identity.as_dict())
+        summaries[name] = entry
+    return summaries
+
+
+def write_outputs(out: Path, results: list[ClaimResult], spec_files: dict[str, str], session: Session) -> dict:
+    """Write ``results.json`` then ``report.md`` into ``out`` (each atomically); return the record."""
+    from reports.markdown import render_report
+
+    record = build_record(results, spec_files, model_summaries(session))
+    write_atomic(out / "results.json", to_json(record))
+    write_atomic(out / "report.md", render_report(record))
+    return record

@@ -1,0 +1,153 @@
+"""The JSON record of a run: one entry per claim, plus the run's provenance.
+
+Schema (``schema_version`` 1; documented in ``docs/record.md``)::
+
+    {"schema_version": 1, "tool": "interp-claims", "created": ISO-8601,
+     "provenance": {git_commit, git_dirty, python, packages{torch, transformer_lens, numpy, ...},
+                    platform, device, dtype, torch_threads, spec_files{path: sha256}},
+     "models": {name: {identity..., load_seconds}},
+     "summary": {verdict: count, "matched": n, "mismatched": n, "skipped": n},
+     "claims": [{id, file, statement, source, model, metric, params, inputs, select, value,
+                 uncertainty, unit, details, expect, reference, verdict, expected_verdict,
+                 matched, reason, duration_s, rerun}]}
+
+Files are written atomically (temporary file in the same folder, fsync, ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from harness.runner import ClaimResult
+from harness.verdicts import Verdict
+
+SCHEMA_VERSION = 1
+PACKAGES = ("interp-claims", "torch", "transformer-lens", "numpy", "transformers", "pydantic", "pyyaml", "pytest")
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def to_json(data: Any) -> str:
+    """JSON text; NaN and infinity become strings so the file stays valid JSON."""
+    return json.dumps(_finite(data), indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {str(k): _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    if hasattr(data, "item") and callable(data.item):  # numpy / torch scalars
+        return _finite(data.item())
+    return data
+
+
+def provenance(spec_files: dict[str, str]) -> dict[str, Any]:
+    """Where and with what this run measured: git, versions, device, dtype, threads, spec hashes."""
+    import torch
+
+    commit, dirty = _git_state()
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": sys.version.split()[0],
+        "packages": {name: _version(name) for name in PACKAGES},
+        "platform": platform.platform(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "dtype": "float32",
+        "torch_threads": torch.get_num_threads(),
+        "spec_files": dict(sorted(spec_files.items())),
+    }
+
+
+def claim_entry(result: ClaimResult) -> dict[str, Any]:
+    """One claim's record."""
+    claim = result.claim
+    measurement = result.measurement
+    reference = result.reference
+    return {
+        "id": claim.id,
+        "file": result.file,
+        "statement": claim.statement,
+        "source": claim.source.model_dump() if claim.source else None,
+        "model": result.model,
+        "metric": claim.metric,
+        "params": claim.params,
+        "inputs": claim.inputs,
+        "select": claim.select,
+        "value": measurement.value if measurement else None,
+        "uncertainty": measurement.uncertainty if measurement else None,
+        "unit": measurement.unit if measurement else None,
+        "details": measurement.details if measurement else {},
+        "expect": claim.expect.model_dump(by_alias=True, exclude_none=True),
+        "expectation": claim.expect.describe(),
+        "reference": None if reference is None else {"value": reference.value, "uncertainty": reference.uncertainty},
+        "verdict": result.verdict.value,
+        "expected_verdict": claim.expected_verdict,
+        "matched": result.passed,
+        "reason": result.reason,
+        "duration_s": round(result.duration_s, 4),
+        "notes": claim.notes,
+        "rerun": f"pytest '{result.node_id}'",
+    }
+
+
+def build_record(results: Iterable[ClaimResult], spec_files: dict[str, str], models: dict[str, Any]) -> dict[str, Any]:
+    """The whole run's record."""
+    results = list(results)
+    summary: dict[str, int] = {verdict.value: 0 for verdict in Verdict}
+    for result in results:
+        summary[result.verdict.value] += 1
+    summary["matched"] = sum(r.passed for r in results)
+    summary["mismatched"] = sum(not r.passed and r.verdict is not Verdict.SKIPPED for r in results)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "interp-claims",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": provenance(spec_files),
+        "models": models,
+        "summary": summary,
+        "claims": [claim_entry(result) for result in results],
+    }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_state() -> tuple[str | None, bool | None]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5, check=True).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None

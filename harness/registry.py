@@ -1,0 +1,122 @@
+"""The metric registry: a metric is one function plus ``@metric(...)``.
+
+A metric function takes a :class:`~harness.context.MetricContext` and keyword-only parameters,
+each annotated with its type (use ``typing.Annotated`` with ``pydantic.Field`` for ranges) and
+given a default unless required::
+
+    @metric("attention.prev_token", needs_inputs=True)
+    def prev_token(ctx: MetricContext, *, threshold: Annotated[float, Field(ge=0, le=1)] = 0.4) -> Measurement:
+        \"\"\"Mean attention to the previous token, per head.\"\"\"
+
+The registry turns the signature into a strict pydantic model (unknown parameters are errors),
+so specs are validated at load time and the JSON Schema lists every metric's parameters.
+Parameters typed :data:`~harness.heads.HeadName` (or lists of them) are checked against the
+model's shape.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, create_model
+
+from harness.heads import HeadName
+from harness.measurement import Measurement
+
+MetricFunction = Callable[..., Measurement]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A registered metric."""
+
+    name: str
+    function: MetricFunction
+    params_model: type[BaseModel]
+    needs_inputs: bool
+    head_params: tuple[str, ...]
+    description: str
+
+    def validate_params(self, params: dict[str, Any]) -> BaseModel:
+        """Validate ``params`` (raises ``pydantic.ValidationError``)."""
+        return self.params_model.model_validate(params)
+
+
+_METRICS: dict[str, MetricInfo] = {}
+_LOADED = False
+
+
+def metric(name: str, *, needs_inputs: bool = False) -> Callable[[MetricFunction], MetricFunction]:
+    """Register ``function`` under ``name``; ``needs_inputs`` says the claim must give ``inputs``."""
+
+    def register(function: MetricFunction) -> MetricFunction:
+        if name in _METRICS and _METRICS[name].function is not function:
+            raise ValueError(f"metric {name!r} is registered twice")
+        params_model, head_params = _params_model(name, function)
+        doc = inspect.getdoc(function) or ""
+        _METRICS[name] = MetricInfo(
+            name=name,
+            function=function,
+            params_model=params_model,
+            needs_inputs=needs_inputs,
+            head_params=head_params,
+            description=doc.split("\n\n")[0].replace("\n", " "),
+        )
+        return function
+
+    return register
+
+
+def get_metric(name: str) -> MetricInfo:
+    """The metric registered as ``name`` (``KeyError`` if none)."""
+    load_builtin_metrics()
+    return _METRICS[name]
+
+
+def metric_names() -> list[str]:
+    """Every registered metric name, sorted."""
+    load_builtin_metrics()
+    return sorted(_METRICS)
+
+
+def load_builtin_metrics() -> None:
+    """Import every module of ``harness.metrics`` once, so their ``@metric`` calls run."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import harness.metrics as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def _params_model(name: str, function: MetricFunction) -> tuple[type[BaseModel], tuple[str, ...]]:
+    """Build the strict parameter model from ``function``'s keyword-only parameters."""
+    hints = typing.get_type_hints(function, include_extras=True)
+    fields: dict[str, Any] = {}
+    head_params: list[str] = []
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        annotation = hints.get(parameter.name, Any)
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        fields[parameter.name] = (annotation, default)
+        if _mentions_head(annotation):
+            head_params.append(parameter.name)
+    model_name = "Params_" + name.replace(".", "_")
+    model = create_model(model_name, __config__=ConfigDict(extra="forbid", frozen=True), **fields)
+    return model, tuple(head_params)
+
+
+def _mentions_head(annotation: Any) -> bool:
+    """True if ``annotation`` is ``HeadName`` or contains it (``list[HeadName] | None``...)."""
+    if annotation == HeadName:
+        return True
+    return any(_mentions_head(arg) for arg in typing.get_args(annotation))

@@ -1,0 +1,101 @@
+"""Run one claim: resolve model and inputs, measure, compare, give a verdict."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.context import MetricContext
+from harness.errors import ModelUnavailable
+from harness.loader import LoadedFile
+from harness.measurement import Measurement, non_finite_reason
+from harness.registry import get_metric
+from harness.session import Session
+from harness.spec import Claim, Reference
+from harness.verdicts import ComparisonError, Verdict, judge
+
+
+@dataclass
+class ClaimResult:
+    """Everything the reports and the JSON record say about one claim."""
+
+    file: str
+    claim: Claim
+    model: str
+    verdict: Verdict
+    measurement: Measurement | None = None
+    reference: Measurement | None = None
+    reason: str | None = None
+    duration_s: float = 0.0
+    model_identity: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """The verdict is what the suite expects (skips are neither passed nor failed)."""
+        return self.verdict.value == self.claim.expected_verdict
+
+    @property
+    def node_id(self) -> str:
+        return f"{self.file}::{self.claim.id}"
+
+
+def run_claim(loaded: LoadedFile, claim: Claim, session: Session) -> ClaimResult:
+    """Measure ``claim`` and judge it. Never raises for a metric failure: that is verdict ``error``."""
+    start = time.perf_counter()
+    model_name = loaded.model_of(claim) or ""
+    result = ClaimResult(loaded.path, claim, model_name, Verdict.ERROR)
+    try:
+        model = session.model(model_name)
+        result.model_identity = model.identity.as_dict()
+        result.measurement = measure(session, model_name, claim.metric, claim.params, claim.inputs, claim.select)
+        operand = claim.expect.operand
+        if isinstance(operand, Reference):
+            inputs = operand.inputs if operand.inputs is not None else claim.inputs
+            result.reference = measure(session, operand.model or model_name, operand.metric, operand.params, inputs, operand.select)
+        result.verdict = judge(claim.expect, result.measurement, result.reference)
+    except ModelUnavailable as exc:
+        result.verdict, result.reason = Verdict.SKIPPED, str(exc)
+    except _NotJudgeable as exc:
+        result.verdict, result.reason = Verdict.ERROR, str(exc)
+    except ComparisonError as exc:
+        result.verdict, result.reason = Verdict.ERROR, f"cannot compare: {exc}"
+    except Exception as exc:  # a metric failure is a verdict, not a crash: fail closed
+        result.verdict, result.reason = Verdict.ERROR, f"{type(exc).__name__}: {exc}"
+    result.duration_s = time.perf_counter() - start
+    return result
+
+
+class _NotJudgeable(Exception):
+    """The metric returned nothing, NaN or infinity."""
+
+
+def measure(
+    session: Session, model_name: str, metric: str, params: dict[str, Any],
+    inputs: dict[str, dict[str, Any]] | None, select: str | None,
+) -> Measurement:
+    """One metric on one model and inputs, cached in ``session``, then ``select``-ed."""
+    model = session.model(model_name)
+    key = (model.identity.key, metric, json.dumps(params, sort_keys=True), json.dumps(inputs, sort_keys=True))
+    measurement = session.measurement(key)
+    if measurement is None:
+        info = get_metric(metric)
+        batch = session.inputs(model, inputs) if inputs is not None else None
+        validated = info.validate_params(params)
+        measurement = info.function(MetricContext(model, batch, session), **dict(validated))
+        if not isinstance(measurement, Measurement):
+            raise _NotJudgeable(f"metric {metric!r} returned {type(measurement).__name__}, not a Measurement")
+        session.remember(key, measurement)
+    reason = non_finite_reason(measurement.value)
+    if reason is not None:
+        raise _NotJudgeable(f"metric {metric!r}: {reason}")
+    try:
+        selected = measurement.select(select)
+    except KeyError as exc:
+        raise _NotJudgeable(str(exc.args[0])) from None
+    reason = non_finite_reason(selected.value)
+    if reason is not None:
+        raise _NotJudgeable(f"metric {metric!r}: {reason}")
+    return selected

@@ -1,0 +1,77 @@
+"""One run's caches: each model loaded once, each forward pass and measurement computed once.
+
+Cache keys start with the model's :attr:`~harness.model_api.ModelIdentity.key`, so two models
+(or one model under two processing flags) never share an entry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.errors import ModelUnavailable
+from harness.measurement import Measurement
+from harness.model_api import Forward, ModelHandle
+
+MAX_FORWARDS = 8
+
+
+@dataclass
+class Session:
+    """Models, inputs, forward passes and measurements of one pytest session or CLI run."""
+
+    models: dict[str, ModelHandle | ModelUnavailable] = field(default_factory=dict)
+    load_seconds: dict[str, float] = field(default_factory=dict)
+    forward_count: int = 0
+    _inputs: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _forwards: "OrderedDict[tuple[str, str], Forward]" = field(default_factory=OrderedDict)
+    _measurements: dict[tuple[str, ...], Measurement] = field(default_factory=dict)
+
+    def model(self, name: str) -> ModelHandle:
+        """The model ``name``, loaded on first use; raises :class:`ModelUnavailable` (remembered)."""
+        if name not in self.models:
+            from fixtures.registry import get_model_entry
+
+            start = time.perf_counter()
+            try:
+                self.models[name] = get_model_entry(name).load()
+            except ModelUnavailable as exc:
+                self.models[name] = exc
+            self.load_seconds[name] = time.perf_counter() - start
+        loaded = self.models[name]
+        if isinstance(loaded, ModelUnavailable):
+            raise loaded
+        return loaded
+
+    def inputs(self, model: ModelHandle, spec: dict[str, dict[str, Any]]) -> Any:
+        """The :class:`~fixtures.inputs.InputBatch` that ``spec`` (``{kind: params}``) gives for ``model``."""
+        from fixtures.inputs import INPUT_KINDS
+
+        key = (model.identity.key, json.dumps(spec, sort_keys=True))
+        if key not in self._inputs:
+            (kind, params), = spec.items()
+            input_kind = INPUT_KINDS[kind]
+            self._inputs[key] = input_kind.build(model, input_kind.params_model.model_validate(params))
+        return self._inputs[key]
+
+    def forward(self, model: ModelHandle, inputs: Any) -> Forward:
+        """The forward pass of ``model`` on ``inputs``, run once (LRU of ``MAX_FORWARDS``)."""
+        key = (model.identity.key, inputs.key)
+        if key in self._forwards:
+            self._forwards.move_to_end(key)
+            return self._forwards[key]
+        forward = model.run_with_cache(inputs.tokens)
+        self.forward_count += 1
+        self._forwards[key] = forward
+        while len(self._forwards) > MAX_FORWARDS:
+            self._forwards.popitem(last=False)
+        return forward
+
+    def measurement(self, key: tuple[str, ...]) -> Measurement | None:
+        return self._measurements.get(key)
+
+    def remember(self, key: tuple[str, ...], measurement: Measurement) -> None:
+        self._measurements[key] = measurement

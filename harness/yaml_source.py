@@ -1,0 +1,183 @@
+"""Strict YAML reading with positions: no duplicate keys, no custom tags, no code.
+
+PyYAML's ``safe_load`` keeps the last of two equal keys silently and forgets where every value
+came from. Here the document is composed into nodes first, then turned into plain Python data
+while recording the ``(line, column)`` of every key and value under its *path* (the tuple of
+mapping keys and sequence indices that leads to it), so validation errors can point at the text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import Location, SpecIssue
+
+PathKey = tuple[str | int, ...]
+
+_STANDARD_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+}
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+
+
+@dataclass
+class SourceMap:
+    """Where each path of a parsed document sits in its file."""
+
+    path: str
+    key_marks: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+    value_marks: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+
+    def locate(self, where: PathKey, *, key: bool = True) -> Location:
+        """The location of ``where``: its key if it has one (or ``key=False``: its value).
+
+        Falls back to the nearest enclosing path, then to the top of the file.
+        """
+        probe = tuple(where)
+        while True:
+            marks = (self.key_marks, self.value_marks) if key else (self.value_marks, self.key_marks)
+            for table in marks:
+                if probe in table:
+                    line, column = table[probe]
+                    return Location(self.path, line, column)
+            if not probe:
+                return Location(self.path, 1, 1)
+            probe = probe[:-1]
+
+
+class YamlError(Exception):
+    """The text is not acceptable YAML for a claim file."""
+
+    def __init__(self, issue: SpecIssue) -> None:
+        self.issue = issue
+        super().__init__(str(issue))
+
+
+def read_yaml(path: str | Path, text: str | None = None) -> tuple[Any, SourceMap]:
+    """Parse one YAML document strictly; return ``(data, source_map)``.
+
+    Raises ``YamlError`` naming file, line and column for: syntax errors, several documents,
+    an empty document, duplicate keys, non-scalar or non-string keys, tags outside YAML's core
+    schema (``!!python/...`` and custom tags), nesting deeper than ``MAX_DEPTH`` and documents
+    of more than ``MAX_NODES`` nodes (alias bombs).
+    """
+    shown = str(path)
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise _error(shown, 1, 1, "", f"file is not UTF-8 text ({exc.reason})") from None
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise _error(shown, line, column, "", f"YAML syntax error: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise _error(shown, 1, 1, "", f"YAML error: {exc}") from None
+    nodes = [node for node in nodes if node is not None]
+    if not nodes:
+        raise _error(shown, 1, 1, "", "file is empty: expected a mapping with a 'claims' list")
+    if len(nodes) > 1:
+        second = nodes[1].start_mark
+        raise _error(shown, second.line + 1, second.column + 1, "", "several YAML documents in one file; keep one")
+    source_map = SourceMap(shown)
+    builder = _Builder(source_map)
+    return builder.build(nodes[0], (), 0), source_map
+
+
+def _error(path: str, line: int, column: int, key: str, message: str) -> YamlError:
+    return YamlError(SpecIssue(Location(path, line, column), key, message))
+
+
+class _Builder:
+    """Turns a composed node tree into plain data, recording marks and enforcing the rules."""
+
+    def __init__(self, source_map: SourceMap) -> None:
+        self.source_map = source_map
+        self.constructor = yaml.SafeLoader("")
+        self.count = 0
+        self.active: set[int] = set()
+
+    def build(self, node: yaml.Node, where: PathKey, depth: int) -> Any:
+        self.count += 1
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        key = _dotted(where)
+        if self.count > MAX_NODES:
+            raise _error(self.source_map.path, line, column, key, f"document has more than {MAX_NODES} nodes")
+        if depth > MAX_DEPTH:
+            raise _error(self.source_map.path, line, column, key, f"nesting deeper than {MAX_DEPTH} levels")
+        self.source_map.value_marks.setdefault(where, (line, column))
+        if id(node) in self.active:
+            raise _error(self.source_map.path, line, column, key, "recursive alias")
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, where, depth)
+            if isinstance(node, yaml.SequenceNode):
+                return self._sequence(node, where, depth)
+            return self._scalar(node, where)
+        finally:
+            self.active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, where: PathKey, depth: int) -> dict[str, Any]:
+        self._check_tag(node, _MAP_TAG, where)
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            line, column = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _error(self.source_map.path, line, column, _dotted(where), "a key must be a plain string")
+            name = self._scalar(key_node, where)
+            if not isinstance(name, str):
+                raise _error(
+                    self.source_map.path, line, column, _dotted(where),
+                    f"key {name!r} must be a string (quote it: '{name}')",
+                )
+            if name in result:
+                first_line, first_column = self.source_map.key_marks[where + (name,)]
+                raise _error(
+                    self.source_map.path, line, column, _dotted(where + (name,)),
+                    f"duplicate key {name!r} (first defined at line {first_line}, column {first_column})",
+                )
+            self.source_map.key_marks[where + (name,)] = (line, column)
+            result[name] = self.build(value_node, where + (name,), depth + 1)
+        return result
+
+    def _sequence(self, node: yaml.SequenceNode, where: PathKey, depth: int) -> list[Any]:
+        self._check_tag(node, _SEQ_TAG, where)
+        return [self.build(item, where + (index,), depth + 1) for index, item in enumerate(node.value)]
+
+    def _scalar(self, node: yaml.Node, where: PathKey) -> Any:
+        if node.tag not in _STANDARD_SCALAR_TAGS:
+            self._reject_tag(node, where)
+        return self.constructor.construct_object(node, deep=True)
+
+    def _check_tag(self, node: yaml.Node, expected: str, where: PathKey) -> None:
+        if node.tag != expected:
+            self._reject_tag(node, where)
+
+    def _reject_tag(self, node: yaml.Node, where: PathKey) -> None:
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        raise _error(
+            self.source_map.path, line, column, _dotted(where),
+            f"tag {node.tag!r} is not allowed: claim files hold plain strings, numbers, booleans, lists and mappings",
+        )
+
+
+def _dotted(where: PathKey) -> str:
+    """``("claims", 0, "params")`` -> ``"claims[0].params"``."""
+    text = ""
+    for part in where:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text

@@ -1,0 +1,1 @@
+"""Reports rendered from the JSON record (the single source of truth)."""
