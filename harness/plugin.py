@@ -50,6 +50,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    # transformer-lens 3.9 warns on every HookedTransformer built; -W error must not break runs.
+    config.addinivalue_line("filterwarnings", "ignore:HookedTransformer is deprecated:DeprecationWarning")
     config.stash[SESSION_KEY] = Session()
     config.stash[RESULTS_KEY] = []
     config.stash[IDS_KEY] = {}
