@@ -174,3 +174,20 @@ class ModelHandle:
 
     def to_str_tokens(self, tokens: Tensor) -> list[str]:
         return self._hooked.to_str_tokens(tokens)
+        return self._hooked.to_str_tokens(tokens)
+
+    # --- biases and normalization (for direct logit attribution) ------------------------
+    @property
+    def b_O(self) -> Tensor:
+        """Attention output bias [n_layers, d_model]."""
+        return self._hooked.b_O.detach()
+
+    @property
+    def b_U(self) -> Tensor:
+        """Unembedding bias [d_vocab]."""
+        return self._hooked.b_U.detach()
+
+    @property
+    def normalization_type(self) -> str | None:
+        """``cfg.normalization_type``: ``None``, ``"LN"``, ``"LNPre"``, ``"RMS"`` or ``"RMSPre"``."""
+        return self._hooked.cfg.normalization_type
