@@ -191,3 +191,14 @@ class ModelHandle:
     def normalization_type(self) -> str | None:
         """``cfg.normalization_type``: ``None``, ``"LN"``, ``"LNPre"``, ``"RMS"`` or ``"RMSPre"``."""
         return self._hooked.cfg.normalization_type
+
+    # --- query/key biases (positional QK with biases) ------------------------------------
+    @property
+    def b_Q(self) -> Tensor:
+        """Query bias [n_layers, n_heads, d_head]."""
+        return self._hooked.b_Q.detach()
+
+    @property
+    def b_K(self) -> Tensor:
+        """Key bias [n_layers, n_heads, d_head] (key/value groups expanded)."""
+        return self._hooked.b_K.detach()
