@@ -1,7 +1,8 @@
 """The ``claims`` command: run, validate, list claims, print the schema.
 
-Exit codes: 0 every verdict matched its expectation (or, for ``validate``, every file is
-valid); 1 some claim did not come out as expected; 2 invalid claim files or usage errors.
+Exit codes: 0 every verdict matched its expectation (``validate``: every file is valid;
+``diff``: no difference); 1 some claim did not come out as expected (``diff``: a flip, drift,
+new or missing claim); 2 invalid claim files, unreadable results or baseline, usage errors.
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_list)
     schema = commands.add_parser("schema", help="print the JSON Schema of claim files")
     schema.set_defaults(handler=_schema)
+    bless = commands.add_parser("bless", help="write a baseline from a results file (explicit, never automatic)")
+    bless.add_argument("results", help="results.json of a run")
+    bless.add_argument("baseline", help="baseline file to write")
+    bless.set_defaults(handler=_bless)
+    compare = commands.add_parser("diff", help="report verdict flips and metric drift of a run against a baseline")
+    compare.add_argument("baseline")
+    compare.add_argument("results")
+    compare.set_defaults(handler=_diff)
+    report = commands.add_parser("report", help="print one claim's report section (to paste into an issue)")
+    report.add_argument("claim_id")
+    report.add_argument("--results", default="claims-out/results.json", help="results file (default: claims-out/results.json)")
+    report.set_defaults(handler=_report)
     return parser
 
 
@@ -82,6 +95,49 @@ def _schema(args: argparse.Namespace) -> int:
 
     print(json.dumps(claim_file_json_schema(), indent=2))
     return EXIT_OK
+
+
+def _bless(args: argparse.Namespace) -> int:
+    from harness.record import to_json, write_atomic
+    from reports.baseline import BaselineError, load_json, make_baseline
+
+    try:
+        baseline = make_baseline(load_json(args.results, "results"))
+    except BaselineError as exc:
+        print(f"claims bless: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    write_atomic(args.baseline, to_json(baseline))
+    print(f"blessed {len(baseline['claims'])} claims into {args.baseline}")
+    return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from reports.baseline import BaselineError, diff, load_baseline, load_json
+
+    try:
+        report = diff(load_baseline(args.baseline), load_json(args.results, "results"))
+    except BaselineError as exc:
+        print(f"claims diff: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(report.render())
+    return report.exit_code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from reports.baseline import BaselineError, load_json
+    from reports.markdown import claim_section
+
+    try:
+        record = load_json(args.results, "results")
+    except BaselineError as exc:
+        print(f"claims report: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    for entry in record.get("claims", []):
+        if entry.get("id") == args.claim_id:
+            print(claim_section(entry, record))
+            return EXIT_OK
+    print(f"claims report: no claim {args.claim_id!r} in {args.results}", file=sys.stderr)
+    return EXIT_INVALID
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -28,6 +28,8 @@ SESSION_KEY = pytest.StashKey[Session]()
 RESULTS_KEY = pytest.StashKey[list[ClaimResult]]()
 IDS_KEY = pytest.StashKey[dict[str, str]]()
 FILES_KEY = pytest.StashKey[dict[str, str]]()
+BASELINE_KEY = pytest.StashKey[dict]()
+MISSING_KEY = pytest.StashKey[list[str]]()
 
 MARKERS = {
     "planted": "claims on models built in code with known mechanisms",
@@ -45,6 +47,10 @@ MARKERS = {
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("interp-claims")
     group.addoption("--claims-out", metavar="DIR", default=None, help="write results.json and report.md of the claims run into DIR")
+    group.addoption(
+        "--claims-baseline", metavar="FILE", default=None,
+        help="fail claims whose verdict flipped or whose value drifted beyond tolerance against this baseline; report new and disappeared claims",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,6 +62,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS_KEY] = []
     config.stash[IDS_KEY] = {}
     config.stash[FILES_KEY] = {}
+    path = config.getoption("--claims-baseline", default=None)
+    if path:
+        from reports.baseline import BaselineError, load_baseline
+
+        try:
+            config.stash[BASELINE_KEY] = load_baseline(path)
+        except BaselineError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -93,8 +107,9 @@ class ClaimYamlFile(pytest.File):
 class ClaimFailure(Exception):
     """The verdict differs from the claim's expected verdict."""
 
-    def __init__(self, result: ClaimResult) -> None:
+    def __init__(self, result: ClaimResult, baseline_differences: list | None = None) -> None:
         self.result = result
+        self.baseline_differences = baseline_differences or []
         super().__init__(result.claim.id)
 
 
@@ -131,6 +146,22 @@ class ClaimItem(pytest.Item):
             pytest.skip(result.reason or "skipped")
         if not result.passed:
             raise ClaimFailure(result)
+        self._check_baseline(result)
+
+    def _check_baseline(self, result: ClaimResult) -> None:
+        baseline = self.config.stash.get(BASELINE_KEY, None)
+        if baseline is None:
+            return
+        from harness.record import claim_entry
+        from reports.baseline import Difference, compare_entry
+
+        base = baseline["claims"].get(self.claim.id)
+        if base is None:
+            differences = [Difference(self.claim.id, "new", "not in the baseline (bless a new baseline to accept it)")]
+        else:
+            differences = compare_entry(self.claim.id, claim_entry(result), base)
+        if differences:
+            raise ClaimFailure(result, baseline_differences=differences)
 
     def _record(self, result: ClaimResult) -> None:
         self.user_properties.append(("verdict", result.verdict.value))
@@ -142,7 +173,10 @@ class ClaimItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:  # type: ignore[override]
         if isinstance(excinfo.value, ClaimFailure):
-            return failure_message(excinfo.value.result)
+            message = failure_message(excinfo.value.result)
+            for difference in excinfo.value.baseline_differences:
+                message += f"\n  baseline  : {difference.kind.upper()}: {difference.message}"
+            return message
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int, str]:
@@ -178,9 +212,36 @@ def _params(params: dict[str, Any]) -> str:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
+    _report_missing_from_baseline(session)
     out = config.getoption("--claims-out", default=None)
     results = config.stash.get(RESULTS_KEY, [])
     if out and results:
         from harness.output import write_outputs
 
         write_outputs(Path(out), results, config.stash[FILES_KEY], config.stash[SESSION_KEY])
+
+
+def _report_missing_from_baseline(session: pytest.Session) -> None:
+    """Baseline claims whose file was collected but which did not run: they disappeared."""
+    config = session.config
+    baseline = config.stash.get(BASELINE_KEY, None)
+    if baseline is None:
+        return
+    files = set(config.stash[FILES_KEY])
+    ran = {result.claim.id for result in config.stash[RESULTS_KEY]}
+    collected = set(config.stash[IDS_KEY])
+    missing = [
+        claim_id for claim_id, base in baseline["claims"].items()
+        if base.get("file") in files and claim_id not in collected and claim_id not in ran
+    ]
+    if missing:
+        config.stash[MISSING_KEY] = missing
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    missing = config.stash.get(MISSING_KEY, [])
+    if missing:
+        terminalreporter.section("interp-claims baseline", sep="=", red=True)
+        for claim_id in missing:
+            terminalreporter.line(f"MISSING {claim_id}: in the baseline but no longer in its claim file")

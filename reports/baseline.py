@@ -1,0 +1,200 @@
+"""Blessed baselines and the diff of a run against one.
+
+A baseline is written only on request (``claims bless``), from a results record::
+
+    {"format": "interp-claims-baseline", "version": 1, "created": ..., "from_commit": ...,
+     "claims": {id: {"file", "model", "metric", "value", "uncertainty", "verdict",
+                     "expected_verdict", "tolerance": {"abs", "rel"}}}}
+
+Drift. A value has drifted when it moved further than the claim's tolerance: the ``abs``/``rel``
+of an ``approx`` expectation if it has one, else ``DEFAULT_ABS + DEFAULT_REL * |baseline|``
+(float noise across BLAS builds), widened by ``Z_BAND`` combined standard errors for sampled
+metrics. Tables drift when any entry drifts; head sets and other values when they differ.
+
+Exit codes of ``claims diff`` (and what ``--claims-baseline`` fails on): 0 no difference;
+1 a verdict flipped, a value drifted, a claim is new (not in the baseline) or disappeared;
+2 the baseline or results file is unreadable or not of this format.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = "interp-claims-baseline"
+VERSION = 1
+DEFAULT_ABS = 1e-6
+DEFAULT_REL = 1e-5
+Z_BAND = 2.0
+
+
+class BaselineError(Exception):
+    """A baseline or results file that cannot be used (unreadable, corrupt, foreign)."""
+
+
+@dataclass
+class Difference:
+    claim_id: str
+    kind: str  # "flip" | "drift" | "new" | "missing"
+    message: str
+
+
+@dataclass
+class DiffReport:
+    differences: list[Difference] = field(default_factory=list)
+    compared: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.differences else 0
+
+    def of_kind(self, kind: str) -> list[Difference]:
+        return [d for d in self.differences if d.kind == kind]
+
+    def render(self) -> str:
+        if not self.differences:
+            return f"baseline: {self.compared} claims compared, no flips, no drift"
+        lines = [f"baseline: {self.compared} claims compared, {len(self.differences)} difference(s):"]
+        lines += [f"  {d.kind.upper():<8} {d.claim_id}: {d.message}" for d in self.differences]
+        return "\n".join(lines)
+
+
+def claim_tolerance(entry: dict[str, Any]) -> dict[str, float]:
+    """The drift tolerance of one claim entry of a results record."""
+    expect = entry.get("expect") or {}
+    if "approx" in expect and ("abs" in expect or "rel" in expect):
+        return {"abs": float(expect.get("abs", 0.0)), "rel": float(expect.get("rel", 0.0))}
+    return {"abs": DEFAULT_ABS, "rel": DEFAULT_REL}
+
+
+def make_baseline(record: dict[str, Any]) -> dict[str, Any]:
+    """A baseline from a results record (skipped claims are left out: nothing was measured)."""
+    _check_record(record)
+    claims = {}
+    for entry in record["claims"]:
+        if entry["verdict"] == "skipped":
+            continue
+        claims[entry["id"]] = {
+            "file": entry["file"], "model": entry["model"], "metric": entry["metric"],
+            "value": entry["value"], "uncertainty": entry["uncertainty"], "verdict": entry["verdict"],
+            "expected_verdict": entry["expected_verdict"], "tolerance": claim_tolerance(entry),
+        }
+    return {
+        "format": FORMAT, "version": VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "from_commit": record.get("provenance", {}).get("git_commit"),
+        "claims": dict(sorted(claims.items())),
+    }
+
+
+def load_json(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a JSON object, or raise :class:`BaselineError` saying what is wrong with the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BaselineError(f"{what} {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BaselineError(f"{what} {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BaselineError(f"{what} {path}: expected a JSON object")
+    return data
+
+
+def load_baseline(path: str | Path) -> dict[str, Any]:
+    data = load_json(path, "baseline")
+    if data.get("format") != FORMAT:
+        raise BaselineError(f"baseline {path}: not an interp-claims baseline (format {data.get('format')!r}); write one with 'claims bless'")
+    if data.get("version") != VERSION:
+        raise BaselineError(f"baseline {path}: version {data.get('version')!r}, this interp-claims reads version {VERSION}")
+    if not isinstance(data.get("claims"), dict):
+        raise BaselineError(f"baseline {path}: 'claims' must be an object")
+    return data
+
+
+def _check_record(record: dict[str, Any]) -> None:
+    if record.get("tool") != "interp-claims" or not isinstance(record.get("claims"), list):
+        raise BaselineError("not an interp-claims results record (no 'claims' list)")
+    if record.get("schema_version") != 1:
+        raise BaselineError(f"results record schema_version {record.get('schema_version')!r} is not 1")
+
+
+def compare_entry(claim_id: str, entry: dict[str, Any], base: dict[str, Any]) -> list[Difference]:
+    """Flip and drift of one claim against its baseline entry."""
+    found: list[Difference] = []
+    if entry["verdict"] == "skipped":
+        return found
+    if entry["verdict"] != base["verdict"]:
+        found.append(Difference(claim_id, "flip", f"verdict {base['verdict']} -> {entry['verdict']}"))
+    drift = value_drift(entry.get("value"), base.get("value"), entry.get("uncertainty"), base.get("uncertainty"), base.get("tolerance") or {})
+    if drift:
+        found.append(Difference(claim_id, "drift", drift))
+    return found
+
+
+def value_drift(new: Any, old: Any, new_se: Any, old_se: Any, tolerance: dict[str, float]) -> str | None:
+    """Why ``new`` is not within tolerance of ``old``, or ``None``."""
+    if _is_number(new) and _is_number(old):
+        allowed = tolerance.get("abs", DEFAULT_ABS) + tolerance.get("rel", DEFAULT_REL) * abs(old)
+        allowed += Z_BAND * math.hypot(_se(new_se), _se(old_se))
+        if abs(new - old) > allowed:
+            return f"value {old:.6g} -> {new:.6g} (moved {abs(new - old):.3g}, tolerance {allowed:.3g})"
+        return None
+    if isinstance(new, dict) and isinstance(old, dict):
+        if set(new) != set(old):
+            return f"table keys changed: {sorted(set(old) ^ set(new))[:8]}"
+        for key in old:
+            inner = value_drift(new[key], old[key], _pick(new_se, key), _pick(old_se, key), tolerance)
+            if inner:
+                return f"[{key}] {inner}"
+        return None
+    if isinstance(new, list) and isinstance(old, list) and all(isinstance(v, str) for v in new + old):
+        return None if sorted(new) == sorted(old) else f"set {sorted(old)} -> {sorted(new)}"
+    if isinstance(new, list) and isinstance(old, list) and len(new) == len(old):
+        for index, (a, b) in enumerate(zip(new, old)):
+            inner = value_drift(a, b, None, None, tolerance)
+            if inner:
+                return f"[{index}] {inner}"
+        return None
+    return None if new == old else f"value {old!r} -> {new!r}"
+
+
+def diff(baseline: dict[str, Any], record: dict[str, Any], *, run_files: set[str] | None = None) -> DiffReport:
+    """Every flip, drift, new claim and disappeared claim of ``record`` against ``baseline``.
+
+    A baseline claim is reported missing when its file was part of the run (``run_files``, by
+    default every file of the record) but the claim was not.
+    """
+    _check_record(record)
+    report = DiffReport()
+    base_claims = baseline["claims"]
+    seen: set[str] = set()
+    for entry in record["claims"]:
+        seen.add(entry["id"])
+        base = base_claims.get(entry["id"])
+        if base is None:
+            if entry["verdict"] != "skipped":
+                report.differences.append(Difference(entry["id"], "new", "not in the baseline (bless a new baseline to accept it)"))
+            continue
+        report.compared += 1
+        report.differences += compare_entry(entry["id"], entry, base)
+    files = run_files if run_files is not None else {entry["file"] for entry in record["claims"]}
+    for claim_id, base in base_claims.items():
+        if claim_id not in seen and base.get("file") in files:
+            report.differences.append(Difference(claim_id, "missing", f"in the baseline ({base.get('file')}) but not in this run"))
+    return report
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _se(value: Any) -> float:
+    return float(value) if _is_number(value) else 0.0
+
+
+def _pick(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
