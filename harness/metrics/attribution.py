@@ -1,0 +1,132 @@
+"""Direct logit attribution (ARENA 1.2 ``logit_attribution``) for attention-only models.
+
+At prediction position ``i`` of sequence ``b`` the correct next token is ``c = t[b, i+1]`` and
+
+    logit[b, i, c] = N(resid[b, i]) . W_U[:, c] + b_U[c],
+    resid[b, i]   = W_E[t[b, i]]  (+ W_pos[i] for "standard" positions)
+                    + sum_{l,h} z[b, i, l, h] @ W_O[l, h]  +  sum_l b_O[l],
+
+where ``z`` is the cached per-head attention output before ``W_O`` (so no ``use_attn_result`` is
+needed). ``N`` is the final normalization: the identity for ``normalization_type`` None (the
+course's attention-only model); for a folded final norm, ``LNPre`` is ``(x - mean(x)) / s`` and
+``RMSPre`` is ``x / s`` with ``s`` the cached ``ln_final.hook_scale``. ``N`` is linear for a fixed
+``s``, and ``(x - mean(x)) . u = x . (u - mean(u))``, so each part is ``part . u_eff`` with
+``u_eff = N(W_U[:, c])``. The parts are ``embed``, ``pos`` (standard positions only), one per head
+``"L.H"``, and ``bias`` (``sum_l b_O[l] . u_eff + b_U[c]``); they sum to the logit exactly, up to
+float rounding, and the metric fails closed when they do not (``sum_check``).
+
+Models with MLPs, or with an unfolded final LayerNorm/RMSNorm (weights ``w``, ``b``), are
+rejected with a ``ValueError``: the parts would not be the direct effects.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from harness.context import MetricContext
+from harness.heads import head_names
+from harness.measurement import Measurement
+from harness.metrics.loss import Positions, prediction_slice, table
+from harness.model_api import Activations, ModelHandle
+from harness.registry import metric
+
+SUM_CHECK_ATOL = 1e-3
+"""The course's ``assert_close(sum, logit, atol=1e-3)``, scaled by ``max(1, max |logit|)``."""
+
+
+def unembed_directions(model: ModelHandle, tokens: Tensor, activations: Activations) -> Tensor:
+    """``u_eff[b, i] = N(W_U[:, t[b, i+1]])`` [batch, pos-1, d_model]; raises for unsupported models."""
+    if not model.attn_only:
+        raise ValueError("direct logit attribution needs an attention-only model: MLP outputs are not attributed")
+    norm = model.normalization_type
+    if norm not in (None, "LNPre", "RMSPre"):
+        raise ValueError(
+            f"direct logit attribution needs normalization_type None or a folded final norm (LNPre/RMSPre, "
+            f"e.g. loaded with fold_ln=True); this model has {norm!r}, whose weights would make the parts wrong"
+        )
+    w_u = model.W_U.float()  # [d_model, d_vocab]
+    directions = w_u.T[tokens[:, 1:].to(w_u.device)]  # [batch, pos-1, d_model]
+    if norm is None:
+        return directions
+    if norm == "LNPre":
+        directions = directions - directions.mean(-1, keepdim=True)
+    scale = activations["ln_final.hook_scale"][:, :-1].float().to(w_u.device)  # [batch, pos-1, 1]
+    return directions / scale
+
+
+def direct_logit_parts(model: ModelHandle, tokens: Tensor, activations: Activations) -> dict[str, Tensor]:
+    """Direct contributions to the correct next token's logit, ``{part: [batch, pos-1]}``.
+
+    Parts: ``embed``, ``pos`` (standard positions only), ``"L.H"`` for every head, ``bias``.
+    """
+    u_eff = unembed_directions(model, tokens, activations)  # [batch, n, d_model]
+    device, n = u_eff.device, u_eff.shape[1]
+    tokens = tokens.to(device)
+    parts: dict[str, Tensor] = {"embed": (model.W_E.float()[tokens[:, :-1]] * u_eff).sum(-1)}
+    if model.positional_embedding_type == "standard":
+        parts["pos"] = (model.W_pos.float()[:n] * u_eff).sum(-1)
+    names = iter(head_names(model.shape.n_layers, model.shape.n_heads))
+    w_o = model.W_O.float()  # [layer, head, d_head, d_model]
+    for layer in range(model.shape.n_layers):
+        z = activations["z", layer][:, :-1].float().to(device)  # [batch, n, head, d_head]
+        out_dirs = torch.einsum("hdm,bnm->bnhd", w_o[layer], u_eff)  # W_O[l, h] @ u_eff
+        per_head = (z * out_dirs).sum(-1)  # [batch, n, head]
+        for head in range(model.shape.n_heads):
+            parts[next(names)] = per_head[..., head]
+    b_u = model.b_U.float().to(device)[tokens[:, 1:]]  # [batch, n]
+    parts["bias"] = (u_eff * model.b_O.float().sum(0)).sum(-1) + b_u
+    return {name: part.cpu() for name, part in parts.items()}
+
+
+def _checked_parts(ctx: MetricContext) -> tuple[dict[str, Tensor], float]:
+    """The parts and ``sum_check = max |sum of parts - logit|``; raises when the check fails."""
+    inputs = ctx.require_inputs()
+    forward = ctx.forward()
+    parts = direct_logit_parts(ctx.model, inputs.tokens, forward.activations)
+    logits = forward.logits[:, :-1].float().cpu().gather(-1, inputs.tokens[:, 1:, None]).squeeze(-1)  # [batch, n]
+    sum_check = float((torch.stack(list(parts.values())).sum(0) - logits).abs().max())
+    tolerance = SUM_CHECK_ATOL * max(1.0, float(logits.abs().max()))
+    if not sum_check <= tolerance:
+        raise ValueError(f"direct logit parts do not sum to the logit: max error {sum_check:.3g} > {tolerance:.3g}")
+    return parts, sum_check
+
+
+@metric("attribution.direct_logit", needs_inputs=True)
+def direct_logit(ctx: MetricContext, *, positions: Positions = "all") -> Measurement:
+    """Mean direct contribution of each part (embed, [pos], each head, bias) to the correct token's logit.
+
+    Averaged over ``positions`` per sequence, then over the batch (uncertainty: standard error).
+    Details: ``sum_check`` (max |sum of parts - logit|) and the per-position embed curve.
+    """
+    inputs = ctx.require_inputs()
+    parts, sum_check = _checked_parts(ctx)
+    chosen = prediction_slice(positions, inputs.tokens.shape[1] - 1, inputs.meta)
+    values, errors = table({name: part[:, chosen].mean(1) for name, part in parts.items()})
+    details = {
+        "positions": positions,
+        "sum_check": sum_check,
+        "embed_by_position": [float(v) for v in parts["embed"].mean(0)],
+    }
+    return Measurement(values, errors, details, unit="logit")
+
+
+@metric("attribution.top_heads", needs_inputs=True)
+def top_heads(
+    ctx: MetricContext, *, k: Annotated[int, Field(ge=1)] = 1, positions: Positions = "all", absolute: bool = False,
+) -> Measurement:
+    """The ``k`` heads with the largest mean direct logit contribution (by ``|mean|`` if ``absolute``).
+
+    Value: head names, largest first; details: every head's mean contribution and ``sum_check``.
+    """
+    inputs = ctx.require_inputs()
+    parts, sum_check = _checked_parts(ctx)
+    chosen = prediction_slice(positions, inputs.tokens.shape[1] - 1, inputs.meta)
+    names = head_names(ctx.model.shape.n_layers, ctx.model.shape.n_heads)
+    means = {name: float(parts[name][:, chosen].mean()) for name in names}
+    ranked = sorted(names, key=lambda name: -abs(means[name]) if absolute else -means[name])
+    details = {"positions": positions, "k": k, "absolute": absolute, "contributions": means, "sum_check": sum_check}
+    return Measurement(ranked[:k], None, details)
