@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="claims", description="Measure the claims of interpretability course material against model weights.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run claims, write results.json and report.md")
+    run = commands.add_parser("run", help="run claims, write results.json, report.md and report.html")
     run.add_argument("paths", nargs="*", default=DEFAULT_PATHS)
     run.add_argument("--out", default="claims-out", help="output folder (default: claims-out)")
     run.add_argument("-k", dest="select", default=None, help="only claims whose id contains this text")
@@ -155,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     _print_table(results, format_value)
     record = write_outputs(Path(args.out), results, {f.path: f.sha256 for f in files}, session)
     summary = record["summary"]
-    print(f"\n{summary['matched']} as expected, {summary['mismatched']} not as expected, {summary['skipped']} skipped; wrote {args.out}/results.json and {args.out}/report.md")
+    print(f"\n{summary['matched']} as expected, {summary['mismatched']} not as expected, {summary['skipped']} skipped; wrote {args.out}/results.json, report.md and report.html")
     return EXIT_OK if summary["mismatched"] == 0 else EXIT_MISMATCH
 
 

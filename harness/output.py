@@ -1,4 +1,4 @@
-"""Writing a run's outputs: ``results.json`` (the record) and ``report.md``."""
+"""Writing a run's outputs: ``results.json`` (the record), ``report.md`` and ``report.html``."""
 
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ def model_summaries(session: Session) -> dict[str, dict]:
 
 
 def write_outputs(out: Path, results: list[ClaimResult], spec_files: dict[str, str], session: Session) -> dict:
-    """Write ``results.json`` then ``report.md`` into ``out`` (each atomically); return the record."""
+    """Write ``results.json``, ``report.md`` and ``report.html`` into ``out`` (each atomically); return the record."""
+    from reports.html import render_html
     from reports.markdown import render_report
 
     record = build_record(results, spec_files, model_summaries(session))
     write_atomic(out / "results.json", to_json(record))
     write_atomic(out / "report.md", render_report(record))
+    write_atomic(out / "report.html", render_html(record))
     return record

@@ -1,0 +1,150 @@
+"""Plots for the HTML report, drawn with matplotlib (Agg) into inline SVG strings.
+
+Each function takes one claim entry of the results record and returns an SVG string, or
+``None`` when that kind of plot does not apply. matplotlib is imported lazily: the Markdown
+report and the CLI never pay for it.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any, Callable
+
+HEAD_KEY = re.compile(r"^\d+\.\d+$")
+
+
+def _figure(width: float = 6.0, height: float = 2.6) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 8})
+    return plt.subplots(figsize=(width, height), dpi=100)
+
+
+def _svg(figure: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="svg")
+    plt.close(figure)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def head_bars(entry: dict[str, Any]) -> str | None:
+    """Per-head scores as bars, the detection threshold as a line, detected heads highlighted."""
+    details = entry.get("details") or {}
+    scores = details.get("scores")
+    if not isinstance(scores, dict):
+        value = entry.get("value")
+        scores = value if isinstance(value, dict) and value and all(HEAD_KEY.match(k) for k in value) else None
+    if not scores:
+        return None
+    detected = set(entry["value"]) if isinstance(entry.get("value"), list) else set()
+    figure, axes = _figure(max(4.0, 0.22 * len(scores) + 1.5))
+    names = list(scores)
+    colors = ["#d62728" if name in detected else "#1f77b4" for name in names]
+    axes.bar(range(len(names)), [scores[n] for n in names], color=colors)
+    axes.set_xticks(range(len(names)), names, rotation=90)
+    if isinstance(details.get("threshold"), (int, float)):
+        axes.axhline(details["threshold"], color="black", linestyle="--", linewidth=1, label=f"threshold {details['threshold']}")
+        axes.legend(loc="upper right")
+    axes.set_ylabel(str(details.get("pattern", entry["metric"])))
+    axes.set_title(f"{entry['metric']} per head")
+    return _svg(figure)
+
+
+def attention_patterns(entry: dict[str, Any]) -> str | None:
+    """The first sequence's attention pattern of each flagged head (query rows, key columns)."""
+    patterns = (entry.get("details") or {}).get("example_patterns")
+    if not patterns:
+        return None
+    heads = list(patterns)[:6]
+    figure, axes = _figure(2.4 * len(heads) + 0.4, 2.6)
+    axes_list = [axes] if len(heads) == 1 else None
+    if axes_list is None:
+        figure.clf()
+        axes_list = [figure.add_subplot(1, len(heads), i + 1) for i in range(len(heads))]
+    for axis, head in zip(axes_list, heads):
+        axis.imshow(patterns[head], cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        axis.set_title(f"head {head}")
+        axis.set_xlabel("key")
+        axis.set_ylabel("query")
+    return _svg(figure)
+
+
+def composition_heatmap(entry: dict[str, Any]) -> str | None:
+    """Composition scores "A->B" as a heatmap (rows: earlier head, columns: later head)."""
+    value = entry.get("value")
+    if not entry["metric"].startswith("composition.") or not isinstance(value, dict):
+        return None
+    pairs = [key.split("->") for key in value if "->" in key]
+    if not pairs:
+        return None
+    rows = sorted({a for a, _ in pairs}, key=lambda h: tuple(map(int, h.split("."))))
+    cols = sorted({b for _, b in pairs}, key=lambda h: tuple(map(int, h.split("."))))
+    grid = [[value.get(f"{a}->{b}", float("nan")) for b in cols] for a in rows]
+    figure, axes = _figure(0.35 * len(cols) + 2.5, 0.3 * len(rows) + 1.5)
+    image = axes.imshow(grid, cmap="viridis", interpolation="nearest")
+    axes.set_xticks(range(len(cols)), cols, rotation=90)
+    axes.set_yticks(range(len(rows)), rows)
+    figure.colorbar(image, ax=axes)
+    baseline = (entry.get("details") or {}).get("baseline")
+    axes.set_title(f"{entry['metric']}" + (f" (baseline {baseline:.4f})" if isinstance(baseline, (int, float)) else ""))
+    return _svg(figure)
+
+
+def rank_curve(entry: dict[str, Any]) -> str | None:
+    """Top-1/top-5 accuracy against rank; the model's heads as points."""
+    value = entry.get("value")
+    if not isinstance(value, list) or not value or not isinstance(value[0], dict) or "rank" not in value[0]:
+        return None
+    figure, axes = _figure(5.0, 3.0)
+    trained = sorted((p for p in value if p.get("kind", "trained") == "trained"), key=lambda p: p["rank"])
+    for key, style in (("top1", "-o"), ("top5", "--s")):
+        points = [(p["rank"], p[key]) for p in trained if key in p]
+        if points:
+            axes.plot(*zip(*points), style, label=f"trained rank-r, {key}")
+    for point in (p for p in value if p.get("kind") == "head"):
+        axes.scatter([point["rank"]], [point.get("top1")], marker="*", s=90, zorder=3)
+        axes.annotate("+".join(point.get("heads", [])), (point["rank"], point.get("top1", 0)), fontsize=7)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("rank r")
+    axes.set_ylabel("accuracy")
+    axes.set_ylim(-0.02, 1.02)
+    axes.legend(loc="lower right")
+    axes.set_title("full OV circuit copying accuracy against rank")
+    return _svg(figure)
+
+
+def position_curve(entry: dict[str, Any]) -> str | None:
+    """A per-position curve from the details (e.g. log-prob of the correct token)."""
+    details = entry.get("details") or {}
+    curve = details.get("per_position") or details.get("curve")
+    if not isinstance(curve, list) or not curve or not all(isinstance(x, (int, float)) for x in curve):
+        return None
+    figure, axes = _figure(5.0, 2.4)
+    axes.plot(range(len(curve)), curve)
+    axes.set_xlabel("position")
+    axes.set_title(f"{entry['metric']} per position")
+    return _svg(figure)
+
+
+PLOTS: list[Callable[[dict[str, Any]], str | None]] = [head_bars, attention_patterns, composition_heatmap, rank_curve, position_curve]
+
+
+def plots_for(entry: dict[str, Any]) -> list[str]:
+    """Every plot that applies to a claim entry (failures in one plot never break the report)."""
+    svgs = []
+    for plot in PLOTS:
+        try:
+            svg = plot(entry)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            svg = f"<p class='plot-error'>plot {plot.__name__} failed: {exc}</p>"
+        if svg:
+            svgs.append(svg)
+    return svgs
