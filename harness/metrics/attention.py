@@ -103,5 +103,22 @@ def attention_detect(
         name for name, value in values.items()
         if errors is not None and abs(value - threshold) <= 2 * errors[name]
     ]
-    details = {"pattern": pattern, "variant": variant, "threshold": threshold, "scores": values, "borderline": borderline}
+    details = {
+        "pattern": pattern, "variant": variant, "threshold": threshold, "scores": values, "borderline": borderline,
+        "example_patterns": example_patterns(ctx, detected),
+    }
     return Measurement(detected, None, details)
+
+
+EXAMPLE_POSITIONS = 48
+
+
+def example_patterns(ctx: MetricContext, heads: list[str]) -> dict[str, list[list[float]]]:
+    """The first sequence's pattern [query, key] of each head (first ``EXAMPLE_POSITIONS`` positions), for reports."""
+    activations = ctx.forward().activations
+    patterns: dict[str, list[list[float]]] = {}
+    for name in heads:
+        layer, head = (int(part) for part in name.split("."))
+        pattern = activations["pattern", layer][0, head, :EXAMPLE_POSITIONS, :EXAMPLE_POSITIONS].float()
+        patterns[name] = [[round(float(x), 4) for x in row] for row in pattern]
+    return patterns
