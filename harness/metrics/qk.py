@@ -1,0 +1,184 @@
+"""QK-circuit metrics: a head's positional attention pattern, and its attention scores split by input.
+
+Positional pattern (ARENA 1.2, "QK circuit" of head 0.7). For head ``h`` of layer ``l`` and the
+first ``n`` positions::
+
+    S = W_pos[:n] W_Q^{l.h} (W_K^{l.h})^T W_pos[:n]^T / sqrt(d_head)        [n, n]
+    A = softmax_k(S masked causally)                                          rows sum to 1
+
+The course ignores the biases ``b_Q``, ``b_K`` and the token embeddings; so does the default here
+(``include_biases: true`` uses ``(W_pos W_Q + b_Q)(W_pos W_K + b_K)^T``). The course masks with
+``-1e6`` (``mask_scores``); this module masks with ``-inf``, as TransformerLens's own attention
+does: the two differ only for scores beyond about 1e6. The course's printed number (0.9978 for
+head 0.7) is ``A.diagonal(-1).mean()`` over the whole context (``n = n_ctx = 2048``), which is
+the default here.
+
+Attention-score decomposition (ARENA 1.2, "K-composition", ``decompose_attn_scores``). For a head
+in layer ``L`` of an attention-only model without normalization, the input of its queries and keys
+is the sum of components ``y_c``: the token embedding, the positional embedding, and the output of
+every head of layers ``< L`` (attention biases ``b_O`` are left out, as in the course). Then::
+
+    score[cq, ck, i, j] = (y_cq[i] W_Q)(y_ck[j] W_K)^T / sqrt(d_head)
+
+(ARENA 3 divides by sqrt(d_head), ARENA 2 does not: ``scale``), and the course plots, per pair,
+the standard deviation over all (query, key) position pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from harness.context import MetricContext
+from harness.heads import Head, HeadName
+from harness.measurement import Measurement
+from harness.metrics.attention import stripe_scores
+from harness.model_api import Activations, ModelHandle
+from harness.registry import metric
+
+Variant = Literal["course", "clean"]
+ABSOLUTE_POSITIONS = ("standard", "shortformer")
+
+
+def positional_scores(W_pos: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None = None, b_K: Tensor | None = None) -> Tensor:
+    """Scaled positional attention scores ``(W_pos W_Q + b_Q)(W_pos W_K + b_K)^T / sqrt(d_head)``.
+
+    W_pos: [n, d_model]; W_Q, W_K: [d_model, d_head]; b_Q, b_K: [d_head] or None. Returns [n, n]
+    (query, key), unmasked.
+    """
+    q = W_pos @ W_Q  # [n, d_head]
+    k = W_pos @ W_K  # [n, d_head]
+    if b_Q is not None:
+        q = q + b_Q
+    if b_K is not None:
+        k = k + b_K
+    return (q @ k.T) / math.sqrt(W_Q.shape[-1])
+
+
+def causal_softmax(scores: Tensor) -> Tensor:
+    """Softmax over keys with key > query masked to ``-inf``. scores: [..., n, n] -> [..., n, n]."""
+    n = scores.shape[-1]
+    future = torch.triu(torch.ones(n, n, dtype=torch.bool, device=scores.device), diagonal=1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+def positional_pattern(model: ModelHandle, head: Head, n_positions: int | None, include_biases: bool) -> Tensor:
+    """Head ``head``'s positional attention pattern on the first ``n_positions`` positions: [n, n]."""
+    if model.positional_embedding_type not in ABSOLUTE_POSITIONS:
+        raise ValueError(
+            f"model {model.identity.name!r} has {model.positional_embedding_type!r} positions: the positional "
+            f"QK pattern needs a learned positional embedding W_pos ({' or '.join(ABSOLUTE_POSITIONS)})"
+        )
+    n = model.shape.n_ctx if n_positions is None else n_positions
+    if n > model.shape.n_ctx:
+        raise ValueError(f"n_positions={n} exceeds the model's context n_ctx={model.shape.n_ctx}")
+    layer, index = head
+    b_Q = model.b_Q[layer, index] if include_biases else None
+    b_K = model.b_K[layer, index] if include_biases else None
+    scores = positional_scores(model.W_pos[:n], model.W_Q[layer, index], model.W_K[layer, index], b_Q, b_K)
+    return causal_softmax(scores)
+
+
+@metric("qk.positional_pattern")
+def qk_positional_pattern(
+    ctx: MetricContext,
+    *,
+    head: HeadName,
+    n_positions: Annotated[int, Field(ge=2)] | None = None,
+    include_biases: bool = False,
+    variant: Variant = "course",
+) -> Measurement:
+    """Head's positional QK pattern softmax(causal(W_pos W_Q W_K^T W_pos^T / sqrt(d_head))), summarised.
+
+    Value: ``{"prev_diag_mean", "diag_mean", "first_col_mean"}``, the mean of the pattern on the
+    sub-diagonal (the course's number, 0.9978 for the toy model's head 0.7), the diagonal and
+    column 0. ``n_positions`` defaults to the whole context, as the course; ``variant: clean``
+    drops the forced entry of query 0 from ``diag_mean`` and ``first_col_mean``. Weights only.
+    """
+    pattern = positional_pattern(ctx.model, Head.parse(head), n_positions, include_biases)
+    batch = pattern[None, None]  # [1, 1, n, n], as stripe_scores wants
+    value = {
+        "prev_diag_mean": float(stripe_scores(batch, "previous", variant)[0, 0]),
+        "diag_mean": float(stripe_scores(batch, "current", variant)[0, 0]),
+        "first_col_mean": float(stripe_scores(batch, "first", variant)[0, 0]),
+    }
+    details = {"head": head, "n_positions": pattern.shape[-1], "include_biases": include_biases, "variant": variant}
+    return Measurement(value, None, details)
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention-score decomposition by input component
+# ------------------------------------------------------------------------------------------------
+
+
+def qk_components(model: ModelHandle, forward_activations: Activations, layer: int) -> tuple[list[str], Tensor]:
+    """The components whose sum is the Q/K input of ``layer``: names and tensor [comp, batch, pos, d_model].
+
+    Components: ``embed``, ``pos`` (the only two for layer 0), then every head ``"l.h"`` of layers
+    ``< layer``: its output ``z[:, :, h] W_O[l, h]``, computed from the cached ``z`` (no
+    ``use_attn_result`` needed); ``b_O`` is left out, as in the course.
+    """
+    if not model.attn_only or model.normalization_type is not None:
+        raise ValueError(
+            "the attention-score decomposition is linear only in attention-only models without "
+            f"normalization; {model.identity.name!r} has attn_only={model.attn_only}, "
+            f"normalization_type={model.normalization_type!r}"
+        )
+    if model.positional_embedding_type not in ABSOLUTE_POSITIONS:
+        raise ValueError(f"model {model.identity.name!r} has {model.positional_embedding_type!r} positions: no W_pos component")
+    names = ["embed", "pos"]
+    embed = forward_activations["embed"]  # [batch, pos, d_model]
+    parts = [embed, forward_activations["pos_embed"].expand_as(embed)]
+    for earlier in range(layer):
+        z = forward_activations["z", earlier]  # [batch, pos, head, d_head]
+        results = torch.einsum("bphe,hed->hbpd", z, model.W_O[earlier])  # [head, batch, pos, d_model]
+        names += [f"{earlier}.{h}" for h in range(model.shape.n_heads)]
+        parts += list(results)
+    return names, torch.stack(parts)
+
+
+def decompose_scores(components: Tensor, W_Q: Tensor, W_K: Tensor, scale: bool) -> Tensor:
+    """Scores split by (query component, key component).
+
+    components: [comp, batch, pos, d_model]; W_Q, W_K: [d_model, d_head]. Returns
+    [q_comp, k_comp, batch, q_pos, k_pos] with entry ``(y_cq W_Q)(y_ck W_K)^T`` (/ sqrt(d_head) if
+    ``scale``), unmasked; the sum over both component axes is the head's attention score without biases.
+    """
+    q = components @ W_Q  # [comp, batch, pos, d_head]
+    k = components @ W_K
+    scores = torch.einsum("cbqe,dbke->cdbqk", q, k)
+    return scores / math.sqrt(W_Q.shape[-1]) if scale else scores
+
+
+@metric("qk.attention_decomposition", needs_inputs=True)
+def qk_attention_decomposition(ctx: MetricContext, *, head: HeadName, scale: bool = True) -> Measurement:
+    """Std of a head's attention scores per (query component, key component), as ARENA 1.2 plots it.
+
+    Value: table ``"QCOMP|KCOMP"`` (e.g. ``"embed|0.7"``) -> std over all (query, key) position pairs
+    of ``(y_q W_Q)(y_k W_K)^T / sqrt(d_head)`` (``scale: false`` for ARENA 2's unscaled numbers),
+    components ``embed``, ``pos`` and every head of earlier layers. Per sequence (unbiased std, as
+    ``torch.std``), then the mean over the batch; the uncertainty is its standard error.
+    """
+    layer, index = Head.parse(head)
+    activations = ctx.forward().activations
+    names, components = qk_components(ctx.model, activations, layer)
+    components = components.double()
+    scores = decompose_scores(components, ctx.model.W_Q[layer, index].double(), ctx.model.W_K[layer, index].double(), scale)
+    stds = scores.flatten(-2).std(dim=-1)  # [q_comp, k_comp, batch]
+    means = stds.mean(-1)
+    n_batch = stds.shape[-1]
+    errors = stds.std(-1) / math.sqrt(n_batch) if n_batch > 1 else None
+    value: dict[str, float] = {}
+    uncertainty: dict[str, float] | None = {} if errors is not None else None
+    for i, q_name in enumerate(names):
+        for j, k_name in enumerate(names):
+            value[f"{q_name}|{k_name}"] = float(means[i, j])
+            if uncertainty is not None:
+                uncertainty[f"{q_name}|{k_name}"] = float(errors[i, j])
+    top = sorted(value, key=value.get, reverse=True)[:5]
+    details = {"head": head, "components": names, "scale": scale, "top_pairs": {k: value[k] for k in top}}
+    return Measurement(value, uncertainty, details)
