@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
+import re
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +19,8 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ValidationError
 
-from harness.errors import SpecError, SpecIssue
-from harness.heads import Head
+from harness.errors import Location, SpecError, SpecIssue
+from harness.heads import HEAD_PATTERN, Head
 from harness.registry import get_metric, metric_names
 from harness.spec import Claim, ClaimFile, Reference
 from harness.yaml_source import PathKey, SourceMap, YamlError, read_yaml
@@ -44,8 +47,6 @@ def load_claim_file(path: str | Path, *, check_names: bool = True) -> LoadedFile
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        from harness.errors import Location
-
         raise SpecError([SpecIssue(Location(shown, 1, 1), "", f"file is not UTF-8 text ({exc.reason})")]) from None
     return load_claim_text(text, shown, sha256=hashlib.sha256(raw).hexdigest(), check_names=check_names)
 
@@ -57,7 +58,7 @@ def load_claim_text(text: str, shown: str, *, sha256: str | None = None, check_n
     except YamlError as exc:
         raise SpecError([exc.issue]) from None
     if not isinstance(data, dict):
-        raise SpecError([SpecIssue(source_map.locate(()), "", f"the file must be a mapping with a 'claims' list, not a {_kind(data)}")])
+        raise SpecError([SpecIssue(source_map.locate(()), "", f"the file must be a mapping with a 'claims' list, not {_a(_kind(data))}")])
     try:
         spec = ClaimFile.model_validate(data)
     except ValidationError as exc:
@@ -88,14 +89,14 @@ def load_claim_files(paths: Iterable[str | Path], *, check_names: bool = True) -
 
 def cross_file_duplicates(files: list[LoadedFile]) -> list[SpecIssue]:
     """A claim id must be unique across the whole suite."""
-    seen: dict[str, str] = {}
+    seen: dict[str, Location] = {}
     issues: list[SpecIssue] = []
     for loaded in files:
-        for index, claim in enumerate(loaded.spec.claims):
-            location = loaded.source_map.locate(("claims", index, "id"), key=False)
-            if claim.id in seen and seen[claim.id] != loaded.path:
-                issues.append(SpecIssue(location, "id", f"claim id {claim.id!r} is already used in {seen[claim.id]}"))
-            seen.setdefault(claim.id, loaded.path)
+        for where, claim_id in _claim_ids(loaded):
+            location = loaded.source_map.locate(where, key=False)
+            first = seen.setdefault(claim_id, location)
+            if first.path != loaded.path:
+                issues.append(SpecIssue(location, _dotted(where), f"claim id {claim_id!r} is already used in {first}"))
     return issues
 
 
@@ -123,7 +124,7 @@ def _check_names(loaded: LoadedFile) -> list[SpecIssue]:
         where = ("claims", index)
         model = loaded.model_of(claim)
         if model is None:
-            issues.append(SpecIssue(loaded.source_map.locate(where), "model", "no model: give 'model' in the claim or at the top of the file"))
+            issues.append(SpecIssue(loaded.source_map.locate(where), _dotted(where + ("model",)), "no model: give 'model' in the claim or at the top of the file"))
         elif claim.model is not None:
             issues += _check_model(loaded, claim.model, where + ("model",))
         issues += _check_measurement(loaded, where, claim.metric, claim.params, claim.inputs, model, claim.select)
@@ -138,13 +139,17 @@ def _check_names(loaded: LoadedFile) -> list[SpecIssue]:
     return issues
 
 
-def _check_model(loaded: LoadedFile, name: str, where: PathKey) -> list[SpecIssue]:
+def _model_names() -> list[str]:
     from fixtures.registry import model_entries
 
-    names = sorted(model_entries())
+    return sorted(model_entries())
+
+
+def _check_model(loaded: LoadedFile, name: str, where: PathKey) -> list[SpecIssue]:
+    names = _model_names()
     if name in names:
         return []
-    return [SpecIssue(loaded.source_map.locate(where, key=False), _last(where), f"unknown model {name!r}{_suggest(name, names)}; models: {', '.join(names)}")]
+    return [SpecIssue(loaded.source_map.locate(where, key=False), _dotted(where), f"unknown model {name!r}{_suggest(name, names)}; models: {', '.join(names)}")]
 
 
 def _check_measurement(
@@ -154,20 +159,21 @@ def _check_measurement(
     names = metric_names()
     if metric not in names:
         location = loaded.source_map.locate(where + ("metric",), key=False)
-        return [SpecIssue(location, "metric", f"unknown metric {metric!r}{_suggest(metric, names)}")]
+        return [SpecIssue(location, _dotted(where + ("metric",)), f"unknown metric {metric!r}{_suggest(metric, names)}; metrics: {', '.join(names)}")]
     info = get_metric(metric)
     issues: list[SpecIssue] = []
     try:
-        info.validate_params(params)
+        info.params_model.model_validate(params, strict=True)
     except ValidationError as exc:
-        data = _dig(loaded, where)
-        issues += _pydantic_issues(exc, (data or {}).get("params", {}), loaded.source_map, info.params_model, where + ("params",))
+        issues += _pydantic_issues(exc, params, loaded.source_map, info.params_model, where + ("params",))
     if info.needs_inputs and inputs is None:
-        issues.append(SpecIssue(loaded.source_map.locate(where), "inputs", f"metric {metric!r} runs the model: give 'inputs' (one of {', '.join(_input_kinds())})"))
+        kinds = ", ".join(_input_kinds())
+        issues.append(SpecIssue(loaded.source_map.locate(where), _dotted(where + ("inputs",)), f"metric {metric!r} runs the model: give 'inputs' (one of {kinds})"))
     if inputs is not None:
         issues += _check_inputs(loaded, where + ("inputs",), inputs)
-    if model is not None and not issues:
+    if model is not None and model in _model_names() and not issues:
         issues += _check_heads(loaded, where, info.head_params, params, model)
+        issues += _check_select(loaded, where, select, model)
     return issues
 
 
@@ -182,96 +188,175 @@ def _check_inputs(loaded: LoadedFile, where: PathKey, inputs: dict[str, dict[str
 
     kinds = sorted(INPUT_KINDS)
     if len(inputs) != 1:
-        return [SpecIssue(loaded.source_map.locate(where), _last(where), f"give exactly one input kind, one of {', '.join(kinds)}; got {len(inputs)}")]
+        return [SpecIssue(loaded.source_map.locate(where), _dotted(where), f"give exactly one input kind, one of {', '.join(kinds)}; got {len(inputs)}")]
     (kind, params), = inputs.items()
     if kind not in INPUT_KINDS:
-        return [SpecIssue(loaded.source_map.locate(where + (kind,)), kind, f"unknown input kind {kind!r}{_suggest(kind, kinds)}; kinds: {', '.join(kinds)}")]
+        return [SpecIssue(loaded.source_map.locate(where + (kind,)), _dotted(where + (kind,)), f"unknown input kind {kind!r}{_suggest(kind, kinds)}; kinds: {', '.join(kinds)}")]
     model = INPUT_KINDS[kind].params_model
     try:
-        model.model_validate(params)
+        model.model_validate(params, strict=True)
     except ValidationError as exc:
         return _pydantic_issues(exc, params, loaded.source_map, model, where + (kind,))
     return []
 
 
 def _check_heads(loaded: LoadedFile, where: PathKey, head_params: tuple[str, ...], params: dict[str, Any], model: str) -> list[SpecIssue]:
-    from fixtures.registry import get_model_entry
-
-    if not head_params or not any(params.get(name) for name in head_params):
-        return []
-    shape = get_model_entry(model).shape
+    """Every head named in a head parameter (``"L.H"`` or a list of them) lies inside the model."""
     issues: list[SpecIssue] = []
     for name in head_params:
         value = params.get(name)
         heads = value if isinstance(value, list) else [value] if value is not None else []
         for index, text in enumerate(heads):
-            head = Head.parse(text)
-            if head.layer >= shape.n_layers or head.head >= shape.n_heads:
-                path = where + ("params", name) + ((index,) if isinstance(value, list) else ())
-                issues.append(SpecIssue(
-                    loaded.source_map.locate(path, key=False), f"params.{name}",
-                    f"head {text} is outside model {model!r} ({shape.n_layers} layers x {shape.n_heads} heads: 0.0 to {shape.n_layers - 1}.{shape.n_heads - 1})",
-                ))
+            path = where + ("params", name) + ((index,) if isinstance(value, list) else ())
+            problem = _outside_model(text, model)
+            if problem:
+                issues.append(SpecIssue(loaded.source_map.locate(path, key=False), _dotted(path), problem))
     return issues
+
+
+def _check_select(loaded: LoadedFile, where: PathKey, select: str | None, model: str) -> list[SpecIssue]:
+    """A ``select`` written as a head (``"L.H"``) must be a head of the model."""
+    if select is None or not _HEAD_RE.match(select):
+        return []
+    problem = _outside_model(select, model)
+    path = where + ("select",)
+    return [SpecIssue(loaded.source_map.locate(path, key=False), _dotted(path), problem)] if problem else []
+
+
+def _outside_model(text: str, model: str) -> str | None:
+    """Why head ``text`` is not a head of ``model``, or ``None`` if it is one."""
+    from fixtures.registry import get_model_entry
+
+    shape = get_model_entry(model).shape
+    head = Head.parse(text)
+    if head.layer < shape.n_layers and head.head < shape.n_heads:
+        return None
+    return f"head {text} is outside model {model!r} ({shape.n_layers} layers x {shape.n_heads} heads: 0.0 to {shape.n_layers - 1}.{shape.n_heads - 1})"
 
 
 # --- pydantic errors to located issues -------------------------------------------------------
 
+_EXPECTED: dict[str, str] = {
+    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "a whole number",
+    "string_type": "a string", "bool_type": "a boolean", "bool_parsing": "a boolean",
+    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+}
+"""Pydantic type errors, as what was expected; a union's branches merge into ``a number or a list``."""
+
+Errors = list[dict[str, Any]]
+
 
 def _pydantic_issues(exc: ValidationError, data: Any, source_map: SourceMap, model: type[BaseModel], prefix: PathKey) -> list[SpecIssue]:
-    """One issue per data path; union branch errors at one path are merged."""
-    grouped: dict[PathKey, list[dict[str, Any]]] = {}
-    for error in exc.errors():
-        path = _data_path(data, error["loc"])
-        grouped.setdefault(path, []).append(error)
+    """One issue per data path: union branches merged, shadowed and redundant errors dropped."""
+    grouped = _without_shadowed(_group_by_path(exc.errors(), data))
+    for path in _misspelt_missing(grouped, model):
+        del grouped[path]
     issues: list[SpecIssue] = []
     for path, errors in grouped.items():
         full = prefix + path
-        key = _dotted(full)
         if any(error["type"] == "extra_forbidden" for error in errors):
-            allowed = _allowed_keys(model, path[:-1], data)
+            allowed = _allowed_keys(model, path[:-1])
             name = str(path[-1])
-            suggestion = _suggest(name, allowed)
-            message = f"unknown key {name!r}{suggestion}; allowed keys: {', '.join(allowed)}"
-            issues.append(SpecIssue(source_map.locate(full), key, message))
+            message = f"unknown key {name!r}{_suggest(name, allowed)}; allowed keys: {', '.join(allowed)}"
+            issues.append(SpecIssue(source_map.locate(full), _dotted(full), message))
             continue
-        message = "; or ".join(dict.fromkeys(_message(error) for error in errors))
-        issues.append(SpecIssue(source_map.locate(full, key=not _is_value_error(errors)), key, message))
+        missing = all(error["type"] == "missing" for error in errors)
+        issues.append(SpecIssue(source_map.locate(full, key=missing), _dotted(full), _merged_message(errors)))
     return issues
 
 
-def _is_value_error(errors: list[dict[str, Any]]) -> bool:
-    return all(error["type"] != "missing" for error in errors)
+def _group_by_path(errors: Errors, data: Any) -> dict[PathKey, Errors]:
+    grouped: dict[PathKey, Errors] = {}
+    for error in errors:
+        grouped.setdefault(_data_path(data, error), []).append(error)
+    return grouped
+
+
+def _without_shadowed(grouped: dict[PathKey, Errors]) -> dict[PathKey, Errors]:
+    """Drop a type error at a path with errors inside its value: another union branch took the value."""
+    kept: dict[PathKey, Errors] = {}
+    for path, errors in grouped.items():
+        inner = any(len(other) > len(path) and other[: len(path)] == path for other in grouped)
+        left = [error for error in errors if not (inner and error["type"] in _EXPECTED)]
+        if left:
+            kept[path] = left
+    return kept
+
+
+def _misspelt_missing(grouped: dict[PathKey, Errors], model: type[BaseModel]) -> list[PathKey]:
+    """Missing keys that an unknown key beside them misspells: the unknown-key issue says it all."""
+    found: list[PathKey] = []
+    for path, errors in grouped.items():
+        if path and any(error["type"] == "extra_forbidden" for error in errors):
+            close = difflib.get_close_matches(str(path[-1]), _allowed_keys(model, path[:-1]), n=1, cutoff=0.6)
+            target = path[:-1] + tuple(close[:1])
+            if close and all(error["type"] == "missing" for error in grouped.get(target, [{"type": ""}])):
+                found.append(target)
+    return list(dict.fromkeys(found))
+
+
+def _merged_message(errors: Errors) -> str:
+    """``expected a number or a Reference mapping, got a string ('x')``, then any other rules."""
+    expected = [_expected(error) for error in errors if error["type"] in _EXPECTED]
+    parts = [_message(error) for error in errors if error["type"] not in _EXPECTED]
+    if expected:
+        value = errors[0].get("input")
+        hint = " (quote it to make it a string)" if "a string" in expected and isinstance(value, (bool, int, float)) else ""
+        parts.insert(0, f"expected {' or '.join(dict.fromkeys(expected))}, got {_describe(value)}{hint}")
+    return "; or ".join(dict.fromkeys(parts))
+
+
+def _expected(error: dict[str, Any]) -> str:
+    """What a type error expected: ``a number``, or ``a Reference mapping`` for a model."""
+    name = (error.get("ctx") or {}).get("class_name")
+    return f"a {name} mapping" if error["type"] == "model_type" and name else _EXPECTED[error["type"]]
 
 
 def _message(error: dict[str, Any]) -> str:
-    kind = error["type"]
-    if kind == "missing":
-        return "required key is missing"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if kind.endswith("_type") or kind in {"model_type", "dict_type", "list_type"}:
-        message += f" (got {_kind(error.get('input'))})"
-    return message
+    value = error.get("input")
+    if error["type"] == "missing":
+        return f"required key {str(error['loc'][-1])!r} is missing"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"expected a finite number, got {value}"
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
-def _data_path(data: Any, loc: tuple[Any, ...]) -> PathKey:
-    """Keep the parts of a pydantic ``loc`` that exist in ``data`` (drops union branch tags)."""
+def _describe(value: Any) -> str:
+    """``a string ('abc')``, ``an integer (3)``, ``an integer too large for a number (about 10^400)``."""
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer too large for a number (about 10^{int(value.bit_length() * 0.30103)})"
+    if isinstance(value, (int, float)):
+        return f"{_a(_kind(value))} ({value})"
+    if isinstance(value, str):
+        return f"a string ({value if len(value) <= 40 else value[:37] + '...'!r})"
+    return _a(_kind(value))
+
+
+def _data_path(data: Any, error: dict[str, Any]) -> PathKey:
+    """The path in ``data`` that a pydantic error's ``loc`` points at.
+
+    A ``loc`` also names union branches (``float``, ``Reference``...) and validator steps,
+    which are not keys of the data: a part is kept only where the data at that level has it,
+    or where it is the key that a ``missing`` error names.
+    """
+    loc = error["loc"]
     path: list[Any] = []
     node = data
-    for part in loc:
-        if isinstance(node, dict) and isinstance(part, str) and (part in node or part not in _UNION_TAGS):
-            path.append(part)
-            node = node.get(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            path.append(part)
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
             node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (error["type"] == "missing" and index == len(loc) - 1):
+            continue
+        path.append(part)
     return tuple(path)
 
 
-_UNION_TAGS = {"float", "int", "str", "bool", "Reference", "list[str]", "list[float]", "function-after[_same_length(), TokensParams]"}
-
-
-def _allowed_keys(model: type[BaseModel], path: PathKey, data: Any) -> list[str]:
+def _allowed_keys(model: type[BaseModel], path: PathKey) -> list[str]:
     """The keys allowed at ``path`` (relative to ``model``), aliases as written in YAML."""
     current: Any = model
     for part in path:
@@ -299,7 +384,7 @@ def _candidates(annotation: Any) -> list[Any]:
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         return _candidates(typing.get_args(annotation)[0])
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return [member for arg in typing.get_args(annotation) for member in _candidates(arg)]
     return [annotation]
 
@@ -314,28 +399,25 @@ def _model_keys(annotation: Any) -> list[str]:
 # --- small helpers ---------------------------------------------------------------------------
 
 
+_HEAD_RE = re.compile(HEAD_PATTERN)
+
+
+def _claim_ids(loaded: LoadedFile) -> list[tuple[PathKey, str]]:
+    """``(path of the id, id)`` of every claim and conceptual entry of a file."""
+    claims = [(("claims", index, "id"), claim.id) for index, claim in enumerate(loaded.spec.claims)]
+    return claims + [(("conceptual", index, "id"), entry.id) for index, entry in enumerate(loaded.spec.conceptual)]
+
+
 def _duplicate_ids(loaded: LoadedFile) -> list[SpecIssue]:
     seen: dict[str, int] = {}
     issues: list[SpecIssue] = []
-    entries = [("claims", c.id) for c in loaded.spec.claims] + [("conceptual", c.id) for c in loaded.spec.conceptual]
-    counters = {"claims": 0, "conceptual": 0}
-    for section, claim_id in entries:
-        index = counters[section]
-        counters[section] += 1
-        location = loaded.source_map.locate((section, index, "id"), key=False)
+    for where, claim_id in _claim_ids(loaded):
+        location = loaded.source_map.locate(where, key=False)
         if claim_id in seen:
-            issues.append(SpecIssue(location, "id", f"duplicate claim id {claim_id!r} (first at line {seen[claim_id]})"))
+            issues.append(SpecIssue(location, _dotted(where), f"duplicate claim id {claim_id!r} (first at line {seen[claim_id]})"))
         else:
             seen[claim_id] = location.line
     return issues
-
-
-def _dig(loaded: LoadedFile, where: PathKey) -> Any:
-    """The raw spec data at ``where`` (pydantic dump, aliases as in YAML)."""
-    node: Any = loaded.spec.model_dump(by_alias=True)
-    for part in where:
-        node = node[part] if isinstance(node, (dict, list)) else None
-    return node
 
 
 def _suggest(name: str, choices: Iterable[str]) -> str:
@@ -347,8 +429,9 @@ def _kind(value: Any) -> str:
     return {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer", float: "number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _last(where: PathKey) -> str:
-    return str(where[-1]) if where else ""
+def _a(noun: str) -> str:
+    """``"an integer"``, ``"a list"``; ``"null"`` stays bare."""
+    return noun if noun == "null" else f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _dotted(where: PathKey) -> str:

@@ -8,6 +8,7 @@ mapping keys and sequence indices that leads to it), so validation errors can po
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,24 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 MAX_DEPTH = 32
 MAX_NODES = 100_000
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+_QUOTE_ME = {
+    "tag:yaml.org,2002:timestamp": "a date",
+    "tag:yaml.org,2002:merge": "a merge key",
+    "tag:yaml.org,2002:value": "a value key",
+}
+"""Tags PyYAML gives some plain scalars (``2024-01-01``, ``<<``, ``=``): quoting makes them strings."""
+
+
+class _ClaimLoader(yaml.SafeLoader):
+    """``SafeLoader`` that also reads ``1e-5`` and ``1.0e5`` as numbers, as YAML 1.2 and editors do."""
+
+
+_ClaimLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass
@@ -78,16 +97,9 @@ def read_yaml(path: str | Path, text: str | None = None) -> tuple[Any, SourceMap
             text = Path(path).read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise _error(shown, 1, 1, "", f"file is not UTF-8 text ({exc.reason})") from None
-    try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise _error(shown, line, column, "", f"YAML syntax error: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:
-        raise _error(shown, 1, 1, "", f"YAML error: {exc}") from None
+    nodes = _compose(shown, text)
     nodes = [node for node in nodes if node is not None]
-    if not nodes:
+    if all(_is_blank(node) for node in nodes):
         raise _error(shown, 1, 1, "", "file is empty: expected a mapping with a 'claims' list")
     if len(nodes) > 1:
         second = nodes[1].start_mark
@@ -95,6 +107,48 @@ def read_yaml(path: str | Path, text: str | None = None) -> tuple[Any, SourceMap
     source_map = SourceMap(shown)
     builder = _Builder(source_map)
     return builder.build(nodes[0], (), 0), source_map
+
+
+def _compose(shown: str, text: str) -> list[yaml.Node | None]:
+    """Compose every document of ``text``, nesting checked first (PyYAML's composer recurses)."""
+    try:
+        _check_depth(shown, text)
+        return list(yaml.compose_all(text, Loader=_ClaimLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise _error(shown, line, column, "", f"YAML syntax error: {exc.problem or exc}") from None
+    except yaml.reader.ReaderError as exc:
+        line, column = _position(text, exc.position)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character[:1] or "\0")
+        raise _error(shown, line, column, "", f"character U+{code:04X} is not allowed in YAML text") from None
+    except yaml.YAMLError as exc:
+        raise _error(shown, 1, 1, "", f"YAML error: {exc}") from None
+
+
+def _check_depth(shown: str, text: str) -> None:
+    """Reject collections nested deeper than ``MAX_DEPTH`` from the (non-recursive) event stream."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_ClaimLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH + 1:
+                mark = event.start_mark
+                raise _error(shown, mark.line + 1, mark.column + 1, "", f"nesting deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    """1-based ``(line, column)`` of character ``index``, counting line breaks as YAML does."""
+    breaks = list(_LINE_BREAK.finditer(text, 0, index))
+    start = breaks[-1].end() if breaks else 0
+    return len(breaks) + 1, index - start + 1
+
+
+def _is_blank(node: yaml.Node) -> bool:
+    """A document with nothing in it (``---`` alone composes to an empty null scalar)."""
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null" and node.value == ""
 
 
 def _error(path: str, line: int, column: int, key: str, message: str) -> YamlError:
@@ -106,7 +160,7 @@ class _Builder:
 
     def __init__(self, source_map: SourceMap) -> None:
         self.source_map = source_map
-        self.constructor = yaml.SafeLoader("")
+        self.constructor = _ClaimLoader("")
         self.count = 0
         self.active: set[int] = set()
 
@@ -138,11 +192,12 @@ class _Builder:
             line, column = key_node.start_mark.line + 1, key_node.start_mark.column + 1
             if not isinstance(key_node, yaml.ScalarNode):
                 raise _error(self.source_map.path, line, column, _dotted(where), "a key must be a plain string")
-            name = self._scalar(key_node, where)
+            written = where + (_shorten(key_node.value),)
+            name = self._scalar(key_node, written)
             if not isinstance(name, str):
                 raise _error(
-                    self.source_map.path, line, column, _dotted(where),
-                    f"key {name!r} must be a string (quote it: '{name}')",
+                    self.source_map.path, line, column, _dotted(written),
+                    f"key {_shorten(key_node.value)!r} reads as {_kind(name)}; a key must be a string (quote it: '{_shorten(key_node.value)}')",
                 )
             if name in result:
                 first_line, first_column = self.source_map.key_marks[where + (name,)]
@@ -161,7 +216,13 @@ class _Builder:
     def _scalar(self, node: yaml.Node, where: PathKey) -> Any:
         if node.tag not in _STANDARD_SCALAR_TAGS:
             self._reject_tag(node, where)
-        return self.constructor.construct_object(node, deep=True)
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (ValueError, KeyError, TypeError, OverflowError, yaml.YAMLError) as exc:
+            line, column = node.start_mark.line + 1, node.start_mark.column + 1
+            kind = node.tag.rsplit(":", 1)[-1]
+            reason = "it has too many digits" if "digits" in str(exc) else f"not a valid {kind}"
+            raise _error(self.source_map.path, line, column, _dotted(where), f"cannot read {_shorten(node.value)!r} as {kind}: {reason}") from None
 
     def _check_tag(self, node: yaml.Node, expected: str, where: PathKey) -> None:
         if node.tag != expected:
@@ -169,10 +230,25 @@ class _Builder:
 
     def _reject_tag(self, node: yaml.Node, where: PathKey) -> None:
         line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        if isinstance(node, yaml.ScalarNode) and node.tag in _QUOTE_ME:
+            raise _error(
+                self.source_map.path, line, column, _dotted(where),
+                f"{_shorten(node.value)!r} reads as {_QUOTE_ME[node.tag]}; quote it to make it a string: '{_shorten(node.value)}'",
+            )
         raise _error(
             self.source_map.path, line, column, _dotted(where),
             f"tag {node.tag!r} is not allowed: claim files hold plain strings, numbers, booleans, lists and mappings",
         )
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    """``"an integer"``, ``"null"``... for messages."""
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def _dotted(where: PathKey) -> str:
