@@ -111,7 +111,8 @@ def _params_model(name: str, function: MetricFunction) -> tuple[type[BaseModel],
         if _mentions_head(annotation):
             head_params.append(parameter.name)
     model_name = "Params_" + name.replace(".", "_")
-    model = create_model(model_name, __config__=ConfigDict(extra="forbid", frozen=True), **fields)
+    config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model = create_model(model_name, __config__=config, **fields)
     return model, tuple(head_params)
 
 
