@@ -1,0 +1,88 @@
+"""Every chapter-1.2 row of the ARENA claims catalogue is encoded in ``claims/arena``.
+
+The catalogue (``arena-claims.md``, kept in ``../shared`` beside the checkout) lists the course's
+claims in §2 as table rows whose first cell is the claim id (``| 1.2.ov.full_ov_1_4_top1 | ...``).
+Each id must appear in ``claims/arena`` as a claim id or as a ``conceptual`` id, and every arena
+claim that names a ``catalogue_id`` must name a row that exists. Skipped where the catalogue is
+not present.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from harness.loader import find_claim_files, load_claim_files
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALOGUE = ROOT.parent / "shared" / "arena-claims.md"
+ARENA = ROOT / "claims" / "arena"
+ROW_ID = re.compile(r"^\|\s*(1\.2\.[A-Za-z0-9_.+-]+)\s*\|")
+#: Metrics that sweep the whole 50278-token vocabulary (or train a map over it) on the toy model.
+HEAVY_METRICS = ("ov.", "low_rank.", "composition.kcomp_full_circuit")
+
+needs_catalogue = pytest.mark.skipif(not CATALOGUE.is_file(), reason=f"catalogue not found at {CATALOGUE}")
+
+
+def catalogue_section_2_ids(text: str) -> list[str]:
+    """The ids of the table rows of §2 ("## 2. ..." up to the next "## " heading)."""
+    ids: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            inside = line.startswith("## 2.")
+            continue
+        match = ROW_ID.match(line) if inside else None
+        if match:
+            ids.append(match.group(1))
+    return ids
+
+
+def arena_entries() -> tuple[dict[str, object], dict[str, object]]:
+    """``(claims, conceptual)`` of every file under claims/arena, by id."""
+    loaded = load_claim_files(find_claim_files([ARENA]))
+    claims = {claim.id: claim for f in loaded for claim in f.spec.claims}
+    conceptual = {entry.id: entry for f in loaded for entry in f.spec.conceptual}
+    return claims, conceptual
+
+
+def test_section_parser_reads_rows_only_from_section_2() -> None:
+    text = "## 1. x\n| 1.2.not.this | a |\n## 2. Chapter\n### 2.1 s\n| id | src |\n|---|---|\n| 1.2.a.b | x |\n## 3. y\n| 1.2.c | x |\n"
+    assert catalogue_section_2_ids(text) == ["1.2.a.b"]
+
+
+@needs_catalogue
+def test_every_section_2_row_is_encoded() -> None:
+    ids = catalogue_section_2_ids(CATALOGUE.read_text(encoding="utf-8"))
+    assert len(ids) >= 50, f"parsed only {len(ids)} ids from §2 of {CATALOGUE}: has its table format changed?"
+    claims, conceptual = arena_entries()
+    missing = [row for row in ids if row not in claims and row not in conceptual]
+    assert not missing, f"catalogue rows with no claim or conceptual entry in claims/arena: {missing}"
+
+
+@needs_catalogue
+def test_catalogue_ids_named_by_claims_exist() -> None:
+    ids = set(catalogue_section_2_ids(CATALOGUE.read_text(encoding="utf-8")))
+    claims, conceptual = arena_entries()
+    unknown = []
+    for entry_id, entry in {**claims, **conceptual}.items():
+        source = getattr(entry, "source", None)
+        named = getattr(source, "catalogue_id", None)
+        if named is None or not named.startswith("1.2."):
+            continue
+        if named not in ids:
+            unknown.append(f"{entry_id} -> {named}")
+        elif entry_id != named and not entry_id.startswith(named + "."):
+            unknown.append(f"{entry_id} is not {named} or {named}.<suffix>")
+    assert not unknown, f"arena entries naming catalogue rows wrongly: {unknown}"
+
+
+def test_heavy_arena_claims_are_marked_slow() -> None:
+    claims, _ = arena_entries()
+    heavy = [
+        claim_id for claim_id, claim in claims.items()
+        if claim.metric.startswith(HEAVY_METRICS) and not claim.slow  # type: ignore[attr-defined]
+    ]
+    assert not heavy, f"full-vocabulary claims without slow: true: {heavy}"
