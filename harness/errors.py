@@ -49,3 +49,18 @@ class ModelUnavailable(Exception):
         self.model = model
         self.reason = reason
         super().__init__(f"model {model!r} unavailable: {reason}")
+
+
+class WeightsIntegrityError(Exception):
+    """A weights file is not what it must be: an error, never a skip.
+
+    Raised when the file's sha256 differs from the pinned one, when it cannot be read
+    (truncated, corrupt, not safetensors nor a PyTorch state dict), or when its tensors do not
+    fit the model's config. ``path`` names the file; ``reason`` says what is wrong.
+    """
+
+    def __init__(self, model: str, path: str, reason: str) -> None:
+        self.model = model
+        self.path = path
+        self.reason = reason
+        super().__init__(f"model {model!r}: weights file {path}: {reason}")

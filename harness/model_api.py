@@ -44,6 +44,9 @@ class ModelIdentity:
     processing: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
     device: str = "cpu"
+    #: Where the weights were read from (a path, ``repo/file``, a package); provenance only,
+    #: not part of :attr:`key` (the same bytes from another place are the same model).
+    origin: str | None = None
 
     @property
     def key(self) -> str:
@@ -60,6 +63,7 @@ class ModelIdentity:
             "processing": dict(self.processing),
             "dtype": self.dtype,
             "device": self.device,
+            "origin": self.origin,
         }
 
 
@@ -107,6 +111,8 @@ class ModelHandle:
         self.shape = ModelShape(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab, cfg.n_ctx)
         self.positional_embedding_type: str = cfg.positional_embedding_type
         self.attn_only: bool = bool(cfg.attn_only)
+        #: Why the model has no tokenizer, where the loader knows (shown when text is given).
+        self.no_tokenizer_reason: str | None = None
 
     # --- weights -----------------------------------------------------------------------
     @property
@@ -165,7 +171,8 @@ class ModelHandle:
     def to_tokens(self, text: str | list[str], *, prepend_bos: bool = True) -> Tensor:
         """Token ids [batch, pos] for ``text`` with the model's tokenizer."""
         if self._hooked.tokenizer is None:
-            raise ValueError(f"model {self.identity.name!r} has no tokenizer: give token ids instead of text")
+            why = f" ({self.no_tokenizer_reason})" if self.no_tokenizer_reason else ""
+            raise ValueError(f"model {self.identity.name!r} has no tokenizer{why}: give token ids instead of text")
         return self._hooked.to_tokens(text, prepend_bos=prepend_bos)
 
     @property
@@ -173,7 +180,6 @@ class ModelHandle:
         return self._hooked.tokenizer is not None
 
     def to_str_tokens(self, tokens: Tensor) -> list[str]:
-        return self._hooked.to_str_tokens(tokens)
         return self._hooked.to_str_tokens(tokens)
 
     # --- biases and normalization (for direct logit attribution) ------------------------
