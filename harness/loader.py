@@ -326,6 +326,8 @@ def _describe(value: Any) -> str:
     """``a string ('abc')``, ``an integer (3)``, ``an integer too large for a number (about 10^400)``."""
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, int) and value.bit_length() > 64:
         return f"an integer too large for a number (about 10^{int(value.bit_length() * 0.30103)})"
     if isinstance(value, (int, float)):
