@@ -228,14 +228,14 @@ def test_reference_with_an_unknown_key_reports_only_that_key():
 @pytest.mark.parametrize(
     ("expect", "key", "words"),
     [
-        ("{approx: .nan, abs: 0.1}", "claims[0].expect.approx", "expected a finite number or a Reference mapping, got a number (nan)"),
-        ("{'>=': .inf}", "claims[0].expect.>=", "got a number (inf)"),
-        ("{'>=': 1e400}", "claims[0].expect.>=", "got a number (inf)"),
+        ("{approx: .nan, abs: 0.1}", "claims[0].expect.approx", "expected a finite number or a Reference mapping, got nan"),
+        ("{'>=': .inf}", "claims[0].expect.>=", "got inf"),
+        ("{'>=': 1e400}", "claims[0].expect.>=", "got inf"),
         (f"{{'<=': {10**400}}}", "claims[0].expect.<=", "got an integer too large for a number (about 10^400)"),
         (f"{{between: [0, {10**400}]}}", "claims[0].expect.between[1]", "an integer too large for a number"),
-        ("{between: [0, .nan]}", "claims[0].expect.between[1]", "expected a finite number, got a number (nan)"),
+        ("{between: [0, .nan]}", "claims[0].expect.between[1]", "expected a finite number, got nan"),
         ("{approx: 1, abs: -.inf}", "claims[0].expect.abs", "finite"),
-        ("{equals: .nan}", "claims[0].expect.equals", "expected a list or a finite number, got a number (nan)"),
+        ("{equals: .nan}", "claims[0].expect.equals", "expected a list or a finite number, got nan"),
     ],
 )
 def test_non_finite_and_huge_numbers_are_errors(expect, key, words):
