@@ -48,6 +48,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("interp-claims")
     group.addoption("--claims-out", metavar="DIR", default=None, help="write results.json and report.md of the claims run into DIR")
     group.addoption(
+        "--claims-weights", metavar="NAME=PATH", action="append", default=[],
+        help="load model NAME from the local weights file PATH (e.g. arena-attn-only-2l=attn_only_2L_half.pth); repeatable",
+    )
+    group.addoption(
         "--claims-baseline", metavar="FILE", default=None,
         help="fail claims whose verdict flipped or whose value drifted beyond tolerance against this baseline; report new and disappeared claims",
     )
@@ -62,6 +66,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS_KEY] = []
     config.stash[IDS_KEY] = {}
     config.stash[FILES_KEY] = {}
+    for item in config.getoption("--claims-weights", default=[]) or []:
+        from harness.weights_option import apply_weights_option
+
+        try:
+            apply_weights_option(item)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
     path = config.getoption("--claims-baseline", default=None)
     if path:
         from reports.baseline import BaselineError, load_baseline

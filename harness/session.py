@@ -12,7 +12,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import ModelUnavailable
 from harness.measurement import Measurement
 from harness.model_api import Forward, ModelHandle
 
@@ -23,7 +22,7 @@ MAX_FORWARDS = 8
 class Session:
     """Models, inputs, forward passes and measurements of one pytest session or CLI run."""
 
-    models: dict[str, ModelHandle | ModelUnavailable] = field(default_factory=dict)
+    models: dict[str, ModelHandle | Exception] = field(default_factory=dict)
     load_seconds: dict[str, float] = field(default_factory=dict)
     forward_count: int = 0
     _inputs: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -31,18 +30,22 @@ class Session:
     _measurements: dict[tuple[str, ...], Measurement] = field(default_factory=dict)
 
     def model(self, name: str) -> ModelHandle:
-        """The model ``name``, loaded on first use; raises :class:`ModelUnavailable` (remembered)."""
+        """The model ``name``, loaded on first use.
+
+        A failed load is remembered and raised again for every claim on the model:
+        :class:`ModelUnavailable` (a skip) or any other error, e.g. a weights integrity error.
+        """
         if name not in self.models:
             from fixtures.registry import get_model_entry
 
             start = time.perf_counter()
             try:
                 self.models[name] = get_model_entry(name).load()
-            except ModelUnavailable as exc:
+            except Exception as exc:  # remembered: one failing load, not one per claim
                 self.models[name] = exc
             self.load_seconds[name] = time.perf_counter() - start
         loaded = self.models[name]
-        if isinstance(loaded, ModelUnavailable):
+        if isinstance(loaded, Exception):
             raise loaded
         return loaded
 

@@ -150,3 +150,13 @@ def test_forward_pass_is_shared_between_claims() -> None:
     results = [run_claim(loaded, claim, session) for claim in loaded.spec.claims]
     assert [r.passed for r in results] == [True, True, True]
     assert session.forward_count == 1
+
+
+def test_claims_weights_option_rejects_bad_values(pytester: pytest.Pytester) -> None:
+    write_claims(pytester, claim_file(INDUCTION.format(id="w", head="1.0", expected="supported")))
+    result = pytester.runpytest_inprocess("claims", "-q", "--claims-weights", "no-equals-sign")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "expects NAME=PATH" in result.stderr.str()
+    result = pytester.runpytest_inprocess("claims", "-q", "--claims-weights", "arena-attn-only-2l=missing.pth")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "no such file" in result.stderr.str()
