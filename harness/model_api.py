@@ -146,6 +146,11 @@ class ModelHandle:
         return self._hooked.W_V.detach()
 
     @property
+    def b_V(self) -> Tensor:
+        """Value biases [n_layers, n_heads, d_head] (key/value groups expanded)."""
+        return self._hooked.b_V.detach()
+
+    @property
     def W_O(self) -> Tensor:
         """Output weights [n_layers, n_heads, d_head, d_model]."""
         return self._hooked.W_O.detach()
@@ -164,9 +169,9 @@ class ModelHandle:
 
     def hook_name(self, kind: str, layer: int | None = None) -> str:
         """The hook point name of activation ``kind`` in ``layer`` (e.g. ``("z", 1)``)."""
-        from transformer_lens import utils
+        from transformer_lens.utilities import get_act_name  # transformer_lens.utils warns (deprecated)
 
-        return utils.get_act_name(kind, layer)
+        return get_act_name(kind, layer)
 
     def to_tokens(self, text: str | list[str], *, prepend_bos: bool = True) -> Tensor:
         """Token ids [batch, pos] for ``text`` with the model's tokenizer."""
