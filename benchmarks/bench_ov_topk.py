@@ -1,0 +1,217 @@
+"""Time the full-OV-circuit top-k kernel against the course's way, at the course model's shape.
+
+    python benchmarks/bench_ov_topk.py            # CPU: (a) course's way, (b) bare products, (c) kernel
+    python benchmarks/bench_ov_topk.py --steps    # also numpy against torch for each step of a tile
+    python benchmarks/bench_ov_topk.py --gpu      # also the same on the GPU, when there is one
+
+(a) the course's way: torch, A = W_E W_V and B = W_O W_U, rows in blocks of 1000: argmax for
+    top-1, then a second pass with topk(5) for top-5;
+(b) the bare chunked products alone, in the kernel's own tiles, no counting;
+(c) ``full_circuit_topk``: one pass giving top-1 .. top-10 (every k), exact (float64 recheck).
+Weights are seeded random tensors of the course's shapes (V = 50,278, d = 768, r = 64), fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.circuits import ov_topk  # noqa: E402
+from harness.circuits.ov_topk import full_circuit_topk  # noqa: E402
+
+
+def weights(V: int, d: int, r: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Seeded W_E (V, d), left = W_V (d, r), right = W_O (r, d), W_U (d, V), fp32."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(V, d, generator=g) * 0.1, torch.randn(d, r, generator=g) / d**0.5,
+            torch.randn(r, d, generator=g) / r**0.5, torch.randn(d, V, generator=g) / d**0.5)
+
+
+def best_of(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = lambda: None) -> tuple[float, Any]:
+    """Minimum wall time over ``repeat`` runs (the machine is shared: the minimum is the signal)."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def course_way(W_E, W_V, W_O, W_U, batch: int = 1000) -> tuple[float, float]:
+    """ARENA's top_1_acc then a top-5 pass: A[idx] @ B per block of rows, argmax / topk(5)."""
+    A, B = W_E @ W_V, W_O @ W_U
+    V = A.shape[0]
+    top1 = top5 = 0
+    for idx in torch.split(torch.arange(V, device=A.device), batch):
+        top1 += (torch.argmax(A[idx] @ B, dim=1) == idx).float().sum().item()
+    for idx in torch.split(torch.arange(V, device=A.device), batch):
+        top5 += (torch.topk(A[idx] @ B, k=5, dim=1).indices == idx[:, None]).any(1).float().sum().item()
+    return top1 / V, top5 / V
+
+
+def bare_products_numpy(W_E, W_V, W_O, W_U, bt: int, w: int) -> None:
+    """The kernel's float32 products alone, same tiles, into one preallocated buffer."""
+    P = (W_E @ W_V).numpy()
+    Q = (W_O @ W_U).numpy()
+    V = P.shape[0]
+    S = np.empty((bt, w), np.float32)
+    for s in range(0, V, bt):
+        Pb = P[s : s + bt]
+        for c in range(0, V, w):
+            cw = min(w, V - c)
+            np.matmul(Pb, Q[:, c : c + cw], out=S[: len(Pb), :cw])
+
+
+def bare_products_torch(W_E, W_V, W_O, W_U, bt: int) -> None:
+    """Full-row blocks of torch products (the GPU path's tiles)."""
+    A, B = W_E @ W_V, W_O @ W_U
+    for s in range(0, A.shape[0], bt):
+        A[s : s + bt] @ B
+
+
+def blas_info() -> str:
+    """Threads and BLAS libraries of numpy and torch."""
+    lines = [f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}",
+             f"cpu count {os.cpu_count()}, affinity {len(os.sched_getaffinity(0))}, "
+             f"torch threads {torch.get_num_threads()}, torch BLAS "
+             f"{'MKL' if torch.backends.mkl.is_available() else 'other'}"]
+    try:
+        from threadpoolctl import threadpool_info
+
+        for info in threadpool_info():
+            lines.append(f"  {info.get('internal_api')} {info.get('version')} "
+                         f"threads={info.get('num_threads')} ({Path(info.get('filepath', '')).name})")
+    except ImportError:
+        cfg = np.show_config(mode="dicts") if "mode" in np.show_config.__code__.co_varnames else {}
+        blas = cfg.get("Build Dependencies", {}).get("blas", {}) if isinstance(cfg, dict) else {}
+        lines.append(f"  numpy BLAS {blas.get('name', '?')} {blas.get('version', '')} "
+                     "(threadpoolctl not installed: thread counts unknown)")
+    return "\n".join(lines)
+
+
+def step_table(W_E, W_V, W_O, W_U, bt: int, w: int, repeat: int) -> None:
+    """numpy against torch for each step, on one kernel tile and on one 2048-row full block."""
+    P, Q = (W_E @ W_V), (W_O @ W_U)
+    V = Q.shape[1]
+    for rows, cols in ((min(bt, V), min(w, V)), (min(2048, V), V)):
+        Pn, Qn = P[:rows].numpy(), Q[:, :cols].numpy()
+        Sn = np.empty((rows, cols), np.float32)
+        St = torch.from_numpy(Sn)
+        m = np.empty((rows, cols), bool)
+        mt = torch.from_numpy(m)
+        thr = Sn[:, :1].copy()
+        thr_t = torch.from_numpy(thr)
+        np.matmul(Pn, Qn, out=Sn)
+        steps = {
+            "matmul": (lambda: np.matmul(Pn, Qn, out=Sn), lambda: torch.mm(P[:rows], Q[:, :cols], out=St)),
+            "compare": (lambda: np.greater(Sn, thr, out=m), lambda: torch.gt(St, thr_t, out=mt)),
+            "count rows": (lambda: np.count_nonzero(m, axis=1), lambda: mt.sum(1)),
+            "row max": (lambda: Sn.max(axis=1), lambda: St.amax(1)),
+        }
+        if cols % ov_topk._CHUNK == 0:  # the kernel's byte-lane count against torch's sum
+            steps["lane count"] = (lambda: ov_topk._lane_sums(m), lambda: mt.sum(1))
+        print(f"  steps on a {rows} x {cols} tile: numpy / torch seconds (min of {repeat})")
+        for name, (fn_np, fn_t) in steps.items():
+            a, _ = best_of(fn_np, repeat)
+            b, _ = best_of(fn_t, repeat)
+            print(f"    {name:<11} numpy {a:.4f}  torch {b:.4f}  -> {'numpy' if a < b else 'torch'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--V", type=int, default=50278)
+    ap.add_argument("--d", type=int, default=768)
+    ap.add_argument("--r", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--block-rows", type=int, default=512)
+    ap.add_argument("--block-cols", type=int, default=8192)
+    ap.add_argument("--workers", type=int, default=None, help="threads of the CPU kernel (default: auto)")
+    ap.add_argument("--skip-course", action="store_true", help="skip (a), the slow course's way")
+    ap.add_argument("--no-cpu", action="store_true", help="only the GPU timings")
+    ap.add_argument("--steps", action="store_true", help="numpy against torch for each step")
+    ap.add_argument("--gpu", action="store_true", help="also time (a), (b), (c) on the GPU")
+    ap.add_argument("--gpu-block-rows", type=int, default=4096)
+    args = ap.parse_args()
+
+    print(blas_info())
+    W = weights(args.V, args.d, args.r, args.seed)
+    bt, w = args.block_rows, args.block_cols
+    print(f"shape V={args.V} d={args.d} r={args.r}, seed {args.seed}, fp32; tiles {bt} x {w}, "
+          f"{args.workers or ov_topk._auto_workers()} worker thread(s)")
+    if not args.no_cpu:
+        cpu_timings(W, args)
+    if args.gpu:
+        gpu_timings(W, args)
+
+
+def cpu_timings(W: tuple[torch.Tensor, ...], args: argparse.Namespace) -> None:
+    """(a), (b), (c) and the peak extra memory of (c) on the CPU."""
+    bt, w, kw = args.block_rows, args.block_cols, {"workers": args.workers}
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tc, res = best_of(lambda: full_circuit_topk(*W, block_rows=bt, block_cols=w, **kw), args.repeat)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    full_circuit_topk(*W, block_rows=bt, block_cols=w, **kw)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    tb, _ = best_of(lambda: bare_products_numpy(*W, bt, w), args.repeat)
+    tn, _ = best_of(lambda: full_circuit_topk(*W, block_rows=bt, block_cols=w, margins=False, **kw),
+                    args.repeat)
+    accs = " ".join(f"{res.accuracy(k):.5f}" for k in range(1, 11))
+    print(f"(c) kernel, top-1..top-10:        {tc:7.2f} s   [{accs}]  rechecked {res.n_rechecked}")
+    print(f"(c') kernel without margins:      {tn:7.2f} s   (no row-max pass)")
+    print(f"(b) bare chunked products:        {tb:7.2f} s")
+    print(f"    peak extra memory: tracemalloc {peak / 2**20:.0f} MiB, "
+          f"max RSS growth {(rss1 - rss0) / 1024:.0f} MiB")
+    print(f"    (c)/(b) = {tc / tb:.2f}, (c')/(b) = {tn / tb:.2f}  (target <= 1.5)")
+    if not args.skip_course:
+        ta, (a1, a5) = best_of(lambda: course_way(*W), args.repeat)
+        print(f"(a) course's way, top-1 and top-5: {ta:7.2f} s   [{a1:.5f} {a5:.5f}]  "
+              f"kernel argmax top-1 {res.accuracy(1, 'argmax'):.5f}")
+        print(f"    (a)/(c) = {ta / tc:.2f}  (target >= 5)")
+    if args.steps:
+        step_table(*W, bt, w, args.repeat)
+
+
+
+def gpu_timings(W: tuple[torch.Tensor, ...], args: argparse.Namespace) -> None:
+    """(a), (b), (c) on the GPU: the torch scan; factors and float64 recheck stay on the CPU."""
+    if not torch.cuda.is_available():
+        print("--gpu: no CUDA device, skipped")
+        return
+    dev = torch.device("cuda")
+    Wg = tuple(x.to(dev) for x in W)
+    sync = torch.cuda.synchronize
+    gb = args.gpu_block_rows
+    print(f"GPU {torch.cuda.get_device_name(dev)}, row blocks {gb}")
+    ref = full_circuit_topk(*W, block_rows=args.block_rows, block_cols=args.block_cols,
+                            workers=args.workers)
+    best_of(lambda: full_circuit_topk(*W, device=dev, block_rows=gb), 1, sync)  # warm up
+    tcg, rg = best_of(lambda: full_circuit_topk(*W, device=dev, block_rows=gb), args.repeat, sync)
+    tbg, _ = best_of(lambda: bare_products_torch(*Wg, gb), args.repeat, sync)
+    tag, (g1, g5) = best_of(lambda: course_way(*Wg), args.repeat, sync)
+    same = all(np.array_equal(getattr(rg, f), getattr(ref, f)) for f in ("above", "ties", "ties_below"))
+    print(f"(a) GPU course's way: {tag:.3f} s [{g1:.5f} {g5:.5f}]")
+    print(f"(b) GPU bare products: {tbg:.3f} s")
+    print(f"(c) GPU kernel (CPU factors and recheck included): {tcg:.3f} s "
+          f"[{rg.accuracy(1):.5f} {rg.accuracy(5):.5f}], counts equal the CPU kernel's: {same}")
+    print(f"    (a)/(c) = {tag / tcg:.2f}, (c)/(b) = {tcg / tbg:.2f}")
+
+
+if __name__ == "__main__":
+    main()

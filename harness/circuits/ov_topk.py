@@ -1,0 +1,486 @@
+"""Exact top-k accuracy of a full OV circuit, without forming the V x V matrix.
+
+The full OV circuit of a set of heads is
+
+    M = W_E @ left @ right @ W_U                      (V x V)
+
+with ``left = [W_V[h1] | W_V[h2] | ...]`` (d x r) and ``right = [W_O[h1]; W_O[h2]; ...]`` (r x d),
+so that ``left @ right = sum_h W_V[h] @ W_O[h]`` (the effective circuit of several heads).
+Row i is a source token, column j an output logit; the diagonal M[i, i] is "copy token i".
+
+For every row the kernel counts, in one pass over the row's entries,
+
+    above[i] = #{j : M[i, j] > M[i, i]}
+    ties[i]  = #{j != i : M[i, j] == M[i, i]}
+    ties_below[i] = #{j < i : M[i, j] == M[i, i]}
+
+which gives the top-k accuracy for every k at once: row i is in the top k iff
+``above[i] + ties[i] < k`` (pessimistic ties), ``above[i] < k`` (optimistic) or
+``above[i] + ties_below[i] < k`` (the first-index rule of ``torch.argmax``).
+
+Arithmetic.  The reference value of M[i, j] is the float64 evaluation of P[i] . Q[:, j] with the
+float64 factors P = W_E @ left (V x r) and Q = right @ W_U (r x V), every entry summed in the same
+order (equal unembedding columns give bit-equal columns of Q and so exact ties; an all-zero row
+of P ties everywhere).  The scan runs in float32
+(P and Q rounded to float32, row blocks S = P[b] @ Q, the diagonal taken from the same block
+product).  Every float32 entry is within
+
+    T_i = gamma_{r+2} * ||P[i]|| * (max_j ||Q[:, j]|| + ||Q[:, i]||)   (gamma_n = n u / (1 - n u))
+
+of its float64 counterpart's difference with the diagonal (any summation order, FMA or not), so an
+entry with S[i, j] > d_i + T_i is certainly above, one with S[i, j] < d_i - T_i certainly below.
+Only the few entries inside the band are recomputed in float64 (``recheck=True``), which makes the
+counts exactly those of the float64 matrix.  With ``recheck=False`` the counts are those of the
+float32 block product itself (T = 0: the band is the float32 ties).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+TiePolicy = Literal["pessimistic", "optimistic", "argmax"]
+
+_U32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32, 2**-24
+_U64 = float(np.finfo(np.float64).eps) / 2
+_TINY32 = float(np.finfo(np.float32).smallest_normal)
+_F32_SAFE_MAX = 1e37  # float32 entries stay well below overflow (3.4e38)
+
+
+@dataclass(frozen=True)
+class TopKResult:
+    """Per-row rank counts of the diagonal of a V x V circuit, for rows ``row_start .. + n_rows``.
+
+    ``above[i]`` counts entries strictly larger than the diagonal, ``ties[i]`` entries equal to it
+    (the diagonal itself excluded), ``ties_below[i]`` those of the ties at a lower column index.
+    ``margin[i] = M[i, i] - max_{j != i} M[i, j]``: its sign is exact (positive iff the diagonal
+    is the strict maximum); its value is within ``2 * tolerance[i]`` of the float64 one.
+    """
+
+    n_rows: int
+    above: np.ndarray
+    ties: np.ndarray
+    ties_below: np.ndarray
+    margin: np.ndarray
+    row_start: int = 0
+    tolerance: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_rechecked: int = 0
+
+    def _rank(self, ties: TiePolicy) -> np.ndarray:
+        """Rank (0 = first) of the diagonal in its row under a tie policy."""
+        if ties == "pessimistic":
+            return self.above.astype(np.int64) + self.ties
+        if ties == "optimistic":
+            return self.above.astype(np.int64)
+        if ties == "argmax":
+            return self.above.astype(np.int64) + self.ties_below
+        raise ValueError(f"unknown tie policy {ties!r}: pessimistic, optimistic or argmax")
+
+    def correct(self, k: int, ties: TiePolicy = "pessimistic") -> np.ndarray:
+        """Boolean per row: the diagonal is among the k largest entries of its row."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return self._rank(ties) < k
+
+    def accuracy(self, k: int, ties: TiePolicy = "pessimistic") -> float:
+        """Top-k accuracy: the fraction of rows whose diagonal is among the k largest entries."""
+        if self.n_rows == 0:
+            return float("nan")
+        return float(np.count_nonzero(self.correct(k, ties))) / self.n_rows
+
+    def n_tie_rows(self, k: int) -> int:
+        """Rows whose top-k answer depends on the tie policy: above < k <= above + ties."""
+        return int(np.count_nonzero(self.correct(k, "optimistic") & ~self.correct(k, "pessimistic")))
+
+
+def full_circuit_topk(
+    W_E: Any,
+    left: Any,
+    right: Any,
+    W_U: Any,
+    *,
+    block_rows: int = 512,
+    block_cols: int = 8192,
+    recheck: bool = True,
+    rows: slice | None = None,
+    device: Any = None,
+    workers: int | None = None,
+    margins: bool = True,
+) -> TopKResult:
+    """Count, per row i of M = W_E @ left @ right @ W_U, the entries above and equal to M[i, i].
+
+    Shapes: W_E (V, d), left (d, r), right (r, d), W_U (d, V); torch tensors or numpy arrays.
+    ``rows`` restricts the scan to a contiguous range of source rows (step 1).  The CPU path
+    works on tiles of ``block_rows x block_cols`` float32 entries (cache-sized: 16 MiB by default),
+    numpy/BLAS for the products and the counting, in ``workers`` threads (default: one per usable
+    core, at most 8, when threadpoolctl can make BLAS single-threaded; else 1); a ``device`` ("cuda",
+    or "cpu" to test it) runs the scan with torch there, in blocks of ``block_rows`` full rows.
+    Extra memory: the float64 and float32 factors (24 * (n_rows + V) * r bytes) plus, per worker,
+    one tile and two boolean masks (6 bytes per tile entry).  ``margins=False`` skips the row-max
+    pass (about a fifth of the counting work on the CPU) and leaves ``margin`` NaN.
+    """
+    E, L, R, U = (_as_numpy(x) for x in (W_E, left, right, W_U))
+    V, d = E.shape
+    if L.shape[0] != d or R.shape[1] != d or L.shape[1] != R.shape[0] or U.shape != (d, V):
+        raise ValueError(
+            f"shape mismatch: W_E {E.shape}, left {L.shape}, right {R.shape}, W_U {U.shape}"
+        )
+    start, stop, step = (rows or slice(None)).indices(V)
+    if step != 1:
+        raise ValueError("rows must be a contiguous slice (step 1)")
+    stop = max(stop, start)
+    n = stop - start
+    if n == 0:
+        empty = np.zeros(0, np.int32)
+        return TopKResult(0, empty, empty, empty, np.zeros(0), start, np.zeros(0))
+
+    P64 = _matmul64_rows(E[start:stop], L)  # (n, r)
+    Q64T = _matmul64_rows(U.T, R.T)  # (V, r): row j is column j of Q = right @ W_U
+    _check_finite_and_range(P64, Q64T)
+    _share_duplicate_rows(U.T, Q64T)
+    T = circuit_tolerance(P64, Q64T, start) if recheck else np.zeros(n)
+    zero_rows = ~P64.any(axis=1)  # M[i] == 0 exactly: every other entry ties with the diagonal
+    T[zero_rows] = np.nan  # NaN thresholds: the scan counts nothing in these rows
+    P32, QT32 = P64.astype(np.float32), Q64T.astype(np.float32)
+
+    if device is not None:
+        scan = _scan_torch(P32, QT32, T, start, block_rows, device)
+    else:
+        workers = workers or _auto_workers()
+        scan = _scan_numpy(P32, QT32, T, start, block_rows, block_cols, workers, margins)
+    chi, amb_i, amb_j, d32, best32 = scan
+
+    above = chi.astype(np.int64)
+    local = amb_i - start
+    if recheck:
+        d64 = (P64 * Q64T[start:stop]).sum(axis=1)  # the same summation as _dot64's
+        m_amb = _dot64(P64, Q64T, local, amb_j)
+        is_above = m_amb > d64[local]
+        is_tie = m_amb == d64[local]
+        margin = d64 - _row_max(d32, best32, T, local, m_amb) if margins else np.full(n, np.nan)
+    else:
+        is_above = np.zeros(len(local), bool)
+        is_tie = np.ones(len(local), bool)  # T = 0: the band holds exactly the float32 ties
+        margin = d32.astype(np.float64) - best32 if margins else np.full(n, np.nan)
+    above += np.bincount(local[is_above], minlength=n)
+    ties = np.bincount(local[is_tie], minlength=n)
+    ties_below = np.bincount(local[is_tie & (amb_j < amb_i)], minlength=n)
+    ties[zero_rows] = V - 1
+    ties_below[zero_rows] = np.flatnonzero(zero_rows) + start
+    T[zero_rows] = 0.0
+    return TopKResult(
+        n_rows=n,
+        above=above.astype(np.int32),
+        ties=ties.astype(np.int32),
+        ties_below=ties_below.astype(np.int32),
+        margin=margin,
+        row_start=start,
+        tolerance=T,
+        n_rechecked=int(len(local)) if recheck else 0,
+    )
+
+
+def effective_factors(W_V: Any, W_O: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate heads: W_V (h, d, dh) -> left (d, h*dh), W_O (h, dh, d) -> right (h*dh, d).
+
+    ``left @ right == sum_h W_V[h] @ W_O[h]``, the OV matrix of the heads' effective circuit.
+    """
+    Vs, Os = _as_numpy(W_V), _as_numpy(W_O)
+    if Vs.ndim == 2:
+        Vs, Os = Vs[None], Os[None]
+    left = np.concatenate(list(Vs), axis=1)
+    right = np.concatenate(list(Os), axis=0)
+    return left, right
+
+
+def circuit_tolerance(P64: np.ndarray, Q64T: np.ndarray, start: int = 0) -> np.ndarray:
+    """T_i bounding |(S[i,j] - S[i,i]) - (M[i,j] - M[i,i])| for the float32 scan, per row.
+
+    P64 is (rows, r), Q64T = (right @ W_U).T is (V, r).  Each float32 entry
+    S = fl32(fl32(P) @ fl32(Q)) differs from the exact P . Q by at most
+    gamma_{r+2} sum_k |P_ik||Q_kj| <= gamma_{r+2} ||P_i|| ||Q_j|| (Cauchy-Schwarz), and the float64
+    evaluation by gamma^{64}_r of the same; an absolute term covers float32 underflow.
+    """
+    r = P64.shape[1]
+    gamma32 = (r + 2) * _U32 / (1 - (r + 2) * _U32)
+    gamma64 = r * _U64 / (1 - r * _U64)
+    pn = np.linalg.norm(P64, axis=1)
+    qn = np.linalg.norm(Q64T, axis=1)
+    qmax = float(qn.max()) if qn.size else 0.0
+    qdiag = qn[start : start + len(pn)]
+    T = (gamma32 + gamma64) * pn * (qmax + qdiag) + 4 * (r + 2) * _TINY32 * (1 + pn + qmax)
+    return T * (1 + 1e-6)  # slack for the float64 rounding of T itself
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    """A numpy view (float32 or float64) of a torch tensor or array-like, on the CPU."""
+    if hasattr(x, "detach"):
+        x = x.detach()
+        if x.dtype not in _torch_float_types():
+            x = x.float()
+        x = x.cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    return x
+
+
+def _torch_float_types() -> tuple[Any, ...]:
+    import torch
+
+    return (torch.float32, torch.float64)
+
+
+def _matmul64_rows(A: np.ndarray, B: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """A @ B in float64, converting A a chunk of rows at a time (bounded extra memory)."""
+    B64 = B.astype(np.float64)
+    out = np.empty((A.shape[0], B.shape[1]))
+    for s in range(0, A.shape[0], chunk):
+        np.matmul(A[s : s + chunk].astype(np.float64), B64, out=out[s : s + chunk])
+    return out
+
+
+def _check_finite_and_range(P64: np.ndarray, Q64T: np.ndarray) -> None:
+    """Refuse NaN or infinite weights (they reach the factors) and float32 overflow in the scan."""
+    pmax = float(np.abs(P64).max()) if P64.size else 0.0
+    qmax = float(np.abs(Q64T).max()) if Q64T.size else 0.0
+    if not (np.isfinite(pmax) and np.isfinite(qmax)):
+        raise ValueError("weights contain NaN or infinity")
+    if pmax * qmax * P64.shape[1] > _F32_SAFE_MAX:  # |S| <= r max|P| max|Q|, also for float32 P, Q
+        raise ValueError("circuit values too large for a float32 scan")
+
+
+def _share_duplicate_rows(UT: np.ndarray, Q64T: np.ndarray, chunk: int = 64) -> None:
+    """Copy row j of Q64T from row j' wherever W_U[:, j] == W_U[:, j'] exactly (UT = W_U.T).
+
+    BLAS may round equal rows differently depending on where they sit (edge kernels), which
+    would split an exact tie between duplicated unembeddings.  Candidates are found with a hash
+    accumulated over d in the same order for every token, then checked for exact equality.
+    """
+    d = UT.shape[1]
+    g = np.random.default_rng(0).standard_normal(d)
+    h = np.zeros(UT.shape[0])
+    for s in range(0, d, chunk):
+        h += (UT[:, s : s + chunk] * g[s : s + chunk]).T.sum(axis=0)
+    order = np.argsort(h, kind="stable")
+    same = h[order[1:]] == h[order[:-1]]
+    if not same.any():
+        return
+    starts = np.where(np.concatenate([[True], ~same]), np.arange(len(order)), 0)
+    first = order[np.maximum.accumulate(starts)]
+    dup = np.flatnonzero(first != order)
+    members, firsts = order[dup], first[dup]
+    equal = (UT[members] == UT[firsts]).all(axis=1)
+    Q64T[members[equal]] = Q64T[firsts[equal]]
+
+
+def _round_f32(x: np.ndarray, up: bool) -> np.ndarray:
+    """The float32 nearest x in the given direction (x itself when representable)."""
+    y = x.astype(np.float32)
+    if up:
+        bump = y.astype(np.float64) < x
+        return np.where(bump, np.nextafter(y, np.float32(np.inf)), y)
+    bump = y.astype(np.float64) > x
+    return np.where(bump, np.nextafter(y, np.float32(-np.inf)), y)
+
+
+def _thresholds(d32: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (hi, lo), column vectors: S > hi implies S - d > T, S < lo implies S - d < -T."""
+    d = d32.astype(np.float64)
+    return _round_f32(d + T, up=True)[:, None], _round_f32(d - T, up=False)[:, None]
+
+
+Scan = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _scan_numpy(
+    P32: np.ndarray,
+    QT32: np.ndarray,
+    T: np.ndarray,
+    start: int,
+    bt: int,
+    w: int,
+    workers: int,
+    row_max: bool = True,
+) -> Scan:
+    """One float32 pass over M's rows in tiles of bt x w entries (numpy + BLAS).
+
+    Returns, per row: the count of entries surely above the diagonal (S > d + T), the band
+    entries (|S - d| <= T, j != i) as global (row, column) pairs, the float32 diagonal d, and the
+    float32 max over j != i.  Row blocks are aligned so that a block's diagonal lies in a single
+    column tile, processed first: the diagonal comes from the same product as its row.
+    ``workers`` threads take interleaved row blocks, each with single-threaded BLAS (numpy
+    releases the GIL in its loops), so that the counting passes use every core too.
+    ``row_max=False`` skips the max (left at -inf).
+    """
+    n, V = P32.shape[0], QT32.shape[0]
+    bt = max(1, min(bt, V))
+    unit = bt * _CHUNK // math.gcd(bt, _CHUNK)  # tiles align with row blocks and count chunks
+    w = -(-min(w, V) // unit) * unit
+    chi = np.zeros(n, np.int64)
+    d32 = np.empty(n, np.float32)
+    best = np.full(n, -np.inf, np.float32)
+    edges = [start] + list(range((start // bt + 1) * bt, start + n, bt)) + [start + n]
+    blocks = list(zip(edges[:-1], edges[1:]))
+
+    def work(my_blocks: list[tuple[int, int]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        S = np.empty((bt, w), np.float32)
+        above_m = np.zeros((bt, w), bool)
+        ge_m = np.zeros((bt, w), bool)
+        amb_i: list[np.ndarray] = []
+        amb_j: list[np.ndarray] = []
+        for g0, g1 in my_blocks:
+            nb, r0 = g1 - g0, g0 - start
+            ar = np.arange(nb)
+            c_diag = (g0 // w) * w
+            for c0 in [c_diag] + [c for c in range(0, V, w) if c != c_diag]:
+                cw = min(w, V - c0)
+                np.matmul(P32[r0 : r0 + nb], QT32[c0 : c0 + cw].T, out=S[:nb, :cw])
+                if c0 == c_diag:
+                    dcol = g0 - c0 + ar
+                    d32[r0 : r0 + nb] = S[ar, dcol]
+                    S[ar, dcol] = -np.inf  # the diagonal is neither above nor in the band
+                    hi, lo = _thresholds(d32[r0 : r0 + nb], T[r0 : r0 + nb])
+                if cw < w:  # padding columns count as neither
+                    above_m[:nb, cw:] = False
+                    ge_m[:nb, cw:] = False
+                rs = slice(r0, r0 + nb)
+                Sb, am, gm = S[:nb, :cw], above_m[:nb], ge_m[:nb]
+                np.greater(Sb, hi, out=am[:, :cw])
+                np.greater_equal(Sb, lo, out=gm[:, :cw])
+                above_lanes, ge_lanes = _lane_sums(am), _lane_sums(gm)
+                chi[rs] += np.add.reduce(above_lanes.reshape(nb, -1), axis=1, dtype=np.int64)
+                # the chunks that hold band entries (lo <= S <= hi) are where the two sums differ;
+                # only those chunks' mask bytes are compared
+                br, bc = np.nonzero((ge_lanes != above_lanes).any(axis=2))
+                if br.size:
+                    idx = np.flatnonzero(_chunks(gm, br, bc) != _chunks(am, br, bc))
+                    k = idx // _CHUNK
+                    amb_i.append(g0 + br[k])
+                    amb_j.append(c0 + bc[k] * _CHUNK + idx % _CHUNK)
+                if row_max:
+                    np.maximum(best[rs], Sb.max(axis=1), out=best[rs])
+        return amb_i, amb_j
+
+    workers = max(1, min(workers, len(blocks)))
+    if workers == 1:
+        parts = [work(blocks)]
+    else:
+        with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(work, [blocks[k::workers] for k in range(workers)]))
+    amb_i = [x for p in parts for x in p[0]]
+    amb_j = [x for p in parts for x in p[1]]
+    return chi, _cat(amb_i), _cat(amb_j), d32, best
+
+
+_CHUNK = 1024  # columns per counting chunk: 128 words of 8 mask bytes, so byte lanes stay <= 128
+
+
+def _lane_sums(mask: np.ndarray) -> np.ndarray:
+    """Per row and chunk of 1024 columns, the 8 byte-lane sums of a boolean mask: (rows, chunks, 8).
+
+    The mask's bytes are 0 or 1; adding 128 uint64 words never carries between byte lanes, so one
+    integer reduction counts 8 entries per add.  The chunk's count is the sum of its 8 lanes.
+    """
+    rows = mask.shape[0]
+    words = mask.view(np.uint64).reshape(rows, -1, _CHUNK // 8)
+    return np.add.reduce(words, axis=2).view(np.uint8).reshape(rows, -1, 8)
+
+
+def _chunks(mask: np.ndarray, rows: np.ndarray, chunks: np.ndarray) -> np.ndarray:
+    """The mask bytes of the given (row, chunk) pairs, (len(rows), _CHUNK)."""
+    return mask.reshape(mask.shape[0], -1, _CHUNK)[rows, chunks]
+
+
+def _cat(xs: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(xs) if xs else np.zeros(0, np.int64)
+
+
+def _auto_workers() -> int:
+    """One worker per usable core (at most 8) if BLAS can be made single-threaded, else 1."""
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, cores or 1))
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """One BLAS thread per call while the worker threads share the cores (needs threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # still correct; BLAS's own threads then compete with the workers
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _scan_torch(P32: np.ndarray, QT32: np.ndarray, T: np.ndarray, start: int, bt: int, device: Any) -> Scan:
+    """The same float32 pass as ``_scan_numpy`` with torch on ``device``, in full-row blocks."""
+    import torch
+
+    dev = torch.device(device)
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # IEEE float32 products: T assumes them
+    try:
+        P = torch.from_numpy(P32).to(dev)
+        Q = torch.from_numpy(QT32).to(dev).T
+        n = P.shape[0]
+        chi = torch.zeros(n, dtype=torch.int64, device=dev)
+        d32 = torch.empty(n, dtype=torch.float32, device=dev)
+        best = torch.empty(n, dtype=torch.float32, device=dev)
+        amb_i, amb_j = [], []
+        for s in range(0, n, bt):
+            nb = min(bt, n - s)
+            S = P[s : s + nb] @ Q
+            ar = torch.arange(nb, device=dev)
+            dcol = start + s + ar
+            d = S[ar, dcol]
+            d32[s : s + nb] = d
+            S[ar, dcol] = -torch.inf
+            hi_np, lo_np = _thresholds(d.cpu().numpy(), T[s : s + nb])
+            hi, lo = torch.from_numpy(hi_np).to(dev), torch.from_numpy(lo_np).to(dev)
+            chi[s : s + nb] = (S > hi).sum(1)
+            ii, jj = torch.nonzero((S >= lo) & (S <= hi), as_tuple=True)
+            amb_i.append(ii + start + s)
+            amb_j.append(jj)
+            best[s : s + nb] = S.amax(1)
+        cpu = lambda x: x.cpu().numpy()  # noqa: E731
+        return cpu(chi), cpu(torch.cat(amb_i)), cpu(torch.cat(amb_j)), cpu(d32), cpu(best)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+def _row_max(d32: np.ndarray, best32: np.ndarray, T: np.ndarray, rows: np.ndarray, m_band: np.ndarray) -> np.ndarray:
+    """max_{j != i} M[i, j] with an exact sign relative to M[i, i], within 2 T_i in value.
+
+    If the float32 row max lies in the band, the max is the float64 max over the band (the entries
+    below the band are below M[i, i]); otherwise the float32 max is already on the right side.
+    """
+    hi, lo = (x[:, 0].astype(np.float64) for x in _thresholds(d32, T))
+    band_max = np.full(len(d32), -np.inf)
+    np.maximum.at(band_max, rows, m_band)
+    in_band = (best32 >= lo) & (best32 <= hi)
+    return np.where(in_band, band_max, best32.astype(np.float64))
+
+
+def _dot64(P64: np.ndarray, Q64T: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """float64 P64[i[t]] . Q64T[j[t]] for each t, with one fixed summation order for every pair.
+
+    The same order for all pairs makes equal factors give bit-equal values (exact ties stay ties).
+    """
+    out = np.empty(len(i))
+    for s in range(0, len(i), chunk):
+        prod = P64[i[s : s + chunk]] * Q64T[j[s : s + chunk]]
+        out[s : s + chunk] = prod.sum(axis=1)
+    return out
