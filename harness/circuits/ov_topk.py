@@ -32,6 +32,12 @@ entry with S[i, j] > d_i + T_i is certainly above, one with S[i, j] < d_i - T_i 
 Only the few entries inside the band are recomputed in float64 (``recheck=True``), which makes the
 counts exactly those of the float64 matrix.  With ``recheck=False`` the counts are those of the
 float32 block product itself (T = 0: the band is the float32 ties).
+
+Speed (CPU, measured; benchmarks/bench_ov_topk.py).  Products: numpy's BLAS into a preallocated
+tile (torch's matmul was slower on these shapes).  Counting: numpy comparisons into preallocated
+boolean masks, counted by adding mask bytes as uint64 words (8 entries per add; torch's boolean
+sums were about 10x slower).  Worker threads with single-threaded BLAS keep every core busy in
+the counting passes too.  Tiles of 512 x 8192 keep the extra memory near 150 MiB.
 """
 
 from __future__ import annotations
@@ -97,7 +103,8 @@ class TopKResult:
 
     def n_tie_rows(self, k: int) -> int:
         """Rows whose top-k answer depends on the tie policy: above < k <= above + ties."""
-        return int(np.count_nonzero(self.correct(k, "optimistic") & ~self.correct(k, "pessimistic")))
+        changed = self.correct(k, "optimistic") & ~self.correct(k, "pessimistic")
+        return int(np.count_nonzero(changed))
 
 
 def full_circuit_topk(
@@ -120,8 +127,9 @@ def full_circuit_topk(
     ``rows`` restricts the scan to a contiguous range of source rows (step 1).  The CPU path
     works on tiles of ``block_rows x block_cols`` float32 entries (cache-sized: 16 MiB by default),
     numpy/BLAS for the products and the counting, in ``workers`` threads (default: one per usable
-    core, at most 8, when threadpoolctl can make BLAS single-threaded; else 1); a ``device`` ("cuda",
-    or "cpu" to test it) runs the scan with torch there, in blocks of ``block_rows`` full rows.
+    core, at most 8, when threadpoolctl can make BLAS single-threaded; else 1); a ``device``
+    ("cuda", or "cpu" to test it) computes the float64 factors and runs the scan with torch there, in
+    blocks of ``block_rows`` full rows (the float64 recheck stays on the CPU).
     Extra memory: the float64 and float32 factors (24 * (n_rows + V) * r bytes) plus, per worker,
     one tile and two boolean masks (6 bytes per tile entry).  ``margins=False`` skips the row-max
     pass (about a fifth of the counting work on the CPU) and leaves ``margin`` NaN.
@@ -141,10 +149,13 @@ def full_circuit_topk(
         empty = np.zeros(0, np.int32)
         return TopKResult(0, empty, empty, empty, np.zeros(0), start, np.zeros(0))
 
-    P64 = _matmul64_rows(E[start:stop], L)  # (n, r)
-    Q64T = _matmul64_rows(U.T, R.T)  # (V, r): row j is column j of Q = right @ W_U
+    if device is None:
+        P64 = _matmul64_rows(E[start:stop], L)  # (n, r)
+        Q64T = _matmul64_rows(U.T, R.T)  # (V, r): row j is column j of Q = right @ W_U
+    else:
+        P64, Q64T = _factors_torch(W_E, left, right, W_U, start, stop, device)
     _check_finite_and_range(P64, Q64T)
-    _share_duplicate_rows(U.T, Q64T)
+    _share_duplicate_rows(U, Q64T)
     T = circuit_tolerance(P64, Q64T, start) if recheck else np.zeros(n)
     zero_rows = ~P64.any(axis=1)  # M[i] == 0 exactly: every other entry ties with the diagonal
     T[zero_rows] = np.nan  # NaN thresholds: the scan counts nothing in these rows
@@ -247,6 +258,22 @@ def _matmul64_rows(A: np.ndarray, B: np.ndarray, chunk: int = 4096) -> np.ndarra
     return out
 
 
+def _factors_torch(
+    W_E: Any, left: Any, right: Any, W_U: Any, start: int, stop: int, device: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """P64 = W_E[start:stop] @ left and Q64T = (right @ W_U).T in float64 with torch on device."""
+    import torch
+
+    dev = torch.device(device)
+
+    def t(x: Any) -> Any:
+        return torch.as_tensor(x).to(dev, torch.float64)
+
+    P = t(W_E)[start:stop] @ t(left)
+    QT = t(W_U).T @ t(right).T
+    return P.cpu().numpy(), QT.cpu().numpy()
+
+
 def _check_finite_and_range(P64: np.ndarray, Q64T: np.ndarray) -> None:
     """Refuse NaN or infinite weights (they reach the factors) and float32 overflow in the scan."""
     pmax = float(np.abs(P64).max()) if P64.size else 0.0
@@ -257,18 +284,16 @@ def _check_finite_and_range(P64: np.ndarray, Q64T: np.ndarray) -> None:
         raise ValueError("circuit values too large for a float32 scan")
 
 
-def _share_duplicate_rows(UT: np.ndarray, Q64T: np.ndarray, chunk: int = 64) -> None:
-    """Copy row j of Q64T from row j' wherever W_U[:, j] == W_U[:, j'] exactly (UT = W_U.T).
+def _share_duplicate_rows(U: np.ndarray, Q64T: np.ndarray, key_rows: int = 32) -> None:
+    """Copy row j of Q64T from row j' wherever W_U[:, j] == W_U[:, j'] exactly.
 
-    BLAS may round equal rows differently depending on where they sit (edge kernels), which
-    would split an exact tie between duplicated unembeddings.  Candidates are found with a hash
-    accumulated over d in the same order for every token, then checked for exact equality.
+    BLAS may round equal columns differently depending on where they sit (edge kernels), which
+    would split an exact tie between duplicated unembeddings.  Candidates share a hash of their
+    first ``key_rows`` entries (summed row by row: the same order for every token); each candidate
+    is then checked for exact equality over all d entries.
     """
-    d = UT.shape[1]
-    g = np.random.default_rng(0).standard_normal(d)
-    h = np.zeros(UT.shape[0])
-    for s in range(0, d, chunk):
-        h += (UT[:, s : s + chunk] * g[s : s + chunk]).T.sum(axis=0)
+    g = np.random.default_rng(0).standard_normal(min(key_rows, U.shape[0]))
+    h = (g[:, None] * U[: len(g)]).sum(axis=0)
     order = np.argsort(h, kind="stable")
     same = h[order[1:]] == h[order[:-1]]
     if not same.any():
@@ -277,7 +302,7 @@ def _share_duplicate_rows(UT: np.ndarray, Q64T: np.ndarray, chunk: int = 64) -> 
     first = order[np.maximum.accumulate(starts)]
     dup = np.flatnonzero(first != order)
     members, firsts = order[dup], first[dup]
-    equal = (UT[members] == UT[firsts]).all(axis=1)
+    equal = (U[:, members] == U[:, firsts]).all(axis=0)
     Q64T[members[equal]] = Q64T[firsts[equal]]
 
 
@@ -425,7 +450,9 @@ def _single_threaded_blas() -> Iterator[None]:
         yield
 
 
-def _scan_torch(P32: np.ndarray, QT32: np.ndarray, T: np.ndarray, start: int, bt: int, device: Any) -> Scan:
+def _scan_torch(
+    P32: np.ndarray, QT32: np.ndarray, T: np.ndarray, start: int, bt: int, device: Any
+) -> Scan:
     """The same float32 pass as ``_scan_numpy`` with torch on ``device``, in full-row blocks."""
     import torch
 
@@ -461,7 +488,9 @@ def _scan_torch(P32: np.ndarray, QT32: np.ndarray, T: np.ndarray, start: int, bt
         torch.backends.cuda.matmul.allow_tf32 = prev
 
 
-def _row_max(d32: np.ndarray, best32: np.ndarray, T: np.ndarray, rows: np.ndarray, m_band: np.ndarray) -> np.ndarray:
+def _row_max(
+    d32: np.ndarray, best32: np.ndarray, T: np.ndarray, rows: np.ndarray, m_band: np.ndarray
+) -> np.ndarray:
     """max_{j != i} M[i, j] with an exact sign relative to M[i, i], within 2 T_i in value.
 
     If the float32 row max lies in the band, the max is the float64 max over the band (the entries
@@ -474,7 +503,9 @@ def _row_max(d32: np.ndarray, best32: np.ndarray, T: np.ndarray, rows: np.ndarra
     return np.where(in_band, band_max, best32.astype(np.float64))
 
 
-def _dot64(P64: np.ndarray, Q64T: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+def _dot64(
+    P64: np.ndarray, Q64T: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 16
+) -> np.ndarray:
     """float64 P64[i[t]] . Q64T[j[t]] for each t, with one fixed summation order for every pair.
 
     The same order for all pairs makes equal factors give bit-equal values (exact ties stay ties).
