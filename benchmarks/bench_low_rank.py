@@ -1,0 +1,155 @@
+"""Speed of the achievable-rank fit on a course-shaped problem (V = 50,278, d_model = 768, r = 64).
+
+RANDOM WEIGHTS, NOT THE COURSE'S: W_E has seeded N(0, 1/d) entries and
+W_U = (c W_E + sqrt(1 - c^2) N)^T with an independent N of the same law (c = --coupling, 0.5 by
+default: partly tied embeddings, as in trained models where copying is learnable; c = 0 makes
+copying nearly impossible, c = 1 trivial).  The course's attn-only-2L weights are not on this
+machine; run the metric ``low_rank.achievable_accuracy`` on the real model where they are.
+
+What it prints:
+- a reference fit run to convergence (or --reference-seconds): its exact full-vocabulary top-1 is
+  "converged" (skip it with --converged X from an earlier run);
+- the budgeted fit (--budget, 300 s): time to reach within 1 percentage point of the converged top-1
+  (first monitor evaluation at or above it, seconds from the start including set-up), seconds per
+  step, the cost of one exact full-vocabulary evaluation pass, its final exact top-1/top-5;
+- threads, BLAS, load average, device.
+
+    python benchmarks/bench_low_rank.py                       # CPU, reference + 300 s run
+    python benchmarks/bench_low_rank.py --converged 0.9999    # skip the reference
+    python benchmarks/bench_low_rank.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.circuits.low_rank import LowRankFit, fit_low_rank_copying  # noqa: E402
+
+
+def course_shaped_weights(V: int, d: int, coupling: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random W_E (V x d) and partly tied W_U (d x V), float32 (see the module doc)."""
+    rng = np.random.default_rng(seed)
+    W_E = (rng.standard_normal((V, d), dtype=np.float32) / np.sqrt(d)).astype(np.float32)
+    noise = (rng.standard_normal((V, d), dtype=np.float32) / np.sqrt(d)).astype(np.float32)
+    W_U = np.ascontiguousarray((coupling * W_E + np.sqrt(1 - coupling**2) * noise).T, dtype=np.float32)
+    return W_E, W_U
+
+
+def environment(device: str) -> dict[str, object]:
+    """Threads, BLAS, load and device, for the record."""
+    import torch
+
+    blas = "unknown"
+    try:
+        config = np.show_config(mode="dicts")  # numpy >= 1.26
+        info = config["Build Dependencies"]["blas"]
+        blas = f"{info.get('name')} {info.get('version')}"
+    except Exception:  # pragma: no cover
+        pass
+    env = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "blas": blas,
+        "OMP/OPENBLAS_NUM_THREADS": f"{os.environ.get('OMP_NUM_THREADS')}/{os.environ.get('OPENBLAS_NUM_THREADS')}",
+        "loadavg_1_5_15": os.getloadavg(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def time_to_within(fit: LowRankFit, target: float) -> float | None:
+    """Seconds (from the start, set-up included) of the first monitor point with top-1 >= target."""
+    for point in fit.trace:
+        if point["monitor_top1"] is not None and point["monitor_top1"] >= target:
+            return float(point["seconds"])
+    return None
+
+
+def run(W_E: np.ndarray, W_U: np.ndarray, args: argparse.Namespace, seconds: float) -> LowRankFit:
+    device = None if args.device == "cpu" else args.device
+    return fit_low_rank_copying(
+        W_E, W_U, args.rank, seed=args.seed, max_seconds=seconds, batch_rows=args.batch_rows, lr=args.lr,
+        device=device, progress=not args.quiet,
+    )
+
+
+def describe(name: str, fit: LowRankFit) -> dict[str, object]:
+    row = {
+        "run": name, "top1": fit.top1, "top5": fit.top5, "stopped_by": fit.stopped_by, "steps": fit.steps,
+        "seconds_per_step": round(fit.seconds_per_step, 4), "setup_s": round(fit.setup_seconds, 2),
+        "train_s": round(fit.train_seconds, 2), "full_eval_pass_s": round(fit.eval_seconds, 2),
+        "wall_s": round(fit.wall_seconds, 2), "final_loss": fit.loss,
+    }
+    print(json.dumps(row))
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vocab", type=int, default=50278)
+    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--coupling", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds for the timed fit")
+    parser.add_argument("--reference-seconds", type=float, default=1800.0, help="cap for the reference fit")
+    parser.add_argument("--converged", type=float, default=None, help="converged top-1 from an earlier run")
+    parser.add_argument("--batch-rows", type=int, default=2048)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--device", default="cpu", help="cpu (numpy) or a torch device such as cuda")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures and traces here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    print("RANDOM course-shaped weights (not the course's):", json.dumps(
+        {"V": args.vocab, "d_model": args.d_model, "rank": args.rank, "coupling": args.coupling, "seed": args.seed,
+         "dtype": "float32"}))
+    print("environment:", json.dumps(environment(args.device)))
+    W_E, W_U = course_shaped_weights(args.vocab, args.d_model, args.coupling, args.seed)
+
+    reference = None
+    converged = args.converged
+    if converged is None:
+        reference = run(W_E, W_U, args, args.reference_seconds)
+        describe("reference", reference)
+        converged = reference.top1
+        if reference.stopped_by != "converged":
+            print(f"note: the reference stopped by {reference.stopped_by}; 'converged' {converged:.4f} is a lower bound")
+    timed = run(W_E, W_U, args, args.budget)
+    row = describe(f"budget {args.budget:.0f}s", timed)
+    target = converged - 0.01
+    reached = time_to_within(timed, target)
+    summary = {
+        "converged_top1": converged,
+        "target_top1 (converged - 1pp)": round(target, 6),
+        "seconds_to_within_1pp": reached,
+        "final_top1_within_1pp": timed.top1 >= target,
+        "seconds_per_step": round(timed.seconds_per_step, 4),
+        "full_eval_pass_seconds": round(timed.eval_seconds, 2),
+        "loadavg_after": os.getloadavg(),
+    }
+    print("summary:", json.dumps(summary))
+    if args.json is not None:
+        out = {"summary": summary, "timed": {**row, "trace": timed.trace},
+               "reference": None if reference is None else reference.summary(), "args": vars(args) | {"json": str(args.json)}}
+        args.json.write_text(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""Achievable single-head copying accuracy at rank r (ARENA 1.2's "rank 64 versus 128" question).
+
+The course explains why copying is split across heads 1.4 and 1.10 by rank: one W_V W_O has rank
+64, two have rank 128, "a better approximation of the 50k x 50k copying matrix".  These metrics
+measure what rank alone allows: the top-1/top-5 copying accuracy of the best rank-r matrix ``A B``
+found for ``W_E A B W_U`` with the model's own embedding and unembedding
+(:func:`harness.circuits.low_rank.fit_low_rank_copying`: closed-form least-squares start, then
+softmax cross-entropy over the whole vocabulary), against the model's actual heads.
+
+A trained figure is a lower bound on what rank r can reach (the problem is not convex); it is
+deterministic for a seed and a step budget.  Accuracies count ties with the diagonal as wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field, StringConstraints
+
+from harness.circuits.low_rank import LowRankFit, Objective, fit_low_rank_copying
+from harness.circuits.ov_topk import full_circuit_topk
+from harness.context import MetricContext
+from harness.heads import HEAD_PATTERN, Head
+from harness.measurement import Measurement
+from harness.model_api import ModelHandle
+from harness.registry import metric
+
+Device = Literal["auto", "cpu", "cuda"]
+GroupMember = Annotated[str, StringConstraints(pattern=HEAD_PATTERN), "member of a head group"]
+"""A head inside a group of ``rank_curve(heads=...)``.  Not typed ``HeadName``: the loader's range
+check takes a head or a flat list, so groups (lists of lists) are checked here, at run time."""
+
+DEFAULT_RANKS = [1, 2, 4, 8, 16, 32, 64, 128]
+Rank = Annotated[int, Field(ge=1, le=4096)]
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+def _device(device: Device) -> str | None:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else None
+    return None if device == "cpu" else device
+
+
+def _fit(
+    model: ModelHandle, rank: int, *, seed: int, max_steps: int | None, max_seconds: float | None,
+    batch_rows: int, lr: float, objective: Objective, device: Device,
+) -> LowRankFit:
+    return fit_low_rank_copying(
+        model.W_E, model.W_U, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds,
+        batch_rows=batch_rows, lr=lr, objective=objective, device=_device(device),
+    )
+
+
+@metric("low_rank.achievable_accuracy")
+def achievable_accuracy(
+    ctx: MetricContext,
+    *,
+    rank: Rank,
+    seed: int = 0,
+    max_steps: Annotated[int, Field(ge=0)] | None = None,
+    max_seconds: Seconds | None = 300.0,
+    batch_rows: Annotated[int, Field(ge=1)] = 2048,
+    lr: Annotated[float, Field(gt=0)] = 0.05,
+    objective: Objective = "ce",
+    device: Device = "auto",
+) -> Measurement:
+    """Top-1/top-5 copying accuracy of the best rank-``rank`` matrix found for W_E A B W_U.
+
+    Value: ``{"top1": ..., "top5": ...}`` over the full vocabulary (ties count as wrong), of the
+    fit that stops when the monitored top-1 stops improving (``stopped_by: converged``), after
+    ``max_steps`` or at the ``max_seconds`` wall-clock budget.  A lower bound on what rank r can
+    reach.  Details: the loss, steps, stopping reason, settings, timings and the convergence trace.
+    Weights only.  Give ``max_steps`` for a result that does not depend on the machine's speed.
+    """
+    fit = _fit(ctx.model, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds,
+               batch_rows=batch_rows, lr=lr, objective=objective, device=device)
+    return Measurement({"top1": fit.top1, "top5": fit.top5}, None, fit.summary())
+
+
+def head_point(model: ModelHandle, group: list[str], device: Device) -> dict[str, object]:
+    """The curve point of the heads' effective OV circuit: numerical rank, top-1, top-5."""
+    parsed = [_parse_head(model, name) for name in group]
+    left = torch.cat([model.W_V[h.layer, h.head] for h in parsed], dim=1).double()
+    right = torch.cat([model.W_O[h.layer, h.head] for h in parsed], dim=0).double()
+    singular = torch.linalg.svdvals(left @ right)  # d x d: the rank of the OV matrix itself
+    tolerance = max(left.shape[0], 1) * float(torch.finfo(torch.float32).eps) * float(singular[0])
+    rank = int((singular > tolerance).sum()) if float(singular[0]) > 0 else 0
+    dev = _device(device)
+    result = full_circuit_topk(model.W_E, left, right, model.W_U, device=dev)
+    return {"rank": rank, "top1": result.accuracy(1, "pessimistic"), "top5": result.accuracy(5, "pessimistic"),
+            "kind": "head", "heads": [str(h) for h in parsed]}
+
+
+@metric("low_rank.rank_curve")
+def rank_curve(
+    ctx: MetricContext,
+    *,
+    ranks: Annotated[list[Rank], Field(min_length=0)] = DEFAULT_RANKS,
+    heads: list[Annotated[list[GroupMember], Field(min_length=1)]] = [],
+    seed: int = 0,
+    max_steps: Annotated[int, Field(ge=0)] | None = None,
+    max_seconds_per_rank: Seconds | None = 300.0,
+    batch_rows: Annotated[int, Field(ge=1)] = 2048,
+    lr: Annotated[float, Field(gt=0)] = 0.05,
+    objective: Objective = "ce",
+    device: Device = "auto",
+) -> Measurement:
+    """Copying accuracy against rank: trained rank-r matrices, and the model's heads as points.
+
+    Value: a curve, one point per rank ``{"rank", "top1", "top5", "kind": "trained", "heads": []}``
+    and one per head group ``{"rank": numerical rank of sum W_V W_O, ..., "kind": "head",
+    "heads": [...]}`` (a group of several heads is their effective circuit).  Ranks above what
+    W_E and W_U allow are fitted at the largest possible rank (``details.effective_rank``).
+    Details: each trained fit's summary (steps, loss, stopping reason, trace).
+    """
+    for group in heads:
+        for name in group:
+            _parse_head(ctx.model, name)
+    points: list[dict[str, object]] = []
+    fits: dict[str, dict[str, object]] = {}
+    for rank in sorted(set(ranks)):
+        fit = _fit(ctx.model, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds_per_rank,
+                   batch_rows=batch_rows, lr=lr, objective=objective, device=device)
+        points.append({"rank": rank, "top1": fit.top1, "top5": fit.top5, "kind": "trained", "heads": []})
+        fits[str(rank)] = fit.summary()
+    for group in heads:
+        points.append(head_point(ctx.model, list(dict.fromkeys(group)), device))
+    summary = {
+        "effective_rank": {r: f["effective_rank"] for r, f in fits.items()},
+        "fits": fits,
+        "ties": "pessimistic",
+    }
+    return Measurement(points, None, summary)
+
+
+def _parse_head(model: ModelHandle, name: str) -> Head:
+    head = Head.parse(name)
+    if head.layer >= model.shape.n_layers or head.head >= model.shape.n_heads:
+        raise ValueError(
+            f"head {name!r} is not in the model ({model.shape.n_layers} layers x {model.shape.n_heads} heads)"
+        )
+    return head
