@@ -26,13 +26,7 @@ from harness.session import Session
 PLANTED = "planted-attn-2l"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def measure(metric: str, model: ModelHandle, inputs: dict[str, Any] | None = None, **params: Any) -> Measurement:
