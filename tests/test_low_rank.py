@@ -254,3 +254,37 @@ def test_achievable_accuracy_metric_and_head_check() -> None:
     assert m.details["steps"] > 0 and m.details["settings"]["rank"] == 16 and m.details["trace"]
     with pytest.raises(ValueError, match="not in the model"):
         _measure("low_rank.rank_curve", "planted-ov-rank", ranks=[], heads=[["0.7"]], device="cpu")
+
+
+# ------------------------------------------------------------------------------------------
+# heavier: a curve on a medium problem, the GPU path
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_curve_is_monotone_and_beats_the_closed_form() -> None:
+    """A rank-r matrix is also a rank-2r one: the trained curve may not fall (by more than the
+    optimiser's slack), and training must improve on the least-squares start."""
+    rng = np.random.default_rng(0)
+    V, d = 2048, 32
+    E = rng.standard_normal((V, d)).astype(np.float32)
+    U = (0.5 * E + 0.866 * rng.standard_normal((V, d)).astype(np.float32)).T
+    previous = 0.0
+    for r in (1, 2, 4, 8, 16, 32):
+        fit = fit_low_rank_copying(E, U, r, seed=0, max_steps=3000, max_seconds=60, batch_rows=512)
+        print(f"rank {r}: top-1 {fit.top1:.4f} top-5 {fit.top5:.4f} ({fit.steps} steps, {fit.stopped_by}, "
+              f"start {fit.trace[0]['monitor_top1']:.4f})")
+        assert fit.top1 >= previous - 0.02
+        assert fit.top1 >= fit.trace[0]["monitor_top1"] - 1e-9
+        previous = max(previous, fit.top1)
+    assert previous > 10 / V  # far above the rank-1 bound 2 / V
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_fit_matches_cpu() -> None:
+    E, U = _random_problem(V=1000, d=16)
+    cpu = fit_low_rank_copying(E, U, 8, seed=0, max_steps=200, max_seconds=None, batch_rows=256)
+    gpu = fit_low_rank_copying(E, U, 8, seed=0, max_steps=200, max_seconds=None, batch_rows=256, device="cuda")
+    assert gpu.settings.device == "cuda" and gpu.steps == cpu.steps
+    assert abs(gpu.top1 - cpu.top1) <= 0.02  # the same algorithm; float32 kernels differ
+    assert gpu.top1 == dense_top1(E.astype(np.float64), gpu.A, gpu.B, U.astype(np.float64))
