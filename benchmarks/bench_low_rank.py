@@ -14,6 +14,12 @@ What it prints:
   step, the cost of one exact full-vocabulary evaluation pass, its final exact top-1/top-5;
 - threads, BLAS, load average, device.
 
+Measured (2 shared CPU cores, load average 3-3.5 from other jobs, batch 2048, seed 0): the reference
+converged (cross-entropy phase) at exact top-1 1.0000 after 533 steps; the 300 s run reached a
+monitored 99.27% (within 1 pp) at 142 s and stopped by budget at 280 s with exact top-1 0.99946,
+top-5 0.99994; 1.00 s per step (monitor passes included); set-up 3.6 s; one exact
+full-vocabulary evaluation pass 7.3 s.
+
     python benchmarks/bench_low_rank.py                       # CPU, reference + 300 s run
     python benchmarks/bench_low_rank.py --converged 0.9999    # skip the reference
     python benchmarks/bench_low_rank.py --device cuda

@@ -206,7 +206,10 @@ def test_budget_stops_and_says_so() -> None:
     assert fit.stopped_by == "budget"
     assert fit.wall_seconds < 5
     steps = fit_low_rank_copying(E, U, 4, seed=0, max_steps=25, max_seconds=None, batch_rows=16, patience=10**6)
-    assert steps.stopped_by == "steps" and steps.steps == 25
+    assert steps.stopped_by == "steps" and steps.steps == 50  # 25 per phase
+    assert [p["objective"] for p in steps.phases] == ["ce", "margin"]
+    one = fit_low_rank_copying(E, U, 4, seed=0, max_steps=25, max_seconds=None, batch_rows=16, objective="ce")
+    assert one.steps == 25 and len(one.phases) == 1
 
 
 def test_trace_and_summary() -> None:
@@ -219,6 +222,22 @@ def test_trace_and_summary() -> None:
     assert summary["settings"]["rank"] == 4 and "A" not in summary and math.isfinite(summary["loss"])
     best_monitor = max(p["monitor_top1"] for p in fit.trace)
     assert fit.top1 == pytest.approx(best_monitor, abs=1e-9)  # monitor = all 200 rows here
+
+
+def test_margin_phase_never_loses_top1_and_init_continues_a_fit() -> None:
+    """The hinge phase starts from the cross-entropy phase's best point and keeps its own best, so
+    (monitor = every row here) the two-phase top-1 is at least the cross-entropy one."""
+    rng = np.random.default_rng(2)
+    E = rng.standard_normal((600, 16)).astype(np.float32)
+    U = (0.5 * E + 0.866 * rng.standard_normal((600, 16)).astype(np.float32)).T
+    kw = dict(seed=0, max_steps=400, max_seconds=None, batch_rows=128)
+    ce = fit_low_rank_copying(E, U, 8, objective="ce", **kw)
+    both = fit_low_rank_copying(E, U, 8, objective="ce+margin", **kw)
+    assert both.top1 >= ce.top1
+    assert [p["phase"] for p in both.trace if p["step"] == 0] == ["ce", "margin"]
+    again = fit_low_rank_copying(E, U, 8, objective="margin", init=(ce.A, ce.B), **kw)
+    assert again.trace[0]["monitor_top1"] == pytest.approx(ce.top1) and again.init_scale == 1.0
+    assert again.top1 >= ce.top1
 
 
 # ------------------------------------------------------------------------------------------

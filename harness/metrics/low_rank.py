@@ -4,8 +4,8 @@ The course explains why copying is split across heads 1.4 and 1.10 by rank: one 
 64, two have rank 128, "a better approximation of the 50k x 50k copying matrix".  These metrics
 measure what rank alone allows: the top-1/top-5 copying accuracy of the best rank-r matrix ``A B``
 found for ``W_E A B W_U`` with the model's own embedding and unembedding
-(:func:`harness.circuits.low_rank.fit_low_rank_copying`: closed-form least-squares start, then
-softmax cross-entropy over the whole vocabulary), against the model's actual heads.
+(:func:`harness.circuits.low_rank.fit_low_rank_copying`: closed-form least-squares start, softmax
+cross-entropy over the whole vocabulary, then a multiclass hinge), against the model's actual heads.
 
 A trained figure is a lower bound on what rank r can reach (the problem is not convex); it is
 deterministic for a seed and a step budget.  Accuracies count ties with the diagonal as wrong.
@@ -44,11 +44,11 @@ def _device(device: Device) -> str | None:
 
 def _fit(
     model: ModelHandle, rank: int, *, seed: int, max_steps: int | None, max_seconds: float | None,
-    batch_rows: int, lr: float, objective: Objective, device: Device,
+    batch_rows: int, lr: float, margin_lr: float, objective: Objective, device: Device,
 ) -> LowRankFit:
     return fit_low_rank_copying(
         model.W_E, model.W_U, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds,
-        batch_rows=batch_rows, lr=lr, objective=objective, device=_device(device),
+        batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=_device(device),
     )
 
 
@@ -62,19 +62,21 @@ def achievable_accuracy(
     max_seconds: Seconds | None = 300.0,
     batch_rows: Annotated[int, Field(ge=1)] = 2048,
     lr: Annotated[float, Field(gt=0)] = 0.05,
-    objective: Objective = "ce",
+    margin_lr: Annotated[float, Field(gt=0)] = 0.01,
+    objective: Objective = "ce+margin",
     device: Device = "auto",
 ) -> Measurement:
     """Top-1/top-5 copying accuracy of the best rank-``rank`` matrix found for W_E A B W_U.
 
     Value: ``{"top1": ..., "top5": ...}`` over the full vocabulary (ties count as wrong), of the
-    fit that stops when the monitored top-1 stops improving (``stopped_by: converged``), after
-    ``max_steps`` or at the ``max_seconds`` wall-clock budget.  A lower bound on what rank r can
+    fit (``objective``: cross-entropy, then the hinge from its best point) that stops when the
+    monitored top-1 stops improving (``stopped_by: converged``), after ``max_steps`` per phase or
+    at the ``max_seconds`` wall-clock budget.  A lower bound on what rank r can
     reach.  Details: the loss, steps, stopping reason, settings, timings and the convergence trace.
     Weights only.  Give ``max_steps`` for a result that does not depend on the machine's speed.
     """
     fit = _fit(ctx.model, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds,
-               batch_rows=batch_rows, lr=lr, objective=objective, device=device)
+               batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=device)
     return Measurement({"top1": fit.top1, "top5": fit.top5}, None, fit.summary())
 
 
@@ -103,7 +105,8 @@ def rank_curve(
     max_seconds_per_rank: Seconds | None = 300.0,
     batch_rows: Annotated[int, Field(ge=1)] = 2048,
     lr: Annotated[float, Field(gt=0)] = 0.05,
-    objective: Objective = "ce",
+    margin_lr: Annotated[float, Field(gt=0)] = 0.01,
+    objective: Objective = "ce+margin",
     device: Device = "auto",
 ) -> Measurement:
     """Copying accuracy against rank: trained rank-r matrices, and the model's heads as points.
@@ -121,7 +124,7 @@ def rank_curve(
     fits: dict[str, dict[str, object]] = {}
     for rank in sorted(set(ranks)):
         fit = _fit(ctx.model, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds_per_rank,
-                   batch_rows=batch_rows, lr=lr, objective=objective, device=device)
+                   batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=device)
         points.append({"rank": rank, "top1": fit.top1, "top5": fit.top5, "kind": "trained", "heads": []})
         fits[str(rank)] = fit.summary()
     for group in heads:
