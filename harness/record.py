@@ -110,6 +110,7 @@ def claim_entry(result: ClaimResult) -> dict[str, Any]:
         "details": measurement.details if measurement else {},
         "expect": claim.expect.model_dump(by_alias=True, exclude_none=True),
         "expectation": claim.expect.describe(),
+        "baseline_tolerance": claim.baseline_tolerance.model_dump() if claim.baseline_tolerance else None,
         "reference": None if reference is None else {"value": reference.value, "uncertainty": reference.uncertainty},
         "verdict": result.verdict.value,
         "expected_verdict": claim.expected_verdict,

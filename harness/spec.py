@@ -153,8 +153,19 @@ COMPARATOR_FIELDS: dict[str, str] = {
 COMPARATOR_KEYS: tuple[str, ...] = tuple(COMPARATOR_FIELDS)
 
 
+class DriftTolerance(Strict):
+    """How far a value may move between runs before a baseline comparison calls it drift."""
+
+    abs: Annotated[Number, Field(ge=0)] = 0.0
+    rel: Annotated[Number, Field(ge=0)] = 0.0
+
+
 class Claim(Strict):
-    """One claim: a statement, the metric that measures it, and what is expected."""
+    """One claim: a statement, the metric that measures it, and what is expected.
+
+    ``baseline_tolerance`` is for metrics whose value depends on float summation order beyond
+    rounding (e.g. a trained fit): by default a baseline allows float noise only.
+    """
 
     id: ClaimId
     statement: Text
@@ -168,6 +179,7 @@ class Claim(Strict):
     expected_verdict: VerdictName = "supported"
     notes: Text | None = None
     slow: bool = False
+    baseline_tolerance: DriftTolerance | None = None
 
 
 class Conceptual(Strict):

@@ -6,8 +6,8 @@ A baseline is written only on request (``claims bless``), from a results record:
      "claims": {id: {"file", "model", "metric", "value", "uncertainty", "verdict",
                      "expected_verdict", "tolerance": {"abs", "rel"}}}}
 
-Drift. A value has drifted when it moved further than the claim's tolerance: the ``abs``/``rel``
-of an ``approx`` expectation if it has one, else ``DEFAULT_ABS + DEFAULT_REL * |baseline|``
+Drift. A value has drifted when it moved further than the claim's tolerance: its declared
+``baseline_tolerance``, else the ``abs``/``rel`` of an ``approx`` expectation if it has one, else ``DEFAULT_ABS + DEFAULT_REL * |baseline|``
 (float noise across BLAS builds), widened by ``Z_BAND`` combined standard errors for sampled
 metrics. Tables drift when any entry drifts; head sets and other values when they differ.
 
@@ -64,7 +64,10 @@ class DiffReport:
 
 
 def claim_tolerance(entry: dict[str, Any]) -> dict[str, float]:
-    """The drift tolerance of one claim entry of a results record."""
+    """The drift tolerance of one claim entry: its ``baseline_tolerance``, else ``approx``'s, else float noise."""
+    declared = entry.get("baseline_tolerance")
+    if isinstance(declared, dict):
+        return {"abs": float(declared.get("abs", 0.0)), "rel": float(declared.get("rel", 0.0))}
     expect = entry.get("expect") or {}
     if "approx" in expect and ("abs" in expect or "rel" in expect):
         return {"abs": float(expect.get("abs", 0.0)), "rel": float(expect.get("rel", 0.0))}
