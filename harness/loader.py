@@ -23,7 +23,7 @@ from harness.errors import Location, SpecError, SpecIssue
 from harness.heads import HEAD_PATTERN, Head
 from harness.registry import get_metric, metric_names
 from harness.spec import Claim, ClaimFile, Reference
-from harness.yaml_source import PathKey, SourceMap, YamlError, read_yaml
+from harness.yaml_source import PathKey, SourceMap, YamlError, dotted, read_yaml
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def cross_file_duplicates(files: list[LoadedFile]) -> list[SpecIssue]:
             location = loaded.source_map.locate(where, key=False)
             first = seen.setdefault(claim_id, location)
             if first.path != loaded.path:
-                issues.append(SpecIssue(location, _dotted(where), f"claim id {claim_id!r} is already used in {first}"))
+                issues.append(SpecIssue(location, dotted(where), f"claim id {claim_id!r} is already used in {first}"))
     return issues
 
 
@@ -124,7 +124,7 @@ def _check_names(loaded: LoadedFile) -> list[SpecIssue]:
         where = ("claims", index)
         model = loaded.model_of(claim)
         if model is None:
-            issues.append(SpecIssue(loaded.source_map.locate(where), _dotted(where + ("model",)), "no model: give 'model' in the claim or at the top of the file"))
+            issues.append(SpecIssue(loaded.source_map.locate(where), dotted(where + ("model",)), "no model: give 'model' in the claim or at the top of the file"))
         elif claim.model is not None:
             issues += _check_model(loaded, claim.model, where + ("model",))
         issues += _check_measurement(loaded, where, claim.metric, claim.params, claim.inputs, model, claim.select)
@@ -149,7 +149,7 @@ def _check_model(loaded: LoadedFile, name: str, where: PathKey) -> list[SpecIssu
     names = _model_names()
     if name in names:
         return []
-    return [SpecIssue(loaded.source_map.locate(where, key=False), _dotted(where), f"unknown model {name!r}{_suggest(name, names)}; models: {', '.join(names)}")]
+    return [SpecIssue(loaded.source_map.locate(where, key=False), dotted(where), f"unknown model {name!r}{_suggest(name, names)}; models: {', '.join(names)}")]
 
 
 def _check_measurement(
@@ -159,7 +159,7 @@ def _check_measurement(
     names = metric_names()
     if metric not in names:
         location = loaded.source_map.locate(where + ("metric",), key=False)
-        return [SpecIssue(location, _dotted(where + ("metric",)), f"unknown metric {metric!r}{_suggest(metric, names)}; metrics: {', '.join(names)}")]
+        return [SpecIssue(location, dotted(where + ("metric",)), f"unknown metric {metric!r}{_suggest(metric, names)}; metrics: {', '.join(names)}")]
     info = get_metric(metric)
     issues: list[SpecIssue] = []
     try:
@@ -168,7 +168,7 @@ def _check_measurement(
         issues += _pydantic_issues(exc, params, loaded.source_map, info.params_model, where + ("params",))
     if info.needs_inputs and inputs is None:
         kinds = ", ".join(_input_kinds())
-        issues.append(SpecIssue(loaded.source_map.locate(where), _dotted(where + ("inputs",)), f"metric {metric!r} runs the model: give 'inputs' (one of {kinds})"))
+        issues.append(SpecIssue(loaded.source_map.locate(where), dotted(where + ("inputs",)), f"metric {metric!r} runs the model: give 'inputs' (one of {kinds})"))
     if inputs is not None:
         issues += _check_inputs(loaded, where + ("inputs",), inputs)
     if model is not None and model in _model_names() and not issues:
@@ -188,10 +188,10 @@ def _check_inputs(loaded: LoadedFile, where: PathKey, inputs: dict[str, dict[str
 
     kinds = sorted(INPUT_KINDS)
     if len(inputs) != 1:
-        return [SpecIssue(loaded.source_map.locate(where), _dotted(where), f"give exactly one input kind, one of {', '.join(kinds)}; got {len(inputs)}")]
+        return [SpecIssue(loaded.source_map.locate(where), dotted(where), f"give exactly one input kind, one of {', '.join(kinds)}; got {len(inputs)}")]
     (kind, params), = inputs.items()
     if kind not in INPUT_KINDS:
-        return [SpecIssue(loaded.source_map.locate(where + (kind,)), _dotted(where + (kind,)), f"unknown input kind {kind!r}{_suggest(kind, kinds)}; kinds: {', '.join(kinds)}")]
+        return [SpecIssue(loaded.source_map.locate(where + (kind,)), dotted(where + (kind,)), f"unknown input kind {kind!r}{_suggest(kind, kinds)}; kinds: {', '.join(kinds)}")]
     model = INPUT_KINDS[kind].params_model
     try:
         model.model_validate(params, strict=True)
@@ -210,7 +210,7 @@ def _check_heads(loaded: LoadedFile, where: PathKey, head_params: tuple[str, ...
             path = where + ("params", name) + ((index,) if isinstance(value, list) else ())
             problem = _outside_model(text, model)
             if problem:
-                issues.append(SpecIssue(loaded.source_map.locate(path, key=False), _dotted(path), problem))
+                issues.append(SpecIssue(loaded.source_map.locate(path, key=False), dotted(path), problem))
     return issues
 
 
@@ -220,7 +220,7 @@ def _check_select(loaded: LoadedFile, where: PathKey, select: str | None, model:
         return []
     problem = _outside_model(select, model)
     path = where + ("select",)
-    return [SpecIssue(loaded.source_map.locate(path, key=False), _dotted(path), problem)] if problem else []
+    return [SpecIssue(loaded.source_map.locate(path, key=False), dotted(path), problem)] if problem else []
 
 
 def _outside_model(text: str, model: str) -> str | None:
@@ -259,10 +259,10 @@ def _pydantic_issues(exc: ValidationError, data: Any, source_map: SourceMap, mod
             allowed = _allowed_keys(model, path[:-1])
             name = str(path[-1])
             message = f"unknown key {name!r}{_suggest(name, allowed)}; allowed keys: {', '.join(allowed)}"
-            issues.append(SpecIssue(source_map.locate(full), _dotted(full), message))
+            issues.append(SpecIssue(source_map.locate(full), dotted(full), message))
             continue
         missing = all(error["type"] == "missing" for error in errors)
-        issues.append(SpecIssue(source_map.locate(full, key=missing), _dotted(full), _merged_message(errors)))
+        issues.append(SpecIssue(source_map.locate(full, key=missing), dotted(full), _merged_message(errors)))
     return issues
 
 
@@ -416,7 +416,7 @@ def _duplicate_ids(loaded: LoadedFile) -> list[SpecIssue]:
     for where, claim_id in _claim_ids(loaded):
         location = loaded.source_map.locate(where, key=False)
         if claim_id in seen:
-            issues.append(SpecIssue(location, _dotted(where), f"duplicate claim id {claim_id!r} (first at line {seen[claim_id]})"))
+            issues.append(SpecIssue(location, dotted(where), f"duplicate claim id {claim_id!r} (first at line {seen[claim_id]})"))
         else:
             seen[claim_id] = location.line
     return issues
@@ -434,13 +434,6 @@ def _kind(value: Any) -> str:
 def _a(noun: str) -> str:
     """``"an integer"``, ``"a list"``; ``"null"`` stays bare."""
     return noun if noun == "null" else f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
-
-
-def _dotted(where: PathKey) -> str:
-    text = ""
-    for part in where:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 def _display_path(path: str | Path) -> str:

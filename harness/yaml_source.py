@@ -167,7 +167,7 @@ class _Builder:
     def build(self, node: yaml.Node, where: PathKey, depth: int) -> Any:
         self.count += 1
         line, column = node.start_mark.line + 1, node.start_mark.column + 1
-        key = _dotted(where)
+        key = dotted(where)
         if self.count > MAX_NODES:
             raise _error(self.source_map.path, line, column, key, f"document has more than {MAX_NODES} nodes")
         if depth > MAX_DEPTH:
@@ -191,18 +191,18 @@ class _Builder:
         for key_node, value_node in node.value:
             line, column = key_node.start_mark.line + 1, key_node.start_mark.column + 1
             if not isinstance(key_node, yaml.ScalarNode):
-                raise _error(self.source_map.path, line, column, _dotted(where), "a key must be a plain string")
+                raise _error(self.source_map.path, line, column, dotted(where), "a key must be a plain string")
             written = where + (_shorten(key_node.value),)
             name = self._scalar(key_node, written)
             if not isinstance(name, str):
                 raise _error(
-                    self.source_map.path, line, column, _dotted(written),
+                    self.source_map.path, line, column, dotted(written),
                     f"key {_shorten(key_node.value)!r} reads as {_kind(name)}; a key must be a string (quote it: '{_shorten(key_node.value)}')",
                 )
             if name in result:
                 first_line, first_column = self.source_map.key_marks[where + (name,)]
                 raise _error(
-                    self.source_map.path, line, column, _dotted(where + (name,)),
+                    self.source_map.path, line, column, dotted(where + (name,)),
                     f"duplicate key {name!r} (first defined at line {first_line}, column {first_column})",
                 )
             self.source_map.key_marks[where + (name,)] = (line, column)
@@ -222,7 +222,7 @@ class _Builder:
             line, column = node.start_mark.line + 1, node.start_mark.column + 1
             kind = node.tag.rsplit(":", 1)[-1]
             reason = "it has too many digits" if "digits" in str(exc) else f"not a valid {kind}"
-            raise _error(self.source_map.path, line, column, _dotted(where), f"cannot read {_shorten(node.value)!r} as {kind}: {reason}") from None
+            raise _error(self.source_map.path, line, column, dotted(where), f"cannot read {_shorten(node.value)!r} as {kind}: {reason}") from None
 
     def _check_tag(self, node: yaml.Node, expected: str, where: PathKey) -> None:
         if node.tag != expected:
@@ -232,11 +232,11 @@ class _Builder:
         line, column = node.start_mark.line + 1, node.start_mark.column + 1
         if isinstance(node, yaml.ScalarNode) and node.tag in _QUOTE_ME:
             raise _error(
-                self.source_map.path, line, column, _dotted(where),
+                self.source_map.path, line, column, dotted(where),
                 f"{_shorten(node.value)!r} reads as {_QUOTE_ME[node.tag]}; quote it to make it a string: '{_shorten(node.value)}'",
             )
         raise _error(
-            self.source_map.path, line, column, _dotted(where),
+            self.source_map.path, line, column, dotted(where),
             f"tag {node.tag!r} is not allowed: claim files hold plain strings, numbers, booleans, lists and mappings",
         )
 
@@ -251,7 +251,7 @@ def _kind(value: Any) -> str:
     return kinds.get(type(value), f"a {type(value).__name__}")
 
 
-def _dotted(where: PathKey) -> str:
+def dotted(where: PathKey) -> str:
     """``("claims", 0, "params")`` -> ``"claims[0].params"``."""
     text = ""
     for part in where:

@@ -11,6 +11,8 @@ import io
 import re
 from typing import Any, Callable
 
+from harness.heads import sort_heads
+
 HEAD_KEY = re.compile(r"^\d+\.\d+$")
 
 
@@ -85,8 +87,8 @@ def composition_heatmap(entry: dict[str, Any]) -> str | None:
     pairs = [key.split("->") for key in value if "->" in key]
     if not pairs:
         return None
-    rows = sorted({a for a, _ in pairs}, key=lambda h: tuple(map(int, h.split("."))))
-    cols = sorted({b for _, b in pairs}, key=lambda h: tuple(map(int, h.split("."))))
+    rows = sort_heads(list({a for a, _ in pairs}))
+    cols = sort_heads(list({b for _, b in pairs}))
     grid = [[value.get(f"{a}->{b}", float("nan")) for b in cols] for a in rows]
     figure, axes = _figure(0.35 * len(cols) + 2.5, 0.3 * len(rows) + 1.5)
     image = axes.imshow(grid, cmap="viridis", interpolation="nearest")
