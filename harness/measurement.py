@@ -11,7 +11,8 @@ Table = dict[str, float]
 """Named scalars: a per-head table keyed ``"L.H"``, or named figures (``{"1": 0.31, "5": 0.48}``)."""
 HeadSet = list[str]
 Curve = list[dict[str, Any]]
-"""Points of a curve, e.g. ``[{"rank": 1, "top1": 0.0}, {"rank": 2, "top1": 0.1}]``."""
+"""Points of a curve, e.g. ``[{"label": "rank=1", "rank": 1, "top1": 0.0}, ...]``; ``select`` finds a
+point by its ``label``."""
 Value = Union[Scalar, Table, HeadSet, Curve]
 
 
@@ -29,20 +30,47 @@ class Measurement:
     details: dict[str, Any] = field(default_factory=dict)
     unit: str | None = None
 
-    def select(self, key: str | None) -> "Measurement":
-        """The sub-measurement under ``key`` of a table (``None`` returns ``self``).
+    def select(self, path: str | None) -> "Measurement":
+        """The sub-measurement at ``path`` (``None`` returns ``self``).
 
-        Raises ``KeyError`` naming the keys that exist.
+        ``path`` is one key or several joined by ``/``, each step going one level down: into a
+        table by key (``"1.4"``), into a curve by a point's ``label`` (``"rank=64"``), into a
+        point by field (``"rank=64/top1"``).  A step into a curve keeps the whole curve in
+        ``details["selected_from"]`` so that reports can still plot it.  Raises ``KeyError``
+        naming the step that failed and the keys that exist there.
         """
-        if key is None:
+        if path is None:
             return self
-        if not isinstance(self.value, dict):
-            raise KeyError(f"select: {key!r} needs a table value, got {type(self.value).__name__}")
-        if key not in self.value:
-            shown = ", ".join(list(self.value)[:20])
-            raise KeyError(f"select: no entry {key!r}; entries are: {shown}")
+        selected = self
+        for step in path.split(PATH_SEPARATOR):
+            selected = selected._step(step, path)
+        return selected
+
+    def _step(self, key: str, path: str) -> "Measurement":
+        value = self.value
+        if _is_curve(value):
+            labels = [str(point.get("label")) for point in value]
+            if key not in labels:
+                raise KeyError(f"select {path!r}: no curve point labelled {key!r}; labels are: {_shown(labels)}")
+            details = {**self.details, "selected_from": value}
+            return Measurement(value[labels.index(key)], None, details, self.unit)
+        if not isinstance(value, dict):
+            raise KeyError(f"select {path!r}: {key!r} needs a table or a curve, got {type(value).__name__} {value!r}")
+        if key not in value:
+            raise KeyError(f"select {path!r}: no entry {key!r}; entries are: {_shown(list(value))}")
         uncertainty = self.uncertainty.get(key) if isinstance(self.uncertainty, dict) else None
-        return Measurement(self.value[key], uncertainty, self.details, self.unit)
+        return Measurement(value[key], uncertainty, self.details, self.unit)
+
+
+PATH_SEPARATOR = "/"
+
+
+def _is_curve(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(point, dict) for point in value)
+
+
+def _shown(keys: list[str]) -> str:
+    return ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
 
 
 def non_finite_reason(value: Any) -> str | None:
@@ -57,6 +85,8 @@ def non_finite_reason(value: Any) -> str | None:
         if not value:
             return "the metric returned an empty table"
         for key, item in value.items():
+            if isinstance(item, (str, list)) and not _is_curve(item):
+                continue  # a curve point's label, kind or head list
             reason = non_finite_reason(item)
             if reason is not None:
                 return f"{reason} for {key!r}"

@@ -101,9 +101,9 @@ def composition_heatmap(entry: dict[str, Any]) -> str | None:
 
 
 def rank_curve(entry: dict[str, Any]) -> str | None:
-    """Top-1/top-5 accuracy against rank; the model's heads as points."""
-    value = entry.get("value")
-    if not isinstance(value, list) or not value or not isinstance(value[0], dict) or "rank" not in value[0]:
+    """Top-1/top-5 accuracy against rank; the model's heads as points; the selected point ringed."""
+    value = _curve_points(entry)
+    if value is None:
         return None
     figure, axes = _figure(5.0, 3.0)
     trained = sorted((p for p in value if p.get("kind", "trained") == "trained"), key=lambda p: p["rank"])
@@ -114,13 +114,32 @@ def rank_curve(entry: dict[str, Any]) -> str | None:
     for point in (p for p in value if p.get("kind") == "head"):
         axes.scatter([point["rank"]], [point.get("top1")], marker="*", s=90, zorder=3)
         axes.annotate("+".join(point.get("heads", [])), (point["rank"], point.get("top1", 0)), fontsize=7)
+    selected = _selected_point(entry, value)
+    if selected is not None:
+        field = str(entry.get("select", "")).rpartition("/")[2]
+        y = selected.get(field if field in ("top1", "top5") else "top1")
+        axes.scatter([selected["rank"]], [y], s=220, facecolors="none", edgecolors="red", zorder=4,
+                     label=f"selected: {entry.get('select')}")
     axes.set_xscale("log", base=2)
     axes.set_xlabel("rank r")
     axes.set_ylabel("accuracy")
     axes.set_ylim(-0.02, 1.02)
-    axes.legend(loc="lower right")
+    axes.legend(loc="lower right", fontsize=7)
     axes.set_title("full OV circuit copying accuracy against rank")
     return _svg(figure)
+
+
+def _curve_points(entry: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The rank curve of ``entry``: its value, or the curve its ``select`` picked a point from."""
+    for value in (entry.get("value"), (entry.get("details") or {}).get("selected_from")):
+        if isinstance(value, list) and value and isinstance(value[0], dict) and "rank" in value[0]:
+            return value
+    return None
+
+
+def _selected_point(entry: dict[str, Any], points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    label = str(entry.get("select") or "").partition("/")[0]
+    return next((p for p in points if p.get("label") == label), None) if label else None
 
 
 def position_curve(entry: dict[str, Any]) -> str | None:
