@@ -15,12 +15,13 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from pydantic import BaseModel, ValidationError
 
 from harness.errors import Location, SpecError, SpecIssue
 from harness.heads import HEAD_PATTERN, Head
+from harness.measurement import PATH_SEPARATOR
 from harness.registry import get_metric, metric_names
 from harness.spec import Claim, ClaimFile, Reference
 from harness.yaml_source import PathKey, SourceMap, YamlError, dotted, read_yaml
@@ -201,26 +202,40 @@ def _check_inputs(loaded: LoadedFile, where: PathKey, inputs: dict[str, dict[str
 
 
 def _check_heads(loaded: LoadedFile, where: PathKey, head_params: tuple[str, ...], params: dict[str, Any], model: str) -> list[SpecIssue]:
-    """Every head named in a head parameter (``"L.H"`` or a list of them) lies inside the model."""
+    """Every head named in a head parameter (``"L.H"``, a list of them, or a list of such lists:
+    head groups) lies inside the model."""
     issues: list[SpecIssue] = []
     for name in head_params:
-        value = params.get(name)
-        heads = value if isinstance(value, list) else [value] if value is not None else []
-        for index, text in enumerate(heads):
-            path = where + ("params", name) + ((index,) if isinstance(value, list) else ())
+        for path, text in _named_heads(params.get(name), where + ("params", name)):
             problem = _outside_model(text, model)
             if problem:
                 issues.append(SpecIssue(loaded.source_map.locate(path, key=False), dotted(path), problem))
     return issues
 
 
+def _named_heads(value: Any, path: PathKey) -> Iterator[tuple[PathKey, str]]:
+    """Each head string in ``value`` (a head, or lists of heads nested to any depth), with its path."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _named_heads(item, path + (index,))
+
+
 def _check_select(loaded: LoadedFile, where: PathKey, select: str | None, model: str) -> list[SpecIssue]:
-    """A ``select`` written as a head (``"L.H"``) must be a head of the model."""
-    if select is None or not _HEAD_RE.match(select):
+    """Heads named in a ``select`` path (``"1.4"``, ``"1.4+1.10/top1"``) must be heads of the model."""
+    if select is None:
         return []
-    problem = _outside_model(select, model)
     path = where + ("select",)
-    return [SpecIssue(loaded.source_map.locate(path, key=False), dotted(path), problem)] if problem else []
+    for step in select.split(PATH_SEPARATOR):
+        names = step.split("+")
+        if not all(_HEAD_RE.match(name) for name in names):
+            continue
+        for name in names:
+            problem = _outside_model(name, model)
+            if problem:
+                return [SpecIssue(loaded.source_map.locate(path, key=False), dotted(path), f"select {select!r}: {problem}")]
+    return []
 
 
 def _outside_model(text: str, model: str) -> str | None:

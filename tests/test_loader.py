@@ -369,12 +369,29 @@ def test_select_written_as_a_head_must_be_inside_the_model(select, ok):
     assert f"head {select} is outside model 'planted-attn-2l' (2 layers x 4 heads: 0.0 to 1.3)" in issue.message
 
 
+@pytest.mark.parametrize(("select", "ok"), [
+    ("1.3/top1", True), ("0.0+1.3/top1", True), ("rank=64/top1", True), ("a/b/c", True),
+    ("2.0/top1", False), ("0.0+0.4/top1", False), ("rank=4/0.9", False),
+])
+def test_heads_in_a_select_path_must_be_inside_the_model(select, ok):
+    text = edit('    select: "0.0"\n', f'    select: "{select}"\n')
+    if ok:
+        load_claim_text(text, "c.yaml")
+        return
+    issue = only_issue(text)
+    assert issue.key == "claims[1].select" and at(issue) == (16, 13)
+    assert issue.message.startswith(f"select {select!r}: head ") and "is outside model 'planted-attn-2l'" in issue.message
+
+
 @pytest.fixture
 def head_metric():
     """A metric with head parameters, registered for one test."""
 
     @metric_registry.metric("test.heads")
-    def heads(ctx: MetricContext, *, head: HeadName = "0.0", among: list[HeadName] | None = None) -> Measurement:
+    def heads(
+        ctx: MetricContext, *, head: HeadName = "0.0", among: list[HeadName] | None = None,
+        groups: list[list[HeadName]] = [],
+    ) -> Measurement:
         """Test metric."""
         raise AssertionError("not run")
 
@@ -395,6 +412,12 @@ def test_head_parameter_outside_the_model(head_metric):
     issues = issues_of(claim_with("{head: '2.0', among: ['0.0', '1.9']}"))
     assert [(i.key, at(i)) for i in issues] == [("claims[0].params.head", (7, 20)), ("claims[0].params.among[1]", (7, 42))]
     assert "head 2.0 is outside" in issues[0].message and "head 1.9 is outside" in issues[1].message
+
+
+def test_heads_in_head_groups_are_range_checked(head_metric):
+    issues = issues_of(claim_with("{groups: [['0.0'], ['1.3', '4.0'], ['0.7']]}"))
+    assert [(i.key, at(i)) for i in issues] == [("claims[0].params.groups[1][1]", (7, 40)), ("claims[0].params.groups[2][0]", (7, 49))]
+    assert "head 4.0 is outside" in issues[0].message and "head 0.7 is outside" in issues[1].message
 
 
 def test_head_parameter_malformed(head_metric):

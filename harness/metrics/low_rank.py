@@ -16,20 +16,19 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, StringConstraints
+from pydantic import Field
 
 from harness.circuits.low_rank import LowRankFit, Objective, fit_low_rank_copying
 from harness.circuits.ov_topk import full_circuit_topk
 from harness.context import MetricContext
-from harness.heads import HEAD_PATTERN, Head
+from harness.heads import Head, HeadName
 from harness.measurement import Measurement
 from harness.model_api import ModelHandle
 from harness.registry import metric
 
 Device = Literal["auto", "cpu", "cuda"]
-GroupMember = Annotated[str, StringConstraints(pattern=HEAD_PATTERN), "member of a head group"]
-"""A head inside a group of ``rank_curve(heads=...)``.  Not typed ``HeadName``: the loader's range
-check takes a head or a flat list, so groups (lists of lists) are checked here, at run time."""
+HeadGroup = Annotated[list[HeadName], Field(min_length=1)]
+"""Heads whose OV circuits are summed into one point of ``rank_curve`` (``["1.4", "1.10"]``)."""
 
 DEFAULT_RANKS = [1, 2, 4, 8, 16, 32, 64, 128]
 Rank = Annotated[int, Field(ge=1, le=4096)]
@@ -90,8 +89,19 @@ def head_point(model: ModelHandle, group: list[str], device: Device) -> dict[str
     rank = int((singular > tolerance).sum()) if float(singular[0]) > 0 else 0
     dev = _device(device)
     result = full_circuit_topk(model.W_E, left, right, model.W_U, device=dev)
-    return {"rank": rank, "top1": result.accuracy(1, "pessimistic"), "top5": result.accuracy(5, "pessimistic"),
-            "kind": "head", "heads": [str(h) for h in parsed]}
+    names = [str(h) for h in parsed]
+    return {"label": group_label(names), "rank": rank, "top1": result.accuracy(1, "pessimistic"),
+            "top5": result.accuracy(5, "pessimistic"), "kind": "head", "heads": names}
+
+
+def group_label(heads: list[str]) -> str:
+    """A head group's curve label, the heads joined by ``+`` (``"1.4+1.10"``)."""
+    return "+".join(heads)
+
+
+def rank_label(rank: int) -> str:
+    """A trained point's curve label (``"rank=64"``)."""
+    return f"rank={rank}"
 
 
 @metric("low_rank.rank_curve")
@@ -99,7 +109,7 @@ def rank_curve(
     ctx: MetricContext,
     *,
     ranks: Annotated[list[Rank], Field(min_length=0)] = DEFAULT_RANKS,
-    heads: list[Annotated[list[GroupMember], Field(min_length=1)]] = [],
+    heads: list[HeadGroup] = [],
     seed: int = 0,
     max_steps: Annotated[int, Field(ge=0)] | None = None,
     max_seconds_per_rank: Seconds | None = 300.0,
@@ -111,9 +121,11 @@ def rank_curve(
 ) -> Measurement:
     """Copying accuracy against rank: trained rank-r matrices, and the model's heads as points.
 
-    Value: a curve, one point per rank ``{"rank", "top1", "top5", "kind": "trained", "heads": []}``
-    and one per head group ``{"rank": numerical rank of sum W_V W_O, ..., "kind": "head",
-    "heads": [...]}`` (a group of several heads is their effective circuit).  Ranks above what
+    Value: a curve, one point per rank ``{"label": "rank=R", "rank", "top1", "top5", "kind":
+    "trained", "heads": []}`` and one per head group ``{"label": "1.4+1.10", "rank": numerical rank
+    of sum W_V W_O, ..., "kind": "head", "heads": [...]}`` (a group of several heads is their
+    effective circuit).  A claim picks one figure with ``select: "rank=64/top1"`` or
+    ``select: "1.4+1.10/top1"``.  Ranks above what
     W_E and W_U allow are fitted at the largest possible rank (``details.effective_rank``).
     Details: each trained fit's summary (steps, loss, stopping reason, trace).
     """
@@ -125,7 +137,8 @@ def rank_curve(
     for rank in sorted(set(ranks)):
         fit = _fit(ctx.model, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds_per_rank,
                    batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=device)
-        points.append({"rank": rank, "top1": fit.top1, "top5": fit.top5, "kind": "trained", "heads": []})
+        points.append({"label": rank_label(rank), "rank": rank, "top1": fit.top1, "top5": fit.top5,
+                       "kind": "trained", "heads": []})
         fits[str(rank)] = fit.summary()
     for group in heads:
         points.append(head_point(ctx.model, list(dict.fromkeys(group)), device))
