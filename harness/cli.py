@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_INVALID
     files = _load(args.paths)
     work = [(f, c) for f in files for c in f.spec.claims if args.select is None or args.select in c.id]
-    session = Session()
+    session = Session(progress=not args.no_progress and sys.stderr.isatty())
     results = []
     for loaded, claim in _progress(work, disable=args.no_progress):
         results.append(run_claim(loaded, claim, session))

@@ -22,6 +22,8 @@ MAX_FORWARDS = 8
 class Session:
     """Models, inputs, forward passes and measurements of one pytest session or CLI run."""
 
+    progress: bool = False
+    """Whether long metrics (trained fits) may draw progress bars on stderr (the CLI on a terminal)."""
     models: dict[str, ModelHandle | Exception] = field(default_factory=dict)
     load_seconds: dict[str, float] = field(default_factory=dict)
     forward_count: int = 0

@@ -212,6 +212,15 @@ def test_budget_stops_and_says_so() -> None:
     assert one.steps == 25 and len(one.phases) == 1
 
 
+def test_progress_bar_counts_every_phase(capsys: pytest.CaptureFixture[str]) -> None:
+    E, U = _random_problem(V=400)
+    fit_low_rank_copying(E, U, 3, seed=0, max_steps=25, max_seconds=None, batch_rows=16, patience=10**6, progress=True)
+    err = capsys.readouterr().err
+    assert "rank-3 fit" in err and "50/50" in err  # 25 steps in each of the two phases
+    fit_low_rank_copying(E, U, 3, seed=0, max_steps=25, max_seconds=None, batch_rows=16, patience=10**6)
+    assert capsys.readouterr().err == ""
+
+
 def test_trace_and_summary() -> None:
     E, U = _random_problem()
     fit = fit_low_rank_copying(E, U, 4, seed=0, max_steps=300, max_seconds=None, batch_rows=32, eval_every=10)

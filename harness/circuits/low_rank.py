@@ -639,7 +639,7 @@ def fit_low_rank_copying(
     probe = (time.perf_counter() - t_probe) * len(monitor_rows) / min(batch, len(monitor_rows))
     reserve = probe * (1 + 1.5 * V / len(monitor_rows))  # a last monitor pass + the exact pass
     deadline = None if max_seconds is None else t0 + max_seconds - reserve
-    bar = _progress_bar(progress, max_steps, max_seconds)
+    bar = _progress_bar(progress, rank, None if max_steps is None else max_steps * len(PHASES[objective]), max_seconds)
     params, trace, steps, phases = (start.A0, start.B0), [], 0, []
     for phase_objective in PHASES[objective]:
         phase = _train_phase(ops, E, U, params, sampler, monitor_rows, phase_objective,
@@ -692,14 +692,15 @@ def _advance(bar: Any, max_steps: int | None, elapsed: float) -> None:
         bar.update(1 if max_steps is not None else min(round(elapsed), bar.total) - bar.n)
 
 
-def _progress_bar(progress: bool, max_steps: int | None, max_seconds: float | None) -> Any:
-    if not progress:
+def _progress_bar(progress: bool, rank: int, total_steps: int | None, max_seconds: float | None) -> Any:
+    """A bar over every phase's step budget, else over the time budget, else none."""
+    if not progress or (total_steps is None and max_seconds is None):
         return None
     from tqdm.auto import tqdm
 
-    if max_steps is not None:
-        return tqdm(total=max_steps, unit="step", desc="low-rank fit")
-    return tqdm(total=round(max_seconds or 0), unit="s", desc="low-rank fit")
+    if total_steps is not None:
+        return tqdm(total=total_steps, unit="step", desc=f"rank-{rank} fit", leave=False)
+    return tqdm(total=round(max_seconds or 0), unit="s", desc=f"rank-{rank} fit", leave=False)
 
 
 def _threads() -> int | None:

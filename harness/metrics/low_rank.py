@@ -42,12 +42,13 @@ def _device(device: Device) -> str | None:
 
 
 def _fit(
-    model: ModelHandle, rank: int, *, seed: int, max_steps: int | None, max_seconds: float | None,
+    ctx: MetricContext, rank: int, *, seed: int, max_steps: int | None, max_seconds: float | None,
     batch_rows: int, lr: float, margin_lr: float, objective: Objective, device: Device,
 ) -> LowRankFit:
     return fit_low_rank_copying(
-        model.W_E, model.W_U, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds,
+        ctx.model.W_E, ctx.model.W_U, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds,
         batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=_device(device),
+        progress=ctx.session.progress,
     )
 
 
@@ -74,7 +75,7 @@ def achievable_accuracy(
     reach.  Details: the loss, steps, stopping reason, settings, timings and the convergence trace.
     Weights only.  Give ``max_steps`` for a result that does not depend on the machine's speed.
     """
-    fit = _fit(ctx.model, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds,
+    fit = _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds,
                batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=device)
     return Measurement({"top1": fit.top1, "top5": fit.top5}, None, fit.summary())
 
@@ -135,7 +136,7 @@ def rank_curve(
     points: list[dict[str, object]] = []
     fits: dict[str, dict[str, object]] = {}
     for rank in sorted(set(ranks)):
-        fit = _fit(ctx.model, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds_per_rank,
+        fit = _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds_per_rank,
                    batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=device)
         points.append({"label": rank_label(rank), "rank": rank, "top1": fit.top1, "top5": fit.top5,
                        "kind": "trained", "heads": []})
