@@ -111,6 +111,11 @@ def rank_curve(entry: dict[str, Any]) -> str | None:
         points = [(p["rank"], p[key]) for p in trained if key in p]
         if points:
             axes.plot(*zip(*points), style, label=f"trained rank-r, {key}")
+    unconverged = _unconverged(entry, trained)
+    if unconverged:
+        axes.scatter([p["rank"] for p in unconverged], [p.get("top1") for p in unconverged], s=110,
+                     facecolors="none", edgecolors="0.4", linestyles="dotted", zorder=3,
+                     label="stopped before converging (lower bound)")
     for point in (p for p in value if p.get("kind") == "head"):
         axes.scatter([point["rank"]], [point.get("top1")], marker="*", s=90, zorder=3)
         axes.annotate("+".join(point.get("heads", [])), (point["rank"], point.get("top1", 0)), fontsize=7)
@@ -135,6 +140,12 @@ def _curve_points(entry: dict[str, Any]) -> list[dict[str, Any]] | None:
         if isinstance(value, list) and value and isinstance(value[0], dict) and "rank" in value[0]:
             return value
     return None
+
+
+def _unconverged(entry: dict[str, Any], trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trained points whose fit stopped on its step or time budget (``details.fits[rank]``)."""
+    fits = (entry.get("details") or {}).get("fits") or {}
+    return [p for p in trained if (fits.get(str(p["rank"])) or {}).get("stopped_by", "converged") != "converged"]
 
 
 def _selected_point(entry: dict[str, Any], points: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -71,3 +71,11 @@ def test_the_rank_curve_plot_draws_a_selected_point_from_its_curve() -> None:
     svg = rank_curve(entry)
     assert svg is not None and "selected: rank=64/top1" in svg
     assert rank_curve({"metric": "m", "value": 0.99, "details": {}}) is None
+
+
+def test_the_rank_curve_plot_marks_fits_that_stopped_before_converging() -> None:
+    fits = {"1": {"stopped_by": "converged"}, "64": {"stopped_by": "steps"}}
+    svg = rank_curve({"metric": "low_rank.rank_curve", "value": CURVE, "details": {"fits": fits}})
+    assert svg is not None and "stopped before converging (lower bound)" in svg
+    converged = {"1": {"stopped_by": "converged"}, "64": {"stopped_by": "converged"}}
+    assert "stopped before" not in rank_curve({"metric": "m", "value": CURVE, "details": {"fits": converged}})
