@@ -105,7 +105,7 @@ def rank_curve(entry: dict[str, Any]) -> str | None:
     value = _curve_points(entry)
     if value is None:
         return None
-    figure, axes = _figure(5.0, 3.0)
+    figure, axes = _figure(7.0, 3.0)
     trained = sorted((p for p in value if p.get("kind", "trained") == "trained"), key=lambda p: p["rank"])
     for key, style in (("top1", "-o"), ("top5", "--s")):
         points = [(p["rank"], p[key]) for p in trained if key in p]
@@ -116,22 +116,38 @@ def rank_curve(entry: dict[str, Any]) -> str | None:
         axes.scatter([p["rank"] for p in unconverged], [p.get("top1") for p in unconverged], s=110,
                      facecolors="none", edgecolors="0.4", linestyles="dotted", zorder=3,
                      label="stopped before converging (lower bound)")
-    for point in (p for p in value if p.get("kind") == "head"):
-        axes.scatter([point["rank"]], [point.get("top1")], marker="*", s=90, zorder=3)
-        axes.annotate("+".join(point.get("heads", [])), (point["rank"], point.get("top1", 0)), fontsize=7)
+    _head_points(axes, [p for p in value if p.get("kind") == "head"])
     selected = _selected_point(entry, value)
     if selected is not None:
         field = str(entry.get("select", "")).rpartition("/")[2]
         y = selected.get(field if field in ("top1", "top5") else "top1")
         axes.scatter([selected["rank"]], [y], s=220, facecolors="none", edgecolors="red", zorder=4,
                      label=f"selected: {entry.get('select')}")
+    ranks = [p["rank"] for p in value if p.get("rank")]
     axes.set_xscale("log", base=2)
+    if ranks:
+        axes.set_xlim(min(ranks) / 1.5, max(ranks) * 1.5)
     axes.set_xlabel("rank r")
-    axes.set_ylabel("accuracy")
+    axes.set_ylabel("top-k copying accuracy (full vocabulary)")
     axes.set_ylim(-0.02, 1.02)
-    axes.legend(loc="lower right", fontsize=7)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
     axes.set_title("full OV circuit copying accuracy against rank")
     return _svg(figure)
+
+
+def _head_points(axes: Any, heads: list[dict[str, Any]]) -> None:
+    """The model's heads as stars (top-1), one label per spot for groups that land together."""
+    if heads:
+        axes.scatter([p["rank"] for p in heads], [p.get("top1") for p in heads], marker="*", s=90,
+                     color="tab:green", zorder=3, label="heads (top-1): their OV circuit's rank")
+    spots: dict[tuple[int, float], list[str]] = {}
+    for point in heads:
+        spot = (point["rank"], round(float(point.get("top1") or 0.0) * 20) / 20)  # 5-point bins
+        spots.setdefault(spot, []).append(str(point.get("label") or "+".join(point.get("heads", []))))
+    for index, ((rank, top1), labels) in enumerate(sorted(spots.items())):
+        lift = 6 + 10 * (index % 2)  # neighbours alternate heights so their labels do not overlap
+        axes.annotate(", ".join(labels), (rank, top1), xytext=(0, lift if top1 < 0.5 else -lift - 6),
+                      textcoords="offset points", ha="center", fontsize=7)
 
 
 def _curve_points(entry: dict[str, Any]) -> list[dict[str, Any]] | None:
