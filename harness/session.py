@@ -10,12 +10,13 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from harness.measurement import Measurement
 from harness.model_api import Forward, ModelHandle
 
 MAX_FORWARDS = 8
+T = TypeVar("T")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Session:
     _inputs: dict[tuple[str, str], Any] = field(default_factory=dict)
     _forwards: "OrderedDict[tuple[str, str], Forward]" = field(default_factory=OrderedDict)
     _measurements: dict[tuple[str, ...], Measurement] = field(default_factory=dict)
+    _memo: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
     def model(self, name: str) -> ModelHandle:
         """The model ``name``, loaded on first use.
@@ -80,3 +82,11 @@ class Session:
 
     def remember(self, key: tuple[str, ...], measurement: Measurement) -> None:
         self._measurements[key] = measurement
+
+    def memoised(self, key: tuple[str, ...], compute: Callable[[], T]) -> T:
+        """``compute()`` once per ``key`` in this session: work that several metrics report, such as
+        a trained low-rank fit that both a curve and a single-rank claim use.  ``key`` must start
+        with the model's identity key."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]

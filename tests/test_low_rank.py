@@ -254,12 +254,15 @@ def test_margin_phase_never_loses_top1_and_init_continues_a_fit() -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def _measure(name: str, model_name: str, **params: object):
-    spec = PLANTED_MODELS[model_name]
+def _planted(model_name: str) -> ModelHandle:
     identity = ModelIdentity(name=model_name, source="planted", weights_sha256=None, config_sha256=None)
-    handle = ModelHandle(spec.build(), identity, bos_token_id=None)
+    return ModelHandle(PLANTED_MODELS[model_name].build(), identity, bos_token_id=None)
+
+
+def _measure(name: str, model_name: str, session: Session | None = None, handle: ModelHandle | None = None, **params: object):
     info = get_metric(name)
-    return info.function(MetricContext(handle, None, Session()), **dict(info.validate_params(params)))
+    context = MetricContext(handle or _planted(model_name), None, session or Session())
+    return info.function(context, **dict(info.validate_params(params)))
 
 
 def test_rank_curve_on_planted_split_copy() -> None:
@@ -282,6 +285,16 @@ def test_achievable_accuracy_metric_and_head_check() -> None:
     assert m.details["steps"] > 0 and m.details["settings"]["rank"] == 16 and m.details["trace"]
     with pytest.raises(ValueError, match="not in the model"):
         _measure("low_rank.rank_curve", "planted-ov-rank", ranks=[], heads=[["0.7"]], device="cpu")
+
+
+def test_a_curve_and_a_single_rank_claim_share_one_fit_per_session() -> None:
+    session, handle = Session(), _planted("planted-split-copy")
+    settings = dict(max_steps=300, device="cpu", seed=3)
+    curve = _measure("low_rank.rank_curve", "planted-split-copy", session, handle, ranks=[2, 8], **settings)
+    single = _measure("low_rank.achievable_accuracy", "planted-split-copy", session, handle, rank=8, **settings)
+    assert single.details["wall_seconds"] == curve.details["fits"]["8"]["wall_seconds"]  # the same fit object
+    other = _measure("low_rank.achievable_accuracy", "planted-split-copy", session, handle, rank=8, **{**settings, "seed": 4})
+    assert other.details["settings"]["seed"] == 4 and other.details["wall_seconds"] != single.details["wall_seconds"]
 
 
 # ------------------------------------------------------------------------------------------

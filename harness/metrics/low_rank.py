@@ -13,6 +13,7 @@ deterministic for a seed and a step budget.  Accuracies count ties with the diag
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 import torch
@@ -45,11 +46,12 @@ def _fit(
     ctx: MetricContext, rank: int, *, seed: int, max_steps: int | None, max_seconds: float | None,
     batch_rows: int, lr: float, margin_lr: float, objective: Objective, device: Device,
 ) -> LowRankFit:
-    return fit_low_rank_copying(
-        ctx.model.W_E, ctx.model.W_U, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds,
-        batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=_device(device),
-        progress=ctx.session.progress,
-    )
+    """The fit of these settings, trained once per session (a curve and a single-rank claim share it)."""
+    settings = dict(rank=rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds, batch_rows=batch_rows,
+                    lr=lr, margin_lr=margin_lr, objective=objective, device=_device(device))
+    key = (ctx.model.identity.key, "low_rank.fit", json.dumps(settings, sort_keys=True))
+    return ctx.session.memoised(key, lambda: fit_low_rank_copying(
+        ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, **settings))
 
 
 @metric("low_rank.achievable_accuracy")
