@@ -17,6 +17,13 @@ float rounding, and the metric fails closed when they do not (``sum_check``).
 
 Models with MLPs, or with an unfolded final LayerNorm/RMSNorm (weights ``w``, ``b``), are
 rejected with a ``ValueError``: the parts would not be the direct effects.
+
+The direct path (the course's ``direct_attributions``, first column of ``logit_attr``) is the
+embedding read straight by the unembedding: ``direct[b, i] = embed[b, i] + pos[b, i]`` (``pos``
+only for "standard" positions; the course's model has shortformer positions, so it is
+``W_E[t[b, i]] . W_U[:, t[b, i+1]]`` there). ``attribution.direct_by_position`` reports it per
+prediction position ``i`` (the row index of ``logit_attr``: position 0 is BOS predicting the first
+token).
 """
 
 from __future__ import annotations
@@ -130,3 +137,38 @@ def top_heads(
     ranked = sorted(names, key=lambda name: -abs(means[name]) if absolute else -means[name])
     details = {"positions": positions, "k": k, "absolute": absolute, "contributions": means, "sum_check": sum_check}
     return Measurement(ranked[:k], None, details)
+
+
+def direct_path(parts: dict[str, Tensor]) -> Tensor:
+    """The direct path's attribution ``embed + pos`` (pos only where present) [batch, pos-1]."""
+    return parts["embed"] + parts["pos"] if "pos" in parts else parts["embed"]
+
+
+@metric("attribution.direct_by_position", needs_inputs=True)
+def direct_by_position(ctx: MetricContext, *, top_k: Annotated[int, Field(ge=1)] | None = None) -> Measurement:
+    """The direct path's (embedding -> unembedding) attribution to the correct next token at each position.
+
+    ``direct[b, i] = (W_E[t[b, i]] (+ W_pos[i])) . u_eff[b, i]`` with ``u_eff`` the effective
+    unembedding direction of ``t[b, i+1]`` (module docstring). Value: table ``"i"`` -> mean over
+    the batch of ``direct[:, i]`` (uncertainty: standard error; none for one sequence), for
+    ``i = 0 .. pos-2``. With ``top_k``: the ``top_k`` positions with the largest mean, largest
+    first, as a set of names (``"46"``) for ``equals`` / ``contains``. Details: ``sum_check``, the
+    ranked positions with their values, and ``std_by_part`` (std over positions of each part's
+    batch-mean attribution, ``direct`` included: which part varies most along the text).
+    """
+    parts, sum_check = _checked_parts(ctx)
+    direct = direct_path(parts)  # [batch, n]
+    values, errors = table({str(i): direct[:, i] for i in range(direct.shape[1])})
+    ranked = sorted(values, key=values.get, reverse=True)
+    by_part = {**parts, "direct": direct}
+    std_by_part = {name: float(part.mean(0).std()) if part.shape[1] > 1 else 0.0 for name, part in by_part.items()}
+    details = {
+        "sum_check": sum_check,
+        "top": {position: values[position] for position in ranked[:10]},
+        "std_by_part": std_by_part,
+    }
+    if top_k is not None:
+        if top_k > len(ranked):
+            raise ValueError(f"top_k={top_k} exceeds the {len(ranked)} prediction positions")
+        return Measurement(ranked[:top_k], None, {**details, "top_k": top_k}, unit="logit")
+    return Measurement(values, errors, details, unit="logit")

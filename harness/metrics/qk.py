@@ -182,3 +182,80 @@ def qk_attention_decomposition(ctx: MetricContext, *, head: HeadName, scale: boo
     top = sorted(value, key=value.get, reverse=True)[:5]
     details = {"head": head, "components": names, "scale": scale, "top_pairs": {k: value[k] for k in top}}
     return Measurement(value, uncertainty, details)
+
+
+# ------------------------------------------------------------------------------------------------
+# Query / key norms by input component
+# ------------------------------------------------------------------------------------------------
+
+Side = Literal["query", "key"]
+QK_SUM_CHECK_RTOL = 1e-2
+"""The course's ``assert_close(decomposed_q.sum(0), cache["q", 1][:, h], rtol=0.01)``; here the
+error bound is ``rtol * max(1, max |cached|)`` on the largest entry error (biases included)."""
+
+
+def qk_bias_part(model: ModelHandle, layer: int, index: int, side: Side) -> Tensor:
+    """What the biases add to the head's query/key: ``(sum_{l < layer} b_O[l]) W + b`` [d_head], float64.
+
+    ``W``, ``b`` are ``W_Q``, ``b_Q`` (``side: query``) or ``W_K``, ``b_K``. The course leaves this
+    part out of its decomposition; it is needed for the components to sum to the cached q/k exactly.
+    """
+    W = (model.W_Q if side == "query" else model.W_K)[layer, index].double()  # [d_model, d_head]
+    b = (model.b_Q if side == "query" else model.b_K)[layer, index].double()  # [d_head]
+    b_O = model.b_O[:layer].double().sum(0)  # [d_model]; zeros for layer 0
+    return b_O @ W + b
+
+
+def decompose_qk(components: Tensor, W: Tensor) -> Tensor:
+    """Per-component query (or key) vectors ``y_c W``: components [comp, batch, pos, d_model], W [d_model, d_head].
+
+    Returns [comp, batch, pos, d_head] (the course's ``decompose_q`` / ``decompose_k``).
+    """
+    return components @ W
+
+
+def qk_sum_error(parts: Tensor, bias: Tensor, cached: Tensor) -> float:
+    """``max |sum_c parts[c] + bias - cached|``: parts [comp, batch, pos, d_head], bias [d_head], cached [batch, pos, d_head]."""
+    return float((parts.sum(0) + bias - cached.double()).abs().max())
+
+
+@metric("qk.component_norms", needs_inputs=True)
+def qk_component_norms(
+    ctx: MetricContext, *, head: HeadName, side: Side = "query", top_k: Annotated[int, Field(ge=1)] | None = None,
+) -> Measurement:
+    """Squared norm of a head's query (or key) contributed by each input component, as ARENA 1.2 plots it.
+
+    The Q/K input of a head in layer ``L`` of an attention-only model without normalization is
+    ``sum_c y_c`` (plus ``b_O`` of earlier layers): ``embed``, ``pos`` (the positional embedding,
+    the course's ``pos_embed``) and every head ``"l.h"`` of layers ``< L`` (its output
+    ``z W_O``). Per component, ``n_c[b, p] = ||y_c[b, p] W||^2`` (summed over d_head; ``W = W_Q``
+    for ``side: query``, ``W_K`` for ``side: key``): the course's ``decompose_q(...).pow(2).sum(-1)``.
+
+    Value: table component -> ``n_c`` averaged over all positions of each sequence, then over the
+    batch (uncertainty: standard error over sequences; none for one sequence). With ``top_k``: the
+    names of the ``top_k`` largest components instead, largest first (a set for ``equals``). Fails closed unless
+    ``sum_c y_c W + (sum b_O) W + b`` equals the cached q/k (details: ``sum_check``). Models with
+    MLPs or a normalization before attention are refused: there the input is not a sum of these
+    components (LayerNorm divides by a per-position scale and mixes them; MLPs add inputs).
+    """
+    layer, index = Head.parse(head)
+    activations = ctx.forward().activations
+    names, components = qk_components(ctx.model, activations, layer)  # [comp, batch, pos, d_model]
+    W = (ctx.model.W_Q if side == "query" else ctx.model.W_K)[layer, index].double()
+    parts = decompose_qk(components.double(), W)  # [comp, batch, pos, d_head]
+    cached = activations["q" if side == "query" else "k", layer][:, :, index]  # [batch, pos, d_head]
+    sum_check = qk_sum_error(parts, qk_bias_part(ctx.model, layer, index, side), cached)
+    tolerance = QK_SUM_CHECK_RTOL * max(1.0, float(cached.abs().max()))
+    if not sum_check <= tolerance:
+        raise ValueError(f"the {side} components do not sum to the cached {side}: max error {sum_check:.3g} > {tolerance:.3g}")
+    norms = parts.pow(2).sum(-1).mean(-1)  # [comp, batch]: mean over positions of ||y_c W||^2
+    means = norms.mean(-1)
+    n_batch = norms.shape[-1]
+    errors = norms.std(-1) / math.sqrt(n_batch) if n_batch > 1 else None
+    value = {name: float(means[i]) for i, name in enumerate(names)}
+    uncertainty = {name: float(errors[i]) for i, name in enumerate(names)} if errors is not None else None
+    ranked = sorted(value, key=value.get, reverse=True)
+    details = {"head": head, "side": side, "components": names, "sum_check": sum_check, "ranked": ranked}
+    if top_k is not None:
+        return Measurement(ranked[:top_k], None, {**details, "top_k": top_k, "norms": value})
+    return Measurement(value, uncertainty, details)

@@ -1,0 +1,302 @@
+"""qk.component_norms and attribution.direct_by_position against loop references and ground truth.
+
+References are written with plain loops over TransformerLens's own per-head ``result`` (a run
+with ``use_attn_result``) and its ``apply_ln_to_stack``, on seeded random attention-only models
+drawn by Hypothesis (biases included, both positional types); ground truth from planted-attn-2l
+(its ``ground_truth`` dict and the constants its constructor documents).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from fixtures.planted import PLANTED_MODELS, QK_SIDE
+from harness.context import MetricContext
+from harness.heads import Head
+from harness.measurement import Measurement
+from harness.metrics import qk as qk_module
+from harness.model_api import ModelHandle, ModelIdentity
+from harness.registry import get_metric
+from harness.session import Session
+
+ATTN = "planted-attn-2l"
+GROUND_TRUTH = PLANTED_MODELS[ATTN].ground_truth
+FAST = settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ----------------------------------------------------------------------------------------------
+# models and running a metric
+# ----------------------------------------------------------------------------------------------
+
+
+def random_model(
+    seed: int, *, n_layers: int = 2, n_heads: int = 2, d_model: int = 6, d_head: int = 3, d_vocab: int = 10,
+    positional: str = "shortformer", normalization: str | None = None, attn_only: bool = True,
+) -> ModelHandle:
+    """A small model with every parameter (biases included) ~ N(0, 0.5^2), seeded; n_ctx 16."""
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, d_model=d_model, d_head=d_head, n_heads=n_heads, d_vocab=d_vocab, n_ctx=16,
+        d_mlp=None if attn_only else 4, act_fn=None if attn_only else "relu", attn_only=attn_only,
+        normalization_type=normalization, positional_embedding_type=positional,
+        tokenizer_name=None, init_weights=False, device="cpu", dtype=torch.float32,
+    )
+    hooked = HookedTransformer(cfg).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in hooked.parameters():
+            param.copy_(0.5 * torch.randn(param.shape, generator=generator))
+    identity = ModelIdentity(name=f"random-{seed}-{positional}-{normalization}", source="test", weights_sha256=None, config_sha256=None)
+    return ModelHandle(hooked, identity, bos_token_id=0)
+
+
+def planted() -> ModelHandle:
+    from fixtures.registry import get_model_entry
+
+    return get_model_entry(ATTN).load()
+
+
+def measure(metric: str, model: ModelHandle, inputs: dict[str, Any], **params: Any) -> Measurement:
+    """Run ``metric`` as the runner does: validated params, a fresh session, ``inputs`` an input spec."""
+    info = get_metric(metric)
+    session = Session()
+    batch = session.inputs(model, inputs)
+    return info.function(MetricContext(model, batch, session), **dict(info.validate_params(params)))
+
+
+def tokens_of(model: ModelHandle, inputs: dict[str, Any]) -> torch.Tensor:
+    return Session().inputs(model, inputs).tokens
+
+
+def cache_with_results(model: ModelHandle, tokens: torch.Tensor) -> Any:
+    """TransformerLens's own cache with per-head ``result`` (use_attn_result on for this run only)."""
+    hooked = model._hooked
+    hooked.set_use_attn_result(True)
+    try:
+        with torch.no_grad():
+            _, cache = hooked.run_with_cache(tokens)
+    finally:
+        hooked.set_use_attn_result(False)
+    return cache
+
+
+def se(values: list[float]) -> float | None:
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+# ----------------------------------------------------------------------------------------------
+# qk.component_norms: loop reference
+# ----------------------------------------------------------------------------------------------
+
+
+def ref_component_norms(model: ModelHandle, tokens: torch.Tensor, head: Head, side: str) -> dict[str, list[float]]:
+    """Per component, per sequence: mean over positions of sum_e (y_c[b, p] @ W[:, e])^2, by loops."""
+    cache = cache_with_results(model, tokens)
+    components = {"embed": cache["embed"].double(), "pos": cache["pos_embed"].double().expand_as(cache["embed"])}
+    for layer in range(head.layer):
+        for h in range(model.shape.n_heads):
+            components[f"{layer}.{h}"] = cache["result", layer][:, :, h].double()
+    W = (model.W_Q if side == "query" else model.W_K)[head.layer, head.head].double()
+    table: dict[str, list[float]] = {}
+    for name, y in components.items():
+        table[name] = []
+        for b in range(tokens.shape[0]):
+            per_position = []
+            for p in range(tokens.shape[1]):
+                vector = y[b, p] @ W
+                per_position.append(sum(float(x) ** 2 for x in vector))
+            table[name].append(sum(per_position) / len(per_position))
+    return table
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**31 - 1), n_layers=st.integers(1, 3), n_heads=st.integers(1, 3),
+    positional=st.sampled_from(["standard", "shortformer"]), side=st.sampled_from(["query", "key"]),
+    batch=st.integers(1, 3), data=st.data(),
+)
+def test_component_norms_equal_loop_reference(
+    seed: int, n_layers: int, n_heads: int, positional: str, side: str, batch: int, data: st.DataObject,
+) -> None:
+    model = random_model(seed, n_layers=n_layers, n_heads=n_heads, positional=positional)
+    head = Head(data.draw(st.integers(0, n_layers - 1)), data.draw(st.integers(0, n_heads - 1)))
+    inputs = {"repeated_random": {"seq_len": 4, "batch": batch, "seed": seed % 1000}}
+    got = measure("qk.component_norms", model, inputs, head=str(head), side=side)
+    expected = ref_component_norms(model, tokens_of(model, inputs), head, side)
+    assert list(got.value) == list(expected)  # embed, pos, then heads of earlier layers in order
+    for name, per_sequence in expected.items():
+        assert got.value[name] == pytest.approx(sum(per_sequence) / batch, rel=1e-6, abs=1e-9), name
+        if batch == 1:
+            assert got.uncertainty is None
+        else:
+            assert got.uncertainty[name] == pytest.approx(se(per_sequence), rel=1e-5, abs=1e-9), name
+    assert got.details["sum_check"] < 1e-4
+
+
+def test_components_plus_biases_sum_to_cached_q_and_k() -> None:
+    """The course's assert (decomposed q sums to cache["q", 1][:, h]), here with biases: to 1e-5."""
+    model = random_model(3, n_layers=2, n_heads=3)
+    tokens = tokens_of(model, {"repeated_random": {"seq_len": 5, "batch": 2}})
+    forward = model.run_with_cache(tokens)
+    _, components = qk_module.qk_components(model, forward.activations, 1)
+    for side, W, kind in (("query", model.W_Q, "q"), ("key", model.W_K, "k")):
+        parts = qk_module.decompose_qk(components.double(), W[1, 2].double())
+        bias = qk_module.qk_bias_part(model, 1, 2, side)
+        assert bias.abs().max() > 0.1  # the biases are not zero here, so they must be counted
+        assert qk_module.qk_sum_error(parts, bias, forward.activations[kind, 1][:, :, 2]) < 1e-5
+        assert qk_module.qk_sum_error(parts[1:], bias, forward.activations[kind, 1][:, :, 2]) > 1e-2  # a part missing shows
+
+
+def test_component_norms_fail_closed_when_the_sum_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = random_model(4)
+    monkeypatch.setattr(qk_module, "qk_bias_part", lambda model, layer, index, side: torch.zeros(model.shape.d_head, dtype=torch.float64))
+    with pytest.raises(ValueError, match="do not sum"):
+        measure("qk.component_norms", model, {"repeated_random": {"seq_len": 3}}, head="1.0")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"normalization": "LN"}, "normalization"), ({"normalization": "LNPre"}, "normalization"), ({"attn_only": False}, "attn_only")],
+)
+def test_component_norms_refuse_nonlinear_inputs(kwargs: dict[str, Any], match: str) -> None:
+    model = random_model(1, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        measure("qk.component_norms", model, {"repeated_random": {"seq_len": 3}}, head="1.0")
+
+
+def test_component_norms_top_k_is_the_ranking_of_the_table() -> None:
+    model = random_model(11, n_layers=2, n_heads=3)
+    inputs = {"repeated_random": {"seq_len": 5, "batch": 2}}
+    table = measure("qk.component_norms", model, inputs, head="1.1", side="key").value
+    ranked = sorted(table, key=table.get, reverse=True)
+    for k in (1, 3, 5):
+        assert measure("qk.component_norms", model, inputs, head="1.1", side="key", top_k=k).value == ranked[:k]
+
+
+# ----------------------------------------------------------------------------------------------
+# qk.component_norms: planted ground truth
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inputs", [
+    {"repeated_random": {"seq_len": 20, "batch": 3, "seed": 0}},
+    {"repeated_maxrep": {"seq_len": 20, "batch": 3, "seed": 0}},
+    {"tokens": {"ids": [[0, 5, 5, 7, 3, 3]]}},
+])
+def test_planted_induction_head_query_reads_embed_key_reads_prev_token_head(inputs: dict[str, Any]) -> None:
+    """Head 1.0: W_Q[TOK] = 40 I and W_K[PREV] = 40 I, so ||e_t W_Q||^2 = ||e_t W_K||^2 = 1600 at every
+    position (0.0 writes the previous token, or BOS at position 0, into PREV); nothing else reaches them."""
+    (writer, reader), = GROUND_TRUTH["k_composition"]
+    model = planted()
+    full = QK_SIDE**2
+    query = measure("qk.component_norms", model, inputs, head=reader, side="query")
+    key = measure("qk.component_norms", model, inputs, head=reader, side="key")
+    assert query.value["embed"] == pytest.approx(full, rel=1e-6)
+    assert key.value[writer] == pytest.approx(full, rel=1e-6)
+    assert all(v == 0.0 for name, v in query.value.items() if name != "embed")
+    assert all(v == 0.0 for name, v in key.value.items() if name != writer)
+    assert measure("qk.component_norms", model, inputs, head=reader, side="key", top_k=1).value == [writer]
+
+
+def test_planted_previous_token_head_reads_positions() -> None:
+    """Head 0.0: query(p) = 40 e_{p-1} for p >= 1 (0 at p = 0), key(j) = 40 e_j: pos norms 1600 (n-1)/n and 1600."""
+    model = planted()
+    seq_len = 10
+    n = 1 + 2 * seq_len
+    inputs = {"repeated_random": {"seq_len": seq_len, "batch": 2}}
+    query = measure("qk.component_norms", model, inputs, head="0.0", side="query")
+    key = measure("qk.component_norms", model, inputs, head="0.0", side="key")
+    assert list(query.value) == ["embed", "pos"]
+    assert query.value == pytest.approx({"embed": 0.0, "pos": QK_SIDE**2 * (n - 1) / n}, rel=1e-6)
+    assert key.value == pytest.approx({"embed": 0.0, "pos": QK_SIDE**2}, rel=1e-6)
+    assert query.uncertainty == {"embed": 0.0, "pos": 0.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# attribution.direct_by_position
+# ----------------------------------------------------------------------------------------------
+
+
+def ref_direct_by_position(model: ModelHandle, tokens: torch.Tensor) -> list[list[float]]:
+    """direct[b][i] = N(embed[b, i] (+ pos_embed[i])) . W_U[:, t[b, i+1]], by loops (N: TL's apply_ln_to_stack)."""
+    cache = cache_with_results(model, tokens)
+    residual = cache["embed"]
+    if model.positional_embedding_type == "standard":
+        residual = residual + cache["pos_embed"]
+    if model.normalization_type is not None:
+        residual = cache.apply_ln_to_stack(residual[None], layer=-1)[0]
+    W_U = model.W_U
+    return [
+        [float(residual[b, i] @ W_U[:, int(tokens[b, i + 1])]) for i in range(tokens.shape[1] - 1)]
+        for b in range(tokens.shape[0])
+    ]
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**31 - 1), positional=st.sampled_from(["standard", "shortformer"]),
+    normalization=st.sampled_from([None, "LNPre"]), batch=st.integers(1, 3), seq_len=st.integers(2, 6),
+)
+def test_direct_by_position_equals_loop_reference(seed: int, positional: str, normalization: str | None, batch: int, seq_len: int) -> None:
+    model = random_model(seed, positional=positional, normalization=normalization)
+    inputs = {"repeated_random": {"seq_len": seq_len, "batch": batch, "seed": seed % 997}}
+    got = measure("attribution.direct_by_position", model, inputs)
+    reference = ref_direct_by_position(model, tokens_of(model, inputs))
+    n_pred = 2 * seq_len
+    assert list(got.value) == [str(i) for i in range(n_pred)]
+    for i in range(n_pred):
+        column = [row[i] for row in reference]
+        assert got.value[str(i)] == pytest.approx(sum(column) / batch, rel=1e-4, abs=1e-5), i
+        if batch > 1:
+            assert got.uncertainty[str(i)] == pytest.approx(se(column), rel=1e-3, abs=1e-5), i
+    if batch == 1:
+        assert got.uncertainty is None
+
+
+def test_direct_by_position_averages_to_direct_logit() -> None:
+    """The mean over positions of the table is attribution.direct_logit's embed + pos (positions all)."""
+    model = random_model(21, positional="standard")
+    inputs = {"repeated_random": {"seq_len": 5, "batch": 3, "seed": 2}}
+    table = measure("attribution.direct_by_position", model, inputs).value
+    dla = measure("attribution.direct_logit", model, inputs, positions="all").value
+    assert sum(table.values()) / len(table) == pytest.approx(dla["embed"] + dla["pos"], rel=1e-5, abs=1e-6)
+
+
+def test_direct_by_position_top_k_is_the_ranking_of_the_table() -> None:
+    model = random_model(5)
+    inputs = {"repeated_random": {"seq_len": 6, "batch": 2, "seed": 1}}
+    table = measure("attribution.direct_by_position", model, inputs).value
+    ranked = sorted(table, key=table.get, reverse=True)
+    for k in (1, 4, 12):
+        assert measure("attribution.direct_by_position", model, inputs, top_k=k).value == ranked[:k]
+    with pytest.raises(ValueError, match="exceeds"):
+        measure("attribution.direct_by_position", model, inputs, top_k=13)
+
+
+def test_planted_direct_path_is_one_exactly_on_doubled_tokens() -> None:
+    """planted-attn-2l: W_E W_U = I (direct_path_gain 1), so direct[i] = [t[i] == t[i+1]]."""
+    model = planted()
+    ids = [0, 5, 5, 7, 3, 3, 9]
+    got = measure("attribution.direct_by_position", model, {"tokens": {"ids": [ids]}})
+    gain = GROUND_TRUTH["direct_path_gain"]
+    assert got.value == {str(i): gain * float(ids[i] == ids[i + 1]) for i in range(len(ids) - 1)}
+    assert sorted(measure("attribution.direct_by_position", model, {"tokens": {"ids": [ids]}}, top_k=2).value) == ["1", "4"]
+    assert got.details["std_by_part"]["direct"] > 0.0
+
+
+def test_direct_by_position_refuses_models_with_mlps() -> None:
+    model = random_model(2, attn_only=False)
+    with pytest.raises(ValueError, match="attention-only"):
+        measure("attribution.direct_by_position", model, {"repeated_random": {"seq_len": 3}})
