@@ -334,7 +334,7 @@ def test_unknown_input_kind():
     issue = only_issue(edit("{repeated_random: {seq_len: 20, batch", "{repeted_random: {seq_len: 20, batch"))
     assert at(issue) == (7, 14)
     assert issue.key == "claims[0].inputs.repeted_random"
-    assert "did you mean 'repeated_random'?" in issue.message and "kinds: repeated_random, text, tokens" in issue.message
+    assert "did you mean 'repeated_random'?" in issue.message and "kinds: repeated_maxrep, repeated_random, text, tokens" in issue.message
 
 
 def test_two_input_kinds():
