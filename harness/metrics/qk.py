@@ -22,6 +22,11 @@ every head of layers ``< L`` (attention biases ``b_O`` are left out, as in the c
 
 (ARENA 3 divides by sqrt(d_head), ARENA 2 does not: ``scale``), and the course plots, per pair,
 the standard deviation over all (query, key) position pairs.
+
+Query/key norms by component (ARENA 1.2, ``decompose_q`` / ``decompose_k``): with the same
+components, ``q_c = y_c W_Q`` (``k_c = y_c W_K``) and the course plots ``||q_c[i]||^2`` per component
+and position; ``qk.component_norms`` averages it over positions and sequences. The components plus
+the bias part ``(sum_{l<L} b_O[l]) W + b`` sum to the cached q (k); the metric checks it.
 """
 
 from __future__ import annotations
