@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import harness.metrics.ablation as ablation
 from fixtures.inputs import INPUT_KINDS, InputBatch
-from fixtures.planted import PLANTED_MODELS, build_planted
+from fixtures.planted import PLANTED_MODELS, build_planted, distinct_repeated_tokens
 from fixtures.registry import get_model_entry
 from harness.context import MetricContext
 from harness.heads import Head
@@ -69,11 +69,8 @@ def repeated(model: ModelHandle, seq_len: int, batch: int, seed: int, prepend_bo
 
 
 def distinct_repeated(batch: int, seq_len: int, d_vocab: int, bos: int, seed: int = 0) -> InputBatch:
-    """[BOS] + R + R with R: seq_len distinct non-BOS tokens per row (as the planted ground truth assumes)."""
-    generator = torch.Generator().manual_seed(seed)
-    others = torch.tensor([t for t in range(d_vocab) if t != bos])
-    rows = torch.stack([others[torch.randperm(len(others), generator=generator)[:seq_len]] for _ in range(batch)])
-    tokens = torch.cat([torch.full((batch, 1), bos), rows, rows], dim=1)
+    """The planted ground truth's input (``distinct_repeated_tokens``) as an input batch."""
+    tokens = distinct_repeated_tokens(batch, seq_len, d_vocab, bos, seed)
     return InputBatch(tokens, "tokens", {"ids": tokens.tolist()}, {"seq_len": seq_len, "prefix": 1})
 
 

@@ -21,6 +21,7 @@ from fixtures.planted import (
     build_ov_rank_model,
     build_planted,
     build_split_copy_model,
+    distinct_repeated_tokens,
     ov_rank_spec,
     split_copy_spec,
 )
@@ -38,14 +39,6 @@ KINDS = ("previous_token_heads", "current_token_heads", "first_token_heads", "in
 
 def heads(model: HookedTransformer) -> list[tuple[int, int]]:
     return [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
-
-
-def distinct_repeated(batch: int, seq_len: int, d_vocab: int, bos: int, seed: int = 0) -> torch.Tensor:
-    """[BOS] + R + R with R: seq_len distinct tokens, none of them BOS."""
-    gen = torch.Generator().manual_seed(seed)
-    others = torch.tensor([t for t in range(d_vocab) if t != bos])
-    rows = torch.stack([others[torch.randperm(len(others), generator=gen)[:seq_len]] for _ in range(batch)])
-    return torch.cat([torch.full((batch, 1), bos), rows, rows], dim=1)
 
 
 def arena_repeated(batch: int, seq_len: int, d_vocab: int, bos: int, seed: int = 0) -> torch.Tensor:
@@ -144,7 +137,7 @@ SEQ_LEN = 20
 
 @pytest.fixture(scope="module")
 def attn_run(attn, truth):
-    tokens = distinct_repeated(4, SEQ_LEN, attn.cfg.d_vocab, truth["bos_token_id"])
+    tokens = distinct_repeated_tokens(4, SEQ_LEN, attn.cfg.d_vocab, truth["bos_token_id"])
     logits, cache = attn.run_with_cache(tokens)
     return tokens, logits, cache
 
@@ -251,7 +244,7 @@ def test_induction_stripe_and_predictions(attn_run, truth):
     assert first_half.max() < -2.0  # no earlier occurrence: the first half is unpredictable
 
 
-@pytest.mark.parametrize("sampler", [distinct_repeated, arena_repeated])
+@pytest.mark.parametrize("sampler", [distinct_repeated_tokens, arena_repeated])
 def test_detection_at_threshold_finds_exactly_the_planted_heads(attn, truth, sampler):
     seq_len = 10  # ARENA-style R (with replacement) rarely repeats at this length in 64 tokens
     tokens = sampler(8, seq_len, attn.cfg.d_vocab, truth["bos_token_id"])
@@ -344,7 +337,7 @@ def test_zero_ablation(attn_run, attn, truth):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sampler", [distinct_repeated, arena_repeated])
+@pytest.mark.parametrize("sampler", [distinct_repeated_tokens, arena_repeated])
 def test_random_control_detects_no_head(random_model, sampler):
     model, truth = random_model, PLANTED_MODELS[RANDOM].ground_truth
     for seq_len in (truth["min_seq_len"], 50):
