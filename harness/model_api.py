@@ -199,6 +199,12 @@ class ModelHandle:
         return self._hooked.b_U.detach()
 
     @property
+    def attn_scale(self) -> float:
+        """What the attention scores ``q . k`` are divided by (``cfg.attn_scale``, 1 if unscaled)."""
+        cfg = self._hooked.cfg
+        return float(cfg.attn_scale) if cfg.use_attn_scale else 1.0
+
+    @property
     def normalization_type(self) -> str | None:
         """``cfg.normalization_type``: ``None``, ``"LN"``, ``"LNPre"``, ``"RMS"`` or ``"RMSPre"``."""
         return self._hooked.cfg.normalization_type

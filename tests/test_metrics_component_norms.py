@@ -1,4 +1,4 @@
-"""qk.component_norms and attribution.direct_by_position against loop references and ground truth.
+"""qk.component_norms, qk.positional_share and attribution.direct_by_position against loop references and ground truth.
 
 References are written with plain loops over TransformerLens's own per-head ``result`` (a run
 with ``use_attn_result``) and its ``apply_ln_to_stack``, on seeded random attention-only models
@@ -300,3 +300,60 @@ def test_direct_by_position_refuses_models_with_mlps() -> None:
     model = random_model(2, attn_only=False)
     with pytest.raises(ValueError, match="attention-only"):
         measure("attribution.direct_by_position", model, {"repeated_random": {"seq_len": 3}})
+
+
+# ----------------------------------------------------------------------------------------------
+# qk.positional_share
+# ----------------------------------------------------------------------------------------------
+
+
+def positional_share_reference(model: ModelHandle, tokens: torch.Tensor, layer: int, head: int) -> tuple[list[float], list[float]]:
+    """Per sequence (r2, pattern_tv) with plain loops over rows, from TransformerLens's own scores."""
+    hooked = model._hooked
+    _, cache = hooked.run_with_cache(tokens)
+    scores = cache["attn_scores", layer][:, head].double()
+    W_pos, W_Q, W_K = (w.detach().double() for w in (hooked.W_pos, hooked.W_Q[layer, head], hooked.W_K[layer, head]))
+    scale = math.sqrt(hooked.cfg.d_head)
+    r2s, tvs = [], []
+    for b in range(tokens.shape[0]):
+        ss_total = ss_rest = tv = 0.0
+        for q in range(tokens.shape[1]):
+            row = [float(scores[b, q, k]) for k in range(q + 1)]
+            pos = [float((W_pos[q] @ W_Q) @ (W_pos[k] @ W_K)) / scale for k in range(q + 1)]
+            rest = [s - p for s, p in zip(row, pos)]
+            ss_total += sum((s - sum(row) / len(row)) ** 2 for s in row)
+            ss_rest += sum((r - sum(rest) / len(rest)) ** 2 for r in rest)
+            actual = [math.exp(s - max(row)) for s in row]
+            alone = [math.exp(p - max(pos)) for p in pos]
+            tv += 0.5 * sum(abs(a / sum(actual) - o / sum(alone)) for a, o in zip(actual, alone))
+        r2s.append(1 - ss_rest / ss_total)
+        tvs.append(tv / tokens.shape[1])
+    return r2s, tvs
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), positional=st.sampled_from(["shortformer", "standard"]), head=st.sampled_from(["0.1", "1.0"]))
+def test_positional_share_matches_loops(seed: int, positional: str, head: str) -> None:
+    model = random_model(seed, positional=positional)
+    inputs = {"repeated_random": {"seq_len": 4, "batch": 3, "seed": seed}}
+    result = measure("qk.positional_share", model, inputs, head=head)
+    layer, index = Head.parse(head)
+    r2s, tvs = positional_share_reference(model, tokens_of(model, inputs), layer, index)
+    assert result.value["r2"] == pytest.approx(sum(r2s) / 3, abs=1e-9)
+    assert result.value["pattern_tv"] == pytest.approx(sum(tvs) / 3, abs=1e-9)
+    se = lambda xs: math.sqrt(sum((x - sum(xs) / 3) ** 2 for x in xs) / 2 / 3)  # noqa: E731
+    assert result.uncertainty == pytest.approx({"r2": se(r2s), "pattern_tv": se(tvs)}, abs=1e-9)
+
+
+def test_positional_share_on_planted_heads() -> None:
+    """0.0 attends by position only (r2 1, the same pattern); 1.0 by content only (no pos|pos term: r2 0)."""
+    inputs = {"repeated_random": {"seq_len": 20, "batch": 4, "seed": 0}}
+    previous = measure("qk.positional_share", planted(), inputs, head="0.0").value
+    induction = measure("qk.positional_share", planted(), inputs, head="1.0").value
+    assert previous["r2"] == pytest.approx(1.0, abs=1e-9) and previous["pattern_tv"] == pytest.approx(0.0, abs=1e-9)
+    assert induction["r2"] == pytest.approx(0.0, abs=1e-9) and induction["pattern_tv"] > 0.4
+
+
+def test_positional_share_needs_absolute_positions() -> None:
+    with pytest.raises(ValueError, match="rotary"):
+        measure("qk.positional_share", random_model(0, positional="rotary"), {"repeated_random": {"seq_len": 4, "batch": 1, "seed": 0}}, head="0.0")

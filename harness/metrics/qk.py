@@ -264,3 +264,77 @@ def qk_component_norms(
     if top_k is not None:
         return Measurement(ranked[:top_k], None, {**details, "top_k": top_k, "norms": value})
     return Measurement(value, uncertainty, details)
+
+
+# ------------------------------------------------------------------------------------------------
+# How much of a head's attention the positional term alone decides
+# ------------------------------------------------------------------------------------------------
+
+
+def positional_scores(model: ModelHandle, layer: int, index: int, n_pos: int) -> Tensor:
+    """The pos|pos term of a head's scores, ``(W_pos[q] W_Q)(W_pos[k] W_K)^T / attn_scale`` [q_pos, k_pos], float64."""
+    W_pos = model.W_pos[:n_pos].double()  # [pos, d_model]
+    q = W_pos @ model.W_Q[layer, index].double()  # [pos, d_head]
+    k = W_pos @ model.W_K[layer, index].double()
+    return q @ k.T / model.attn_scale
+
+
+def row_centred_r2(scores: Tensor, part: Tensor, causal: Tensor) -> Tensor:
+    """Per sequence, ``1 - SS(scores - part) / SS(scores)`` over causal pairs, sums of squares taken
+    about each query row's mean (a softmax ignores a per-row constant).
+
+    scores: [batch, q_pos, k_pos]; part: broadcastable to it; causal: [q_pos, k_pos] bool. Returns [batch].
+    """
+    def centred_ss(x: Tensor) -> Tensor:
+        x = torch.where(causal, x, torch.zeros_like(x))
+        counts = causal.sum(-1).clamp(min=1)  # [q_pos]
+        row_mean = x.sum(-1) / counts  # [batch, q_pos]
+        deviations = torch.where(causal, x - row_mean[..., None], torch.zeros_like(x))
+        return deviations.pow(2).sum((-1, -2))  # [batch]
+
+    return 1 - centred_ss(scores - part) / centred_ss(scores)
+
+
+def pattern_tv(scores: Tensor, part: Tensor, causal: Tensor) -> Tensor:
+    """Mean over query rows of the total variation ``0.5 sum_k |softmax(scores) - softmax(part)|``
+    between the head's causal pattern and the pattern of ``part`` alone: [batch]."""
+    masked = lambda x: torch.where(causal, x, torch.full_like(x, -torch.inf))  # noqa: E731
+    actual = masked(scores).softmax(-1)
+    alone = masked(part.expand_as(scores)).softmax(-1)
+    return 0.5 * (actual - alone).abs().sum(-1).mean(-1)
+
+
+@metric("qk.positional_share", needs_inputs=True)
+def qk_positional_share(ctx: MetricContext, *, head: HeadName) -> Measurement:
+    """How much of a head's attention its positional QK term alone decides (ARENA 1.2: "for 0.7,
+    positional embeddings affect the scores far more than tokens, so we can ignore the tokens").
+
+    Split the head's pre-softmax scores ``s[b, q, k]`` (cached ``attn_scores``, biases and every
+    input included) into the pos|pos term ``s_pos = (W_pos[q] W_Q)(W_pos[k] W_K)^T / attn_scale``
+    and the rest. Over the causal pairs ``k <= q``, with sums of squares about each query row's
+    mean (a softmax ignores a per-row constant):
+
+    - ``r2``: ``1 - SS(s - s_pos) / SS(s)``, the share of the scores' within-row variation that
+      the positional term alone explains (1: tokens change nothing; can be negative);
+    - ``pattern_tv``: the mean over query rows of the total variation distance between the
+      head's attention pattern and ``softmax(s_pos)`` (0: ignoring the tokens changes nothing).
+
+    Value: table ``{"r2", "pattern_tv"}``, each a per-sequence figure averaged over the batch,
+    uncertainty their standard errors. For absolute positional embeddings only (``W_pos``).
+    """
+    layer, index = Head.parse(head)
+    if ctx.model.positional_embedding_type not in ABSOLUTE_POSITIONS:
+        raise ValueError(f"model {ctx.model.identity.name!r} has {ctx.model.positional_embedding_type!r} positions: no W_pos term")
+    scores = ctx.forward().activations["attn_scores", layer][:, index].double()  # [batch, q_pos, k_pos]
+    n_pos = scores.shape[-1]
+    causal = torch.ones(n_pos, n_pos, dtype=torch.bool).tril()
+    part = positional_scores(ctx.model, layer, index, n_pos)
+    scores = torch.where(causal, scores, torch.zeros_like(scores))  # drop the mask's -inf
+    figures = {"r2": row_centred_r2(scores, part, causal), "pattern_tv": pattern_tv(scores, part, causal)}
+    value = {name: float(per_sequence.mean()) for name, per_sequence in figures.items()}
+    n_batch = scores.shape[0]
+    uncertainty = (
+        {name: float(per_sequence.std() / math.sqrt(n_batch)) for name, per_sequence in figures.items()}
+        if n_batch > 1 else None
+    )
+    return Measurement(value, uncertainty, {"head": head, "positions": n_pos, "attn_scale": ctx.model.attn_scale})
