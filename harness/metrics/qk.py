@@ -271,14 +271,6 @@ def qk_component_norms(
 # ------------------------------------------------------------------------------------------------
 
 
-def positional_scores(model: ModelHandle, layer: int, index: int, n_pos: int) -> Tensor:
-    """The pos|pos term of a head's scores, ``(W_pos[q] W_Q)(W_pos[k] W_K)^T / attn_scale`` [q_pos, k_pos], float64."""
-    W_pos = model.W_pos[:n_pos].double()  # [pos, d_model]
-    q = W_pos @ model.W_Q[layer, index].double()  # [pos, d_head]
-    k = W_pos @ model.W_K[layer, index].double()
-    return q @ k.T / model.attn_scale
-
-
 def row_centred_r2(scores: Tensor, part: Tensor, causal: Tensor) -> Tensor:
     """Per sequence, ``1 - SS(scores - part) / SS(scores)`` over causal pairs, sums of squares taken
     about each query row's mean (a softmax ignores a per-row constant).
@@ -328,7 +320,9 @@ def qk_positional_share(ctx: MetricContext, *, head: HeadName) -> Measurement:
     scores = ctx.forward().activations["attn_scores", layer][:, index].double()  # [batch, q_pos, k_pos]
     n_pos = scores.shape[-1]
     causal = torch.ones(n_pos, n_pos, dtype=torch.bool).tril()
-    part = positional_scores(ctx.model, layer, index, n_pos)
+    W_Q, W_K = ctx.model.W_Q[layer, index].double(), ctx.model.W_K[layer, index].double()
+    rescale = math.sqrt(W_Q.shape[-1]) / ctx.model.attn_scale  # positional_scores divides by sqrt(d_head)
+    part = positional_scores(ctx.model.W_pos[:n_pos].double(), W_Q, W_K) * rescale  # [q_pos, k_pos]
     scores = torch.where(causal, scores, torch.zeros_like(scores))  # drop the mask's -inf
     figures = {"r2": row_centred_r2(scores, part, causal), "pattern_tv": pattern_tv(scores, part, causal)}
     value = {name: float(per_sequence.mean()) for name, per_sequence in figures.items()}
