@@ -1,7 +1,8 @@
-"""Every chapter-1.2 row of the ARENA claims catalogue is encoded in ``claims/arena``.
+"""Every chapter-1.2 and chapter-1.4.1 row of the ARENA claims catalogue is encoded in ``claims/arena``.
 
 The catalogue (``arena-claims.md``, kept in ``../shared`` beside the checkout) lists the course's
-claims in §2 as table rows whose first cell is the claim id (``| 1.2.ov.full_ov_1_4_top1 | ...``).
+claims in §2 (chapter 1.2) and §3 (chapter 1.4.1) as table rows whose first cell is the claim id
+(``| 1.2.ov.full_ov_1_4_top1 | ...``, ``| 1.4.dla.heads | ...``).
 Each id must appear in ``claims/arena`` as a claim id or as a ``conceptual`` id, and every arena
 claim that names a ``catalogue_id`` must name a row that exists. Skipped where the catalogue is
 not present.
@@ -19,25 +20,32 @@ from harness.loader import find_claim_files, load_claim_files
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = ROOT.parent / "shared" / "arena-claims.md"
 ARENA = ROOT / "claims" / "arena"
-ROW_ID = re.compile(r"^\|\s*(1\.2\.[A-Za-z0-9_.+-]+)\s*\|")
+ROW_ID = re.compile(r"^\|\s*(1\.[24]\.[A-Za-z0-9_.+-]+)\s*\|")
+#: Catalogue section -> the chapter prefix of its row ids.
+SECTIONS = {"2": "1.2.", "3": "1.4."}
 #: Metrics that sweep the whole 50278-token vocabulary (or train a map over it) on the toy model.
 HEAVY_METRICS = ("ov.", "low_rank.", "composition.kcomp_full_circuit")
 
 needs_catalogue = pytest.mark.skipif(not CATALOGUE.is_file(), reason=f"catalogue not found at {CATALOGUE}")
 
 
-def catalogue_section_2_ids(text: str) -> list[str]:
-    """The ids of the table rows of §2 ("## 2. ..." up to the next "## " heading)."""
+def catalogue_section_ids(text: str, section: str) -> list[str]:
+    """The ids of the table rows of §``section`` ("## 2. ..." up to the next "## " heading) with its chapter prefix."""
     ids: list[str] = []
     inside = False
     for line in text.splitlines():
         if line.startswith("## "):
-            inside = line.startswith("## 2.")
+            inside = line.startswith(f"## {section}.")
             continue
         match = ROW_ID.match(line) if inside else None
-        if match:
+        if match and match.group(1).startswith(SECTIONS[section]):
             ids.append(match.group(1))
     return ids
+
+
+def catalogue_section_2_ids(text: str) -> list[str]:
+    """The chapter-1.2 row ids of §2."""
+    return catalogue_section_ids(text, "2")
 
 
 def arena_entries() -> tuple[dict[str, object], dict[str, object]]:
@@ -53,6 +61,21 @@ def test_section_parser_reads_rows_only_from_section_2() -> None:
     assert catalogue_section_2_ids(text) == ["1.2.a.b"]
 
 
+def test_section_parser_reads_section_3_rows() -> None:
+    text = "## 2. x\n| 1.2.a | x |\n## 3. Chapter 1.4.1\n| id | src |\n| 1.4.dla.heads | x |\n| 1.2.stray | x |\n## 4. y\n| 1.4.no | x |\n"
+    assert catalogue_section_ids(text, "3") == ["1.4.dla.heads"]
+    assert catalogue_section_2_ids(text) == ["1.2.a"]
+
+
+@needs_catalogue
+def test_every_section_3_row_is_encoded() -> None:
+    ids = catalogue_section_ids(CATALOGUE.read_text(encoding="utf-8"), "3")
+    assert len(ids) >= 25, f"parsed only {len(ids)} ids from §3 of {CATALOGUE}: has its table format changed?"
+    claims, conceptual = arena_entries()
+    missing = [row for row in ids if row not in claims and row not in conceptual]
+    assert not missing, f"catalogue rows with no claim or conceptual entry in claims/arena: {missing}"
+
+
 @needs_catalogue
 def test_every_section_2_row_is_encoded() -> None:
     ids = catalogue_section_2_ids(CATALOGUE.read_text(encoding="utf-8"))
@@ -64,13 +87,14 @@ def test_every_section_2_row_is_encoded() -> None:
 
 @needs_catalogue
 def test_catalogue_ids_named_by_claims_exist() -> None:
-    ids = set(catalogue_section_2_ids(CATALOGUE.read_text(encoding="utf-8")))
+    text = CATALOGUE.read_text(encoding="utf-8")
+    ids = {row for section in SECTIONS for row in catalogue_section_ids(text, section)}
     claims, conceptual = arena_entries()
     unknown = []
     for entry_id, entry in {**claims, **conceptual}.items():
         source = getattr(entry, "source", None)
         named = getattr(source, "catalogue_id", None)
-        if named is None or not named.startswith("1.2."):
+        if named is None or not named.startswith(tuple(SECTIONS.values())):
             continue
         if named not in ids:
             unknown.append(f"{entry_id} -> {named}")

@@ -210,6 +210,7 @@ def test_logit_diff_matches_a_loop(tokenizer: Any, seed: int, normalization: str
     for b, value in enumerate(expected):
         assert measured.value[str(b)] == pytest.approx(value, abs=1e-5)
     assert measured.value["mean"] == pytest.approx(sum(expected) / 8, abs=1e-5)
+    assert measured.value["min"] == pytest.approx(min(expected), abs=1e-5)
     sd = math.sqrt(sum((v - sum(expected) / 8) ** 2 for v in expected) / 7)
     assert measured.uncertainty == {"mean": pytest.approx(sd / math.sqrt(8), rel=1e-5)}
 
@@ -322,7 +323,7 @@ def test_residual_reconstruction(tokenizer: Any, prompts: str, seed: int, kind: 
     final = cache["resid_post", -1][:, -1]  # [batch, d_model]
     scaled = cache.apply_ln_to_stack(final, layer=-1, pos_slice=-1) if hooked.cfg.normalization_type else final
     answers = torch.tensor(batch.meta["answers"])
-    directions = hooked.tokens_to_residual_directions(answers[:, 0]) - hooked.tokens_to_residual_directions(answers[:, 1])
+    directions = (hooked.tokens_to_residual_directions(answers[:, 0]) - hooked.tokens_to_residual_directions(answers[:, 1])).detach()
     assert measured["reconstructed"] == pytest.approx(float((scaled * directions).sum(-1).mean()), abs=1e-5)
     diffs = reference_logit_diffs(model, batch)
     assert measured["actual"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-5)

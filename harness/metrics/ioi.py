@@ -137,14 +137,16 @@ def logit_diff(ctx: MetricContext) -> Measurement:
     """Final-position logit difference ``logit(correct) - logit(incorrect)`` per prompt and its mean.
 
     Value: table ``"0".."B-1"`` (each prompt, in batch order: corrupted inputs are permuted, their
-    answers are not) and ``"mean"``; the uncertainty of ``mean`` is the standard error over prompts
-    (none for one prompt); single prompts have no uncertainty (deterministic).
+    answers are not), ``"mean"`` and ``"min"`` (``min_b LD[b]``: "every prompt is positive" is
+    ``min > 0``); the uncertainty of ``mean`` is the standard error over prompts (none for one
+    prompt); single prompts and ``min`` have none (deterministic for these inputs).
     """
     diffs = final_logit_diff(ctx.forward().logits, answer_ids(ctx))  # [batch]
     mean, error = mean_and_error(diffs)
     values = {str(i): float(v) for i, v in enumerate(diffs)}
     values["mean"] = mean
-    details = {"n_prompts": int(diffs.numel()), "min": float(diffs.min()), "all_positive": bool((diffs > 0).all())}
+    values["min"] = float(diffs.min())
+    details = {"n_prompts": int(diffs.numel()), "all_positive": bool((diffs > 0).all())}
     return Measurement(values, None if error is None else {"mean": error}, details, unit="logit")
 
 
