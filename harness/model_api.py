@@ -219,3 +219,31 @@ class ModelHandle:
     def b_K(self) -> Tensor:
         """Key bias [n_layers, n_heads, d_head] (key/value groups expanded)."""
         return self._hooked.b_K.detach()
+
+    # --- single blocks read in isolation (copy scores) ----------------------------------
+    @torch.inference_mode()
+    def mlp_on(self, layer: int, resid: Tensor) -> Tensor:
+        """MLP ``layer``'s output on residual vectors resid [batch, pos, d_model], read alone:
+        ``mlp(ln2(resid))`` [batch, pos, d_model] (LayerNorm or RMSNorm, plain or gated MLP).
+
+        Refused where the block's MLP does not read ``ln2(resid_mid)`` that way (attention-only,
+        parallel attention/MLP, post-norm or extra norms after the MLP).
+        """
+        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+        cfg = self._hooked.cfg
+        unusual = [flag for flag in ("parallel_attn_mlp", "use_normalization_before_and_after") if getattr(cfg, flag, False)]
+        if cfg.original_architecture in POST_NORM_ARCHITECTURES:
+            unusual.append(f"post-norm {cfg.original_architecture}")
+        if cfg.attn_only or unusual:
+            why = "it is attention-only" if cfg.attn_only else f"its block is not pre-norm ln2 -> MLP ({', '.join(unusual)})"
+            raise ValueError(f"model {self.identity.name!r}: cannot apply MLP {layer} alone: {why}")
+        block = self._hooked.blocks[layer]
+        return block.mlp(block.ln2(resid))
+
+    @torch.inference_mode()
+    def final_norm(self, resid: Tensor) -> Tensor:
+        """``ln_final(resid)`` [..., d_model] (the identity for a model without normalization)."""
+        if self._hooked.cfg.normalization_type is None:
+            return resid
+        return self._hooked.ln_final(resid)

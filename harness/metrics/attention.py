@@ -1,18 +1,30 @@
 """Attention-pattern metrics: where each head looks, and which heads cross a threshold.
 
-For a head's pattern ``A[b, q, k]`` (batch ``b``, query ``q``, key ``k``; rows sum to 1):
+For a head's pattern ``A[b, q, k]`` (batch ``b``, query ``q``, key ``k``; rows sum to 1), on
+repeated tokens ``P + R + R`` (a prefix ``P`` of ``p`` tokens, ``p = 1`` for a BOS and 0 without
+one; half length ``n``) for the last two:
 
 - ``current``  : mean of ``A[b, q, q]``;
 - ``previous`` : mean of ``A[b, q, q-1]``;
 - ``first``    : mean of ``A[b, q, 0]``;
-- ``induction``: on ``[BOS] + R + R`` (half length ``n``), mean of ``A[b, q, q-n+1]``.
+- ``induction``: mean of ``A[b, q, q-n+1]`` (the token after the earlier occurrence);
+- ``duplicate``: mean of ``A[b, q, q-n]`` over the ``n`` second-half queries ``q = p+n .. p+2n-1``
+  (the same token's earlier occurrence; ARENA 1.4.1's duplicate-token score).
 
 Variants. ``course`` averages exactly as ARENA 1.2 does, trivial entries included: the whole
 diagonal for ``current`` (``A[0,0] = 1``), every row for ``first`` (row 0 is 1), and
-``diagonal(1-n)`` for ``induction`` (``n+2`` entries, two of which, queries ``n`` and ``n+1``,
-are not induction positions). ``clean`` keeps only the informative entries: queries ``q >= 1``
-for ``current`` and ``first``, and the ``n`` second-half queries for ``induction``.
-``previous`` has no trivial entries; both variants agree.
+``diagonal(1-n)`` for ``induction`` (``n+2`` entries with a BOS, two of which, queries ``n`` and
+``n+1``, are not induction positions). ``clean`` keeps only the informative entries: queries
+``q >= 1`` for ``current`` and ``first``, and the ``n`` second-half queries for ``induction``.
+``previous`` has no trivial entries; both variants agree. ``duplicate`` (which 1.2 does not
+define) has no trivial entries either: both variants take the ``n`` second-half queries.
+
+``ioi`` is ARENA 1.4.1's ``get_attn_scores`` (run there on ``R + R`` without BOS), each stripe
+``n`` entries long, shifted by the prefix ``p`` when there is one:
+``duplicate`` queries ``p+n .. p+2n-1`` -> keys ``p .. p+n-1``; ``previous`` queries
+``p+1 .. p+n`` -> keys ``p .. p+n-1`` (the first half and the first second-half token only, not
+the whole diagonal); ``induction`` queries ``p+n .. p+2n-1`` -> keys ``p+1 .. p+n`` (the same
+entries as ``clean``). 1.4.1 defines no ``current`` or ``first`` score: those are refused.
 
 The score of a head is the mean over the batch of per-sequence means; the uncertainty is the
 standard error of those per-sequence means (``None`` for one sequence).
@@ -31,30 +43,51 @@ from harness.heads import head_names
 from harness.measurement import Measurement
 from harness.registry import metric
 
-PatternKind = Literal["current", "previous", "first", "induction"]
-Variant = Literal["course", "clean"]
+PatternKind = Literal["current", "previous", "first", "induction", "duplicate"]
+Variant = Literal["course", "clean", "ioi"]
+REPEATED_KINDS = ("induction", "duplicate")
+"""Stripes defined by the half length ``n`` of repeated tokens."""
 
 
 def stripe_scores(pattern: Tensor, kind: PatternKind, variant: Variant, *, seq_len: int | None = None, prefix: int = 1) -> Tensor:
     """Per-sequence, per-head mean attention on a stripe.
 
-    pattern: [batch, head, query, key]; returns [batch, head].
+    pattern: [batch, head, query, key]; returns [batch, head]. ``seq_len`` is the half length ``n``
+    of repeated tokens and ``prefix`` the number ``p`` of tokens before them (see the module).
     """
+    if variant == "ioi" or kind in REPEATED_KINDS or kind == "previous":
+        return _offset_stripe(pattern, kind, variant, seq_len, prefix).mean(-1)
     if kind == "current":
         stripe = pattern.diagonal(offset=0, dim1=-2, dim2=-1)
         return (stripe[..., 1:] if variant == "clean" else stripe).mean(-1)
+    column = pattern[..., :, 0]  # first
+    return (column[..., 1:] if variant == "clean" else column).mean(-1)
+
+
+def _offset_stripe(pattern: Tensor, kind: PatternKind, variant: Variant, seq_len: int | None, prefix: int) -> Tensor:
+    """The entries ``A[b, h, q, q - offset]`` a stripe averages: [batch, head, entries].
+
+    ``diagonal(-o)`` lists ``A[q, q-o]`` for ``q = o, o+1, ...``: entry ``i`` is query ``q = i + o``.
+    """
     if kind == "previous":
-        return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1)
-    if kind == "first":
-        column = pattern[..., :, 0]
-        return (column[..., 1:] if variant == "clean" else column).mean(-1)
+        stripe = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)
+        if variant != "ioi":
+            return stripe
+        _require_repeated(kind, variant, seq_len)
+        return stripe[..., prefix : prefix + seq_len]  # queries p+1 .. p+n
+    if kind not in REPEATED_KINDS:
+        raise ValueError(f"variant 'ioi' (ARENA 1.4.1) defines only duplicate, previous and induction scores, not {kind!r}")
+    n = _require_repeated(kind, variant, seq_len)
+    if kind == "duplicate":
+        return pattern.diagonal(offset=-n, dim1=-2, dim2=-1)[..., prefix:]  # queries p+n .. p+2n-1
+    stripe = pattern.diagonal(offset=1 - n, dim1=-2, dim2=-1)  # queries n-1 ..
+    return stripe if variant == "course" else stripe[..., prefix + 1 :]  # queries p+n .. p+2n-1
+
+
+def _require_repeated(kind: PatternKind, variant: Variant, seq_len: int | None) -> int:
     if seq_len is None:
-        raise ValueError("the induction stripe needs repeated tokens (inputs: repeated_random)")
-    stripe = pattern.diagonal(offset=1 - seq_len, dim1=-2, dim2=-1)
-    if variant == "clean":
-        # diagonal(1-n) starts at query n-1; the second-half queries start at prefix + n.
-        stripe = stripe[..., prefix + 1 :]
-    return stripe.mean(-1)
+        raise ValueError(f"the {kind} stripe (variant {variant!r}) needs repeated tokens (inputs: repeated_random)")
+    return seq_len
 
 
 def per_head_scores(ctx: MetricContext, kind: PatternKind, variant: Variant) -> tuple[dict[str, float], dict[str, float] | None]:
@@ -63,8 +96,8 @@ def per_head_scores(ctx: MetricContext, kind: PatternKind, variant: Variant) -> 
     activations = ctx.forward().activations
     seq_len = inputs.meta.get("seq_len")
     prefix = inputs.meta.get("prefix", 1)
-    if kind == "induction" and seq_len is None:
-        raise ValueError("the induction score needs inputs: repeated_random")
+    if seq_len is None and kind in REPEATED_KINDS:
+        raise ValueError(f"the {kind} score (variant {variant!r}) needs inputs: repeated_random")
     per_layer = [
         stripe_scores(activations["pattern", layer].float(), kind, variant, seq_len=seq_len, prefix=prefix)
         for layer in range(ctx.model.shape.n_layers)
@@ -81,7 +114,7 @@ def per_head_scores(ctx: MetricContext, kind: PatternKind, variant: Variant) -> 
 
 @metric("attention.scores", needs_inputs=True)
 def attention_scores(ctx: MetricContext, *, pattern: PatternKind, variant: Variant = "course") -> Measurement:
-    """Per-head mean attention on a stripe (current, previous, first token, or induction).
+    """Per-head mean attention on a stripe (current, previous, first token, induction or duplicate token).
 
     Use ``select: "L.H"`` to compare one head's score.
     """

@@ -12,6 +12,18 @@ copying head has mostly positive eigenvalues; the score is::
 ``FactoredMatrix.eigenvalues``). A head whose full OV circuit is 0 has no score (0/0): it is left
 out of the table and listed in the details.
 
+Name copy score (ARENA 1.4.1 ``get_copying_scores``, the IOI paper's copy score, p. 6). For each
+name token ``t`` of a list (the course's 109 ``NAMES``), the "extended embedding" read by a head of
+layer ``>= 1`` is ``e_t = W_E[t] + MLP_0(ln2_0(W_E[t]))`` (block 0's MLP on the embedding alone,
+without block 0's attention; ``W_E[t]`` alone for an attention-only model). Head ``h``'s OV
+circuit, with sign ``s = +1`` (positive) or ``-1`` (negative), writes ``s e_t W_V^h W_O^h``; read
+directly by the unembedding, ``logits_t = ln_final(s e_t W_V^h W_O^h) W_U + b_U`` [d_vocab]. The
+score is the fraction of names whose own token is among the ``k`` largest logits::
+
+    score_h = (1/N) sum_t [ t in topk(logits_t, k) ]
+
+The sign is applied before ``ln_final`` and ``b_U`` (it matters for LayerNorm's bias and ``b_U``).
+
 OV rank: the numerical rank of ``W_OV = sum_h W_V^h W_O^h`` for one head or several (the effective
 circuit of heads attending to the same place, ARENA 1.2: "rank 64 versus 128"), i.e. the number
 of singular values above ``rtol * sigma_max``.
@@ -19,7 +31,7 @@ of singular values above ``rtol * sigma_max``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -125,3 +137,92 @@ def ov_rank(
                "sigma_at_rank": float(singular[rank - 1]) if rank else 0.0,
                "sigma_after_rank": float(singular[rank]) if rank < singular.numel() else None}
     return Measurement(float(rank), None, details)
+
+
+Sign = Literal["positive", "negative"]
+
+
+def extended_embedding(model: ModelHandle, tokens: Tensor) -> Tensor:
+    """``W_E[t] + MLP_0(ln2_0(W_E[t]))`` for tokens [n]: [n, d_model] (``W_E[t]`` if attention-only)."""
+    embedded = model.W_E[tokens]  # [n, d_model]
+    if model.attn_only:
+        return embedded
+    return embedded + model.mlp_on(0, embedded[:, None, :])[:, 0, :]
+
+
+def head_copy_score(model: ModelHandle, resid: Tensor, tokens: Tensor, head: Head, sign: float, k: int) -> float:
+    """Fraction of rows ``i`` with ``tokens[i]`` in the top ``k`` of ``ln_final(sign resid_i W_OV) W_U + b_U``.
+
+    resid: [n, d_model] (extended embeddings); tokens: [n].
+    """
+    W_OV = model.W_V[head] @ model.W_O[head]  # [d_model, d_model]
+    logits = model.final_norm(resid @ (sign * W_OV)) @ model.W_U + model.b_U  # [n, d_vocab]
+    top = logits.topk(k, dim=-1).indices  # [n, k]
+    return int((top == tokens[:, None]).any(-1).sum()) / tokens.shape[0]
+
+
+def single_token_names(model: ModelHandle, names: tuple[str, ...], leading_space: bool) -> tuple[list[int], list[str], dict[str, int]]:
+    """Token ids of the names that are one token (no BOS), the kept names, and the others' token counts."""
+    ids: list[int] = []
+    kept: list[str] = []
+    dropped: dict[str, int] = {}
+    for name in names:
+        tokens = model.to_tokens((" " if leading_space else "") + name, prepend_bos=False)[0]  # [pos]
+        if tokens.numel() == 1:
+            ids.append(int(tokens[0]))
+            kept.append(name)
+        else:
+            dropped[name] = int(tokens.numel())
+    return ids, kept, dropped
+
+
+@metric("copying.name_copy_score")
+def name_copy_score(
+    ctx: MetricContext,
+    *,
+    sign: Sign = "positive",
+    k: Annotated[int, Field(ge=1)] = 5,
+    heads: list[HeadName] | None = None,
+    names: Literal["arena_ioi"] = "arena_ioi",
+    leading_space: bool = False,
+) -> Measurement:
+    """ARENA 1.4.1's copy score of each head of layer >= 1: the fraction of names whose own token is
+    in the top ``k`` logits of ``ln_final(+/- (W_E + MLP_0) W_V W_O) W_U + b_U`` (see the module).
+
+    Value: table per head ``"L.H"`` (every head of layers >= 1, or ``heads``; layer 0 is refused:
+    it reads the embedding before MLP 0). Names are tokenized as the course does (no BOS, no
+    leading space unless ``leading_space``); names that are not one token are left out and listed
+    in ``details.dropped_names`` with their token counts. ``details.course_average`` (all heads
+    only) is the course's "Average": the sum of the scores over ``n_layers * n_heads`` entries, as
+    its tensor keeps a zero row for the omitted layer 0. Weights only; exact (no uncertainty).
+    """
+    from fixtures.ioi_names import NAME_LISTS
+
+    model = ctx.model
+    chosen = _copy_heads(model, heads)
+    ids, kept, dropped = single_token_names(model, NAME_LISTS[names], leading_space)
+    if not ids:
+        raise ValueError(f"none of the {len(NAME_LISTS[names])} names is a single token for {model.identity.name!r}")
+    tokens = torch.tensor(ids, dtype=torch.int64)
+    resid = extended_embedding(model, tokens)
+    factor = 1.0 if sign == "positive" else -1.0
+    value = {str(head): head_copy_score(model, resid, tokens, head, factor, k) for head in chosen}
+    details: dict[str, object] = {
+        "sign": sign, "k": k, "n_names": len(kept), "dropped_names": dropped,
+        "extended_embedding": "W_E" if model.attn_only else "W_E + MLP_0(ln2_0(W_E))",
+    }
+    if heads is None:
+        details["mean_over_heads"] = sum(value.values()) / len(value)
+        details["course_average"] = sum(value.values()) / (model.shape.n_layers * model.shape.n_heads)
+    return Measurement(value, None, details)
+
+
+def _copy_heads(model: ModelHandle, heads: list[str] | None) -> list[Head]:
+    """The heads to score: all of layers >= 1, or ``heads`` (refusing layer 0)."""
+    chosen = [head for head in _heads(model, heads) if heads is not None or head.layer >= 1]
+    early = [str(head) for head in chosen if head.layer == 0]
+    if early:
+        raise ValueError(f"copy scores are defined for layers >= 1 (layer 0 reads the embedding before MLP 0): {early}")
+    if not chosen:
+        raise ValueError(f"model {model.identity.name!r} has no head in layers >= 1")
+    return chosen
