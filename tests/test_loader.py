@@ -334,7 +334,10 @@ def test_unknown_input_kind():
     issue = only_issue(edit("{repeated_random: {seq_len: 20, batch", "{repeted_random: {seq_len: 20, batch"))
     assert at(issue) == (7, 14)
     assert issue.key == "claims[0].inputs.repeted_random"
-    assert "did you mean 'repeated_random'?" in issue.message and "kinds: repeated_maxrep, repeated_random, text, tokens" in issue.message
+    from fixtures.inputs import INPUT_KINDS
+
+    assert "did you mean 'repeated_random'?" in issue.message and f"kinds: {', '.join(sorted(INPUT_KINDS))}" in issue.message
+    assert "ioi_prompts" in issue.message  # the listing is the registry's, not a copy
 
 
 def test_two_input_kinds():
