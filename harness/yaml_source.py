@@ -221,7 +221,9 @@ class _Builder:
         except (ValueError, KeyError, TypeError, OverflowError, yaml.YAMLError) as exc:
             line, column = node.start_mark.line + 1, node.start_mark.column + 1
             kind = node.tag.rsplit(":", 1)[-1]
-            reason = "it has too many digits" if "digits" in str(exc) else f"not a valid {kind}"
+            # Plain scalars are only resolved to int/float when they look like one, so a value
+            # that does not parse carries an explicit tag (``!!float y``); say so.
+            reason = "it has too many digits" if "digits" in str(exc) else f"not a valid {kind}, as its tag !!{kind} asks"
             raise _error(self.source_map.path, line, column, dotted(where), f"cannot read {_shorten(node.value)!r} as {kind}: {reason}") from None
 
     def _check_tag(self, node: yaml.Node, expected: str, where: PathKey) -> None:
