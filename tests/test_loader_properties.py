@@ -24,15 +24,21 @@ from harness.errors import SpecError
 from harness.loader import load_claim_text
 from harness.model_api import ModelShape
 
-SCALE = {"thorough": 20, "ci": 4}.get(os.environ.get("HYPOTHESIS_PROFILE", ""), 1)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "")
+SCALE = {"thorough": 20, "ci": 4}.get(PROFILE, 1)
+FUZZ = PROFILE == "thorough"
+"""The default run replays the same examples every time (a CI run must not fail by chance);
+``HYPOTHESIS_PROFILE=thorough`` draws new ones, 20 times as many, to hunt for new failures."""
 
 
 def budget(examples: int):
-    """Hypothesis settings for ``examples`` examples (times the profile's scale), no deadline."""
+    """Hypothesis settings for ``examples`` examples (times the profile's scale), no deadline;
+    derandomized unless fuzzing."""
     return settings(
         max_examples=examples * SCALE,
         deadline=None,
         database=None,
+        derandomize=not FUZZ,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
     )
 
