@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests replay the same examples on every run unless asked to fuzz, so that a CI run
+# cannot fail by chance: HYPOTHESIS_PROFILE=thorough draws fresh examples (and the loader's
+# property tests draw 20 times as many).
+settings.register_profile("replay", derandomize=True, database=None)
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("thorough", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "replay")
 
 
 @pytest.fixture(scope="module")

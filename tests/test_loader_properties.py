@@ -27,7 +27,7 @@ from harness.model_api import ModelShape
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "")
 SCALE = {"thorough": 20, "ci": 4}.get(PROFILE, 1)
 FUZZ = PROFILE == "thorough"
-"""The default run replays the same examples every time (a CI run must not fail by chance);
+"""The default run replays the same examples every time (the profiles are in tests/conftest.py);
 ``HYPOTHESIS_PROFILE=thorough`` draws new ones, 20 times as many, to hunt for new failures."""
 
 
