@@ -148,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     from harness.output import write_outputs
     from harness.runner import run_claim
     from harness.session import Session
-    from harness.verdicts import Verdict, format_value
+    from harness.verdicts import format_value
 
     from harness.weights_option import apply_weights_option
 

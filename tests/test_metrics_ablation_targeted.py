@@ -17,11 +17,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
 import harness.metrics.ablation as ablation
 from fixtures.inputs import INPUT_KINDS, InputBatch
 from fixtures.planted import PLANTED_MODELS, build_planted, distinct_repeated_tokens
+from fixtures.random_models import random_hooked
 from fixtures.registry import get_model_entry
 from harness.context import MetricContext
 from harness.heads import Head
@@ -45,17 +46,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def random_model(seed: int, *, n_heads: int = 2, d_head: int = 3, d_model: int = 6, d_vocab: int = 10, positional: str = "shortformer") -> HookedTransformer:
     """A 2-layer attention-only model with every parameter (biases included) ~ N(0, 0.5^2), seeded."""
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=d_model, d_head=d_head, n_heads=n_heads, d_vocab=d_vocab, n_ctx=16, attn_only=True,
-        normalization_type=None, positional_embedding_type=positional, tokenizer_name=None, init_weights=False,
-        device="cpu", dtype=torch.float32,
-    )
-    model = HookedTransformer(cfg)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(0.5 * torch.randn(param.shape, generator=generator))
-    return model.eval()
+    return random_hooked(seed, n_heads=n_heads, d_head=d_head, d_model=d_model, d_vocab=d_vocab, positional=positional)
 
 
 def handle(model: HookedTransformer, name: str, bos: int = 0) -> ModelHandle:

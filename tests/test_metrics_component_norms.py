@@ -15,9 +15,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fixtures.planted import PLANTED_MODELS, QK_SIDE
+from fixtures.random_models import random_hooked
 from harness.context import MetricContext
 from harness.heads import Head
 from harness.measurement import Measurement
@@ -43,17 +43,10 @@ def random_model(
     positional: str = "shortformer", normalization: str | None = None, attn_only: bool = True,
 ) -> ModelHandle:
     """A small model with every parameter (biases included) ~ N(0, 0.5^2), seeded; n_ctx 16."""
-    cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=d_model, d_head=d_head, n_heads=n_heads, d_vocab=d_vocab, n_ctx=16,
-        d_mlp=None if attn_only else 4, act_fn=None if attn_only else "relu", attn_only=attn_only,
-        normalization_type=normalization, positional_embedding_type=positional,
-        tokenizer_name=None, init_weights=False, device="cpu", dtype=torch.float32,
+    hooked = random_hooked(
+        seed, n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=d_head, d_vocab=d_vocab,
+        positional=positional, normalization=normalization, d_mlp=None if attn_only else 4,
     )
-    hooked = HookedTransformer(cfg).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in hooked.parameters():
-            param.copy_(0.5 * torch.randn(param.shape, generator=generator))
     identity = ModelIdentity(name=f"random-{seed}-{positional}-{normalization}", source="test", weights_sha256=None, config_sha256=None)
     return ModelHandle(hooked, identity, bos_token_id=0)
 

@@ -16,10 +16,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
 from fixtures.inputs import INPUT_KINDS, InputBatch
 from fixtures.planted import PLANTED_MODELS, build_planted, distinct_repeated_tokens
+from fixtures.random_models import random_hooked
 from harness.context import MetricContext
 from harness.measurement import Measurement
 from harness.model_api import ModelHandle, ModelIdentity
@@ -46,19 +47,11 @@ def random_model(
     seed: int, *, n_layers: int = 2, n_heads: int = 2, d_head: int = 3, d_model: int = 6, d_vocab: int = 10,
     positional: str = "shortformer", normalization: str | None = None, attn_only: bool = True,
 ) -> HookedTransformer:
-    """An attention-only model with every parameter (biases included) ~ N(0, 0.5^2), seeded."""
-    cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=d_model, d_head=d_head, n_heads=n_heads, d_vocab=d_vocab, n_ctx=16,
-        d_mlp=None if attn_only else 4, act_fn=None if attn_only else "relu", attn_only=attn_only,
-        normalization_type=normalization, positional_embedding_type=positional,
-        tokenizer_name=None, init_weights=False, device="cpu", dtype=torch.float32,
+    """A small model (attention-only unless ``attn_only`` is false), every parameter ~ N(0, 0.5^2), seeded."""
+    return random_hooked(
+        seed, n_layers=n_layers, n_heads=n_heads, d_head=d_head, d_model=d_model, d_vocab=d_vocab,
+        positional=positional, normalization=normalization, d_mlp=None if attn_only else 4,
     )
-    model = HookedTransformer(cfg)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(0.5 * torch.randn(param.shape, generator=generator))
-    return model.eval()
 
 
 def handle(model: HookedTransformer, name: str) -> ModelHandle:

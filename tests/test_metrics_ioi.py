@@ -18,11 +18,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fixtures.inputs import (
     INPUT_KINDS, IOI_COURSE_PROMPTS, IOI_CORRUPTED_ORDER, IOI_TEMPLATES, IOI_TEST_PROMPT, InputBatch,
 )
+from fixtures.random_models import random_hooked
 from harness.context import MetricContext
 from harness.heads import head_names
 from harness.measurement import Measurement
@@ -77,19 +77,13 @@ def random_model(
     positional: str = "standard", n_layers: int = 2, n_heads: int = 2,
 ) -> ModelHandle:
     """A small model with every parameter (biases included) ~ N(0, 0.5^2), seeded, with ``tokenizer``."""
-    cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=8, d_head=3, n_heads=n_heads, d_vocab=len(tokenizer) if tokenizer else 300,
-        n_ctx=32, d_mlp=None if attn_only else 6, act_fn=None if attn_only else "gelu", attn_only=attn_only,
-        normalization_type=normalization, positional_embedding_type=positional, rotary_dim=2 if positional == "rotary" else None,
-        init_weights=False, device="cpu", dtype=torch.float32,
+    hooked = random_hooked(
+        seed, tokenizer=tokenizer, n_layers=n_layers, n_heads=n_heads, d_model=8, d_head=3,
+        d_vocab=len(tokenizer) if tokenizer else 300, n_ctx=32, d_mlp=None if attn_only else 6, act_fn="gelu",
+        normalization=normalization, positional=positional,
     )
-    hooked = HookedTransformer(cfg, tokenizer=tokenizer)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in hooked.parameters():
-            param.copy_(0.5 * torch.randn(param.shape, generator=generator))
     identity = ModelIdentity(name=f"random-ioi-{seed}", source="test", weights_sha256=None, config_sha256=None)
-    return ModelHandle(hooked.eval(), identity, bos_token_id=0)
+    return ModelHandle(hooked, identity, bos_token_id=0)
 
 
 def ioi(model: ModelHandle, **params: Any) -> InputBatch:

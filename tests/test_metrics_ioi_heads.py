@@ -21,6 +21,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fixtures.inputs import INPUT_KINDS, InputBatch
+from fixtures.random_models import random_hooked
 from harness.context import MetricContext
 from harness.heads import Head
 from harness.measurement import Measurement
@@ -43,18 +44,10 @@ def random_model(
     normalization: str | None = None, attn_only: bool = True, gated: bool = False, act_fn: str = "relu",
 ) -> HookedTransformer:
     """A small model with every parameter (biases included) ~ N(0, 0.5^2), seeded."""
-    cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=d_model, d_head=d_head, n_heads=n_heads, d_vocab=d_vocab, n_ctx=16,
-        d_mlp=None if attn_only else 5, act_fn=None if attn_only else act_fn, attn_only=attn_only, gated_mlp=gated,
-        normalization_type=normalization, positional_embedding_type="standard",
-        tokenizer_name=None, init_weights=False, device="cpu", dtype=torch.float32,
+    return random_hooked(
+        seed, n_layers=n_layers, n_heads=n_heads, d_head=d_head, d_model=d_model, d_vocab=d_vocab,
+        normalization=normalization, d_mlp=None if attn_only else 5, act_fn=act_fn, gated=gated, positional="standard",
     )
-    model = HookedTransformer(cfg)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(0.5 * torch.randn(param.shape, generator=generator))
-    return model.eval()
 
 
 class NamesHandle(ModelHandle):
