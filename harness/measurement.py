@@ -35,16 +35,17 @@ class Measurement:
 
         ``path`` is one key or several joined by ``/``, each step going one level down: into a
         table by key (``"1.4"``), into a curve by a point's ``label`` (``"rank=64"``), into a
-        point by field (``"rank=64/top1"``).  A step into a curve keeps the whole curve in
-        ``details["selected_from"]`` so that reports can still plot it.  Raises ``KeyError``
-        naming the step that failed and the keys that exist there.
+        point by field (``"rank=64/top1"``).  The whole value the path started from (the table
+        or the curve) is kept in ``details["selected_from"]``, so that reports can still plot
+        it.  Raises ``KeyError`` naming the step that failed and the keys that exist there.
         """
         if path is None:
             return self
         selected = self
         for step in path.split(PATH_SEPARATOR):
             selected = selected._step(step, path)
-        return selected
+        details = {**self.details, "selected_from": self.value}
+        return Measurement(selected.value, selected.uncertainty, details, selected.unit)
 
     def _step(self, key: str, path: str) -> "Measurement":
         value = self.value
@@ -52,8 +53,7 @@ class Measurement:
             labels = [str(point.get("label")) for point in value]
             if key not in labels:
                 raise KeyError(f"select {path!r}: no curve point labelled {key!r}; labels are: {_shown(labels)}")
-            details = {**self.details, "selected_from": value}
-            return Measurement(value[labels.index(key)], None, details, self.unit)
+            return Measurement(value[labels.index(key)], None, self.details, self.unit)
         if not isinstance(value, dict):
             raise KeyError(f"select {path!r}: {key!r} needs a table or a curve, got {type(value).__name__} {value!r}")
         if key not in value:

@@ -37,19 +37,24 @@ def _svg(figure: Any) -> str:
     return text[text.index("<svg"):]
 
 
+MAX_BARS = 48
+"""Above this many heads a per-head table is drawn as a layer x head grid instead of bars."""
+
+
 def head_bars(entry: dict[str, Any]) -> str | None:
-    """Per-head scores as bars, the detection threshold as a line, detected heads highlighted."""
-    details = entry.get("details") or {}
-    scores = details.get("scores")
-    if not isinstance(scores, dict):
-        value = entry.get("value")
-        scores = value if isinstance(value, dict) and value and all(HEAD_KEY.match(k) for k in value) else None
+    """Per-head scores (bars, or a layer x head grid for large models), the detection threshold,
+    detected or selected heads highlighted."""
+    scores = _head_table(entry)
     if not scores:
         return None
-    detected = set(entry["value"]) if isinstance(entry.get("value"), list) else set()
+    details = entry.get("details") or {}
+    value = entry.get("value")
+    marked = set(value) if isinstance(value, list) else {str(entry.get("select"))}
+    if len(scores) > MAX_BARS:
+        return _head_grid(entry, scores, marked)
     figure, axes = _figure(max(4.0, 0.22 * len(scores) + 1.5))
     names = list(scores)
-    colors = ["#d62728" if name in detected else "#1f77b4" for name in names]
+    colors = ["#d62728" if name in marked else "#1f77b4" for name in names]
     axes.bar(range(len(names)), [scores[n] for n in names], color=colors)
     axes.set_xticks(range(len(names)), names, rotation=90)
     if isinstance(details.get("threshold"), (int, float)):
@@ -58,6 +63,47 @@ def head_bars(entry: dict[str, Any]) -> str | None:
     axes.set_ylabel(str(details.get("pattern", entry["metric"])))
     axes.set_title(f"{entry['metric']} per head")
     return _svg(figure)
+
+
+def _head_table(entry: dict[str, Any]) -> dict[str, float] | None:
+    """The per-head numbers behind ``entry``: ``details.scores``, its value, or the table its
+    ``select`` picked from (``details.selected_from``)."""
+    details = entry.get("details") or {}
+    for table in (details.get("scores"), entry.get("value"), details.get("selected_from")):
+        if (isinstance(table, dict) and table and all(HEAD_KEY.match(str(k)) for k in table)
+                and all(isinstance(v, (int, float)) for v in table.values())):
+            return table
+    return None
+
+
+def _head_grid(entry: dict[str, Any], scores: dict[str, float], marked: set[str]) -> str:
+    """A layer x head heatmap of ``scores``, ``marked`` heads boxed."""
+    import numpy as np
+
+    heads = [tuple(int(x) for x in name.split(".")) for name in scores]
+    n_layers, n_heads = max(h[0] for h in heads) + 1, max(h[1] for h in heads) + 1
+    grid = np.full((n_layers, n_heads), np.nan)
+    for (layer, head), number in zip(heads, scores.values()):
+        grid[layer, head] = number
+    figure, axes = _figure(max(3.5, 0.35 * n_heads + 2.0), max(2.6, 0.18 * n_layers + 1.0))
+    image = axes.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    for name in marked & set(scores):
+        layer, head = (int(x) for x in name.split("."))
+        axes.add_patch(_box(head, layer))
+    axes.set_xlabel("head")
+    axes.set_ylabel("layer")
+    details = entry.get("details") or {}
+    bar = figure.colorbar(image, ax=axes, label=str(details.get("pattern", entry["metric"])))
+    if isinstance(details.get("threshold"), (int, float)):
+        bar.ax.axhline(details["threshold"], color="red", linewidth=1.5)  # the detection threshold
+    axes.set_title(f"{entry['metric']} per head" + (" (boxed: detected or selected)" if marked & set(scores) else ""))
+    return _svg(figure)
+
+
+def _box(x: int, y: int) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5)
 
 
 def attention_patterns(entry: dict[str, Any]) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.measurement import Measurement, non_finite_reason
-from reports.plots import rank_curve
+from reports.plots import MAX_BARS, head_bars, rank_curve
 
 CURVE = [
     {"label": "rank=1", "rank": 1, "top1": 0.01, "top5": 0.05, "kind": "trained", "heads": []},
@@ -19,9 +19,11 @@ def test_no_path_is_the_measurement_itself() -> None:
     assert measurement.select(None) is measurement
 
 
-def test_a_table_key_keeps_its_uncertainty() -> None:
-    selected = Measurement({"1.4": 0.3, "1.10": 0.2}, {"1.4": 0.01, "1.10": 0.02}).select("1.10")
+def test_a_table_key_keeps_its_uncertainty_and_the_table() -> None:
+    table = {"1.4": 0.3, "1.10": 0.2}
+    selected = Measurement(table, {"1.4": 0.01, "1.10": 0.02}).select("1.10")
     assert (selected.value, selected.uncertainty) == (0.2, 0.02)
+    assert selected.details["selected_from"] == table
 
 
 def test_a_path_walks_nested_tables() -> None:
@@ -79,3 +81,16 @@ def test_the_rank_curve_plot_marks_fits_that_stopped_before_converging() -> None
     assert svg is not None and "stopped before converging (lower bound)" in svg
     converged = {"1": {"stopped_by": "converged"}, "64": {"stopped_by": "converged"}}
     assert "stopped before" not in rank_curve({"metric": "m", "value": CURVE, "details": {"fits": converged}})
+
+
+def test_head_plots_use_the_table_a_head_was_selected_from() -> None:
+    table = {"0.0": 0.1, "0.1": 0.9}
+    svg = head_bars({"metric": "attention.scores", "select": "0.1", "value": 0.9, "details": {"selected_from": table}})
+    assert svg is not None and "attention.scores per head" in svg
+
+
+def test_large_models_get_a_layer_by_head_grid() -> None:
+    table = {f"{layer}.{head}": float(layer * 9 + head) for layer in range(30) for head in range(9)}
+    assert len(table) > MAX_BARS
+    svg = head_bars({"metric": "attention.detect", "value": ["18.6"], "details": {"scores": table, "threshold": 0.4}})
+    assert svg is not None and "(boxed: detected or selected)" in svg
