@@ -127,16 +127,26 @@ def _compose(shown: str, text: str) -> list[yaml.Node | None]:
 
 
 def _check_depth(shown: str, text: str) -> None:
-    """Reject collections nested deeper than ``MAX_DEPTH`` from the (non-recursive) event stream."""
+    """Reject collections nested deeper than ``MAX_DEPTH`` from the (non-recursive) event stream,
+    and escapes that name no character (PyYAML's scanner hands ``"\\UFFFFFFFF"`` to ``chr``)."""
+    loader = _ClaimLoader(text)
     depth = 0
-    for event in yaml.parse(text, Loader=_ClaimLoader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH + 1:
-                mark = event.start_mark
-                raise _error(shown, mark.line + 1, mark.column + 1, "", f"nesting deeper than {MAX_DEPTH} levels")
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH + 1:
+                    mark = event.start_mark
+                    raise _error(shown, mark.line + 1, mark.column + 1, "", f"nesting deeper than {MAX_DEPTH} levels")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except (ValueError, OverflowError):
+        mark = loader.get_mark()  # at the escape's hex digits, just after "\U" (or "\u", "\x")
+        raise _error(shown, mark.line + 1, max(1, mark.column - 1), "",
+                     "YAML syntax error: an escape in a double-quoted string names no Unicode character") from None
+    finally:
+        loader.dispose()
 
 
 def _position(text: str, index: int) -> tuple[int, int]:

@@ -277,6 +277,7 @@ def test_the_valid_file_loads():
 @given(mutated_text())
 @example("!!float y")  # found by this test in CI: an explicit tag on a value it cannot read
 @example("!!int x")
+@example('a: "\\UFFFFFFFF"')  # found by the thorough profile: PyYAML's scanner raises a bare ValueError
 def test_mutated_claim_files_fail_cleanly(text):
     check(text)
 

@@ -258,3 +258,13 @@ def test_recursive_alias_is_an_error():
 def test_small_aliases_are_fine():
     data, _ = read("base: &b {x: 1}\nuse: *b\n")
     assert data == {"base": {"x": 1}, "use": {"x": 1}}
+
+
+@pytest.mark.parametrize("escape", ["\\UFFFFFFFF", "\\U99999999"])
+def test_an_escape_outside_unicode_is_a_located_error(escape):
+    """PyYAML's scanner passes such an escape to ``chr`` and raises a bare ValueError/OverflowError."""
+    with pytest.raises(YamlError) as info:
+        read_yaml("c.yaml", f'a: 1\nb: "x{escape}"\n')
+    issue = info.value.issue
+    assert (issue.location.line, issue.location.column) == (2, 6)  # the backslash
+    assert "escape in a double-quoted string names no Unicode character" in issue.message

@@ -206,7 +206,7 @@ def head_attribution(
         "top_negative": {name: values[name] for name in sorted(names, key=lambda n: values[n])[:10]},
     }
     if top_k is not None:
-        return Measurement(ranked[:top_k], None, {**details, "top_k": top_k, "sign": sign}, unit="logit")
+        return Measurement(ranked[:top_k], None, {**details, "top_k": top_k, "sign": sign, "scores": values}, unit="logit")
     return Measurement(values, errors, details, unit="logit")
 
 
