@@ -79,8 +79,34 @@ def claim_section(entry: dict[str, Any], record: dict[str, Any]) -> str:
     )
     if entry.get("notes"):
         lines.append(f"- **notes**: {entry['notes']}")
+    lines += curve_table(entry)
     lines += ["", "Reproduce:", "", "```", entry["rerun"], "```"]
     return "\n".join(lines)
+
+
+def curve_table(entry: dict[str, Any]) -> list[str]:
+    """The curve a claim measured or selected from, as a Markdown table (no lines when there is none).
+
+    A trained point whose fit stopped on its budget before converging is marked a lower bound.
+    """
+    value = entry.get("value")
+    points = value if isinstance(value, list) else (entry.get("details") or {}).get("selected_from")
+    if not (isinstance(points, list) and points and all(isinstance(p, dict) and "label" in p for p in points)):
+        return []
+    fits = (entry.get("details") or {}).get("fits") or {}
+    rows = ["", "| point | rank | top-1 | top-5 | |", "|---|---:|---:|---:|---|"]
+    for point in points:
+        stopped = (fits.get(str(point.get("rank"))) or {}).get("stopped_by") if point.get("kind") == "trained" else None
+        mark = "lower bound (stopped on its budget)" if stopped not in (None, "converged") else ""
+        rows.append(f"| {point['label']} | {point.get('rank')} | {_percent(point.get('top1'))} | {_percent(point.get('top5'))} | {mark} |")
+    return rows
+
+
+def _percent(value: Any) -> str:
+    """``0.9995 -> 99.95%``; below 0.01% two significant digits (``2/49152 -> 0.0041%``)."""
+    if not isinstance(value, (int, float)):
+        return "—"
+    return f"{100 * value:.2f}%" if value == 0 or abs(value) >= 1e-4 else f"{100 * value:.2g}%"
 
 
 def render_report(record: dict[str, Any]) -> str:

@@ -94,3 +94,15 @@ def test_large_models_get_a_layer_by_head_grid() -> None:
     assert len(table) > MAX_BARS
     svg = head_bars({"metric": "attention.detect", "value": ["18.6"], "details": {"scores": table, "threshold": 0.4}})
     assert svg is not None and "(boxed: detected or selected)" in svg
+
+
+def test_the_markdown_section_lists_the_curve_and_marks_lower_bounds() -> None:
+    from reports.markdown import curve_table
+
+    fits = {"1": {"stopped_by": "converged"}, "64": {"stopped_by": "steps"}}
+    rows = curve_table({"value": 0.99, "details": {"selected_from": CURVE, "fits": fits}})
+    assert rows[1] == "| point | rank | top-1 | top-5 | |"
+    assert "| rank=1 | 1 | 1.00% | 5.00% |  |" in rows
+    assert "| rank=64 | 64 | 99.00% | 100.00% | lower bound (stopped on its budget) |" in rows
+    assert "| 1.4+1.10 | 128 | 95.00% | 98.00% |  |" in rows
+    assert curve_table({"value": {"1.4": 0.3}, "details": {}}) == []
