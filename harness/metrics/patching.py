@@ -1,0 +1,307 @@
+"""Activation patching on the IOI prompts (ARENA 1.4.1 section 3, "denoising").
+
+Clean run: the claim's inputs, ``ioi_prompts`` with ``corrupted: false``. Corrupted run: the same
+prompt set with ``corrupted: true`` (adjacent prompts swapped, answers kept), derived here from
+the claim's inputs and built through the session (cached like any input, so its forward pass is
+shared with e.g. ``1.4.setup.corrupted_is_negation``). Prompt ``b`` of the clean batch is patched
+into prompt ``b`` of the corrupted batch (its pair partner), as the course does with
+``clean_cache`` and ``corrupted_tokens``.
+
+With ``LD(logits) = mean_b logits[b, -1, c_b] - logits[b, -1, w_b]`` (:mod:`harness.metrics.ioi`;
+answers are the clean ones for every run), the course's ``ioi_metric`` is::
+
+    ioi_metric(patched) = (LD(patched) - LD(corrupted)) / (LD(clean) - LD(corrupted))
+
+1 on the clean logits, 0 on the corrupted ones. It is a ratio of means over the batch, so it has
+no per-prompt standard error: the measurements are deterministic for these inputs (uncertainty
+``None``). A denominator within ``MIN_DENOMINATOR`` of 0 is an error (fail closed).
+
+Patches (one per run; the course's ``patching.get_act_patch_*``):
+
+- ``resid_pre`` / ``attn_out`` / ``mlp_out`` at (layer ``L``, position ``P``): the corrupted run's
+  ``act[L][:, P]`` is replaced by the clean run's;
+- a head's ``z`` (hook ``z`` of layer ``L``, head ``H``, all positions): ``z[:, :, H]`` replaced.
+
+Exact no-op cells. The model is causal, so an activation at position ``P`` is a function of the
+tokens ``[0, P]`` only. Where every clean prompt's prefix ``tokens[b, :P+1]`` equals its corrupted
+partner's, the clean activation at ``P`` equals the corrupted one, the patched run *is* the
+corrupted run and the cell is exactly 0: it is recorded as 0 without running (details list
+those positions). On the course's prompts the pair partners differ only at S2, so every cell
+before S2 is such a cell.
+
+Each scan runs once per session (``Session.memoised``): claims that differ only in ``view``,
+``top_k`` or ``select`` share it. Runs are batched: copy ``j`` of the stacked corrupted batch carries patch ``j`` (patches of
+several layers share one pass: each hook touches only its own copies), in chunks whose logits
+stay within :data:`harness.metrics.ablation.MAX_LOGIT_BYTES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from harness.context import MetricContext
+from harness.heads import Head, head_names
+from harness.measurement import Measurement
+from harness.metrics.ablation import MAX_LOGIT_BYTES
+from harness.metrics.ioi import Sign, answer_ids, final_logit_diff
+from harness.model_api import Activations
+from harness.registry import metric
+
+MIN_DENOMINATOR = 1e-6
+"""``|LD(clean) - LD(corrupted)|`` below this makes ``ioi_metric`` meaningless: an error."""
+
+Component = Literal["resid_pre", "attn_out", "mlp_out"]
+View = Literal["cells", "argmax", "max_abs", "runner_up"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the clean and corrupted runs, and the normalised metric
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Clean and corrupted tokens [batch, pos], the clean activations, answers [batch, 2], LDs."""
+
+    clean_tokens: Tensor
+    corrupted_tokens: Tensor
+    clean: Activations
+    answers: Tensor
+    ld_clean: float
+    ld_corrupted: float
+
+    def ioi_metric(self, logits: Tensor) -> Tensor:
+        """``(LD(logits) - LD(corrupted)) / (LD(clean) - LD(corrupted))`` per copy.
+
+        logits [copies*batch, pos, d_vocab] -> [copies] (copy ``j`` = rows ``j*batch .. (j+1)*batch``).
+        """
+        batch = self.answers.shape[0]
+        diffs = final_logit_diff(logits, self.answers.repeat(logits.shape[0] // batch, 1))  # [copies*batch]
+        patched = diffs.view(-1, batch).double().mean(1)  # [copies]
+        return (patched - self.ld_corrupted) / (self.ld_clean - self.ld_corrupted)
+
+
+def corrupted_spec(ctx: MetricContext) -> dict[str, dict[str, Any]]:
+    """``{"ioi_prompts": {..., "corrupted": True}}`` from the claim's clean ``ioi_prompts`` inputs."""
+    inputs = ctx.require_inputs()
+    if inputs.kind != "ioi_prompts":
+        raise ValueError(f"activation patching needs inputs: ioi_prompts (the clean run), not {inputs.kind}")
+    if inputs.params.get("corrupted"):
+        raise ValueError("the claim's inputs are the clean run: give ioi_prompts with corrupted: false (the corrupted run is derived)")
+    if inputs.params.get("prompts") != "course_8":
+        raise ValueError("activation patching needs prompts: course_8 (the corrupted run swaps adjacent prompt pairs)")
+    return {"ioi_prompts": {**inputs.params, "corrupted": True}}
+
+
+def runs(ctx: MetricContext) -> Runs:
+    """The clean and corrupted forward passes (session-cached) and their mean logit differences."""
+    clean_inputs = ctx.require_inputs()
+    corrupted_inputs = ctx.session.inputs(ctx.model, corrupted_spec(ctx))
+    answers = answer_ids(ctx)
+    clean = ctx.forward()
+    corrupted = ctx.session.forward(ctx.model, corrupted_inputs)
+    ld_clean = float(final_logit_diff(clean.logits, answers).double().mean())
+    ld_corrupted = float(final_logit_diff(corrupted.logits, answers).double().mean())
+    if not abs(ld_clean - ld_corrupted) >= MIN_DENOMINATOR:
+        raise ValueError(
+            f"ioi_metric is undefined: LD(clean) = {ld_clean:.6g} and LD(corrupted) = {ld_corrupted:.6g} "
+            f"differ by less than {MIN_DENOMINATOR:g}"
+        )
+    return Runs(clean_inputs.tokens, corrupted_inputs.tokens, clean.activations, answers, ld_clean, ld_corrupted)
+
+
+# ----------------------------------------------------------------------------------------------
+# patches and batched patched runs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Replace activation ``kind`` of ``layer`` at ``position`` (all heads) or of ``head`` (all positions)."""
+
+    kind: str
+    layer: int
+    position: int | None = None
+    head: int | None = None
+
+    def write(self, act: Tensor, rows: slice, clean: Tensor) -> None:
+        """``act[rows][index] = clean[index]`` in place; act [copies*batch, pos, ...], clean [batch, pos, ...]."""
+        if self.head is not None:
+            act[rows, :, self.head] = clean[:, :, self.head].to(act.dtype)
+        elif self.position is not None:
+            act[rows, self.position] = clean[:, self.position].to(act.dtype)
+        else:
+            act[rows] = clean.to(act.dtype)
+
+
+def patch_hook(chunk: list[Patch | None], batch: int, clean: Tensor, n_heads: int) -> Callable[[Tensor, Any], Tensor]:
+    """A hook writing, for each copy ``j`` whose patch is at this hook point, ``chunk[j]`` into rows of copy ``j``.
+
+    ``chunk[j]`` is copy ``j``'s patch if it is at this hook point, else ``None``; ``clean`` is
+    the clean activation [batch, pos, ...] of that hook point.
+    """
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        for j, patch in enumerate(chunk):
+            if patch is None:
+                continue
+            if patch.head is not None and act.shape[2] != n_heads:
+                raise ValueError(f"{hook.name} has {act.shape[2]} heads, not {n_heads}: cannot patch one head there")
+            patch.write(act, slice(j * batch, (j + 1) * batch), clean)
+        return act
+
+    return hook
+
+
+def copies_per_pass(tokens: Tensor, d_vocab: int) -> int:
+    """How many stacked copies of tokens [batch, pos] one pass may hold (float32 logits within MAX_LOGIT_BYTES)."""
+    batch, pos = tokens.shape
+    return max(1, MAX_LOGIT_BYTES // (4 * batch * pos * d_vocab))
+
+
+def patched_metrics(ctx: MetricContext, r: Runs, patches: list[Patch]) -> Tensor:
+    """``ioi_metric`` of the corrupted run with each patch applied alone: [len(patches)] (float64)."""
+    batch = r.corrupted_tokens.shape[0]
+    size = copies_per_pass(r.corrupted_tokens, ctx.model.shape.d_vocab)
+    results: list[Tensor] = []
+    for start in range(0, len(patches), size):
+        chunk = patches[start : start + size]
+        points = sorted({(p.kind, p.layer) for p in chunk})
+        hooks = []
+        for kind, layer in points:
+            mine = [p if (p.kind, p.layer) == (kind, layer) else None for p in chunk]
+            hook = patch_hook(mine, batch, r.clean[kind, layer], ctx.model.shape.n_heads)
+            hooks.append((ctx.model.hook_name(kind, layer), hook))
+        logits = ctx.model.run_with_hooks(r.corrupted_tokens.repeat(len(chunk), 1), hooks)
+        results.append(r.ioi_metric(logits))
+    return torch.cat(results) if results else torch.zeros(0, dtype=torch.float64)
+
+
+def first_difference(r: Runs) -> int:
+    """The first position ``P`` where some clean prompt's token differs from its corrupted partner's
+    (``pos`` if none): every activation at a position before it is the same in both runs."""
+    differs = (r.clean_tokens != r.corrupted_tokens).any(0)  # [pos]
+    return int(differs.nonzero()[0]) if differs.any() else int(differs.numel())
+
+
+# ----------------------------------------------------------------------------------------------
+# (layer, position) patching and its views
+# ----------------------------------------------------------------------------------------------
+
+
+def layer_position_grid(ctx: MetricContext, r: Runs, kind: str) -> Tensor:
+    """``ioi_metric`` with ``kind`` of layer ``L`` patched at position ``P``: [n_layers, pos] (float64).
+
+    Cells before :func:`first_difference` are exact no-ops (module docstring) and are 0 without a run.
+    """
+    n_layers, pos = ctx.model.shape.n_layers, r.clean_tokens.shape[1]
+    start = first_difference(r)
+    patches = [Patch(kind, layer, position=p) for layer in range(n_layers) for p in range(start, pos)]
+    grid = torch.zeros(n_layers, pos, dtype=torch.float64)
+    grid[:, start:] = patched_metrics(ctx, r, patches).view(n_layers, pos - start)
+    return grid
+
+
+def grid_view(grid: Tensor, view: View) -> dict[str, float]:
+    """A [layer, pos] grid as a table.
+
+    - ``cells``: ``"L:P"`` -> ``grid[L, P]``;
+    - ``argmax``: ``"L"`` -> ``argmax_P grid[L, P]`` (a position index; the first on ties);
+    - ``max_abs``: ``"L"`` -> ``max_P |grid[L, P]|``;
+    - ``runner_up``: ``"L"`` -> ``max_{P != argmax} |grid[L, P]|`` (how much any other position
+      matters: "layer L matters only at position P" is ``argmax = P`` and a small runner-up).
+    """
+    if view == "cells":
+        return {f"{layer}:{p}": float(grid[layer, p]) for layer in range(grid.shape[0]) for p in range(grid.shape[1])}
+    best = grid.argmax(1)  # [layer]
+    if view == "argmax":
+        return {str(layer): float(best[layer]) for layer in range(grid.shape[0])}
+    if view == "max_abs":
+        return {str(layer): float(grid[layer].abs().max()) for layer in range(grid.shape[0])}
+    others = grid.abs().clone()
+    others[torch.arange(grid.shape[0]), best] = float("-inf")
+    return {str(layer): float(others[layer].max()) for layer in range(grid.shape[0])}
+
+
+def memo_key(ctx: MetricContext, what: str) -> tuple[str, ...]:
+    """Session memo key of one patching scan: claims that differ in ``view``/``top_k`` share the scan."""
+    return (ctx.model.identity.key, ctx.require_inputs().key, "patching", what)
+
+
+def grid_measurement(ctx: MetricContext, kind: str, view: View) -> Measurement:
+    """The (layer, position) patching grid of ``kind`` as ``view``, with the grid and the runs in details."""
+    r = runs(ctx)
+    grid = ctx.session.memoised(memo_key(ctx, kind), lambda: layer_position_grid(ctx, r, kind))
+    tokens = ctx.model.to_str_tokens(r.clean_tokens[0]) if ctx.model.has_tokenizer else None
+    details = {
+        "component": kind, "view": view, "grid": [[float(v) for v in row] for row in grid],
+        "ld_clean": r.ld_clean, "ld_corrupted": r.ld_corrupted, "first_difference": first_difference(r),
+        "not_run_positions": list(range(first_difference(r))), "tokens_prompt_0": tokens,
+        "argmax_position": grid_view(grid, "argmax"),
+    }
+    return Measurement(grid_view(grid, view), None, details)
+
+
+@metric("patching.resid_pre", needs_inputs=True)
+def resid_pre(ctx: MetricContext, *, view: View = "cells") -> Measurement:
+    """``ioi_metric`` with the clean ``resid_pre[L][:, P]`` patched into the corrupted run, per (L, P).
+
+    The course's ``get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, ioi_metric)``:
+    positions are token indices (BOS = 0; on the course's prompts S2 = 10 and END = 14 for GPT-2
+    and SmolLM2). Value by ``view`` (:func:`grid_view`): ``cells`` ``"L:P"``, or per layer ``"L"``
+    the ``argmax`` position, the ``max_abs`` value or the ``runner_up`` (largest |value| at any
+    other position). Details: the whole grid [layer][pos], LD(clean), LD(corrupted), the cells
+    not run (exact zeros) and prompt 0's tokens.
+    """
+    return grid_measurement(ctx, "resid_pre", view)
+
+
+@metric("patching.block_every", needs_inputs=True)
+def block_every(ctx: MetricContext, *, component: Component, view: View = "cells") -> Measurement:
+    """``ioi_metric`` with one block component of layer ``L`` patched at position ``P``, per (L, P).
+
+    ``component`` is ``resid_pre``, ``attn_out`` (the attention layer's output) or ``mlp_out``:
+    one row of the course's ``get_act_patch_block_every`` (shape [3, n_layers, pos]). Value and
+    details as ``patching.resid_pre``. Attention-only models have no ``mlp_out`` (an error).
+    """
+    if component == "mlp_out" and ctx.model.attn_only:
+        raise ValueError(f"model {ctx.model.identity.name!r} is attention-only: it has no mlp_out to patch")
+    return grid_measurement(ctx, component, view)
+
+
+# ----------------------------------------------------------------------------------------------
+# head outputs over all positions
+# ----------------------------------------------------------------------------------------------
+
+
+@metric("patching.head_out", needs_inputs=True)
+def head_out(
+    ctx: MetricContext, *, top_k: Annotated[int, Field(ge=1)] | None = None, sign: Sign = "positive",
+) -> Measurement:
+    """``ioi_metric`` with head ``L.H``'s clean ``z[:, :, H]`` (all positions) patched into the corrupted run.
+
+    The course's ``get_act_patch_attn_head_out_all_pos`` (hook ``z``: the head's output before
+    ``W_O``, so patching it patches the head's whole contribution ``z W_O``). Value: table
+    ``"L.H"``, or with ``top_k`` the ``top_k`` heads with the largest (``sign: positive``) or most
+    negative values, first first (the table stays in details ``scores``).
+    """
+    r = runs(ctx)
+    names = head_names(ctx.model.shape.n_layers, ctx.model.shape.n_heads)
+    heads = [Head.parse(name) for name in names]
+    patches = [Patch("z", head.layer, head=head.head) for head in heads]
+    values = ctx.session.memoised(memo_key(ctx, "z"), lambda: patched_metrics(ctx, r, patches))  # [n_layers*n_heads]
+    scores = {name: float(v) for name, v in zip(names, values)}
+    ordered = sorted(names, key=lambda n: -scores[n])
+    details = {
+        "ld_clean": r.ld_clean, "ld_corrupted": r.ld_corrupted,
+        "top_positive": {n: scores[n] for n in ordered[:10]}, "top_negative": {n: scores[n] for n in sorted(names, key=lambda n: scores[n])[:10]},
+    }
+    if top_k is None:
+        return Measurement(scores, None, details)
+    ranked = sorted(names, key=lambda n: -scores[n] if sign == "positive" else scores[n])
+    return Measurement(ranked[:top_k], None, {**details, "top_k": top_k, "sign": sign, "scores": scores})
