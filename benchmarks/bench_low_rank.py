@@ -23,6 +23,11 @@ full-vocabulary evaluation pass 7.3 s.
     python benchmarks/bench_low_rank.py                       # CPU, reference + 300 s run
     python benchmarks/bench_low_rank.py --converged 0.9999    # skip the reference
     python benchmarks/bench_low_rank.py --device cuda
+    python benchmarks/bench_low_rank.py --model smollm2-135m  # a real model's own W_E and W_U
+
+``--model NAME`` takes W_E and W_U from a model of the registry (``fixtures/registry.py``, processing
+flags as the claims use them) instead of random weights; --vocab, --d-model and --coupling are
+then ignored.
 """
 
 from __future__ import annotations
@@ -47,6 +52,24 @@ def course_shaped_weights(V: int, d: int, coupling: float, seed: int) -> tuple[n
     W_E = (rng.standard_normal((V, d), dtype=np.float32) / np.sqrt(d)).astype(np.float32)
     noise = (rng.standard_normal((V, d), dtype=np.float32) / np.sqrt(d)).astype(np.float32)
     W_U = np.ascontiguousarray((coupling * W_E + np.sqrt(1 - coupling**2) * noise).T, dtype=np.float32)
+    return W_E, W_U
+
+
+def weights(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """W_E (V x d) and W_U (d x V), float32: a registry model's (``--model``) or seeded random ones."""
+    if args.model is None:
+        print("RANDOM course-shaped weights (not the course's):", json.dumps(
+            {"V": args.vocab, "d_model": args.d_model, "rank": args.rank, "coupling": args.coupling, "seed": args.seed,
+             "dtype": "float32"}))
+        return course_shaped_weights(args.vocab, args.d_model, args.coupling, args.seed)
+    from harness.session import Session
+
+    model = Session().model(args.model)
+    W_E = model.W_E.float().numpy()
+    W_U = np.ascontiguousarray(model.W_U.float().numpy())
+    print(f"model {args.model!r} ({model.identity.source}):", json.dumps(
+        {"V": W_E.shape[0], "d_model": W_E.shape[1], "rank": args.rank, "seed": args.seed, "dtype": "float32",
+         "weights_sha256": model.identity.weights_sha256}))
     return W_E, W_U
 
 
@@ -106,6 +129,7 @@ def describe(name: str, fit: LowRankFit) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="a registry model whose W_E and W_U to fit through (default: random)")
     parser.add_argument("--vocab", type=int, default=50278)
     parser.add_argument("--d-model", type=int, default=768)
     parser.add_argument("--rank", type=int, default=64)
@@ -121,11 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    print("RANDOM course-shaped weights (not the course's):", json.dumps(
-        {"V": args.vocab, "d_model": args.d_model, "rank": args.rank, "coupling": args.coupling, "seed": args.seed,
-         "dtype": "float32"}))
+    W_E, W_U = weights(args)
     print("environment:", json.dumps(environment(args.device)))
-    W_E, W_U = course_shaped_weights(args.vocab, args.d_model, args.coupling, args.seed)
 
     reference = None
     converged = args.converged
