@@ -2,7 +2,7 @@
 ``transformer_lens.patching`` functions (allowed here, in tests only) and exact identities.
 
 Random models carry the IOI tokenizer of ``tests/test_metrics_ioi.py`` (every word one token).
-References: ``get_act_patch_resid_pre`` / ``get_act_patch_block_every`` /
+References: ``get_act_patch_resid_pre`` / ``get_act_patch_block_every`` / ``get_act_patch_attn_head_all_pos_every`` /
 ``get_act_patch_attn_head_out_all_pos`` with the course's ``ioi_metric``.
 """
 
@@ -223,3 +223,89 @@ def test_undefined_metric_fails_closed(tokenizer: Any) -> None:
         model._hooked.W_U.zero_()
     with pytest.raises(ValueError, match="ioi_metric is undefined"):
         measure("patching.resid_pre", context(model))
+
+
+HEAD_COMPONENTS = ("output", "query", "key", "value", "pattern")  # the rows of get_act_patch_attn_head_all_pos_every
+
+
+@pytest.mark.parametrize("config", MODELS)
+def test_head_every_matches_transformer_lens(tokenizer: Any, config: dict[str, Any]) -> None:
+    model = random_model(15, tokenizer, n_layers=2, n_heads=3, **config)
+    ctx = context(model)
+    expected = course_reference(model, ctx.inputs, ioi(model, corrupted=True), "attn_head_all_pos_every")  # [5, layer, head]
+    assert expected.shape == (5, 2, 3)
+    names = head_names(2, 3)
+    tables = {}
+    for row, component in enumerate(HEAD_COMPONENTS):
+        got = measure("patching.head_every", ctx, component=component)
+        assert list(got.value) == names and got.uncertainty is None
+        for name, value in zip(names, expected[row].flatten()):
+            assert got.value[name] == pytest.approx(float(value), abs=ATOL), (component, name)
+        tables[component] = got.value
+    # the rows differ (a wrong hook or head axis would repeat one), and output is head_out's scan
+    assert any(abs(tables["pattern"][n] - tables["query"][n]) > 1e-3 for n in names)
+    assert any(abs(tables["value"][n] - tables["output"][n]) > 1e-3 for n in names)
+    assert tables["output"] == measure("patching.head_out", ctx).value
+
+
+def test_head_every_pattern_patches_one_head(tokenizer: Any) -> None:
+    """Patching head H's pattern changes only head H's z in that layer (the head axis of pattern is 1)."""
+    model = random_model(16, tokenizer, n_layers=1, n_heads=3)
+    ctx = context(model)
+    r = patching.runs(ctx)
+    batch = r.corrupted_tokens.shape[0]
+    seen: dict[str, torch.Tensor] = {}
+    patch = patching.Patch("pattern", 0, head=1)
+    hooks = [
+        (model.hook_name("pattern", 0), patching.patch_hook([patch], batch, r.clean["pattern", 0], 3)),
+        (model.hook_name("z", 0), lambda act, hook: seen.__setitem__("z", act.clone())),
+    ]
+    model.run_with_hooks(r.corrupted_tokens, hooks)
+    corrupted = model.run_with_cache(r.corrupted_tokens).activations
+    corrupted_z = corrupted["z", 0]  # [batch, pos, head, d_head]
+    expected_head = torch.einsum("bqk,bkd->bqd", r.clean["pattern", 0][:, 1], corrupted["v", 0][:, :, 1])  # A'_H v_H
+    assert torch.allclose(seen["z"][:, :, 1], expected_head, atol=1e-5)
+    for other in (0, 2):
+        assert torch.equal(seen["z"][:, :, other], corrupted_z[:, :, other])
+    assert not torch.allclose(seen["z"][:, :, 1], corrupted_z[:, :, 1], atol=1e-3)
+
+
+def test_head_every_shares_scans_and_ranks(tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = random_model(17, tokenizer, n_layers=2, n_heads=3)
+    ctx = context(model)
+    calls: list[int] = []
+    original = patching.patched_metrics
+    monkeypatch.setattr(patching, "patched_metrics", lambda *a: calls.append(1) or original(*a))
+    table = measure("patching.head_every", ctx, component="value").value
+    got = measure("patching.head_every", ctx, component="value", top_k=2, sign="negative")
+    assert got.value == sorted(table, key=lambda n: table[n])[:2] and got.details["scores"] == table
+    measure("patching.head_every", ctx, component="output")
+    measure("patching.head_out", ctx)
+    assert len(calls) == 2  # value once, output/head_out once
+    with pytest.raises(Exception):
+        get_metric("patching.head_every").validate_params({"component": "z"})
+
+
+def gqa_model(seed: int, tokenizer: Any) -> ModelHandle:
+    """A random model with 4 query heads sharing 2 key/value heads (grouped-query attention)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from fixtures.random_models import fill_normal_, small_config
+    from harness.model_api import ModelIdentity
+
+    cfg = small_config(n_layers=2, n_heads=4, d_model=8, d_head=3, d_vocab=len(tokenizer), n_ctx=32,
+                       normalization="RMSPre", positional="rotary", d_mlp=6, act_fn="gelu")
+    cfg = HookedTransformerConfig.from_dict({**cfg.to_dict(), "n_key_value_heads": 2})
+    hooked = fill_normal_(HookedTransformer(cfg, tokenizer=tokenizer), seed)
+    identity = ModelIdentity(name=f"random-gqa-{seed}", source="test", weights_sha256=None, config_sha256=None)
+    return ModelHandle(hooked, identity, bos_token_id=0)
+
+
+def test_head_every_refuses_grouped_key_values(tokenizer: Any) -> None:
+    model = gqa_model(18, tokenizer)
+    ctx = context(model)
+    for component in ("key", "value"):
+        with pytest.raises(ValueError, match="grouped-query attention"):
+            measure("patching.head_every", ctx, component=component)
+    for component in ("output", "query", "pattern"):
+        assert len(measure("patching.head_every", ctx, component=component).value) == 2 * 4

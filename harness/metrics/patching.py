@@ -20,7 +20,9 @@ Patches (one per run; the course's ``patching.get_act_patch_*``):
 
 - ``resid_pre`` / ``attn_out`` / ``mlp_out`` at (layer ``L``, position ``P``): the corrupted run's
   ``act[L][:, P]`` is replaced by the clean run's;
-- a head's ``z`` (hook ``z`` of layer ``L``, head ``H``, all positions): ``z[:, :, H]`` replaced.
+- a head's ``z`` / ``q`` / ``k`` / ``v`` (hook of layer ``L``, head ``H``, all positions):
+  ``act[:, :, H]`` replaced ([batch, pos, head, d_head]); its attention ``pattern``: ``pattern[:, H]``
+  replaced ([batch, head, q_pos, k_pos], head axis 1: :data:`HEAD_AXIS`).
 
 Exact no-op cells. The model is causal, so an activation at position ``P`` is a function of the
 tokens ``[0, P]`` only. Where every clean prompt's prefix ``tokens[b, :P+1]`` equals its corrupted
@@ -57,6 +59,19 @@ MIN_DENOMINATOR = 1e-6
 
 Component = Literal["resid_pre", "attn_out", "mlp_out"]
 View = Literal["cells", "argmax", "max_abs", "runner_up"]
+HeadComponent = Literal["output", "query", "key", "value", "pattern"]
+
+HEAD_HOOKS: dict[str, str] = {"output": "z", "query": "q", "key": "k", "value": "v", "pattern": "pattern"}
+"""``patching.head_every``'s ``component`` -> the per-head activation kind patched (TransformerLens short name)."""
+
+HEAD_AXIS: dict[str, int] = {"pattern": 1}
+"""The head axis of a per-head activation: 1 for ``pattern`` [batch, head, q_pos, k_pos], else 2
+(``z``, ``q``, ``k``, ``v``: [batch, pos, head, d_head])."""
+
+
+def head_axis(kind: str) -> int:
+    """The axis indexing heads in activation ``kind`` (:data:`HEAD_AXIS`, default 2)."""
+    return HEAD_AXIS.get(kind, 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,9 +145,10 @@ class Patch:
     head: int | None = None
 
     def write(self, act: Tensor, rows: slice, clean: Tensor) -> None:
-        """``act[rows][index] = clean[index]`` in place; act [copies*batch, pos, ...], clean [batch, pos, ...]."""
+        """``act[rows][index] = clean[index]`` in place; act [copies*batch, ...], clean [batch, ...] (heads on :func:`head_axis`)."""
         if self.head is not None:
-            act[rows, :, self.head] = clean[:, :, self.head].to(act.dtype)
+            between = (slice(None),) * (head_axis(self.kind) - 1)  # pattern: [:, H]; z/q/k/v: [:, :, H]
+            act[(rows, *between, self.head)] = clean[(slice(None), *between, self.head)].to(act.dtype)
         elif self.position is not None:
             act[rows, self.position] = clean[:, self.position].to(act.dtype)
         else:
@@ -150,8 +166,9 @@ def patch_hook(chunk: list[Patch | None], batch: int, clean: Tensor, n_heads: in
         for j, patch in enumerate(chunk):
             if patch is None:
                 continue
-            if patch.head is not None and act.shape[2] != n_heads:
-                raise ValueError(f"{hook.name} has {act.shape[2]} heads, not {n_heads}: cannot patch one head there")
+            if patch.head is not None and act.shape[head_axis(patch.kind)] != n_heads:
+                heads = act.shape[head_axis(patch.kind)]
+                raise ValueError(f"{hook.name} has {heads} heads, not {n_heads}: cannot patch one head there")
             patch.write(act, slice(j * batch, (j + 1) * batch), clean)
         return act
 
@@ -279,6 +296,38 @@ def block_every(ctx: MetricContext, *, component: Component, view: View = "cells
 # ----------------------------------------------------------------------------------------------
 
 
+def head_scan(ctx: MetricContext, kind: str, top_k: int | None, sign: Sign) -> Measurement:
+    """``ioi_metric`` with each head's clean activation ``kind`` (all positions) patched into the corrupted run.
+
+    Value: table ``"L.H"`` -> ``ioi_metric``, or with ``top_k`` the ``top_k`` heads with the largest
+    (``sign: positive``) or most negative values, first first (the table stays in details ``scores``).
+    One scan per (model, inputs, kind) and session. Per-head ``k``/``v`` of a grouped-query model
+    (fewer key/value heads than query heads, shared across heads) are an error.
+    """
+    r = runs(ctx)
+    n_layers, n_heads = ctx.model.shape.n_layers, ctx.model.shape.n_heads
+    cached_heads = r.clean[kind, 0].shape[head_axis(kind)]
+    if cached_heads != n_heads:
+        raise ValueError(
+            f"model {ctx.model.identity.name!r} has {cached_heads} '{kind}' heads for {n_heads} query heads "
+            f"(grouped-query attention): one head's {kind} is shared with other heads and cannot be patched alone"
+        )
+    names = head_names(n_layers, n_heads)
+    heads = [Head.parse(name) for name in names]
+    patches = [Patch(kind, head.layer, head=head.head) for head in heads]
+    values = ctx.session.memoised(memo_key(ctx, kind), lambda: patched_metrics(ctx, r, patches))  # [n_layers*n_heads]
+    scores = {name: float(v) for name, v in zip(names, values)}
+    ordered = sorted(names, key=lambda n: -scores[n])
+    details = {
+        "hook": kind, "ld_clean": r.ld_clean, "ld_corrupted": r.ld_corrupted,
+        "top_positive": {n: scores[n] for n in ordered[:10]}, "top_negative": {n: scores[n] for n in sorted(names, key=lambda n: scores[n])[:10]},
+    }
+    if top_k is None:
+        return Measurement(scores, None, details)
+    ranked = sorted(names, key=lambda n: -scores[n] if sign == "positive" else scores[n])
+    return Measurement(ranked[:top_k], None, {**details, "top_k": top_k, "sign": sign, "scores": scores})
+
+
 @metric("patching.head_out", needs_inputs=True)
 def head_out(
     ctx: MetricContext, *, top_k: Annotated[int, Field(ge=1)] | None = None, sign: Sign = "positive",
@@ -290,18 +339,29 @@ def head_out(
     ``"L.H"``, or with ``top_k`` the ``top_k`` heads with the largest (``sign: positive``) or most
     negative values, first first (the table stays in details ``scores``).
     """
-    r = runs(ctx)
-    names = head_names(ctx.model.shape.n_layers, ctx.model.shape.n_heads)
-    heads = [Head.parse(name) for name in names]
-    patches = [Patch("z", head.layer, head=head.head) for head in heads]
-    values = ctx.session.memoised(memo_key(ctx, "z"), lambda: patched_metrics(ctx, r, patches))  # [n_layers*n_heads]
-    scores = {name: float(v) for name, v in zip(names, values)}
-    ordered = sorted(names, key=lambda n: -scores[n])
-    details = {
-        "ld_clean": r.ld_clean, "ld_corrupted": r.ld_corrupted,
-        "top_positive": {n: scores[n] for n in ordered[:10]}, "top_negative": {n: scores[n] for n in sorted(names, key=lambda n: scores[n])[:10]},
-    }
-    if top_k is None:
-        return Measurement(scores, None, details)
-    ranked = sorted(names, key=lambda n: -scores[n] if sign == "positive" else scores[n])
-    return Measurement(ranked[:top_k], None, {**details, "top_k": top_k, "sign": sign, "scores": scores})
+    return head_scan(ctx, "z", top_k, sign)
+
+
+@metric("patching.head_every", needs_inputs=True)
+def head_every(
+    ctx: MetricContext, *, component: HeadComponent,
+    top_k: Annotated[int, Field(ge=1)] | None = None, sign: Sign = "positive",
+) -> Measurement:
+    """``ioi_metric`` with one of head ``L.H``'s clean activations (all positions) patched into the corrupted run.
+
+    One row of the course's ``get_act_patch_attn_head_all_pos_every`` (shape [5, n_layers, n_heads]:
+    output, query, key, value, pattern). With ``x`` the corrupted run's activation and ``x'`` the
+    clean one, the patched run uses, for every prompt and position (all ``d_head`` / key entries):
+
+    - ``output``: ``z[:, :, H] <- z'[:, :, H]`` (the same scan as ``patching.head_out``);
+    - ``query`` / ``key`` / ``value``: ``q[:, :, H] <- q'[:, :, H]`` (resp. ``k``, ``v``; [batch, pos,
+      head, d_head], before any rotary embedding), so ``z_H = softmax(q_H k_H^T / sqrt(d_head) + mask) v_H``
+      is recomputed with one input clean and the others corrupted;
+    - ``pattern``: ``A[:, H] <- A'[:, H]`` ([batch, head, q_pos, k_pos]), so ``z_H = A'_H v_H`` with
+      the corrupted values;
+
+    and the value is ``ioi_metric(patched)`` (module docstring). Everything downstream (later layers)
+    is recomputed. Value and ``top_k``/``sign`` as ``patching.head_out``. Grouped-query models share a
+    key/value head among several query heads: ``key`` and ``value`` are an error there.
+    """
+    return head_scan(ctx, HEAD_HOOKS[component], top_k, sign)
