@@ -33,7 +33,7 @@ head ablated per copy, the activations of its own layer (and all before) equal t
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal, TypeVar
 
 import torch
 from pydantic import Field
@@ -49,6 +49,7 @@ from harness.registry import metric
 Method = Literal["zero", "mean", "mean_all"]
 LossPositions = Literal["repeated_half", "all"]
 Offset = Annotated[int, Field(ge=0)]
+T = TypeVar("T")
 MAX_LOGIT_BYTES = 256 * 2**20
 """Upper bound on the float32 logits of one stacked forward pass (copies x batch x pos x d_vocab)."""
 
@@ -58,15 +59,16 @@ MAX_LOGIT_BYTES = 256 * 2**20
 # ----------------------------------------------------------------------------------------------
 
 
-def copies_per_pass(ctx: MetricContext) -> int:
-    """How many stacked copies of the batch one forward pass may hold (logits within MAX_LOGIT_BYTES)."""
-    batch, pos = ctx.require_inputs().tokens.shape
-    return max(1, MAX_LOGIT_BYTES // (4 * batch * pos * ctx.model.shape.d_vocab))
+def copies_per_pass(tokens: Tensor, d_vocab: int) -> int:
+    """How many stacked copies of tokens [batch, pos] one forward pass may hold (float32 logits
+    within MAX_LOGIT_BYTES)."""
+    batch, pos = tokens.shape
+    return max(1, MAX_LOGIT_BYTES // (4 * batch * pos * d_vocab))
 
 
-def chunks(heads: list[Head], size: int) -> list[list[Head]]:
-    """``heads`` cut into consecutive runs of at most ``size``."""
-    return [heads[start : start + size] for start in range(0, len(heads), size)]
+def chunks(items: list[T], size: int) -> list[list[T]]:
+    """``items`` cut into consecutive runs of at most ``size``."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def chosen_heads(ctx: MetricContext, heads: list[str] | None) -> list[Head]:
@@ -125,7 +127,7 @@ def losses_with_z(ctx: MetricContext, heads: list[Head], new_z: Callable[[Head],
     tokens = ctx.require_inputs().tokens
     batch = tokens.shape[0]
     losses: dict[str, Tensor] = {}
-    for chunk in chunks(heads, copies_per_pass(ctx)):
+    for chunk in chunks(heads, copies_per_pass(ctx.require_inputs().tokens, ctx.model.shape.d_vocab)):
         values = [new_z(head) for head in chunk]  # each broadcastable to [batch, pos, d_head]
         hook = head_slice_hook(chunk, batch, lambda j, _head, values=values: values[j], ctx.model.shape.n_heads)
         stacked = tokens.repeat(len(chunk), 1)  # [copies*batch, pos]
@@ -278,7 +280,7 @@ def zeroed_value_patterns(ctx: MetricContext, target: Head, heads: list[Head]) -
     tokens = ctx.require_inputs().tokens
     batch = tokens.shape[0]
     patterns: list[Tensor] = []
-    for chunk in chunks(heads, copies_per_pass(ctx)):
+    for chunk in chunks(heads, copies_per_pass(ctx.require_inputs().tokens, ctx.model.shape.d_vocab)):
         zero = head_slice_hook(chunk, batch, lambda _j, _head: torch.zeros(()), ctx.model.shape.n_heads)
         captured: list[Tensor] = []
 

@@ -49,7 +49,7 @@ from torch import Tensor
 from harness.context import MetricContext
 from harness.heads import Head, head_names
 from harness.measurement import Measurement
-from harness.metrics.ablation import MAX_LOGIT_BYTES
+from harness.metrics.ablation import chunks, copies_per_pass
 from harness.metrics.ioi import Sign, answer_ids, final_logit_diff
 from harness.model_api import Activations
 from harness.registry import metric
@@ -175,19 +175,12 @@ def patch_hook(chunk: list[Patch | None], batch: int, clean: Tensor, n_heads: in
     return hook
 
 
-def copies_per_pass(tokens: Tensor, d_vocab: int) -> int:
-    """How many stacked copies of tokens [batch, pos] one pass may hold (float32 logits within MAX_LOGIT_BYTES)."""
-    batch, pos = tokens.shape
-    return max(1, MAX_LOGIT_BYTES // (4 * batch * pos * d_vocab))
-
-
 def patched_metrics(ctx: MetricContext, r: Runs, patches: list[Patch]) -> Tensor:
     """``ioi_metric`` of the corrupted run with each patch applied alone: [len(patches)] (float64)."""
     batch = r.corrupted_tokens.shape[0]
     size = copies_per_pass(r.corrupted_tokens, ctx.model.shape.d_vocab)
     results: list[Tensor] = []
-    for start in range(0, len(patches), size):
-        chunk = patches[start : start + size]
+    for chunk in chunks(patches, size):
         points = sorted({(p.kind, p.layer) for p in chunk})
         hooks = []
         for kind, layer in points:
