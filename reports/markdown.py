@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from reports.curves import curve_points, stopped_early
+
 VERDICT_MARK = {"supported": "✅", "refuted": "❌", "inconclusive": "❔", "error": "💥", "skipped": "⏭️"}
 
 
@@ -89,16 +91,13 @@ def curve_table(entry: dict[str, Any]) -> list[str]:
 
     A trained point whose fit stopped on its budget before converging is marked a lower bound.
     """
-    value = entry.get("value")
-    points = value if isinstance(value, list) else (entry.get("details") or {}).get("selected_from")
-    if not (isinstance(points, list) and points and all(isinstance(p, dict) and "label" in p for p in points)):
+    points = curve_points(entry)
+    if points is None:
         return []
-    fits = (entry.get("details") or {}).get("fits") or {}
     rows = ["", "| point | rank | top-1 | top-5 | |", "|---|---:|---:|---:|---|"]
     for point in points:
-        stopped = (fits.get(str(point.get("rank"))) or {}).get("stopped_by") if point.get("kind") == "trained" else None
-        mark = "lower bound (stopped on its budget)" if stopped not in (None, "converged") else ""
-        rows.append(f"| {point['label']} | {point.get('rank')} | {_percent(point.get('top1'))} | {_percent(point.get('top5'))} | {mark} |")
+        mark = "lower bound (stopped on its budget)" if stopped_early(entry, point) else ""
+        rows.append(f"| {point.get('label', point['rank'])} | {point.get('rank')} | {_percent(point.get('top1'))} | {_percent(point.get('top5'))} | {mark} |")
     return rows
 
 

@@ -12,6 +12,7 @@ import re
 from typing import Any, Callable
 
 from harness.heads import sort_heads
+from reports.curves import curve_points, stopped_early
 
 HEAD_KEY = re.compile(r"^\d+\.\d+$")
 
@@ -148,7 +149,7 @@ def composition_heatmap(entry: dict[str, Any]) -> str | None:
 
 def rank_curve(entry: dict[str, Any]) -> str | None:
     """Top-1/top-5 accuracy against rank; the model's heads as points; the selected point ringed."""
-    value = _curve_points(entry)
+    value = curve_points(entry)
     if value is None:
         return None
     figure, axes = _figure(7.0, 3.0)
@@ -157,7 +158,7 @@ def rank_curve(entry: dict[str, Any]) -> str | None:
         points = [(p["rank"], p[key]) for p in trained if key in p]
         if points:
             axes.plot(*zip(*points), style, label=f"trained rank-r, {key}")
-    unconverged = _unconverged(entry, trained)
+    unconverged = [p for p in trained if stopped_early(entry, p)]
     if unconverged:
         axes.scatter([p["rank"] for p in unconverged], [p.get("top1") for p in unconverged], s=110,
                      facecolors="none", edgecolors="0.4", linestyles="dotted", zorder=3,
@@ -194,20 +195,6 @@ def _head_points(axes: Any, heads: list[dict[str, Any]]) -> None:
         lift = 6 + 10 * (index % 2)  # neighbours alternate heights so their labels do not overlap
         axes.annotate(", ".join(labels), (rank, top1), xytext=(0, lift if top1 < 0.5 else -lift - 6),
                       textcoords="offset points", ha="center", fontsize=7)
-
-
-def _curve_points(entry: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The rank curve of ``entry``: its value, or the curve its ``select`` picked a point from."""
-    for value in (entry.get("value"), (entry.get("details") or {}).get("selected_from")):
-        if isinstance(value, list) and value and isinstance(value[0], dict) and "rank" in value[0]:
-            return value
-    return None
-
-
-def _unconverged(entry: dict[str, Any], trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Trained points whose fit stopped on its step or time budget (``details.fits[rank]``)."""
-    fits = (entry.get("details") or {}).get("fits") or {}
-    return [p for p in trained if (fits.get(str(p["rank"])) or {}).get("stopped_by", "converged") != "converged"]
 
 
 def _selected_point(entry: dict[str, Any], points: list[dict[str, Any]]) -> dict[str, Any] | None:
