@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 Scalar = float
 Table = dict[str, float]
@@ -14,6 +14,12 @@ Curve = list[dict[str, Any]]
 """Points of a curve, e.g. ``[{"label": "rank=1", "rank": 1, "top1": 0.0}, ...]``; ``select`` finds a
 point by its ``label``."""
 Value = Union[Scalar, Table, HeadSet, Curve]
+Bound = Literal["lower", "upper"]
+"""Which side of the quantity a measured value bounds: ``"lower"`` means the true value is at least
+the measured one (an optimiser's best figure: what it found is achievable, more may be), ``"upper"``
+at most (e.g. a minimised loss)."""
+BOUND_KEY = "bound"
+"""A curve point's own bound, as a field of the point (``{"label": "rank=2", "top1": 0.34, "bound": "lower"}``)."""
 
 
 @dataclass(frozen=True)
@@ -23,12 +29,15 @@ class Measurement:
     ``uncertainty`` is a standard error (same shape as ``value`` for scalars and tables), set
     by metrics that sample (e.g. over a batch of sequences); ``None`` for deterministic ones.
     ``details`` carries whatever a report should show (per-head tables, counts, settings).
+    ``bound`` says the value is only a bound on the quantity (see :data:`Bound`); ``None`` for an
+    estimate.  Verdicts judge a bound by the side it is on (:func:`harness.verdicts.judge`).
     """
 
     value: Value
     uncertainty: float | Table | None = None
     details: dict[str, Any] = field(default_factory=dict)
     unit: str | None = None
+    bound: Bound | None = None
 
     def select(self, path: str | None) -> "Measurement":
         """The sub-measurement at ``path`` (``None`` returns ``self``).
@@ -37,7 +46,8 @@ class Measurement:
         table by key (``"1.4"``), into a curve by a point's ``label`` (``"rank=64"``), into a
         point by field (``"rank=64/top1"``).  The whole value the path started from (the table
         or the curve) is kept in ``details["selected_from"]``, so that reports can still plot
-        it.  Raises ``KeyError`` naming the step that failed and the keys that exist there.
+        it.  A curve point's own ``bound`` field is the bound of every figure selected from it.
+        Raises ``KeyError`` naming the step that failed and the keys that exist there.
         """
         if path is None:
             return self
@@ -45,7 +55,7 @@ class Measurement:
         for step in path.split(PATH_SEPARATOR):
             selected = selected._step(step, path)
         details = {**self.details, "selected_from": self.value}
-        return Measurement(selected.value, selected.uncertainty, details, selected.unit)
+        return Measurement(selected.value, selected.uncertainty, details, selected.unit, selected.bound)
 
     def _step(self, key: str, path: str) -> "Measurement":
         value = self.value
@@ -53,13 +63,14 @@ class Measurement:
             labels = [str(point.get("label")) for point in value]
             if key not in labels:
                 raise KeyError(f"select {path!r}: no curve point labelled {key!r}; labels are: {_shown(labels)}")
-            return Measurement(value[labels.index(key)], None, self.details, self.unit)
+            point = value[labels.index(key)]
+            return Measurement(point, None, self.details, self.unit, point.get(BOUND_KEY, self.bound))
         if not isinstance(value, dict):
             raise KeyError(f"select {path!r}: {key!r} needs a table or a curve, got {type(value).__name__} {value!r}")
         if key not in value:
             raise KeyError(f"select {path!r}: no entry {key!r}; entries are: {_shown(list(value))}")
         uncertainty = self.uncertainty.get(key) if isinstance(self.uncertainty, dict) else None
-        return Measurement(value[key], uncertainty, self.details, self.unit)
+        return Measurement(value[key], uncertainty, self.details, self.unit, self.bound)
 
 
 PATH_SEPARATOR = "/"

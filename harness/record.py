@@ -8,8 +8,12 @@ Schema (``schema_version`` 1; documented in ``docs/record.md``)::
      "models": {name: {identity..., load_seconds}},
      "summary": {verdict: count, "matched": n, "mismatched": n, "skipped": n},
      "claims": [{id, file, statement, source, model, metric, params, inputs, select, value,
-                 uncertainty, unit, details, expect, reference, verdict, expected_verdict,
-                 matched, reason, duration_s, rerun}]}
+                 uncertainty, bound, unit, details, expect, expectation, baseline_tolerance,
+                 reference{value, uncertainty, bound}, verdict, expected_verdict, matched,
+                 reason, duration_s, notes, rerun}]}
+
+``bound``: ``"lower"`` / ``"upper"`` when the value only bounds the quantity (an optimiser's best
+figure is a lower bound on what is achievable), else ``null``.
 
 Files are written atomically (temporary file in the same folder, fsync, ``os.replace``).
 """
@@ -106,12 +110,15 @@ def claim_entry(result: ClaimResult) -> dict[str, Any]:
         "select": claim.select,
         "value": measurement.value if measurement else None,
         "uncertainty": measurement.uncertainty if measurement else None,
+        "bound": measurement.bound if measurement else None,
         "unit": measurement.unit if measurement else None,
         "details": measurement.details if measurement else {},
         "expect": claim.expect.model_dump(by_alias=True, exclude_none=True),
         "expectation": claim.expect.describe(),
         "baseline_tolerance": claim.baseline_tolerance.model_dump() if claim.baseline_tolerance else None,
-        "reference": None if reference is None else {"value": reference.value, "uncertainty": reference.uncertainty},
+        "reference": None if reference is None else {
+            "value": reference.value, "uncertainty": reference.uncertainty, "bound": reference.bound,
+        },
         "verdict": result.verdict.value,
         "expected_verdict": claim.expected_verdict,
         "matched": result.passed,

@@ -8,6 +8,11 @@ A verdict says what the measurement means for the claim:
 - ``error``: the metric raised, or returned nothing, NaN or infinity (fail closed);
 - ``skipped``: the weights are not available here (with the reason).
 
+A measurement that is only a bound (``Measurement.bound``, e.g. an optimiser's best figure, a
+lower bound on what is achievable) decides only the comparisons its side can: a lower bound of
+0.35 refutes "at most 0.25" and supports "at least 0.3", but leaves "at least 0.95" or
+"about 0.35" inconclusive.
+
 The band of a measurement with standard error ``se`` is ``Z_BAND * se`` (about a 95% interval);
 deterministic measurements (``se`` is ``None``) have no band. For ``approx x`` with tolerance
 ``tol = max(abs, rel*|x|)`` and ``d = |v - x|``: supported when ``d + band <= tol``, refuted
@@ -44,26 +49,57 @@ class ComparisonError(Exception):
 
 
 def judge(expect: Expect, measured: Measurement, reference: Measurement | None = None) -> Verdict:
-    """The verdict of ``expect`` on ``measured`` (``reference``: the operand's measurement, if any)."""
+    """The verdict of ``expect`` on ``measured`` (``reference``: the operand's measurement, if any).
+
+    Each number is read as the interval it pins the quantity to (:func:`interval`); a comparison
+    is decided only when the whole interval agrees.  Against a reference the interval is that of
+    the difference ``measured - reference``: centre ``v - w``, band ``Z_BAND * sqrt(se_v^2 + se_w^2)``,
+    open upwards when ``measured`` is a lower bound or ``reference`` an upper one (and downwards
+    conversely), compared with 0.
+    """
     comparator = expect.comparator
     if comparator in {"equals", "contains", "subset_of"} and isinstance(expect.operand, list):
         return _judge_set(comparator, expect.operand, measured.value)
-    value = _scalar(measured)
-    band = _band(measured)
     if reference is not None:
-        target = _scalar(reference)
-        band = math.hypot(band, _band(reference))
-    elif comparator == "between":
+        return _threshold(_difference(measured, reference), 0.0, comparator)
+    span = interval(measured)
+    if comparator == "between":
         low, high = expect.between
-        return _and(_threshold(value, band, low, ">="), _threshold(value, band, high, "<="))
-    else:
-        target = float(expect.operand)
+        return _and(_threshold(span, low, ">="), _threshold(span, high, "<="))
+    target = float(expect.operand)
     if comparator == "approx":
         tolerance = max(expect.abs or 0.0, (expect.rel or 0.0) * abs(target))
-        return _approx(value, band, target, tolerance)
+        return _within(span, target - tolerance, target + tolerance)
     if comparator == "equals":
-        return _approx(value, band, target, 0.0)
-    return _threshold(value, band, target, comparator)
+        return _within(span, target, target)
+    return _threshold(span, target, comparator)
+
+
+Interval = tuple[float, float]
+"""``(low, high)``: where the measured quantity lies, as far as the measurement can tell (ends may be infinite)."""
+
+
+def interval(measurement: Measurement) -> Interval:
+    """``[v - band, v + band]`` for an estimate; a lower bound opens it upwards to ``+inf``, an
+    upper bound downwards to ``-inf`` (the quantity is at least / at most ``v``, within its band)."""
+    value, band = _scalar(measurement), _band(measurement)
+    return _opened((value - band, value + band), measurement.bound)
+
+
+def _difference(measured: Measurement, reference: Measurement) -> Interval:
+    centre = _scalar(measured) - _scalar(reference)
+    band = math.hypot(_band(measured), _band(reference))
+    span = _opened((centre - band, centre + band), measured.bound)
+    return _opened(span, {"lower": "upper", "upper": "lower", None: None}[reference.bound])
+
+
+def _opened(span: Interval, bound: str | None) -> Interval:
+    low, high = span
+    if bound == "lower":
+        return low, math.inf
+    if bound == "upper":
+        return -math.inf, high
+    return low, high
 
 
 def _and(left: Verdict, right: Verdict) -> Verdict:
@@ -75,10 +111,10 @@ def _and(left: Verdict, right: Verdict) -> Verdict:
     return Verdict.SUPPORTED
 
 
-def _threshold(value: float, band: float, target: float, comparator: str) -> Verdict:
-    """``value <op> target`` with the band: decided only if the whole band agrees."""
-    low, high = value - band, value + band
+def _threshold(span: Interval, target: float, comparator: str) -> Verdict:
+    """``quantity <op> target``: decided only if it holds (or fails) over the whole interval."""
     holds = {">=": lambda x: x >= target, ">": lambda x: x > target, "<=": lambda x: x <= target, "<": lambda x: x < target}[comparator]
+    low, high = span
     if holds(low) and holds(high):
         return Verdict.SUPPORTED
     if not holds(low) and not holds(high):
@@ -86,11 +122,11 @@ def _threshold(value: float, band: float, target: float, comparator: str) -> Ver
     return Verdict.INCONCLUSIVE
 
 
-def _approx(value: float, band: float, target: float, tolerance: float) -> Verdict:
-    distance = abs(value - target)
-    if distance + band <= tolerance:
+def _within(span: Interval, low: float, high: float) -> Verdict:
+    """The quantity lies in ``[low, high]``: supported if the interval is inside, refuted if disjoint."""
+    if low <= span[0] and span[1] <= high:
         return Verdict.SUPPORTED
-    if distance - band > tolerance:
+    if span[1] < low or span[0] > high:
         return Verdict.REFUTED
     return Verdict.INCONCLUSIVE
 
@@ -126,12 +162,14 @@ def _band(measurement: Measurement) -> float:
 
 
 def format_value(measurement: Measurement, digits: int = 4) -> str:
-    """``0.6190 ± 0.0123`` for scalars, ``[1.4, 1.10]`` for head sets, a short table otherwise."""
+    """``0.6190 ± 0.0123`` for scalars (``≥ 0.3477 (lower bound)`` for a bound), ``[1.4, 1.10]`` for head sets, a short table otherwise."""
     value = measurement.value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         shown = f"{value:.{digits}g}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3) else f"{value:.{digits}f}"
         if isinstance(measurement.uncertainty, (int, float)):
             shown += f" ± {measurement.uncertainty:.{digits}f}"
+        if measurement.bound is not None:
+            shown = f"{'≥' if measurement.bound == 'lower' else '≤'} {shown} ({measurement.bound} bound)"
         return shown
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         try:

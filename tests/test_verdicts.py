@@ -94,3 +94,63 @@ def test_band_decides_only_when_whole_band_agrees(value: float, threshold: float
     else:
         assert result is Verdict.INCONCLUSIVE
     assert not math.isnan(value)
+
+
+# --- bounds: a lower bound decides only what its side can ---------------------------------------
+
+
+def bounded(value: float, bound: str | None, uncertainty: float | None = None) -> Measurement:
+    return Measurement(value, uncertainty, bound=bound)
+
+
+@pytest.mark.parametrize(
+    "expect, value, bound, expected",
+    [
+        ({">=": 0.3}, 0.35, "lower", Verdict.SUPPORTED),  # at least 0.35, so at least 0.3
+        ({">=": 0.95}, 0.35, "lower", Verdict.INCONCLUSIVE),  # the optimum may still be higher
+        ({"<=": 0.25}, 0.35, "lower", Verdict.REFUTED),  # at least 0.35 > 0.25
+        ({"<=": 0.5}, 0.35, "lower", Verdict.INCONCLUSIVE),
+        ({"approx": 0.35, "abs": 0.01}, 0.35, "lower", Verdict.INCONCLUSIVE),
+        ({"approx": 0.2, "abs": 0.01}, 0.35, "lower", Verdict.REFUTED),
+        ({"between": [0.3, 0.4]}, 0.35, "lower", Verdict.INCONCLUSIVE),
+        ({"between": [0.5, 0.6]}, 0.35, "upper", Verdict.REFUTED),
+        ({"<=": 0.5}, 0.35, "upper", Verdict.SUPPORTED),
+        ({">=": 0.3}, 0.35, "upper", Verdict.INCONCLUSIVE),
+    ],
+)
+def test_a_bound_decides_only_its_side(expect: dict, value: float, bound: str, expected: Verdict) -> None:
+    assert judge(Expect.model_validate(expect), bounded(value, bound)) is expected
+
+
+def test_a_bound_keeps_its_band_on_the_decided_side() -> None:
+    expect = Expect.model_validate({">=": 0.3})
+    assert judge(expect, bounded(0.32, "lower", uncertainty=0.02)) is Verdict.INCONCLUSIVE  # 0.32 - 2*0.02 < 0.3
+    assert judge(expect, bounded(0.32, "lower", uncertainty=0.005)) is Verdict.SUPPORTED
+
+
+@pytest.mark.parametrize(
+    "mine, theirs, comparator, expected",
+    [
+        (bounded(0.99, "lower"), bounded(0.95, None), ">", Verdict.SUPPORTED),
+        (bounded(0.90, "lower"), bounded(0.95, None), ">", Verdict.INCONCLUSIVE),
+        (bounded(0.99, "lower"), bounded(0.95, None), "<", Verdict.REFUTED),
+        (bounded(0.90, "lower"), bounded(0.95, None), "<", Verdict.INCONCLUSIVE),
+        (bounded(0.90, None), bounded(0.95, "lower"), "<", Verdict.SUPPORTED),  # the other side is at least 0.95
+        (bounded(0.99, None), bounded(0.95, "lower"), ">", Verdict.INCONCLUSIVE),
+        (bounded(0.99, "lower"), bounded(0.95, "lower"), ">", Verdict.INCONCLUSIVE),
+    ],
+)
+def test_comparing_with_a_bound(mine: Measurement, theirs: Measurement, comparator: str, expected: Verdict) -> None:
+    expect = Expect.model_validate({comparator: {"metric": "loss.mean_loss"}})
+    assert judge(expect, mine, theirs) is expected
+
+
+def test_a_curve_point_carries_its_bound_into_a_selection() -> None:
+    curve = [
+        {"label": "rank=2", "rank": 2, "top1": 0.34, "bound": "lower"},
+        {"label": "1.0", "rank": 32, "top1": 0.99},
+    ]
+    measured = Measurement(curve)
+    assert measured.select("rank=2/top1").bound == "lower"
+    assert measured.select("1.0/top1").bound is None
+    assert Measurement({"top1": 0.5}, bound="lower").select("top1").bound == "lower"
