@@ -25,11 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 ClaimId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+\-]{0,199}$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
-Provenance = Literal["text", "printed", "plot", "code", "derived", "planted", "measured"]
+Provenance = Literal["text", "printed", "plot", "code", "derived", "third_party", "planted", "measured"]
 """Where an expected value comes from: the course's ``text``, a ``printed`` output, a reference
-run's ``plot`` data, the reference ``code``, a value ``derived`` from those; for the project's
-own models, ``planted`` (true by construction) or ``measured`` (measured by this suite, explained
-in the claim's ``notes``)."""
+run's ``plot`` data, the reference ``code``, a value ``derived`` from those; ``third_party``: a
+figure someone else published about the course (an issue, a post; ``ref`` cites it, ``notes`` say
+what is unverified about it); for the project's own models, ``planted`` (true by construction) or
+``measured`` (measured by this suite, explained in the claim's ``notes``)."""
 VerdictName = Literal["supported", "refuted", "inconclusive"]
 
 

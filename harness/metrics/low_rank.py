@@ -7,8 +7,14 @@ found for ``W_E A B W_U`` with the model's own embedding and unembedding
 (:func:`harness.circuits.low_rank.fit_low_rank_copying`: closed-form least-squares start, softmax
 cross-entropy over the whole vocabulary, then a multiclass hinge), against the model's actual heads.
 
-A trained figure is a lower bound on what rank r can reach (the problem is not convex); it is
-deterministic for a seed and a step budget.  Accuracies count ties with the diagonal as wrong.
+A trained figure is a lower bound on what rank r can reach, whether or not the fit converged:
+some rank-r matrix reaches it, a better one may exist (the problem is not convex, and converged
+fits from other seeds land elsewhere: on the trained toy at rank 2, 86 to 90 of 256 tokens).
+So these figures carry ``bound="lower"`` (the trained points of a curve as a field of the point),
+and a verdict decides only what a lower bound can: "rank r reaches at least x" when it does, "rank
+r cannot reach x" never.  Deterministic for a seed and a step budget on one machine; across
+machines (other BLAS kernels) the path, and so the figure, can move (see ``benchmarks/fit_spread.py``).
+Accuracies count ties with the diagonal as wrong.
 """
 
 from __future__ import annotations
@@ -74,12 +80,13 @@ def achievable_accuracy(
     fit (``objective``: cross-entropy, then the hinge from its best point) that stops when the
     monitored top-1 stops improving (``stopped_by: converged``), after ``max_steps`` per phase or
     at the ``max_seconds`` wall-clock budget.  A lower bound on what rank r can
-    reach.  Details: the loss, steps, stopping reason, settings, timings and the convergence trace.
+    reach (``bound="lower"``).  Details: the loss, steps, stopping reason, settings, timings and the
+    convergence trace.
     Weights only.  Give ``max_steps`` for a result that does not depend on the machine's speed.
     """
     fit = _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds,
                batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=device)
-    return Measurement({"top1": fit.top1, "top5": fit.top5}, None, fit.summary())
+    return Measurement({"top1": fit.top1, "top5": fit.top5}, None, fit.summary(), bound="lower")
 
 
 def head_point(model: ModelHandle, group: list[str], device: Device) -> dict[str, object]:
@@ -125,7 +132,7 @@ def rank_curve(
     """Copying accuracy against rank: trained rank-r matrices, and the model's heads as points.
 
     Value: a curve, one point per rank ``{"label": "rank=R", "rank", "top1", "top5", "kind":
-    "trained", "heads": []}`` and one per head group ``{"label": "1.4+1.10", "rank": numerical rank
+    "trained", "heads": [], "bound": "lower"}`` (what the fit found: a lower bound) and one per head group ``{"label": "1.4+1.10", "rank": numerical rank
     of sum W_V W_O, ..., "kind": "head", "heads": [...]}`` (a group of several heads is their
     effective circuit).  A claim picks one figure with ``select: "rank=64/top1"`` or
     ``select: "1.4+1.10/top1"``.  Ranks above what
@@ -141,7 +148,7 @@ def rank_curve(
         fit = _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds_per_rank,
                    batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=device)
         points.append({"label": rank_label(rank), "rank": rank, "top1": fit.top1, "top5": fit.top5,
-                       "kind": "trained", "heads": []})
+                       "kind": "trained", "heads": [], "bound": "lower"})
         fits[str(rank)] = fit.summary()
     for group in heads:
         points.append(head_point(ctx.model, list(dict.fromkeys(group)), device))
