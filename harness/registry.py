@@ -41,6 +41,10 @@ class MetricInfo:
     needs_inputs: bool
     head_params: tuple[str, ...]
     description: str
+    fitted: bool = False
+    """Its value is what an optimiser found: it moves with the seed and with the BLAS kernels of the
+    machine, so a claim on it declares a ``baseline_tolerance`` derived from that spread
+    (``benchmarks/fit_spread.py``)."""
 
     def validate_params(self, params: dict[str, Any]) -> BaseModel:
         """Validate ``params`` (raises ``pydantic.ValidationError``)."""
@@ -51,8 +55,9 @@ _METRICS: dict[str, MetricInfo] = {}
 _LOADED = False
 
 
-def metric(name: str, *, needs_inputs: bool = False) -> Callable[[MetricFunction], MetricFunction]:
-    """Register ``function`` under ``name``; ``needs_inputs`` says the claim must give ``inputs``."""
+def metric(name: str, *, needs_inputs: bool = False, fitted: bool = False) -> Callable[[MetricFunction], MetricFunction]:
+    """Register ``function`` under ``name``; ``needs_inputs`` says the claim must give ``inputs``;
+    ``fitted`` that the value comes from an optimiser (see :attr:`MetricInfo.fitted`)."""
 
     def register(function: MetricFunction) -> MetricFunction:
         if name in _METRICS and _METRICS[name].function is not function:
@@ -64,6 +69,7 @@ def metric(name: str, *, needs_inputs: bool = False) -> Callable[[MetricFunction
             function=function,
             params_model=params_model,
             needs_inputs=needs_inputs,
+            fitted=fitted,
             head_params=head_params,
             description=doc.split("\n\n")[0].replace("\n", " "),
         )

@@ -277,11 +277,14 @@ def test_rank_curve_on_planted_split_copy() -> None:
         assert point["kind"] == "head" and point["rank"] == truth["ov_rank"][key]
         assert point["top1"] == truth["ov_top1"][key] and point["top5"] == truth["ov_topk"][key]["5"]
     assert set(m.details["fits"]) == {"1", "32"}
+    assert {p["kind"]: p.get("bound") for p in m.value} == {"trained": "lower", "head": None}
+    assert m.select("rank=32/top1").bound == "lower" and m.select("0.0/top1").bound is None
 
 
 def test_achievable_accuracy_metric_and_head_check() -> None:
     m = _measure("low_rank.achievable_accuracy", "planted-ov-rank", rank=16, max_steps=2000, device="cpu")
     assert m.value == {"top1": 1.0, "top5": 1.0}
+    assert m.bound == "lower" and m.select("top1").bound == "lower"  # what some rank-16 matrix reaches
     assert m.details["steps"] > 0 and m.details["settings"]["rank"] == 16 and m.details["trace"]
     with pytest.raises(ValueError, match="not in the model"):
         _measure("low_rank.rank_curve", "planted-ov-rank", ranks=[], heads=[["0.7"]], device="cpu")
