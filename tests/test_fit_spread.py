@@ -71,7 +71,10 @@ def test_recorded_tolerance_follows_from_the_recorded_samples(claim_id: str) -> 
     entry = SPREAD[claim_id]
     derived = fit_spread.derive([s["value"] for s in entry["samples"]], round(1 / entry["resolution"]))
     assert derived["tolerance"] == entry["tolerance"]
-    assert {s["kernel"] for s in entry["samples"]} == set(fit_spread.KERNELS), "every kernel setting measured"
+    kernels = {s["kernel"] for s in entry["samples"]}
+    assert kernels <= set(fit_spread.KERNELS) and "native" in kernels and len(kernels) >= 2, (
+        f"{claim_id}: measured under {sorted(kernels)}; needs this machine's kernels and at least one other"
+    )
 
 
 @pytest.mark.parametrize(
