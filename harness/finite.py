@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 MASKED_SCORES_SUFFIX = "attn_scores"
-"""Hook names ending so hold attention scores after the causal mask, whose masked entries are ``-inf``."""
+"""Hook names ending so hold attention scores after the causal mask, whose masked entries are
+``-inf``. They are checked for NaN and ``+inf`` all the same: TransformerLens zeroes the NaN that a
+``+inf`` score makes in the softmax, so the pattern alone can look finite."""
 
 
 class NonFiniteModelError(Exception):
@@ -31,7 +33,14 @@ def non_finite_summary(tensor: Tensor, *, allow_negative_infinity: bool = False)
 
     ``allow_negative_infinity`` accepts ``-inf`` (masked attention scores) but not NaN or ``+inf``.
     """
-    if not tensor.is_floating_point() and not tensor.is_complex():
+    if not tensor.is_floating_point():
+        return None
+    if tensor.numel() == 0:
+        return None
+    # A reduction first, far cheaper than isfinite on every entry: NaN and +inf propagate to the
+    # max, and any NaN or infinity makes the sum non-finite (which an overflow can too: then look).
+    quick = tensor.max() if allow_negative_infinity else tensor.sum()
+    if bool(torch.isfinite(quick)):
         return None
     finite = torch.isfinite(tensor)
     if allow_negative_infinity:

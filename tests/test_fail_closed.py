@@ -10,7 +10,7 @@ import torch
 
 import fixtures.registry as model_registry
 from harness.context import MetricContext
-from harness.finite import NonFiniteModelError, first_non_finite_parameter, non_finite_summary
+from harness.finite import NonFiniteModelError, first_non_finite_activation, first_non_finite_parameter, non_finite_summary
 from harness.loader import load_claim_text
 from harness.measurement import Measurement, measurement_non_finite_reason
 from harness.registry import metric
@@ -158,12 +158,25 @@ def test_finite_measurements_are_accepted(measurement: Measurement) -> None:
     assert measurement_non_finite_reason(measurement) is None
 
 
-def test_non_finite_summary_allows_masked_scores_only_when_asked() -> None:
-    masked = torch.tensor([[0.0, float("-inf")], [1.0, 2.0]])
-    assert non_finite_summary(masked, allow_negative_infinity=True) is None
-    assert "-inf at index [0, 1]" in non_finite_summary(masked)
-    assert non_finite_summary(torch.tensor([float("nan")]), allow_negative_infinity=True) is not None
+def test_non_finite_summary_counts_and_locates() -> None:
+    masked = torch.tensor([[0.0, float("-inf")], [float("nan"), 2.0]])
+    assert non_finite_summary(masked) == "2 of 4 entries are NaN or infinite, the first -inf at index [0, 1]"
     assert non_finite_summary(torch.tensor([1, 2])) is None  # integer tensors cannot hold NaN
+    huge = torch.full((4,), 3e38)  # finite entries whose sum overflows: not refused
+    assert non_finite_summary(huge) is None
+
+
+def test_masked_scores_may_hold_negative_infinity_only() -> None:
+    """+inf in a score must be caught in the scores: TransformerLens zeroes the NaN it makes in the pattern."""
+    scores = torch.tensor([[0.0, float("-inf")], [1.0, 2.0]])
+    name = "blocks.0.attn.hook_attn_scores"
+    assert first_non_finite_activation(torch.zeros(1), [(name, scores)]) is None
+    assert first_non_finite_activation(torch.zeros(1), [("blocks.0.hook_resid_pre", scores)]).startswith("activation blocks.0.hook_resid_pre: ")
+    for bad in (float("inf"), float("nan")):
+        broken = scores.clone()
+        broken[1, 0] = bad
+        assert first_non_finite_activation(torch.zeros(1), [(name, broken)]) == f"activation {name}: 1 of 4 entries are NaN or infinite, the first {bad} at index [1, 0]"
+    assert first_non_finite_activation(torch.tensor([float("nan")]), []).startswith("logits: ")
 
 
 def test_first_non_finite_parameter_is_in_model_order() -> None:
