@@ -2,7 +2,11 @@
 
 Exit codes: 0 every verdict matched its expectation (``validate``: every file is valid;
 ``diff``: no difference); 1 some claim did not come out as expected (``diff``: a flip, drift,
-new or missing claim); 2 invalid claim files, unreadable results or baseline, usage errors.
+new or missing claim); 2 invalid claim files, unreadable results or baseline, usage errors
+(a path with no claim files, ``-k`` selecting no claim, an output folder that cannot be written).
+
+``claims run`` on a terminal draws a progress bar; otherwise (CI logs, ``| tee``) it prints one
+line per finished claim as it finishes: its verdict, measured value and seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.errors import SpecError
+from harness.preflight import PreflightError
 
 DEFAULT_PATHS = ["claims"]
 EXIT_OK, EXIT_MISMATCH, EXIT_INVALID = 0, 1, 2
@@ -31,8 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         print(f"{len(exc.issues)} problem(s) in claim files", file=sys.stderr)
         return EXIT_INVALID
-    except FileNotFoundError as exc:
-        print(f"claims: {exc}", file=sys.stderr)
+    except PreflightError as exc:
+        print(f"claims {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as exc:  # a file that cannot be read or written: a clear message, no traceback
+        print(f"claims {args.command}: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
         return EXIT_INVALID
 
 
@@ -70,9 +78,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(paths: list[str]):
-    from harness.loader import find_claim_files, load_claim_files
+    from harness.loader import load_claim_files
+    from harness.preflight import claim_files
 
-    return load_claim_files(find_claim_files(paths))
+    return load_claim_files(claim_files(paths))
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -110,6 +119,9 @@ def _bless(args: argparse.Namespace) -> int:
     except BaselineError as exc:
         print(f"claims bless: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    if Path(args.baseline).is_dir():
+        print(f"claims bless: baseline {args.baseline} is a folder; give the file to write", file=sys.stderr)
+        return EXIT_INVALID
     write_atomic(args.baseline, to_json(baseline))
     print(f"blessed {len(baseline['claims'])} claims into {args.baseline}")
     return EXIT_OK
@@ -145,11 +157,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harness.output import write_outputs
+    from harness.output import OUTPUT_FILES, write_outputs
+    from harness.preflight import writable_out
     from harness.runner import run_claim
     from harness.session import Session
     from harness.verdicts import format_value
-
     from harness.weights_option import apply_weights_option
 
     for item in args.weights:
@@ -160,10 +172,17 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_INVALID
     files = _load(args.paths)
     work = [(f, c) for f in files for c in f.spec.claims if args.select is None or args.select in c.id]
-    session = Session(progress=not args.no_progress and sys.stderr.isatty())
+    if not work:
+        selected = "no claims to measure" if args.select is None else f"no claim id contains {args.select!r}"
+        raise PreflightError(f"{selected} in {' '.join(args.paths)}")
+    writable_out(Path(args.out), OUTPUT_FILES)  # before measuring: a bad --out must not cost the run
+    bar = not args.no_progress and _on_terminal()
+    session = Session(progress=bar)
     results = []
-    for loaded, claim in _progress(work, disable=args.no_progress):
+    for index, (loaded, claim) in enumerate(_progress(work, disable=not bar), start=1):
         results.append(run_claim(loaded, claim, session))
+        if not _on_terminal():
+            print(_finished_line(index, len(work), results[-1], format_value), flush=True)
     _print_table(results, format_value)
     record = write_outputs(Path(args.out), results, {f.path: f.sha256 for f in files}, session)
     summary = record["summary"]
@@ -171,12 +190,25 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK if summary["mismatched"] == 0 else EXIT_MISMATCH
 
 
+def _on_terminal() -> bool:
+    """Both output streams are terminals: a progress bar can redraw in place without mixing into a log."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
 def _progress(items: list, *, disable: bool):
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         return items
-    return tqdm(items, desc="claims", unit="claim", disable=disable or not sys.stderr.isatty(), leave=False)
+    return tqdm(items, desc="claims", unit="claim", disable=disable, leave=False)
+
+
+def _finished_line(index: int, total: int, result, format_value) -> str:
+    """One log line for a finished claim: position, verdict, id, measured value (or reason), seconds."""
+    measured = format_value(result.measurement) if result.measurement is not None else (result.reason or "")
+    flag = "" if result.passed or result.verdict.value == "skipped" else f"  NOT AS EXPECTED (expected {result.claim.expected_verdict})"
+    width = len(str(total))
+    return f"[{index:>{width}}/{total}] {result.verdict.value:<12} {result.claim.id}  {measured[:80]}  ({result.duration_s:.2f} s){flag}"
 
 
 def _print_table(results: list, format_value) -> None:

@@ -24,7 +24,7 @@ from harness.heads import HEAD_PATTERN, Head
 from harness.measurement import PATH_SEPARATOR
 from harness.registry import get_metric, metric_names
 from harness.spec import Claim, ClaimFile, Reference
-from harness.yaml_source import PathKey, SourceMap, YamlError, dotted, read_yaml
+from harness.yaml_source import PathKey, SourceMap, YamlError, decode_utf8, dotted, read_yaml
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,14 @@ class LoadedFile:
 def load_claim_file(path: str | Path, *, check_names: bool = True) -> LoadedFile:
     """Read and validate one claim file; raise :class:`SpecError` listing every problem."""
     shown = _display_path(path)
-    raw = Path(path).read_bytes()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError([SpecIssue(Location(shown, 1, 1), "", f"file is not UTF-8 text ({exc.reason})")]) from None
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SpecError([SpecIssue(Location(shown, 1, 1), "", f"cannot read the file: {exc.strerror or exc}")]) from None
+    try:
+        text = decode_utf8(raw, shown)
+    except YamlError as exc:
+        raise SpecError([exc.issue]) from None
     return load_claim_text(text, shown, sha256=hashlib.sha256(raw).hexdigest(), check_names=check_names)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -82,6 +83,56 @@ def _is_curve(value: Any) -> bool:
 
 def _shown(keys: list[str]) -> str:
     return ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+
+
+def measurement_non_finite_reason(measurement: Measurement) -> str | None:
+    """Why ``measurement`` cannot be judged, or ``None`` if it can.
+
+    Checks its value (:func:`non_finite_reason`), its uncertainty (a number or a table: NaN or
+    infinity is refused) and, when the value is a set of names (heads chosen by ranking or
+    thresholding scores), the figures it was chosen from: every numeric entry and every table of
+    numbers at the top level of ``details`` (e.g. ``details["scores"]``). A NaN score compares
+    false with any threshold, so a set chosen from NaN scores looks like a real (empty) answer.
+    """
+    reason = non_finite_reason(measurement.value)
+    if reason is not None:
+        return reason
+    reason = _uncertainty_reason(measurement.uncertainty)
+    if reason is not None:
+        return reason
+    if _is_name_set(measurement.value):
+        return _supporting_figures_reason(measurement.details)
+    return None
+
+
+def _uncertainty_reason(uncertainty: Any) -> str | None:
+    """Why an uncertainty (``None``, a number or a table of numbers) is not finite, or ``None``."""
+    entries = uncertainty.items() if isinstance(uncertainty, dict) else [(None, uncertainty)]
+    for key, item in entries:
+        if _is_number(item) and not math.isfinite(item):
+            where = "" if key is None else f" for {key!r}"
+            return f"the metric returned the uncertainty {item}{where}"
+    return None
+
+
+def _is_name_set(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _supporting_figures_reason(details: dict[str, Any]) -> str | None:
+    """The first NaN or infinity among the numbers and tables of numbers directly in ``details``."""
+    for name, item in details.items():
+        if _is_number(item) and not math.isfinite(item):
+            return f"the set was chosen from non-finite figures: details {name!r} is {item}"
+        if isinstance(item, dict) and item and all(_is_number(entry) for entry in item.values()):
+            for key, entry in item.items():
+                if not math.isfinite(entry):
+                    return f"the set was chosen from non-finite figures: details {name!r} holds {entry} for {key!r}"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def non_finite_reason(value: Any) -> str | None:

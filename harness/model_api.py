@@ -9,7 +9,7 @@ replaces this module, not the metrics. ``transformer_lens`` is imported lazily (
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -84,6 +84,10 @@ class Activations:
     def __getitem__(self, key: tuple[str, int] | str) -> Tensor:
         return self._cache[key]
 
+    def items(self) -> Iterator[tuple[str, Tensor]]:
+        """Every cached activation with its hook name (``blocks.0.attn.hook_pattern``)."""
+        return iter(self._cache.items())
+
     def __contains__(self, key: tuple[str, int] | str) -> bool:
         try:
             self._cache[key]
@@ -154,6 +158,10 @@ class ModelHandle:
     def W_O(self) -> Tensor:
         """Output weights [n_layers, n_heads, d_head, d_model]."""
         return self._hooked.W_O.detach()
+
+    def named_parameters(self) -> Iterator[tuple[str, Tensor]]:
+        """Every parameter with its TransformerLens name (``blocks.0.attn.W_Q``), detached."""
+        return ((name, parameter.detach()) for name, parameter in self._hooked.named_parameters())
 
     # --- running -----------------------------------------------------------------------
     @torch.inference_mode()

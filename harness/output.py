@@ -22,6 +22,10 @@ def model_summaries(session: Session) -> dict[str, dict]:
     return summaries
 
 
+OUTPUT_FILES = ("results.json", "report.md", "report.html")
+"""The files a run writes into its output folder."""
+
+
 def write_outputs(out: Path, results: list[ClaimResult], spec_files: dict[str, str], session: Session) -> dict:
     """Write ``results.json``, ``report.md`` and ``report.html`` into ``out`` (each atomically); return the record."""
     from reports.html import render_html

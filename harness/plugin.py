@@ -73,6 +73,7 @@ def pytest_configure(config: pytest.Config) -> None:
             apply_weights_option(item)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
+    _check_paths(config)
     path = config.getoption("--claims-baseline", default=None)
     if path:
         from reports.baseline import BaselineError, load_baseline
@@ -81,6 +82,25 @@ def pytest_configure(config: pytest.Config) -> None:
             config.stash[BASELINE_KEY] = load_baseline(path)
         except BaselineError as exc:
             raise pytest.UsageError(str(exc)) from None
+
+
+def _check_paths(config: pytest.Config) -> None:
+    """Before anything runs: ``--claims-out`` must be writable, and a claims folder given as an
+    argument must hold claim files (a mistyped folder must not pass as "nothing failed")."""
+    from harness.output import OUTPUT_FILES
+    from harness.preflight import PreflightError, claim_folders_without_files, writable_out
+
+    out = config.getoption("--claims-out", default=None)
+    if out:
+        try:
+            writable_out(Path(out), OUTPUT_FILES)
+        except PreflightError as exc:
+            raise pytest.UsageError(f"--claims-out: {exc}") from None
+    base = config.invocation_params.dir
+    given = {base / str(arg).split("::")[0]: str(arg).split("::")[0] for arg in config.args}
+    folders = [path for path in given if "claims" in path.resolve().parts]
+    for folder in claim_folders_without_files(folders):
+        raise pytest.UsageError(f"no claim files (*.yaml, *.yml) under {given[folder]}")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

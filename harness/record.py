@@ -23,39 +23,19 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.atomic_write import write_atomic  # noqa: F401  (re-exported: callers import it from here)
 from harness.runner import ClaimResult
 from harness.verdicts import Verdict
 
 SCHEMA_VERSION = 1
 PACKAGES = ("interp-claims", "torch", "transformer-lens", "numpy", "transformers", "pydantic", "pyyaml", "pytest")
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def to_json(data: Any) -> str:

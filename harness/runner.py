@@ -10,7 +10,7 @@ from typing import Any
 from harness.context import MetricContext
 from harness.errors import ModelUnavailable
 from harness.loader import LoadedFile
-from harness.measurement import Measurement, non_finite_reason
+from harness.measurement import Measurement, measurement_non_finite_reason
 from harness.registry import get_metric
 from harness.session import Session
 from harness.spec import Claim, Reference
@@ -88,14 +88,14 @@ def measure(
         if not isinstance(measurement, Measurement):
             raise _NotJudgeable(f"metric {metric!r} returned {type(measurement).__name__}, not a Measurement")
         session.remember(key, measurement)
-    reason = non_finite_reason(measurement.value)
+    reason = measurement_non_finite_reason(measurement)
     if reason is not None:
         raise _NotJudgeable(f"metric {metric!r}: {reason}")
     try:
         selected = measurement.select(select)
     except KeyError as exc:
         raise _NotJudgeable(str(exc.args[0])) from None
-    reason = non_finite_reason(selected.value)
+    reason = measurement_non_finite_reason(selected)
     if reason is not None:
         raise _NotJudgeable(f"metric {metric!r}: {reason}")
     return selected

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
+from harness.finite import NonFiniteModelError, first_non_finite_activation, first_non_finite_parameter
 from harness.measurement import Measurement
 from harness.model_api import Forward, ModelHandle
 
@@ -37,14 +38,15 @@ class Session:
         """The model ``name``, loaded on first use.
 
         A failed load is remembered and raised again for every claim on the model:
-        :class:`ModelUnavailable` (a skip) or any other error, e.g. a weights integrity error.
+        :class:`ModelUnavailable` (a skip) or any other error, e.g. a weights integrity error or
+        a :class:`~harness.finite.NonFiniteModelError` (a parameter holds NaN or infinity).
         """
         if name not in self.models:
             from fixtures.registry import get_model_entry
 
             start = time.perf_counter()
             try:
-                self.models[name] = get_model_entry(name).load()
+                self.models[name] = checked_finite(name, get_model_entry(name).load())
             except Exception as exc:  # remembered: one failing load, not one per claim
                 self.models[name] = exc
             self.load_seconds[name] = time.perf_counter() - start
@@ -65,13 +67,20 @@ class Session:
         return self._inputs[key]
 
     def forward(self, model: ModelHandle, inputs: Any) -> Forward:
-        """The forward pass of ``model`` on ``inputs``, run once (LRU of ``MAX_FORWARDS``)."""
+        """The forward pass of ``model`` on ``inputs``, run once (LRU of ``MAX_FORWARDS``).
+
+        Raises :class:`~harness.finite.NonFiniteModelError` when an activation or the logits
+        hold NaN or infinity (finite weights can still overflow).
+        """
         key = (model.identity.key, inputs.key)
         if key in self._forwards:
             self._forwards.move_to_end(key)
             return self._forwards[key]
         forward = model.run_with_cache(inputs.tokens)
         self.forward_count += 1
+        reason = first_non_finite_activation(forward.logits, forward.activations.items())
+        if reason is not None:
+            raise NonFiniteModelError(model.identity.name, reason)
         self._forwards[key] = forward
         while len(self._forwards) > MAX_FORWARDS:
             self._forwards.popitem(last=False)
@@ -90,3 +99,11 @@ class Session:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
+
+
+def checked_finite(name: str, model: ModelHandle) -> ModelHandle:
+    """``model`` (registered as ``name``), or :class:`~harness.finite.NonFiniteModelError` naming its first non-finite parameter."""
+    reason = first_non_finite_parameter(model.named_parameters())
+    if reason is not None:
+        raise NonFiniteModelError(name, reason)
+    return model

@@ -93,10 +93,7 @@ def read_yaml(path: str | Path, text: str | None = None) -> tuple[Any, SourceMap
     """
     shown = str(path)
     if text is None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise _error(shown, 1, 1, "", f"file is not UTF-8 text ({exc.reason})") from None
+        text = decode_utf8(Path(path).read_bytes(), shown)
     nodes = _compose(shown, text)
     nodes = [node for node in nodes if node is not None]
     if all(_is_blank(node) for node in nodes):
@@ -107,6 +104,20 @@ def read_yaml(path: str | Path, text: str | None = None) -> tuple[Any, SourceMap
     source_map = SourceMap(shown)
     builder = _Builder(source_map)
     return builder.build(nodes[0], (), 0), source_map
+
+
+def decode_utf8(raw: bytes, shown: str) -> str:
+    """``raw`` decoded as UTF-8, or a :class:`YamlError` at the line and column of the first bad byte.
+
+    The column counts characters, as the other errors do; a byte that cannot start or continue a
+    character is reported where its character would begin.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start].decode("utf-8")  # everything before the first bad byte is valid
+        line, column = _position(before, len(before))
+        raise _error(shown, line, column, "", f"file is not UTF-8 text: byte 0x{raw[exc.start]:02X} ({exc.reason})") from None
 
 
 def _compose(shown: str, text: str) -> list[yaml.Node | None]:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reports.baseline_checks import baseline_entry_problem, is_number, record_entry_problem
+
 FORMAT = "interp-claims-baseline"
 VERSION = 1
 DEFAULT_ABS = 1e-6
@@ -67,11 +69,16 @@ def claim_tolerance(entry: dict[str, Any]) -> dict[str, float]:
     """The drift tolerance of one claim entry: its ``baseline_tolerance``, else ``approx``'s, else float noise."""
     declared = entry.get("baseline_tolerance")
     if isinstance(declared, dict):
-        return {"abs": float(declared.get("abs", 0.0)), "rel": float(declared.get("rel", 0.0))}
+        return {"abs": _as_float(declared.get("abs", 0.0)), "rel": _as_float(declared.get("rel", 0.0))}
     expect = entry.get("expect") or {}
     if "approx" in expect and ("abs" in expect or "rel" in expect):
-        return {"abs": float(expect.get("abs", 0.0)), "rel": float(expect.get("rel", 0.0))}
+        return {"abs": _as_float(expect.get("abs", 0.0)), "rel": _as_float(expect.get("rel", 0.0))}
     return {"abs": DEFAULT_ABS, "rel": DEFAULT_REL}
+
+
+def _as_float(value: Any) -> Any:
+    """``float(value)`` for a number; anything else unchanged, for the baseline check to refuse by name."""
+    return float(value) if is_number(value) else value
 
 
 def make_baseline(record: dict[str, Any]) -> dict[str, Any]:
@@ -82,10 +89,11 @@ def make_baseline(record: dict[str, Any]) -> dict[str, Any]:
         if entry["verdict"] == "skipped":
             continue
         claims[entry["id"]] = {
-            "file": entry["file"], "model": entry["model"], "metric": entry["metric"],
-            "value": entry["value"], "uncertainty": entry["uncertainty"], "verdict": entry["verdict"],
-            "expected_verdict": entry["expected_verdict"], "tolerance": claim_tolerance(entry),
+            "file": entry.get("file"), "model": entry.get("model"), "metric": entry.get("metric"),
+            "value": entry.get("value"), "uncertainty": entry.get("uncertainty"), "verdict": entry["verdict"],
+            "expected_verdict": entry.get("expected_verdict"), "tolerance": claim_tolerance(entry),
         }
+        _check_baseline_entry("results record", entry["id"], claims[entry["id"]])
     return {
         "format": FORMAT, "version": VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -100,6 +108,10 @@ def load_json(path: str | Path, what: str) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BaselineError(f"{what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise BaselineError(f"{what} {path}: is a folder, not a file") from None
+    except OSError as exc:
+        raise BaselineError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BaselineError(f"{what} {path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -108,6 +120,9 @@ def load_json(path: str | Path, what: str) -> dict[str, Any]:
 
 
 def load_baseline(path: str | Path) -> dict[str, Any]:
+    """Read a baseline written by ``claims bless``; raise :class:`BaselineError` naming the file, the
+    claim and the key of anything unusable (no verdict, a tolerance that is not a finite number >= 0,
+    NaN or infinity in a value or uncertainty)."""
     data = load_json(path, "baseline")
     if data.get("format") != FORMAT:
         raise BaselineError(f"baseline {path}: not an interp-claims baseline (format {data.get('format')!r}); write one with 'claims bless'")
@@ -115,7 +130,15 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
         raise BaselineError(f"baseline {path}: version {data.get('version')!r}, this interp-claims reads version {VERSION}")
     if not isinstance(data.get("claims"), dict):
         raise BaselineError(f"baseline {path}: 'claims' must be an object")
+    for claim_id, entry in data["claims"].items():
+        _check_baseline_entry(f"baseline {path}", claim_id, entry)
     return data
+
+
+def _check_baseline_entry(where: str, claim_id: str, entry: Any) -> None:
+    problem = baseline_entry_problem(claim_id, entry)
+    if problem is not None:
+        raise BaselineError(f"{where}: {problem}")
 
 
 def _check_record(record: dict[str, Any]) -> None:
@@ -123,6 +146,10 @@ def _check_record(record: dict[str, Any]) -> None:
         raise BaselineError("not an interp-claims results record (no 'claims' list)")
     if record.get("schema_version") != 1:
         raise BaselineError(f"results record schema_version {record.get('schema_version')!r} is not 1")
+    for index, entry in enumerate(record["claims"]):
+        problem = record_entry_problem(index, entry)
+        if problem is not None:
+            raise BaselineError(f"results record: {problem}")
 
 
 def compare_entry(claim_id: str, entry: dict[str, Any], base: dict[str, Any]) -> list[Difference]:
@@ -141,6 +168,8 @@ def compare_entry(claim_id: str, entry: dict[str, Any], base: dict[str, Any]) ->
 def value_drift(new: Any, old: Any, new_se: Any, old_se: Any, tolerance: dict[str, float]) -> str | None:
     """Why ``new`` is not within tolerance of ``old``, or ``None``."""
     if _is_number(new) and _is_number(old):
+        if not (math.isfinite(new) and math.isfinite(old)):
+            return f"value {old!r} -> {new!r} (not finite: no drift check can pass)"
         allowed = tolerance.get("abs", DEFAULT_ABS) + tolerance.get("rel", DEFAULT_REL) * abs(old)
         allowed += Z_BAND * math.hypot(_se(new_se), _se(old_se))
         if abs(new - old) > allowed:
@@ -184,15 +213,14 @@ def diff(baseline: dict[str, Any], record: dict[str, Any], *, run_files: set[str
             continue
         report.compared += 1
         report.differences += compare_entry(entry["id"], entry, base)
-    files = run_files if run_files is not None else {entry["file"] for entry in record["claims"]}
+    files = run_files if run_files is not None else {entry.get("file") for entry in record["claims"]}
     for claim_id, base in base_claims.items():
         if claim_id not in seen and base.get("file") in files:
             report.differences.append(Difference(claim_id, "missing", f"in the baseline ({base.get('file')}) but not in this run"))
     return report
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_is_number = is_number
 
 
 def _se(value: Any) -> float:

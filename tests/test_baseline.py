@@ -129,3 +129,88 @@ def test_pytest_baseline_reports_disappeared_claim(pytester: pytest.Pytester) ->
     result = pytester.runpytest_inprocess("claims", "-q", "--claims-baseline", "baseline.json")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*MISSING induction-heads*"])
+
+
+# --- unusable baselines and results files: a clear message, exit 2 ------------------------------------
+
+
+@pytest.fixture
+def blessed(workdir: Path) -> dict:
+    """A baseline blessed from a real run, as data, with ``a/results.json`` beside it."""
+    run(workdir, "a")
+    assert claims_main(["bless", "a/results.json", "baseline.json"]) == 0
+    return json.loads((workdir / "baseline.json").read_text())
+
+
+def damaged(workdir: Path, baseline: dict, claim_id: str, **changes) -> str:
+    """Write ``baseline`` with ``changes`` to ``claim_id``'s entry (``None`` deletes a key) as raw JSON text."""
+    entry = baseline["claims"][claim_id]
+    for key, value in changes.items():
+        if value is None:
+            entry.pop(key)
+        else:
+            entry[key] = value
+    (workdir / "damaged.json").write_text(json.dumps(baseline))  # json writes NaN and Infinity as bare tokens
+    return "damaged.json"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"verdict": None}, "claim 'prev-score': key 'verdict' must be one of supported, refuted, inconclusive, error, skipped, not '(missing)'"),
+        ({"verdict": "passed"}, "claim 'prev-score': key 'verdict' must be one of"),
+        ({"tolerance": {"abs": "tiny", "rel": 0.0}}, "claim 'prev-score': key 'tolerance.abs' must be a finite number >= 0, not 'tiny'"),
+        ({"tolerance": {"abs": -1.0}}, "claim 'prev-score': key 'tolerance.abs' must be a finite number >= 0, not -1.0"),
+        ({"tolerance": {"abs": float("inf")}}, "key 'tolerance.abs' must be a finite number >= 0, not inf"),
+        ({"tolerance": 0.1}, "claim 'prev-score': key 'tolerance' must be an object"),
+        ({"value": float("nan")}, "claim 'prev-score': key 'value' holds a non-finite number (the value is nan)"),
+        ({"uncertainty": float("inf")}, "claim 'prev-score': key 'uncertainty' holds a non-finite number (the value is inf)"),
+        ({"value": {"0.0": 1.0, "1.0": float("-inf")}}, "key 'value' holds a non-finite number ([1.0] is -inf)"),
+    ],
+)
+def test_unusable_baseline_entries_are_clear_errors(workdir: Path, blessed: dict, capsys, changes: dict, message: str) -> None:
+    path = damaged(workdir, blessed, "prev-score", **changes)
+    assert claims_main(["diff", path, "a/results.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"claims diff: baseline {path}: ") and message in err and "Traceback" not in err
+
+
+def test_nan_baseline_is_refused_by_the_pytest_option(pytester: pytest.Pytester) -> None:
+    write(pytester.path)
+    pytester.runpytest_inprocess("claims", "-q", "--claims-out", "a").assert_outcomes(passed=2)
+    assert claims_main(["bless", str(pytester.path / "a/results.json"), str(pytester.path / "baseline.json")]) == 0
+    text = (pytester.path / "baseline.json").read_text()
+    baseline = json.loads(text)
+    baseline["claims"]["prev-score"]["value"] = float("nan")
+    (pytester.path / "baseline.json").write_text(json.dumps(baseline))
+    result = pytester.runpytest_inprocess("claims", "-q", "--claims-baseline", "baseline.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "claim 'prev-score': key 'value' holds a non-finite number" in result.stderr.str()
+
+
+def test_non_finite_values_always_drift() -> None:
+    """A NaN on either side never passes the drift check (every comparison with NaN is false)."""
+    assert value_drift(float("nan"), 0.5, None, None, {"abs": 1.0, "rel": 0.0}) is not None
+    assert value_drift(0.5, float("inf"), None, None, {"abs": 1.0, "rel": 0.0}) is not None
+    assert value_drift({"a": float("nan")}, {"a": 0.5}, None, None, {"abs": 1.0}) is not None
+
+
+def test_results_or_baseline_path_that_is_a_folder_is_a_clear_error(workdir: Path, blessed: dict, capsys) -> None:
+    (workdir / "folder").mkdir()
+    for command in (["diff", "baseline.json", "folder"], ["diff", "folder", "a/results.json"], ["bless", "folder", "b.json"],
+                    ["report", "prev-score", "--results", "folder"]):
+        assert claims_main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "folder: is a folder, not a file" in err and "Traceback" not in err, command
+    assert claims_main(["bless", "a/results.json", "folder"]) == 2
+    assert capsys.readouterr().err.strip() == "claims bless: baseline folder is a folder; give the file to write"
+
+
+def test_results_entry_without_verdict_is_a_clear_error(workdir: Path, blessed: dict, capsys) -> None:
+    record = json.loads((workdir / "a" / "results.json").read_text())
+    del record["claims"][1]["verdict"]
+    (workdir / "broken.json").write_text(json.dumps(record))
+    assert claims_main(["diff", "baseline.json", "broken.json"]) == 2
+    assert "claim 'induction-heads': key 'verdict' must be one of" in capsys.readouterr().err
+    assert claims_main(["bless", "broken.json", "b.json"]) == 2
+    assert "claim 'induction-heads': key 'verdict'" in capsys.readouterr().err

@@ -219,3 +219,45 @@ def test_validate_shipped_claims_with_the_real_registry(capsys, monkeypatch):
     captured = capsys.readouterr()
     assert code == EXIT_OK, captured.err
     assert captured.out.startswith(f"{len(SHIPPED)} file(s), ")
+
+
+# --- paths that name no claim files -----------------------------------------------------------------
+
+
+def test_validate_folder_without_claim_files_is_an_error(workdir, capsys):
+    (workdir / "claims" / "toy").mkdir(parents=True)
+    write(workdir, "claims/toy/notes.txt", "not a claim file")
+    assert main(["validate", "claims/toy"]) == EXIT_INVALID
+    captured = capsys.readouterr()
+    assert "valid" not in captured.out
+    assert captured.err.strip() == "claims validate: no claim files (*.yaml, *.yml) under claims/toy"
+
+
+def test_validate_glob_matching_no_claim_files_is_an_error(workdir, capsys, stand_in_models):
+    write(workdir, "claims/ok.yaml", VALID)
+    assert main(["validate", "claims/*.yml"]) == EXIT_INVALID
+    assert capsys.readouterr().err.strip() == "claims validate: no claim files match claims/*.yml"
+    assert main(["validate", "clams/**/*.yaml"]) == EXIT_INVALID
+    assert "no claim files match clams/**/*.yaml" in capsys.readouterr().err
+
+
+def test_validate_glob_that_matches_is_expanded(workdir, capsys, stand_in_models):
+    write(workdir, "claims/ok.yaml", VALID)
+    write(workdir, "claims/more/b.yaml", VALID.replace("id: prev-token-head", "id: b1").replace("id: no-induction-head-in-layer-0", "id: b2").replace("id: heads-compose", "id: b3"))
+    assert main(["validate", "claims/**/*.yaml"]) == EXIT_OK
+    assert capsys.readouterr().out.strip() == "2 file(s), 4 claim(s): valid"
+
+
+def test_list_folder_without_claim_files_is_an_error(workdir, capsys):
+    (workdir / "empty").mkdir()
+    assert main(["list", "empty"]) == EXIT_INVALID
+    assert "no claim files (*.yaml, *.yml) under empty" in capsys.readouterr().err
+
+
+def test_validate_file_that_is_not_utf8_names_the_line_and_column(workdir, capsys):
+    path = workdir / "latin.yaml"
+    path.write_bytes(VALID.replace("attends to the previous", "attends to the pr\u00e9vious").encode("latin-1"))
+    assert main(["validate", "latin.yaml"]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    line = "    statement: Head 0.0 attends to the pr"  # the text before the bad byte on line 5
+    assert err.startswith(f"latin.yaml:5:{len(line) + 1}: file is not UTF-8 text: byte 0xE9")

@@ -211,6 +211,27 @@ def test_file_that_is_not_utf8(tmp_path: Path):
     with pytest.raises(YamlError) as caught:
         read_yaml(path)
     assert "not UTF-8" in caught.value.issue.message
+    assert (caught.value.issue.location.line, caught.value.issue.location.column) == (1, 7)
+
+
+@pytest.mark.parametrize(
+    ("raw", "where", "byte"),
+    [
+        (b"\xff", (1, 1), 0xFF),
+        (b"a: 1\nb: 2\nc: d\xe9j\xe0\n", (3, 5), 0xE9),  # latin-1 on line 3: the first bad byte
+        (b"a: caf\xc3\xa9\nb: \xc3\xa9t\xc3\xa9 \xfe\n", (2, 8), 0xFE),  # valid UTF-8 before it counts as characters
+        (b"a: 1\r\nb: \xe2\x82\n", (2, 4), 0xE2),  # a truncated sequence after a CRLF line
+        (b"a: 1\rb: \x80\n", (2, 4), 0x80),  # a lone CR is a line break in YAML
+    ],
+)
+def test_first_bad_byte_is_located(tmp_path: Path, raw: bytes, where: tuple[int, int], byte: int):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(YamlError) as caught:
+        read_yaml(path)
+    issue = caught.value.issue
+    assert (issue.location.line, issue.location.column) == where
+    assert issue.message.startswith(f"file is not UTF-8 text: byte 0x{byte:02X} (")
 
 
 # --- limits ------------------------------------------------------------------------------------
