@@ -71,7 +71,7 @@ def claim_section(entry: dict[str, Any], record: dict[str, Any]) -> str:
         "",
         f"> {_line(entry['statement'])}",
         "",
-        f"- **verdict**: {_verdict(entry['verdict'])} (expected: {entry['expected_verdict']})",
+        f"- **verdict**: {_verdict(entry['verdict'])} (expected: {_line(entry['expected_verdict'])})",
         f"- **measured**: {_line(format_measured(entry))}",
         f"- **expectation**: {_line(entry['expectation'])}",
     ]
@@ -79,15 +79,15 @@ def claim_section(entry: dict[str, Any], record: dict[str, Any]) -> str:
         lines.append(f"- **reference measurement**: {_line(format_measured(entry['reference']))}")
     if entry.get("reason"):
         lines.append(f"- **reason**: {_line(entry['reason'])}")
-    select = f" select `{entry['select']}`" if entry.get("select") else ""
-    lines.append(f"- **metric**: `{entry['metric']}{params_text(entry.get('params'))}`{select}")
+    select = f" select `{_line(entry['select'])}`" if entry.get("select") else ""
+    lines.append(f"- **metric**: `{_line(entry['metric'])}{_line(params_text(entry.get('params')))}`{select}")
     if entry.get("inputs"):
-        lines.append(f"- **inputs**: `{entry['inputs']}`")
+        lines.append(f"- **inputs**: `{_line(entry['inputs'])}`")
     if source_text(entry.get("source")):
         lines.append(f"- **source**: {_line(source_text(entry.get('source')))}")
     model = model_text(model_entry(record, entry["model"]), entry.get("reason"))
-    lines.append(f"- **model**: {entry['model']}" + (f" {_line(model)}" if model else ""))
-    lines.append(f"- **run**: {run_text(record.get('provenance'))}")
+    lines.append(f"- **model**: {_line(entry['model'])}" + (f" {_line(model)}" if model else ""))
+    lines.append(f"- **run**: {_line(run_text(record.get('provenance')))}")
     if entry.get("notes"):
         lines.append(f"- **notes**: {_line(entry['notes'])}")
     lines += curve_table(entry)

@@ -14,6 +14,7 @@ import html
 import io
 import math
 import re
+import warnings
 from typing import Any, Callable
 
 from harness.heads import HEAD_PATTERN, Head, sort_heads
@@ -29,7 +30,7 @@ def _figure(width: float = 6.0, height: float = 2.6) -> tuple[Any, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 8})
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 8, "text.parse_math": False})  # "$" in a label is text
     return plt.subplots(figsize=(width, height), dpi=100)
 
 
@@ -37,8 +38,10 @@ def _svg(figure: Any) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.StringIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="svg")
+    with warnings.catch_warnings():  # text the font cannot show is drawn as boxes; say nothing more
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        figure.tight_layout()
+        figure.savefig(buffer, format="svg")
     plt.close(figure)
     text = buffer.getvalue()
     return text[text.index("<svg"):]
@@ -183,11 +186,14 @@ def _matrix(pattern: Any) -> Any | None:
 
 
 def composition_heatmap(entry: dict[str, Any]) -> str | None:
-    """Composition scores "A->B" as a heatmap (rows: earlier head, columns: later head)."""
+    """Composition scores "A->B" as a heatmap (rows: earlier head, columns: later head): the
+    claim's value, or the table its ``select`` picked from (``details.selected_from``)."""
     value = entry.get("value")
+    if not isinstance(value, dict):
+        value = _details(entry).get("selected_from")
     if not _metric(entry).startswith("composition.") or not isinstance(value, dict):
         return None
-    pairs = [pair for key in value if (pair := _head_pair(key)) is not None]
+    pairs = [pair for key, score in value.items() if (pair := _head_pair(key)) is not None and as_number(score) is not None]
     if not pairs:
         return None
     rows = sort_heads(list({a for a, _ in pairs}))
