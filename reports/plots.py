@@ -121,6 +121,8 @@ def _head_table(entry: dict[str, Any]) -> dict[str, float] | None:
             cells = (max(h.layer for h in heads) + 1) * (max(h.head for h in heads) + 1)
             return {str(k): _finite(v) for k, v in table.items()} if cells <= MAX_GRID_CELLS else None
     return None
+
+
 def _head_grid(entry: dict[str, Any], scores: dict[str, float], marked: set[str]) -> str:
     """A layer x head heatmap of ``scores``, ``marked`` heads boxed."""
     import numpy as np
