@@ -5,7 +5,8 @@ Active through the ``pytest11`` entry point (``interp_claims``) and from the roo
 files; node ids are ``claims/<file>.yaml::<claim-id>``. An item passes when the verdict equals
 the claim's ``expected_verdict``; a skipped verdict (weights unavailable) skips with its reason.
 
-Options: ``--claims-out DIR`` writes ``results.json`` and ``report.md`` at the end of the session.
+Options: ``--claims-out DIR`` writes ``results.json``, ``report.md`` and ``report.html`` at the end
+of the session (also when models were unavailable: their claims are listed as skipped, with the reason).
 Markers: the model's source (``planted``, ``trained``, ``package``, ``file``, ``hub``,
 ``transformer_lens``), the course (``arena``, ``project``) and ``slow``, for ``-m`` selection.
 """
@@ -46,7 +47,7 @@ MARKERS = {
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("interp-claims")
-    group.addoption("--claims-out", metavar="DIR", default=None, help="write results.json and report.md of the claims run into DIR")
+    group.addoption("--claims-out", metavar="DIR", default=None, help="write results.json, report.md and report.html of the claims run into DIR")
     group.addoption(
         "--claims-weights", metavar="NAME=PATH", action="append", default=[],
         help="load model NAME from the local weights file PATH (e.g. arena-attn-only-2l=attn_only_2L_half.pth); repeatable",

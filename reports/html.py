@@ -1,7 +1,8 @@
 """The HTML report: one self-contained file (inline CSS and SVG, no scripts, no network).
 
 Same content as the Markdown report, plus plots (:mod:`reports.plots`). Rendered with jinja2
-(autoescaping on: claim text can never inject markup).
+(autoescaping on: claim text can never inject markup). Every optional field of the record is
+read here (:mod:`reports.context`, :mod:`reports.values`); the template only lays out the view.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reports.markdown import anchor, format_measured
+from reports.context import model_entry, model_text, params_text, run_text, source_text
+from reports.markdown import VERDICT_MARK, anchors, is_mismatch
 from reports.plots import plots_for
+from reports.values import format_measured
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -22,21 +25,38 @@ def render_html(record: dict[str, Any]) -> str:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined,
     )
-    claims = [_view(entry, record) for entry in record["claims"]]
-    summary = record["summary"]
-    counts = [(v, summary[v]) for v in ("supported", "refuted", "inconclusive", "error", "skipped") if summary.get(v)]
+    entries = record["claims"]
+    claims = [_view(entry, record, slug) for entry, slug in zip(entries, anchors([e["id"] for e in entries]))]
+    summary = record.get("summary") or {}
+    counts = [(v, summary[v]) for v in VERDICT_MARK if summary.get(v)]
     return environment.get_template("report.html.j2").render(
-        claims=claims, summary=summary, counts=counts, provenance=record["provenance"], created=record["created"],
+        claims=claims, counts=counts, matched=summary.get("matched", 0), mismatched=summary.get("mismatched", 0),
+        run=run_text(record.get("provenance")), created=record.get("created") or "?",
     )
 
 
-def _view(entry: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
-    params = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items())
+def _view(entry: dict[str, Any], record: dict[str, Any], slug: str) -> dict[str, Any]:
+    """What the template shows of one claim entry, every field present (``None`` when absent)."""
+    reference = entry.get("reference")
     return {
-        **entry,
-        "anchor": anchor(entry["id"]),
+        "id": entry["id"],
+        "anchor": slug,
+        "statement": entry["statement"],
+        "model": entry["model"],
+        "model_text": model_text(model_entry(record, entry["model"]), entry.get("reason")),
         "measured": format_measured(entry),
-        "params": f"({params})" if params else "",
-        "model_info": record.get("models", {}).get(entry["model"]),
+        "reference": format_measured(reference) if isinstance(reference, dict) else None,
+        "expectation": entry["expectation"],
+        "verdict": entry["verdict"],
+        "expected_verdict": entry["expected_verdict"],
+        "mismatch": is_mismatch(entry),
+        "reason": entry.get("reason"),
+        "metric": entry["metric"],
+        "params": params_text(entry.get("params")),
+        "select": entry.get("select"),
+        "inputs": entry.get("inputs"),
+        "source": source_text(entry.get("source")),
+        "notes": entry.get("notes"),
+        "rerun": entry["rerun"],
         "plots": plots_for(entry),
     }

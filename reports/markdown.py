@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from reports.curves import curve_points, stopped_early
+from reports.context import model_entry, model_text, params_text, run_text, source_text
+from reports.curves import BOUND_MARK, curve_points, point_bound, stopped_early
+from reports.values import as_number, format_measured
 
 VERDICT_MARK = {"supported": "✅", "refuted": "❌", "inconclusive": "❔", "error": "💥", "skipped": "⏭️"}
 
@@ -15,112 +17,134 @@ def anchor(claim_id: str) -> str:
     return "claim-" + re.sub(r"[^a-z0-9_-]", "", claim_id.lower().replace(" ", "-"))
 
 
-def format_measured(entry: dict[str, Any]) -> str:
-    """``0.6190 ± 0.0123``, a head set, or a short table."""
-    value, uncertainty = entry.get("value"), entry.get("uncertainty")
-    if isinstance(value, bool) or value is None:
-        return "—" if value is None else str(value)
-    if isinstance(value, (int, float)):
-        text = f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
-        return text + (f" ± {uncertainty:.4f}" if isinstance(uncertainty, (int, float)) else "")
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return "{" + ", ".join(value) + "}" if value else "∅"
-    if isinstance(value, dict):
-        items = list(value.items())[:6]
-        return ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in items) + (" …" if len(value) > 6 else "")
-    return f"curve ({len(value)} points)" if isinstance(value, list) else str(value)
+def anchors(claim_ids: list[str]) -> list[str]:
+    """The anchors of a report's sections in order: :func:`anchor`, and for ids that slug to the
+    same anchor (``1.2.a`` and ``12.a``) ``-1``, ``-2``, ... after the first, as GitHub numbers
+    repeated headings."""
+    seen: dict[str, int] = {}
+    slugs = []
+    for claim_id in claim_ids:
+        slug = anchor(claim_id)
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        slugs.append(slug if count == 0 else f"{slug}-{count}")
+    return slugs
 
 
 def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a table cell (no column breaks, one line)."""
+    return _line(text).replace("|", "\\|")
+
+
+def _line(text: Any) -> str:
+    """Text on one line (a statement or reason with newlines must not break a list item)."""
+    return " ".join(str(text).splitlines())
+
+
+def is_mismatch(entry: dict[str, Any]) -> bool:
+    """The verdict differs from the expected one (skips are never mismatches)."""
+    return not entry.get("matched") and entry.get("verdict") != "skipped"
 
 
 def summary_table(record: dict[str, Any]) -> str:
+    """One row per claim: id (linked to its section), model, measured, expectation, verdict, expected."""
     rows = ["| claim | model | measured | expectation | verdict | expected |", "|---|---|---|---|---|---|"]
-    for entry in record["claims"]:
-        mark = VERDICT_MARK.get(entry["verdict"], "")
-        flag = "" if entry["matched"] or entry["verdict"] == "skipped" else " **(mismatch)**"
+    entries = record["claims"]
+    for entry, slug in zip(entries, anchors([e["id"] for e in entries])):
+        flag = " **(mismatch)**" if is_mismatch(entry) else ""
         rows.append(
-            f"| [{_cell(entry['id'])}](#{anchor(entry['id'])}) | {_cell(entry['model'])} | {_cell(format_measured(entry))} "
-            f"| {_cell(entry['expectation'])} | {mark} {entry['verdict']}{flag} | {entry['expected_verdict']} |"
+            f"| [{_cell(entry['id'])}](#{slug}) | {_cell(entry['model'])} | {_cell(format_measured(entry))} "
+            f"| {_cell(entry['expectation'])} | {_cell(_verdict(entry['verdict']))}{flag} | {_cell(entry['expected_verdict'])} |"
         )
     return "\n".join(rows)
 
 
+def _verdict(verdict: Any) -> str:
+    """``✅ supported``: the verdict with its mark."""
+    return f"{VERDICT_MARK.get(verdict, '')} {verdict}".strip()
+
+
 def claim_section(entry: dict[str, Any], record: dict[str, Any]) -> str:
     """One claim's section, sized to paste into an issue."""
-    source = entry.get("source") or {}
     lines = [
-        f"### claim-{entry['id']}",
+        f"### claim-{_line(entry['id'])}",
         "",
-        f"> {entry['statement']}",
+        f"> {_line(entry['statement'])}",
         "",
-        f"- **verdict**: {VERDICT_MARK.get(entry['verdict'], '')} {entry['verdict']} (expected: {entry['expected_verdict']})",
-        f"- **measured**: {format_measured(entry)}",
-        f"- **expectation**: {entry['expectation']}",
+        f"- **verdict**: {_verdict(entry['verdict'])} (expected: {_line(entry['expected_verdict'])})",
+        f"- **measured**: {_line(format_measured(entry))}",
+        f"- **expectation**: {_line(entry['expectation'])}",
     ]
     if entry.get("reference"):
-        lines.append(f"- **reference measurement**: {format_measured(entry['reference'])}")
+        lines.append(f"- **reference measurement**: {_line(format_measured(entry['reference']))}")
     if entry.get("reason"):
-        lines.append(f"- **reason**: {entry['reason']}")
-    params = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items())
-    lines.append(f"- **metric**: `{entry['metric']}({params})`" + (f" select `{entry['select']}`" if entry.get("select") else ""))
+        lines.append(f"- **reason**: {_line(entry['reason'])}")
+    select = f" select `{_line(entry['select'])}`" if entry.get("select") else ""
+    lines.append(f"- **metric**: `{_line(entry['metric'])}{_line(params_text(entry.get('params')))}`{select}")
     if entry.get("inputs"):
-        lines.append(f"- **inputs**: `{entry['inputs']}`")
-    if source:
-        lines.append(f"- **source**: {source.get('ref')} ({source.get('provenance')})")
-    model = record.get("models", {}).get(entry["model"], {})
-    if model:
-        sha = model.get("weights_sha256") or "—"
-        lines.append(f"- **model**: {entry['model']} ({model.get('source', '?')}), weights sha256 `{sha[:16]}`, processing {model.get('processing', {})}")
-    provenance = record.get("provenance", {})
-    packages = provenance.get("packages", {})
-    lines.append(
-        f"- **run**: commit `{(provenance.get('git_commit') or '?')[:12]}`, torch {packages.get('torch')}, "
-        f"transformer-lens {packages.get('transformer-lens')}, {provenance.get('device')}, {provenance.get('dtype')}"
-    )
+        lines.append(f"- **inputs**: `{_line(entry['inputs'])}`")
+    if source_text(entry.get("source")):
+        lines.append(f"- **source**: {_line(source_text(entry.get('source')))}")
+    model = model_text(model_entry(record, entry["model"]), entry.get("reason"))
+    lines.append(f"- **model**: {_line(entry['model'])}" + (f" {_line(model)}" if model else ""))
+    lines.append(f"- **run**: {_line(run_text(record.get('provenance')))}")
     if entry.get("notes"):
-        lines.append(f"- **notes**: {entry['notes']}")
+        lines.append(f"- **notes**: {_line(entry['notes'])}")
     lines += curve_table(entry)
-    lines += ["", "Reproduce:", "", "```", entry["rerun"], "```"]
+    lines += ["", "Reproduce:", "", "```", str(entry["rerun"]), "```"]
     return "\n".join(lines)
 
 
 def curve_table(entry: dict[str, Any]) -> list[str]:
     """The curve a claim measured or selected from, as a Markdown table (no lines when there is none).
 
-    A trained point whose fit stopped on its budget before converging is marked a lower bound.
+    A point that is a bound is marked so: its own ``bound``, or for a trained fit without one,
+    a fit that stopped on its budget before converging (a lower bound).
     """
     points = curve_points(entry)
     if points is None:
         return []
     rows = ["", "| point | rank | top-1 | top-5 | |", "|---|---:|---:|---:|---|"]
     for point in points:
-        mark = "lower bound (stopped on its budget)" if stopped_early(entry, point) else ""
-        rows.append(f"| {point.get('label', point['rank'])} | {point.get('rank')} | {_percent(point.get('top1'))} | {_percent(point.get('top5'))} | {mark} |")
+        rows.append(
+            f"| {_cell(point.get('label', point['rank']))} | {_cell(point.get('rank'))} | {_percent(point.get('top1'))} "
+            f"| {_percent(point.get('top5'))} | {_bound_mark(entry, point)} |"
+        )
     return rows
+
+
+def _bound_mark(entry: dict[str, Any], point: dict[str, Any]) -> str:
+    """``lower bound (stopped on its budget)``, ``upper bound``, or nothing for an estimate."""
+    bound = point_bound(entry, point)
+    if bound is None:
+        return ""
+    mark = BOUND_MARK.get(bound, f"{bound} bound")
+    return _cell(mark + (" (stopped on its budget)" if stopped_early(entry, point) else ""))
 
 
 def _percent(value: Any) -> str:
     """``0.9995 -> 99.95%``; below 0.01% two significant digits (``2/49152 -> 0.0041%``)."""
-    if not isinstance(value, (int, float)):
+    value = as_number(value)
+    if value is None:
         return "—"
     return f"{100 * value:.2f}%" if value == 0 or abs(value) >= 1e-4 else f"{100 * value:.2g}%"
 
 
 def render_report(record: dict[str, Any]) -> str:
     """The whole Markdown report."""
-    summary = record["summary"]
-    counts = ", ".join(f"{summary[v]} {v}" for v in ("supported", "refuted", "inconclusive", "error", "skipped") if summary.get(v))
+    summary = record.get("summary") or {}
+    claims = record["claims"]
+    counts = ", ".join(f"{summary[v]} {v}" for v in VERDICT_MARK if summary.get(v))
     head = [
         "# interp-claims report",
         "",
-        f"{len(record['claims'])} claims: {counts}. {summary['matched']} as expected, {summary['mismatched']} not as expected.",
+        f"{len(claims)} claims{': ' + counts if counts else ''}. "
+        f"{summary.get('matched', 0)} as expected, {summary.get('mismatched', 0)} not as expected.",
         "",
         summary_table(record),
         "",
         "## Claims",
         "",
     ]
-    sections = [claim_section(entry, record) for entry in record["claims"]]
+    sections = [claim_section(entry, record) for entry in claims]
     return "\n".join(head) + "\n\n".join(sections) + "\n"

@@ -1,20 +1,27 @@
 """Plots for the HTML report, drawn with matplotlib (Agg) into inline SVG strings.
 
 Each function takes one claim entry of the results record and returns an SVG string, or
-``None`` when that kind of plot does not apply. matplotlib is imported lazily: the Markdown
+``None`` when that kind of plot does not apply: the entry lacks the data, or the data has not
+the shape the plot draws (a pattern that is not a matrix, a table whose keys are not heads).
+Numbers that cannot be drawn (NaN, infinity, written as strings in ``results.json``) are
+left out of a plot, never drawn as if they were values. matplotlib is imported lazily: the Markdown
 report and the CLI never pay for it.
 """
 
 from __future__ import annotations
 
+import html
 import io
+import math
 import re
+import warnings
 from typing import Any, Callable
 
-from harness.heads import sort_heads
-from reports.curves import curve_points, stopped_early
+from harness.heads import HEAD_PATTERN, Head, sort_heads
+from reports.curves import curve_points, plottable_rank, point_bound, stopped_early
+from reports.values import as_number
 
-HEAD_KEY = re.compile(r"^\d+\.\d+$")
+HEAD_KEY = re.compile(HEAD_PATTERN)
 
 
 def _figure(width: float = 6.0, height: float = 2.6) -> tuple[Any, Any]:
@@ -23,7 +30,7 @@ def _figure(width: float = 6.0, height: float = 2.6) -> tuple[Any, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 8})
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 8, "text.parse_math": False})  # "$" in a label is text
     return plt.subplots(figsize=(width, height), dpi=100)
 
 
@@ -31,8 +38,10 @@ def _svg(figure: Any) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.StringIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="svg")
+    with warnings.catch_warnings():  # text the font cannot show is drawn as boxes; say nothing more
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        figure.tight_layout()
+        figure.savefig(buffer, format="svg")
     plt.close(figure)
     text = buffer.getvalue()
     return text[text.index("<svg"):]
@@ -40,6 +49,40 @@ def _svg(figure: Any) -> str:
 
 MAX_BARS = 48
 """Above this many heads a per-head table is drawn as a layer x head grid instead of bars."""
+MAX_GRID_CELLS = 100_000
+"""A per-head table spanning more layer x head cells than this is not drawn (no model is that large)."""
+MAX_PATTERNS = 6
+MAX_INCHES = 16.0
+"""No figure side is longer than this, however many heads or points it draws."""
+
+
+def _finite(value: Any) -> float:
+    """``value`` as a float to draw: NaN for anything that is not a finite number."""
+    number = as_number(value)
+    return number if number is not None and math.isfinite(number) else math.nan
+
+
+def _metric(entry: dict[str, Any]) -> str:
+    return str(entry.get("metric") or "?")
+
+
+def _details(entry: dict[str, Any]) -> dict[str, Any]:
+    details = entry.get("details")
+    return details if isinstance(details, dict) else {}
+
+
+def _threshold(details: dict[str, Any]) -> float | None:
+    """The detection threshold of the details, when it is a finite number."""
+    threshold = _finite(details.get("threshold"))
+    return None if math.isnan(threshold) else threshold
+
+
+def _marked_heads(entry: dict[str, Any]) -> set[str]:
+    """The heads to highlight: the detected set (a list value), or the selected head."""
+    value = entry.get("value")
+    if isinstance(value, list):
+        return {item for item in value if isinstance(item, str)}
+    return {str(entry["select"])} if entry.get("select") else set()
 
 
 def head_bars(entry: dict[str, Any]) -> str | None:
@@ -48,9 +91,8 @@ def head_bars(entry: dict[str, Any]) -> str | None:
     scores = _head_table(entry)
     if not scores:
         return None
-    details = entry.get("details") or {}
-    value = entry.get("value")
-    marked = set(value) if isinstance(value, list) else {str(entry.get("select"))}
+    details = _details(entry)
+    marked = _marked_heads(entry)
     if len(scores) > MAX_BARS:
         return _head_grid(entry, scores, marked)
     figure, axes = _figure(max(4.0, 0.22 * len(scores) + 1.5))
@@ -58,22 +100,26 @@ def head_bars(entry: dict[str, Any]) -> str | None:
     colors = ["#d62728" if name in marked else "#1f77b4" for name in names]
     axes.bar(range(len(names)), [scores[n] for n in names], color=colors)
     axes.set_xticks(range(len(names)), names, rotation=90)
-    if isinstance(details.get("threshold"), (int, float)):
-        axes.axhline(details["threshold"], color="black", linestyle="--", linewidth=1, label=f"threshold {details['threshold']}")
+    threshold = _threshold(details)
+    if threshold is not None:
+        axes.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {details['threshold']}")
         axes.legend(loc="upper right")
-    axes.set_ylabel(str(details.get("pattern", entry["metric"])))
-    axes.set_title(f"{entry['metric']} per head")
+    axes.set_ylabel(str(details.get("pattern", _metric(entry))))
+    axes.set_title(f"{_metric(entry)} per head")
     return _svg(figure)
 
 
 def _head_table(entry: dict[str, Any]) -> dict[str, float] | None:
     """The per-head numbers behind ``entry``: ``details.scores``, its value, or the table its
-    ``select`` picked from (``details.selected_from``)."""
-    details = entry.get("details") or {}
+    ``select`` picked from (``details.selected_from``); non-finite numbers as NaN. ``None`` when
+    none of them is a table of numbers keyed by head names, or it would not fit a grid."""
+    details = _details(entry)
     for table in (details.get("scores"), entry.get("value"), details.get("selected_from")):
         if (isinstance(table, dict) and table and all(HEAD_KEY.match(str(k)) for k in table)
-                and all(isinstance(v, (int, float)) for v in table.values())):
-            return table
+                and all(as_number(v) is not None for v in table.values())):
+            heads = [Head.parse(str(k)) for k in table]
+            cells = (max(h.layer for h in heads) + 1) * (max(h.head for h in heads) + 1)
+            return {str(k): _finite(v) for k, v in table.items()} if cells <= MAX_GRID_CELLS else None
     return None
 
 
@@ -81,23 +127,24 @@ def _head_grid(entry: dict[str, Any], scores: dict[str, float], marked: set[str]
     """A layer x head heatmap of ``scores``, ``marked`` heads boxed."""
     import numpy as np
 
-    heads = [tuple(int(x) for x in name.split(".")) for name in scores]
-    n_layers, n_heads = max(h[0] for h in heads) + 1, max(h[1] for h in heads) + 1
+    heads = [Head.parse(name) for name in scores]
+    n_layers, n_heads = max(h.layer for h in heads) + 1, max(h.head for h in heads) + 1
     grid = np.full((n_layers, n_heads), np.nan)
-    for (layer, head), number in zip(heads, scores.values()):
-        grid[layer, head] = number
-    figure, axes = _figure(max(3.5, 0.35 * n_heads + 2.0), max(2.6, 0.18 * n_layers + 1.0))
+    for head, number in zip(heads, scores.values()):
+        grid[head.layer, head.head] = number
+    figure, axes = _figure(min(MAX_INCHES, max(3.5, 0.35 * n_heads + 2.0)), min(MAX_INCHES, max(2.6, 0.18 * n_layers + 1.0)))
     image = axes.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
     for name in marked & set(scores):
-        layer, head = (int(x) for x in name.split("."))
-        axes.add_patch(_box(head, layer))
+        head = Head.parse(name)
+        axes.add_patch(_box(head.head, head.layer))
     axes.set_xlabel("head")
     axes.set_ylabel("layer")
-    details = entry.get("details") or {}
-    bar = figure.colorbar(image, ax=axes, label=str(details.get("pattern", entry["metric"])))
-    if isinstance(details.get("threshold"), (int, float)):
-        bar.ax.axhline(details["threshold"], color="red", linewidth=1.5)  # the detection threshold
-    axes.set_title(f"{entry['metric']} per head" + (" (boxed: detected or selected)" if marked & set(scores) else ""))
+    details = _details(entry)
+    bar = figure.colorbar(image, ax=axes, label=str(details.get("pattern", _metric(entry))))
+    threshold = _threshold(details)
+    if threshold is not None:
+        bar.ax.axhline(threshold, color="red", linewidth=1.5)  # the detection threshold
+    axes.set_title(f"{_metric(entry)} per head" + (" (boxed: detected or selected)" if marked & set(scores) else ""))
     return _svg(figure)
 
 
@@ -108,72 +155,95 @@ def _box(x: int, y: int) -> Any:
 
 
 def attention_patterns(entry: dict[str, Any]) -> str | None:
-    """The first sequence's attention pattern of each flagged head (query rows, key columns)."""
-    patterns = (entry.get("details") or {}).get("example_patterns")
-    if not patterns:
+    """The first sequence's attention pattern of each flagged head (query rows, key columns);
+    ``details.example_patterns`` maps a head to a matrix. Entries that are not matrices are left out."""
+    patterns = _details(entry).get("example_patterns")
+    if not isinstance(patterns, dict):
         return None
-    heads = list(patterns)[:6]
-    figure, axes = _figure(2.4 * len(heads) + 0.4, 2.6)
-    axes_list = [axes] if len(heads) == 1 else None
-    if axes_list is None:
-        figure.clf()
-        axes_list = [figure.add_subplot(1, len(heads), i + 1) for i in range(len(heads))]
-    for axis, head in zip(axes_list, heads):
-        axis.imshow(patterns[head], cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    matrices = [(str(head), matrix) for head, pattern in patterns.items() if (matrix := _matrix(pattern)) is not None]
+    matrices = matrices[:MAX_PATTERNS]
+    if not matrices:
+        return None
+    figure, _ = _figure(2.4 * len(matrices) + 0.4, 2.6)
+    figure.clf()
+    for index, (head, matrix) in enumerate(matrices):
+        axis = figure.add_subplot(1, len(matrices), index + 1)
+        axis.imshow(matrix, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
         axis.set_title(f"head {head}")
         axis.set_xlabel("key")
         axis.set_ylabel("query")
     return _svg(figure)
 
 
-def composition_heatmap(entry: dict[str, Any]) -> str | None:
-    """Composition scores "A->B" as a heatmap (rows: earlier head, columns: later head)."""
-    value = entry.get("value")
-    if not entry["metric"].startswith("composition.") or not isinstance(value, dict):
+def _matrix(pattern: Any) -> Any | None:
+    """``pattern`` as a 2-D float array (non-finite entries NaN), ``None`` when it is not a
+    non-empty matrix of numbers (ragged rows, nested deeper, text, a scalar)."""
+    import numpy as np
+
+    if not isinstance(pattern, list) or not pattern or not all(isinstance(row, list) and row for row in pattern):
         return None
-    pairs = [key.split("->") for key in value if "->" in key]
+    if len({len(row) for row in pattern}) != 1 or not all(as_number(x) is not None for row in pattern for x in row):
+        return None
+    return np.array([[_finite(x) for x in row] for row in pattern], dtype=float)
+
+
+def composition_heatmap(entry: dict[str, Any]) -> str | None:
+    """Composition scores "A->B" as a heatmap (rows: earlier head, columns: later head): the
+    claim's value, or the table its ``select`` picked from (``details.selected_from``)."""
+    value = entry.get("value")
+    if not isinstance(value, dict):
+        value = _details(entry).get("selected_from")
+    if not _metric(entry).startswith("composition.") or not isinstance(value, dict):
+        return None
+    pairs = [pair for key, score in value.items() if (pair := _head_pair(key)) is not None and as_number(score) is not None]
     if not pairs:
         return None
     rows = sort_heads(list({a for a, _ in pairs}))
     cols = sort_heads(list({b for _, b in pairs}))
-    grid = [[value.get(f"{a}->{b}", float("nan")) for b in cols] for a in rows]
-    figure, axes = _figure(0.35 * len(cols) + 2.5, 0.3 * len(rows) + 1.5)
+    grid = [[_finite(value.get(f"{a}->{b}")) for b in cols] for a in rows]
+    figure, axes = _figure(min(MAX_INCHES, 0.35 * len(cols) + 2.5), min(MAX_INCHES, 0.3 * len(rows) + 1.5))
     image = axes.imshow(grid, cmap="viridis", interpolation="nearest")
     axes.set_xticks(range(len(cols)), cols, rotation=90)
     axes.set_yticks(range(len(rows)), rows)
     figure.colorbar(image, ax=axes)
-    baseline = (entry.get("details") or {}).get("baseline")
-    axes.set_title(f"{entry['metric']}" + (f" (baseline {baseline:.4f})" if isinstance(baseline, (int, float)) else ""))
+    baseline = as_number(_details(entry).get("baseline"))
+    axes.set_title(_metric(entry) + (f" (baseline {baseline:.4f})" if baseline is not None else ""))
     return _svg(figure)
 
 
+def _head_pair(key: Any) -> tuple[str, str] | None:
+    """``"0.7->1.4"`` as ``("0.7", "1.4")``; ``None`` for a key that is not two heads."""
+    earlier, arrow, later = str(key).partition("->")
+    if not arrow or not HEAD_KEY.match(earlier) or not HEAD_KEY.match(later):
+        return None
+    return earlier, later
+
+
 def rank_curve(entry: dict[str, Any]) -> str | None:
-    """Top-1/top-5 accuracy against rank; the model's heads as points; the selected point ringed."""
-    value = curve_points(entry)
-    if value is None:
+    """Top-1/top-5 accuracy against rank; the model's heads as points; the selected point ringed;
+    points that are bounds (their own ``bound``, or fits stopped on their budget) ringed dotted.
+    Points without a positive finite rank cannot sit on the log axis and are left out."""
+    curve = curve_points(entry)
+    value = [p for p in curve or [] if plottable_rank(p) is not None]
+    if not value:
         return None
     figure, axes = _figure(7.0, 3.0)
-    trained = sorted((p for p in value if p.get("kind", "trained") == "trained"), key=lambda p: p["rank"])
+    trained = sorted((p for p in value if p.get("kind", "trained") == "trained"), key=plottable_rank)
     for key, style in (("top1", "-o"), ("top5", "--s")):
-        points = [(p["rank"], p[key]) for p in trained if key in p]
+        points = [(plottable_rank(p), _finite(p[key])) for p in trained if key in p]
         if points:
             axes.plot(*zip(*points), style, label=f"trained rank-r, {key}")
-    unconverged = [p for p in trained if stopped_early(entry, p)]
-    if unconverged:
-        axes.scatter([p["rank"] for p in unconverged], [p.get("top1") for p in unconverged], s=110,
-                     facecolors="none", edgecolors="0.4", linestyles="dotted", zorder=3,
-                     label="stopped before converging (lower bound)")
+    _bound_rings(axes, entry, value)
     _head_points(axes, [p for p in value if p.get("kind") == "head"])
     selected = _selected_point(entry, value)
     if selected is not None:
         field = str(entry.get("select", "")).rpartition("/")[2]
-        y = selected.get(field if field in ("top1", "top5") else "top1")
-        axes.scatter([selected["rank"]], [y], s=220, facecolors="none", edgecolors="red", zorder=4,
+        y = _finite(selected.get(field if field in ("top1", "top5") else "top1"))
+        axes.scatter([plottable_rank(selected)], [y], s=220, facecolors="none", edgecolors="red", zorder=4,
                      label=f"selected: {entry.get('select')}")
-    ranks = [p["rank"] for p in value if p.get("rank")]
+    ranks = [plottable_rank(p) for p in value]
     axes.set_xscale("log", base=2)
-    if ranks:
-        axes.set_xlim(min(ranks) / 1.5, max(ranks) * 1.5)
+    axes.set_xlim(min(ranks) / 1.5, max(ranks) * 1.5)
     axes.set_xlabel("rank r")
     axes.set_ylabel("top-k copying accuracy (full vocabulary)")
     axes.set_ylim(-0.02, 1.02)
@@ -182,36 +252,60 @@ def rank_curve(entry: dict[str, Any]) -> str | None:
     return _svg(figure)
 
 
+def _bound_rings(axes: Any, entry: dict[str, Any], points: list[dict[str, Any]]) -> None:
+    """Ring the points whose top-1 is a bound, one legend entry per kind of bound."""
+    for bound in ("lower", "upper"):
+        ringed = [p for p in points if point_bound(entry, p) == bound]
+        if not ringed:
+            continue
+        label = f"{bound} bound"
+        if all(stopped_early(entry, p) for p in ringed):
+            label = f"stopped before converging ({label})"
+        axes.scatter([plottable_rank(p) for p in ringed], [_finite(p.get("top1")) for p in ringed], s=110,
+                     facecolors="none", edgecolors="0.4", linestyles="dotted" if bound == "lower" else "dashed",
+                     zorder=3, label=label)
+
+
 def _head_points(axes: Any, heads: list[dict[str, Any]]) -> None:
     """The model's heads as stars (top-1), one label per spot for groups that land together."""
     if heads:
-        axes.scatter([p["rank"] for p in heads], [p.get("top1") for p in heads], marker="*", s=90,
+        axes.scatter([plottable_rank(p) for p in heads], [_finite(p.get("top1")) for p in heads], marker="*", s=90,
                      color="tab:green", zorder=3, label="heads (top-1): their OV circuit's rank")
-    spots: dict[tuple[int, float], list[str]] = {}
+    spots: dict[tuple[float, float], list[str]] = {}
     for point in heads:
-        spot = (point["rank"], round(float(point.get("top1") or 0.0) * 20) / 20)  # 5-point bins
-        spots.setdefault(spot, []).append(str(point.get("label") or "+".join(point.get("heads", []))))
+        top1 = _finite(point.get("top1"))
+        if math.isnan(top1):
+            continue  # nothing to label where no star is drawn
+        spot = (plottable_rank(point), round(top1 * 20) / 20)  # 5-point bins
+        spots.setdefault(spot, []).append(_point_label(point))
     for index, ((rank, top1), labels) in enumerate(sorted(spots.items())):
         lift = 6 + 10 * (index % 2)  # neighbours alternate heights so their labels do not overlap
         axes.annotate(", ".join(labels), (rank, top1), xytext=(0, lift if top1 < 0.5 else -lift - 6),
                       textcoords="offset points", ha="center", fontsize=7)
 
 
+def _point_label(point: dict[str, Any]) -> str:
+    """A head point's label, or its heads joined with ``+``."""
+    heads = point.get("heads")
+    return str(point.get("label") or ("+".join(map(str, heads)) if isinstance(heads, list) else "?"))
+
+
 def _selected_point(entry: dict[str, Any], points: list[dict[str, Any]]) -> dict[str, Any] | None:
     label = str(entry.get("select") or "").partition("/")[0]
-    return next((p for p in points if p.get("label") == label), None) if label else None
+    return next((p for p in points if str(p.get("label")) == label), None) if label else None
 
 
 def position_curve(entry: dict[str, Any]) -> str | None:
-    """A per-position curve from the details (e.g. log-prob of the correct token)."""
-    details = entry.get("details") or {}
+    """A per-position curve from the details (e.g. log-prob of the correct token); non-finite
+    positions are gaps."""
+    details = _details(entry)
     curve = details.get("per_position") or details.get("curve")
-    if not isinstance(curve, list) or not curve or not all(isinstance(x, (int, float)) for x in curve):
+    if not isinstance(curve, list) or not curve or not all(as_number(x) is not None for x in curve):
         return None
     figure, axes = _figure(5.0, 2.4)
-    axes.plot(range(len(curve)), curve)
+    axes.plot(range(len(curve)), [_finite(x) for x in curve])
     axes.set_xlabel("position")
-    axes.set_title(f"{entry['metric']} per position")
+    axes.set_title(f"{_metric(entry)} per position")
     return _svg(figure)
 
 
@@ -219,13 +313,17 @@ PLOTS: list[Callable[[dict[str, Any]], str | None]] = [head_bars, attention_patt
 
 
 def plots_for(entry: dict[str, Any]) -> list[str]:
-    """Every plot that applies to a claim entry (failures in one plot never break the report)."""
+    """Every plot that applies to a claim entry.
+
+    The plots read what they need defensively (a plot that does not apply is ``None``); should
+    one still fail, the failure is shown in its place (escaped) rather than losing the report.
+    """
     svgs = []
     for plot in PLOTS:
         try:
             svg = plot(entry)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
-            svg = f"<p class='plot-error'>plot {plot.__name__} failed: {exc}</p>"
+            svg = f"<p class='plot-error'>plot {plot.__name__} failed: {html.escape(str(exc))}</p>"
         if svg:
             svgs.append(svg)
     return svgs

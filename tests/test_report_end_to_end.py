@@ -1,0 +1,98 @@
+"""Reports end to end on what a fresh machine has: no course weights, or one model as a local file.
+
+``claims run claims/arena`` must write results.json, report.md and report.html whether the
+course's models are there or not, and ``pytest --claims-out`` the same. Hermetic: an empty
+Hugging Face cache, downloads off, no weights from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures import registry
+from fixtures.registry import ARENA_ATTN_ONLY_2L_CONFIG, DOWNLOAD_ENV, WEIGHTS_ENV_PREFIX, file_sha256
+from harness.loader import load_claim_file
+from tests.test_models import _random_state, _save
+from tests.test_report_robustness import parse_html
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[1]
+ARENA = "arena-attn-only-2l"
+WEIGHTED_SELECTION = "1.2.comp."
+"""The claims run on the supplied model: K/V-composition scores, against references (about 20 s)."""
+
+
+@pytest.fixture
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a machine without the course weights: empty HF cache, no download, no overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(WEIGHTS_ENV_PREFIX) and k != DOWNLOAD_ENV}
+    env["HF_HUB_CACHE"] = str(tmp_path / "hf-cache")
+    return env
+
+
+def run_claims(arguments: list[str], env: dict[str, str], out: Path) -> subprocess.CompletedProcess[str]:
+    """``claims run ARGUMENTS --out OUT`` in a fresh process."""
+    command = [sys.executable, "-m", "harness.cli", "run", *arguments, "--out", str(out), "--no-progress"]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def read_outputs(out: Path) -> dict[str, Any]:
+    """The record in ``out``, after checking that both reports exist, parse and show every claim."""
+    record = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    parsed = parse_html(page)
+    assert markdown.startswith("# interp-claims report\n")
+    for entry in record["claims"]:
+        assert f"\n### claim-{entry['id']}\n" in markdown
+    assert len([i for i in parsed.ids if i.startswith("claim-")]) == len(record["claims"])
+    assert "plot-error" not in page
+    return record
+
+
+def test_arena_without_the_course_weights_skips_every_claim_and_writes_every_report(offline_env: dict[str, str], tmp_path: Path) -> None:
+    completed = run_claims(["claims/arena"], offline_env, tmp_path / "out")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    record = read_outputs(tmp_path / "out")
+    assert record["claims"] and {entry["verdict"] for entry in record["claims"]} == {"skipped"}
+    assert record["summary"]["skipped"] == len(record["claims"])
+    assert record["models"] and all("unavailable" in model for model in record["models"].values())
+
+
+def test_arena_with_the_course_model_as_a_file_reaches_verdicts(offline_env: dict[str, str], tmp_path: Path) -> None:
+    weights, _ = _save(tmp_path, ARENA_ATTN_ONLY_2L_CONFIG, _random_state(ARENA_ATTN_ONLY_2L_CONFIG, seed=10), "course_shaped")
+    arguments = ["claims/arena", "-k", WEIGHTED_SELECTION, "--weights", f"{ARENA}={weights}"]
+    completed = run_claims(arguments, offline_env, tmp_path / "out")
+    assert completed.returncode in (0, 1), completed.stderr[-3000:]
+    record = read_outputs(tmp_path / "out")
+    on_model = [entry for entry in record["claims"] if entry["model"] == ARENA]
+    assert on_model and all(entry["verdict"] != "skipped" for entry in on_model)
+    assert record["models"][ARENA]["weights_sha256"] == file_sha256(weights)
+
+
+def test_pytest_claims_out_writes_every_report_when_the_model_is_unavailable(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv(DOWNLOAD_ENV, raising=False)
+    for variable in [v for v in os.environ if v.startswith(WEIGHTS_ENV_PREFIX)]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setattr(registry, "_OVERRIDES", {})
+    spec = ROOT / "claims" / "arena" / "1.2-2-finding-induction-heads.yaml"
+    (pytester.path / "claims").mkdir()
+    shutil.copy(spec, pytester.path / "claims" / spec.name)
+    result = pytester.runpytest_inprocess("claims", "-q", "--claims-out", "out")
+    count = len(load_claim_file(spec).spec.claims)
+    result.assert_outcomes(skipped=count)
+    record = read_outputs(pytester.path / "out")
+    assert len(record["claims"]) == count and set(record["models"]) == {ARENA}
+    assert "unavailable" in record["models"][ARENA]
