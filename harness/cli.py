@@ -100,6 +100,8 @@ def _list(args: argparse.Namespace) -> int:
             print(f"  {claim.id:<48} {loaded.model_of(claim):<24} {claim.metric}{tag}")
         for conceptual in loaded.spec.conceptual:
             print(f"  {conceptual.id:<48} {'(conceptual)':<24} not measurable: {conceptual.reason}")
+        for pending in loaded.spec.pending:
+            print(f"  {pending.id:<48} {'(pending)':<24} measurable, not yet encoded: needs {pending.needs}")
     return EXIT_OK
 
 

@@ -423,9 +423,11 @@ _HEAD_RE = re.compile(HEAD_PATTERN)
 
 
 def _claim_ids(loaded: LoadedFile) -> list[tuple[PathKey, str]]:
-    """``(path of the id, id)`` of every claim and conceptual entry of a file."""
+    """``(path of the id, id)`` of every claim, conceptual and pending entry of a file."""
     claims = [(("claims", index, "id"), claim.id) for index, claim in enumerate(loaded.spec.claims)]
-    return claims + [(("conceptual", index, "id"), entry.id) for index, entry in enumerate(loaded.spec.conceptual)]
+    unmeasured = [((key, index, "id"), entry.id) for key in ("conceptual", "pending")
+                  for index, entry in enumerate(getattr(loaded.spec, key))]
+    return claims + unmeasured
 
 
 def _duplicate_ids(loaded: LoadedFile) -> list[SpecIssue]:

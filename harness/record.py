@@ -6,7 +6,8 @@ Schema (``schema_version`` 1; documented in ``docs/record.md``)::
      "provenance": {git_commit, git_dirty, python, packages{torch, transformer_lens, numpy, ...},
                     platform, device, dtype, torch_threads, spec_files{path: sha256}},
      "models": {name: {identity..., load_seconds}},
-     "summary": {verdict: count, "matched": n, "mismatched": n, "skipped": n},
+     "summary": {verdict: count, "matched": n, "mismatched": n, "skipped": n,
+                 "conceptual": n, "pending": n},   # entries of the spec files that are not measured
      "claims": [{id, file, statement, source, model, metric, params, inputs, select, value,
                  uncertainty, bound, unit, details, expect, expectation, baseline_tolerance,
                  reference{value, uncertainty, bound}, verdict, expected_verdict, matched,
@@ -109,14 +110,18 @@ def claim_entry(result: ClaimResult) -> dict[str, Any]:
     }
 
 
-def build_record(results: Iterable[ClaimResult], spec_files: dict[str, str], models: dict[str, Any]) -> dict[str, Any]:
-    """The whole run's record."""
+def build_record(
+    results: Iterable[ClaimResult], spec_files: dict[str, str], models: dict[str, Any],
+    unmeasured: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The whole run's record; ``unmeasured`` counts the spec files' ``conceptual`` and ``pending`` entries."""
     results = list(results)
     summary: dict[str, int] = {verdict.value: 0 for verdict in Verdict}
     for result in results:
         summary[result.verdict.value] += 1
     summary["matched"] = sum(r.passed for r in results)
     summary["mismatched"] = sum(not r.passed and r.verdict is not Verdict.SKIPPED for r in results)
+    summary.update({key: (unmeasured or {}).get(key, 0) for key in ("conceptual", "pending")})
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "interp-claims",

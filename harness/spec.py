@@ -192,18 +192,32 @@ class Conceptual(Strict):
     source: ClaimSource | None = None
 
 
+class Pending(Strict):
+    """A claim of the course that can be measured but is not encoded yet, kept with what it needs.
+
+    Unlike :class:`Conceptual` (cannot be measured against weights), a pending entry is a to-do:
+    ``needs`` names the metric, input or model that is missing.
+    """
+
+    id: ClaimId
+    statement: Text
+    needs: Text
+    source: ClaimSource | None = None
+
+
 class ClaimFile(Strict):
-    """A claim file: where its claims come from, their default model, and the claims."""
+    """A claim file: where its claims come from, their default model, the claims, and the unmeasured rows."""
 
     source: FileSource
     model: Text | None = None
     claims: list[Claim] = Field(default_factory=list)
     conceptual: list[Conceptual] = Field(default_factory=list)
+    pending: list[Pending] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _has_claims(self) -> "ClaimFile":
-        if not self.claims and not self.conceptual:
-            raise ValueError("a claim file needs at least one entry in 'claims' (or 'conceptual')")
+        if not self.claims and not self.conceptual and not self.pending:
+            raise ValueError("a claim file needs at least one entry in 'claims' (or 'conceptual', or 'pending')")
         return self
 
 

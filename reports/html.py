@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reports.context import model_entry, model_text, params_text, run_text, source_text
-from reports.markdown import VERDICT_MARK, anchors, is_mismatch
+from reports.markdown import VERDICT_MARK, anchors, is_mismatch, unmeasured_line
 from reports.plots import plots_for
 from reports.values import format_measured
 
@@ -32,6 +32,7 @@ def render_html(record: dict[str, Any]) -> str:
     return environment.get_template("report.html.j2").render(
         claims=claims, counts=counts, matched=summary.get("matched", 0), mismatched=summary.get("mismatched", 0),
         run=run_text(record.get("provenance")), created=record.get("created") or "?",
+        not_measured=" ".join(unmeasured_line(summary)).strip(),
     )
 
 

@@ -130,6 +130,14 @@ def _percent(value: Any) -> str:
     return f"{100 * value:.2f}%" if value == 0 or abs(value) >= 1e-4 else f"{100 * value:.2g}%"
 
 
+def unmeasured_line(summary: dict[str, Any]) -> list[str]:
+    """The count of course rows the spec files hold but do not measure (none: no line)."""
+    conceptual, pending = summary.get("conceptual", 0), summary.get("pending", 0)
+    if not conceptual and not pending:
+        return []
+    return ["", f"Not measured: {conceptual} conceptual (cannot be measured against weights), {pending} pending (measurable, not yet encoded)."]
+
+
 def render_report(record: dict[str, Any]) -> str:
     """The whole Markdown report."""
     summary = record.get("summary") or {}
@@ -140,6 +148,7 @@ def render_report(record: dict[str, Any]) -> str:
         "",
         f"{len(claims)} claims{': ' + counts if counts else ''}. "
         f"{summary.get('matched', 0)} as expected, {summary.get('mismatched', 0)} not as expected.",
+        *unmeasured_line(summary),
         "",
         summary_table(record),
         "",

@@ -3,7 +3,7 @@
 The catalogue (``arena-claims.md``, kept in ``../shared`` beside the checkout) lists the course's
 claims in §2 (chapter 1.2) and §3 (chapter 1.4.1) as table rows whose first cell is the claim id
 (``| 1.2.ov.full_ov_1_4_top1 | ...``, ``| 1.4.dla.heads | ...``).
-Each id must appear in ``claims/arena`` as a claim id or as a ``conceptual`` id, and every arena
+Each id must appear in ``claims/arena`` as a claim id or as a ``conceptual`` or ``pending`` id, and every arena
 claim that names a ``catalogue_id`` must name a row that exists. Skipped where the catalogue is
 not present.
 """
@@ -49,11 +49,12 @@ def catalogue_section_2_ids(text: str) -> list[str]:
 
 
 def arena_entries() -> tuple[dict[str, object], dict[str, object]]:
-    """``(claims, conceptual)`` of every file under claims/arena, by id."""
+    """``(claims, unmeasured)`` of every file under claims/arena, by id: ``unmeasured`` holds the
+    ``conceptual`` (cannot be measured) and ``pending`` (not yet encoded) entries."""
     loaded = load_claim_files(find_claim_files([ARENA]))
     claims = {claim.id: claim for f in loaded for claim in f.spec.claims}
-    conceptual = {entry.id: entry for f in loaded for entry in f.spec.conceptual}
-    return claims, conceptual
+    unmeasured = {entry.id: entry for f in loaded for entry in (*f.spec.conceptual, *f.spec.pending)}
+    return claims, unmeasured
 
 
 def test_section_parser_reads_rows_only_from_section_2() -> None:
@@ -73,7 +74,7 @@ def test_every_section_3_row_is_encoded() -> None:
     assert len(ids) >= 25, f"parsed only {len(ids)} ids from §3 of {CATALOGUE}: has its table format changed?"
     claims, conceptual = arena_entries()
     missing = [row for row in ids if row not in claims and row not in conceptual]
-    assert not missing, f"catalogue rows with no claim or conceptual entry in claims/arena: {missing}"
+    assert not missing, f"catalogue rows with no claim, conceptual or pending entry in claims/arena: {missing}"
 
 
 @needs_catalogue
@@ -82,7 +83,7 @@ def test_every_section_2_row_is_encoded() -> None:
     assert len(ids) >= 50, f"parsed only {len(ids)} ids from §2 of {CATALOGUE}: has its table format changed?"
     claims, conceptual = arena_entries()
     missing = [row for row in ids if row not in claims and row not in conceptual]
-    assert not missing, f"catalogue rows with no claim or conceptual entry in claims/arena: {missing}"
+    assert not missing, f"catalogue rows with no claim, conceptual or pending entry in claims/arena: {missing}"
 
 
 @needs_catalogue
@@ -110,3 +111,12 @@ def test_heavy_arena_claims_are_marked_slow() -> None:
         if claim.metric.startswith(HEAVY_METRICS) and not claim.slow  # type: ignore[attr-defined]
     ]
     assert not heavy, f"full-vocabulary claims without slow: true: {heavy}"
+
+
+def test_pending_rows_are_not_called_conceptual() -> None:
+    """``pending`` is for measurable rows not yet encoded; a ``conceptual`` reason that says what is
+    missing to measure it ("not yet implemented") belongs in ``pending``."""
+    loaded = load_claim_files(find_claim_files([ARENA]))
+    misfiled = [entry.id for f in loaded for entry in f.spec.conceptual
+                if "not yet implemented" in entry.reason and "non-empirical" not in entry.reason and "not a claim about model weights" not in entry.reason]
+    assert not misfiled, f"conceptual entries that say they are only not yet implemented (make them pending): {misfiled}"

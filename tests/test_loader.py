@@ -131,7 +131,7 @@ def test_misspelt_claim_key_is_one_issue_at_the_key():
 @pytest.mark.parametrize(
     ("old", "new", "where", "key", "suggestion", "allowed"),
     [
-        ("source: {course:", "sources: {course:", (1, 1), "sources", "source", "source, model, claims, conceptual"),
+        ("source: {course:", "sources: {course:", (1, 1), "sources", "source", "source, model, claims, conceptual, pending"),
         ("{ref: ", "{reff: ", (6, 14), "claims[0].source.reff", "ref", "ref, provenance, catalogue_id"),
         ("threshold: 0.4", "treshold: 0.4", (9, 33), "claims[0].params.treshold", "threshold", "pattern, threshold, variant"),
         ("seq_len: 20, batch", "seqlen: 20, batch", (7, 32), "claims[0].inputs.repeated_random.seqlen", "seq_len", "seq_len, batch, seed, prepend_bos"),
@@ -493,3 +493,21 @@ def test_error_message_is_one_line_per_issue():
     lines = str(caught.value).splitlines()
     assert len(lines) == len(caught.value.issues) >= 1
     assert all(line.startswith("c.yaml:") for line in lines)
+
+
+def test_pending_entries_load_and_share_the_id_space() -> None:
+    """``pending:`` (measurable, not yet encoded) sits beside ``conceptual:``; ids stay unique across all three."""
+    from harness.errors import SpecError
+    from harness.loader import load_claim_text
+
+    text = (
+        "source: {course: ARENA}\n"
+        "pending:\n  - {id: a.b, statement: s, needs: a metric}\n"
+        "conceptual:\n  - {id: c.d, statement: s, reason: r}\n"
+    )
+    loaded = load_claim_text(text, "x.yaml")
+    assert [p.id for p in loaded.spec.pending] == ["a.b"] and loaded.spec.pending[0].needs == "a metric"
+    with pytest.raises(SpecError, match="a.b"):
+        load_claim_text(text.replace("c.d", "a.b"), "x.yaml")
+    with pytest.raises(SpecError, match="needs"):
+        load_claim_text("source: {course: ARENA}\npending:\n  - {id: a.b, statement: s}\n", "x.yaml")

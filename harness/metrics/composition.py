@@ -38,7 +38,7 @@ import math
 from typing import Annotated, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, StringConstraints
 from torch import Tensor
 
 from harness.context import MetricContext
@@ -102,6 +102,31 @@ def composition_scores(model: ModelHandle, kind: CompositionKind, layer_a: int, 
     return composition_matrix(L_A, R_A, L_B, R_B)
 
 
+def composition_table(model: ModelHandle, kind: CompositionKind, pairs: LayerPairs) -> tuple[dict[str, float], list[str]]:
+    """``({"A->B": score}, undefined pair names)`` of every head pair of ``kind`` composition.
+
+    A in an earlier layer than B: consecutive layers or every earlier layer (``pairs: all``).
+    """
+    n_layers = model.shape.n_layers
+    if n_layers < 2:
+        raise ValueError(f"composition needs two layers; {model.identity.name!r} has {n_layers}")
+    layer_pairs = [(a, a + 1) for a in range(n_layers - 1)] if pairs == "consecutive" else [
+        (a, b) for b in range(n_layers) for a in range(b)
+    ]
+    value: dict[str, float] = {}
+    undefined: list[str] = []
+    for a, b in layer_pairs:
+        scores = composition_scores(model, kind, a, b)
+        for i in range(scores.shape[0]):
+            for j in range(scores.shape[1]):
+                name = f"{a}.{i}->{b}.{j}"
+                if torch.isfinite(scores[i, j]):
+                    value[name] = float(scores[i, j])
+                else:
+                    undefined.append(name)
+    return value, undefined
+
+
 @metric("composition.scores")
 def composition_scores_metric(ctx: MetricContext, *, kind: CompositionKind, pairs: LayerPairs = "consecutive") -> Measurement:
     """Q-, K- or V-composition score ||W_A W_B||_F / (||W_A||_F ||W_B||_F) of every head pair, as ARENA 1.2.
@@ -110,26 +135,31 @@ def composition_scores_metric(ctx: MetricContext, *, kind: CompositionKind, pair
     (default) or every earlier layer (``pairs: all``). Undefined pairs (an all-zero W_OV or W_QK)
     are left out and listed in ``details.undefined``. Weights only.
     """
-    n_layers = ctx.model.shape.n_layers
-    if n_layers < 2:
-        raise ValueError(f"composition needs two layers; {ctx.model.identity.name!r} has {n_layers}")
-    layer_pairs = [(a, a + 1) for a in range(n_layers - 1)] if pairs == "consecutive" else [
-        (a, b) for b in range(n_layers) for a in range(b)
-    ]
-    value: dict[str, float] = {}
-    undefined: list[str] = []
-    for a, b in layer_pairs:
-        scores = composition_scores(ctx.model, kind, a, b)
-        for i in range(scores.shape[0]):
-            for j in range(scores.shape[1]):
-                name = f"{a}.{i}->{b}.{j}"
-                if torch.isfinite(scores[i, j]):
-                    value[name] = float(scores[i, j])
-                else:
-                    undefined.append(name)
+    value, undefined = composition_table(ctx.model, kind, pairs)
     top = sorted(value, key=value.get, reverse=True)[:5]
     details = {"kind": kind, "pairs": pairs, "undefined": undefined, "top": {k: value[k] for k in top}}
     return Measurement(value, None, details)
+
+
+@metric("composition.top_pairs")
+def composition_top_pairs(
+    ctx: MetricContext, *, kind: CompositionKind, k: Annotated[int, Field(ge=1)], pairs: LayerPairs = "consecutive",
+) -> Measurement:
+    """The ``k`` head pairs with the largest ``kind`` composition scores (as composition.scores).
+
+    Value: the pair names (``"0.7->1.4"``), a set; ``details.scores`` has the top ``k + 3`` scores,
+    so the margin to the first pair left out is in the record. "X and Y exceed every other pair"
+    is ``equals: [X, Y]`` with ``k: 2``. A tie at the k-th place is an error (the set is not
+    defined). Weights only.
+    """
+    value, undefined = composition_table(ctx.model, kind, pairs)
+    ranked = sorted(value, key=value.get, reverse=True)
+    if len(ranked) < k:
+        raise ValueError(f"k={k} but only {len(ranked)} pairs have a score")
+    if len(ranked) > k and value[ranked[k - 1]] == value[ranked[k]]:
+        raise ValueError(f"tie at place {k}: {ranked[k - 1]} and {ranked[k]} both score {value[ranked[k]]}")
+    shown = {name: value[name] for name in ranked[: k + 3]}
+    return Measurement(ranked[:k], None, {"kind": kind, "pairs": pairs, "k": k, "scores": shown, "undefined": undefined})
 
 
 def random_composition_scores(n_samples: int, d_model: int, d_head: int, seed: int, chunk: int = 50) -> Tensor:
@@ -169,8 +199,8 @@ def composition_baseline(
 ) -> Measurement:
     """The course's random composition-score baseline: mean of ``n_samples`` scores of random matrices.
 
-    Value: ``{"mean", "std"}`` (``std`` with ddof 0, as the course prints it); the uncertainty of
-    ``mean`` is its standard error. Shapes default to the model's d_model and d_head (course:
+    Value: ``{"mean", "std", "min", "max"}`` (``std`` with ddof 0, as the course prints it; ``min``
+    and ``max`` over the samples); the uncertainty of ``mean`` is its standard error. Shapes default to the model's d_model and d_head (course:
     768 and 64, mean 0.03609). Seeded; weights are not read.
     """
     d_model = ctx.model.shape.d_model if d_model is None else d_model
@@ -180,9 +210,44 @@ def composition_baseline(
     scores = random_composition_scores(n_samples, d_model, d_head, seed)
     mean, std = float(scores.mean()), float(scores.std(unbiased=False))
     standard_error = float(scores.std(unbiased=True)) / math.sqrt(n_samples)
-    details = {"n_samples": n_samples, "seed": seed, "d_model": d_model, "d_head": d_head,
-               "min": float(scores.min()), "max": float(scores.max())}
-    return Measurement({"mean": mean, "std": std}, {"mean": standard_error}, details)
+    details = {"n_samples": n_samples, "seed": seed, "d_model": d_model, "d_head": d_head}
+    return Measurement({"mean": mean, "std": std, "min": float(scores.min()), "max": float(scores.max())}, {"mean": standard_error}, details)
+
+
+def baseline_z_score(score: float, baseline: Tensor) -> float:
+    """``(score - mean) / std`` of ``score`` against the random scores ``baseline`` [n] (std with ddof 0)."""
+    return (score - float(baseline.mean())) / float(baseline.std(unbiased=False))
+
+
+@metric("composition.baseline_z")
+def composition_baseline_z(
+    ctx: MetricContext,
+    *,
+    kind: CompositionKind,
+    pair: Annotated[str, StringConstraints(pattern=r"^\d+\.\d+->\d+\.\d+$")],
+    n_samples: Annotated[int, Field(ge=2, le=100_000)] = 300,
+    seed: int = 0,
+) -> Measurement:
+    """How far one pair's composition score lies from the random baseline, in the baseline's standard deviations.
+
+    Value: ``(score - mean) / std``, with score as composition.scores and mean, std of
+    composition.baseline (``n_samples`` seeded random pairs of the model's d_model and d_head).
+    "Far above the baseline" is a large positive value, "below" a negative one; a random pair is
+    about standard normal. Weights only.
+    """
+    source, target = (Head.parse(part) for part in pair.split("->"))
+    if source.layer >= target.layer:
+        raise ValueError(f"pair {pair}: the first head must be in an earlier layer than the second")
+    for head in (source, target):
+        if head.layer >= ctx.model.shape.n_layers or head.head >= ctx.model.shape.n_heads:
+            raise ValueError(f"pair {pair}: head {head} is not in the model")
+    score = float(composition_scores(ctx.model, kind, source.layer, target.layer)[source.head, target.head])
+    if not math.isfinite(score):
+        raise ValueError(f"pair {pair} has no {kind}-composition score (an all-zero W_OV or W_QK)")
+    baseline = random_composition_scores(n_samples, ctx.model.shape.d_model, ctx.model.shape.d_head, seed)
+    details = {"kind": kind, "pair": pair, "score": score, "baseline_mean": float(baseline.mean()),
+               "baseline_std": float(baseline.std(unbiased=False)), "n_samples": n_samples, "seed": seed}
+    return Measurement(baseline_z_score(score, baseline), None, details)
 
 
 # ------------------------------------------------------------------------------------------------

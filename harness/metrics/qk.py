@@ -159,15 +159,8 @@ def decompose_scores(components: Tensor, W_Q: Tensor, W_K: Tensor, scale: bool) 
     return scores / math.sqrt(W_Q.shape[-1]) if scale else scores
 
 
-@metric("qk.attention_decomposition", needs_inputs=True)
-def qk_attention_decomposition(ctx: MetricContext, *, head: HeadName, scale: bool = True) -> Measurement:
-    """Std of a head's attention scores per (query component, key component), as ARENA 1.2 plots it.
-
-    Value: table ``"QCOMP|KCOMP"`` (e.g. ``"embed|0.7"``) -> std over all (query, key) position pairs
-    of ``(y_q W_Q)(y_k W_K)^T / sqrt(d_head)`` (``scale: false`` for ARENA 2's unscaled numbers),
-    components ``embed``, ``pos`` and every head of earlier layers. Per sequence (unbiased std, as
-    ``torch.std``), then the mean over the batch; the uncertainty is its standard error.
-    """
+def attention_decomposition_stds(ctx: MetricContext, head: HeadName, scale: bool) -> tuple[dict[str, float], dict[str, float] | None, list[str]]:
+    """``(std per "QCOMP|KCOMP", its standard error or None, component names)`` of a head's scores (see below)."""
     layer, index = Head.parse(head)
     activations = ctx.forward().activations
     names, components = qk_components(ctx.model, activations, layer)
@@ -184,9 +177,38 @@ def qk_attention_decomposition(ctx: MetricContext, *, head: HeadName, scale: boo
             value[f"{q_name}|{k_name}"] = float(means[i, j])
             if uncertainty is not None:
                 uncertainty[f"{q_name}|{k_name}"] = float(errors[i, j])
+    return value, uncertainty, names
+
+
+@metric("qk.attention_decomposition", needs_inputs=True)
+def qk_attention_decomposition(ctx: MetricContext, *, head: HeadName, scale: bool = True) -> Measurement:
+    """Std of a head's attention scores per (query component, key component), as ARENA 1.2 plots it.
+
+    Value: table ``"QCOMP|KCOMP"`` (e.g. ``"embed|0.7"``) -> std over all (query, key) position pairs
+    of ``(y_q W_Q)(y_k W_K)^T / sqrt(d_head)`` (``scale: false`` for ARENA 2's unscaled numbers),
+    components ``embed``, ``pos`` and every head of earlier layers. Per sequence (unbiased std, as
+    ``torch.std``), then the mean over the batch; the uncertainty is its standard error.
+    """
+    value, uncertainty, names = attention_decomposition_stds(ctx, head, scale)
     top = sorted(value, key=value.get, reverse=True)[:5]
     details = {"head": head, "components": names, "scale": scale, "top_pairs": {k: value[k] for k in top}}
     return Measurement(value, uncertainty, details)
+
+
+@metric("qk.attention_decomposition_top", needs_inputs=True)
+def qk_attention_decomposition_top(ctx: MetricContext, *, head: HeadName, k: Annotated[int, Field(ge=1)] = 1, scale: bool = True) -> Measurement:
+    """The ``k`` (query component, key component) pairs whose score terms vary most (as qk.attention_decomposition).
+
+    Value: the pair names (``"embed|0.7"``), a set: "X varies more than every other pair" is
+    ``equals: [X]`` with ``k: 1``. ``details.stds`` holds the top ``k + 3`` stds with their standard
+    errors, so the margin to the first pair left out is in the record. A tie at place k is an error.
+    """
+    value, uncertainty, _ = attention_decomposition_stds(ctx, head, scale)
+    ranked = sorted(value, key=value.get, reverse=True)
+    if len(ranked) > k and value[ranked[k - 1]] == value[ranked[k]]:
+        raise ValueError(f"tie at place {k}: {ranked[k - 1]} and {ranked[k]} both have std {value[ranked[k]]}")
+    shown = {name: [value[name], None if uncertainty is None else uncertainty[name]] for name in ranked[: k + 3]}
+    return Measurement(ranked[:k], None, {"head": head, "k": k, "scale": scale, "stds": shown})
 
 
 # ------------------------------------------------------------------------------------------------
