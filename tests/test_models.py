@@ -428,3 +428,19 @@ def test_shipped_trained_toy_matches_its_pinned_sha() -> None:
     model = entry.load()
     assert model.shape == entry.shape
     assert model.identity.weights_sha256 == json.loads((registry.WEIGHTS_DIR / f"{registry.TOY_NAME}.json").read_text())["sha256"]
+
+
+def test_refused_pickle_reason_gives_no_advice_to_load_it_unsafely(small_file, tmp_path) -> None:
+    """A pickle holding a class: torch's weights_only loader refuses it; the reason keeps which
+    global was refused but not torch's advice to retry with ``weights_only=False``."""
+    _, config_path = small_file
+    weights = tmp_path / "with_code.pth"
+    torch.save({"embed.W_E": torch.zeros(2), "extra": ModelIdentity}, weights)
+    register_file_model("pickle-with-code", weights, config_path)
+    with pytest.raises(WeightsIntegrityError) as caught:
+        get_model_entry("pickle-with-code").load()
+    reason = caught.value.reason
+    assert "refuses" in reason and "ModelIdentity" in reason and "Weights only load failed" in reason
+    assert "weights_only` set to `False`" not in reason and "weights_only=False" not in reason
+    assert "can still be loaded" not in reason and "\x1b[" not in reason
+    assert str(weights) in str(caught.value)
