@@ -173,11 +173,24 @@ class ModelHandle:
 
         return get_act_name(kind, layer)
 
+    def require_tokenizer(self) -> None:
+        """Raise unless the model has a tokenizer.
+
+        :class:`~harness.errors.TokenizerUnavailable` (the claim is skipped) where the loader looked
+        for one and could not find it (``no_tokenizer_reason`` says how to supply it); ``ValueError``
+        (an error) for a model that has none by construction, e.g. a planted model.
+        """
+        if self._hooked.tokenizer is not None:
+            return
+        if self.no_tokenizer_reason:
+            from harness.errors import TokenizerUnavailable
+
+            raise TokenizerUnavailable(self.identity.name, self.no_tokenizer_reason)
+        raise ValueError(f"model {self.identity.name!r} has no tokenizer: give token ids instead of text")
+
     def to_tokens(self, text: str | list[str], *, prepend_bos: bool = True) -> Tensor:
-        """Token ids [batch, pos] for ``text`` with the model's tokenizer."""
-        if self._hooked.tokenizer is None:
-            why = f" ({self.no_tokenizer_reason})" if self.no_tokenizer_reason else ""
-            raise ValueError(f"model {self.identity.name!r} has no tokenizer{why}: give token ids instead of text")
+        """Token ids [batch, pos] for ``text`` with the model's tokenizer (see :meth:`require_tokenizer`)."""
+        self.require_tokenizer()
         return self._hooked.to_tokens(text, prepend_bos=prepend_bos)
 
     @property
