@@ -8,6 +8,8 @@ replaces this module, not the metrics. ``transformer_lens`` is imported lazily (
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -71,33 +73,91 @@ Hook = Callable[[Tensor, Any], Tensor | None]
 
 
 class Activations:
-    """Cached activations of one forward pass, read by (kind, layer).
+    """Activations of one forward pass on fixed tokens, read by (kind, layer) or hook name.
 
     ``kind`` is a TransformerLens short name: ``"pattern"`` [batch, head, query, key],
     ``"z"`` [batch, pos, head, d_head], ``"v"``, ``"q"``, ``"k"``, ``"resid_pre"`` [batch, pos, d_model],
     ``"attn_out"``, ``"embed"``, ``"pos_embed"``.
+
+    Computed when first read: reading a hook point runs one forward pass that caches that hook
+    point in every layer (``blocks.<L>.attn.hook_pattern`` for all ``L``), so a forward pass
+    holds only the kinds its metrics read. Caching every hook of GPT-2 small on 50 sequences of
+    101 tokens takes about 5 GB; its attention patterns alone about 0.3 GB. Every pass sees the
+    same tokens in the same model, so the values are those of one pass caching everything.
     """
 
-    def __init__(self, cache: Any) -> None:
-        self._cache = cache
+    def __init__(self, capture: Callable[[Callable[[str], bool]], dict[str, Tensor]], hook_names: Iterable[str]) -> None:
+        self._capture = capture
+        self._hook_names = frozenset(hook_names)
+        self._store: dict[str, Tensor] = {}
 
-    def __getitem__(self, key: tuple[str, int] | str) -> Tensor:
-        return self._cache[key]
+    def hook_name(self, key: tuple[Any, ...] | str) -> str:
+        """The full hook name of ``key``: ``("pattern", 1)``, ``"embed"`` or a hook name itself."""
+        from transformer_lens.utilities import get_act_name  # transformer_lens.utils warns (deprecated)
 
-    def __contains__(self, key: tuple[str, int] | str) -> bool:
+        if isinstance(key, tuple):
+            return get_act_name(*key)
+        return key if key in self._hook_names else get_act_name(key)
+
+    def __getitem__(self, key: tuple[Any, ...] | str) -> Tensor:
+        name = self.hook_name(key)
+        if name not in self._store:
+            if name not in self._hook_names:
+                raise KeyError(key)
+            self._store.update(self._capture(same_hook_in_every_layer(name)))
+            if name not in self._store:  # a hook point this model never calls (e.g. hook_result when off)
+                raise KeyError(key)
+        return self._store[name]
+
+    @property
+    def held(self) -> frozenset[str]:
+        """The hook names computed so far."""
+        return frozenset(self._store)
+
+    def __contains__(self, key: tuple[Any, ...] | str) -> bool:
         try:
-            self._cache[key]
-        except KeyError:
+            self[key]
+        except (KeyError, ValueError, AssertionError, IndexError):
             return False
         return True
 
 
-@dataclass(frozen=True)
-class Forward:
-    """Logits [batch, pos, d_vocab] and activations of one forward pass."""
+def same_hook_in_every_layer(name: str) -> Callable[[str], bool]:
+    """A names filter for hook ``name`` and, for a block hook ``blocks.<L>.<rest>``, ``<rest>`` of every block."""
+    match = _BLOCK_HOOK.match(name)
+    if match is None:
+        return lambda other: other == name
+    rest = match.group(1)
+    return lambda other: other == name or ((found := _BLOCK_HOOK.match(other)) is not None and found.group(1) == rest)
 
-    logits: Tensor
-    activations: Activations
+
+_BLOCK_HOOK = re.compile(r"^blocks\.\d+\.(.+)$")
+
+
+class Forward:
+    """Logits [batch, pos, d_vocab] and activations of one forward pass on ``tokens``, each computed when first read.
+
+    Logits are not kept by the passes that cache activations (50 sequences of 101 tokens have
+    1 GB of GPT-2 logits): a metric that reads them runs the plain pass once.
+    """
+
+    def __init__(self, hooked: "HookedTransformer", tokens: Tensor) -> None:
+        self._hooked = hooked
+        self._tokens = tokens
+        self._logits: Tensor | None = None
+        self.activations = Activations(self._capture, hooked.hook_dict)
+
+    @property
+    def logits(self) -> Tensor:
+        if self._logits is None:
+            with torch.inference_mode():
+                self._logits = self._hooked(self._tokens)
+        return self._logits
+
+    @torch.inference_mode()
+    def _capture(self, names_filter: Callable[[str], bool]) -> dict[str, Tensor]:
+        _, cache = self._hooked.run_with_cache(self._tokens, names_filter=names_filter, return_type=None, return_cache_object=False)
+        return cache
 
 
 class ModelHandle:
@@ -156,11 +216,9 @@ class ModelHandle:
         return self._hooked.W_O.detach()
 
     # --- running -----------------------------------------------------------------------
-    @torch.inference_mode()
     def run_with_cache(self, tokens: Tensor) -> Forward:
-        """One forward pass on ``tokens`` [batch, pos], caching every activation."""
-        logits, cache = self._hooked.run_with_cache(tokens)
-        return Forward(logits, Activations(cache))
+        """The forward pass on ``tokens`` [batch, pos]: logits and every activation, each computed when first read."""
+        return Forward(self._hooked, tokens)
 
     @torch.inference_mode()
     def run_with_hooks(self, tokens: Tensor, hooks: list[tuple[str, Hook]]) -> Tensor:

@@ -643,3 +643,24 @@ def test_pytest_tokenizer_option(small_file, tmp_path, pytester) -> None:
     pytester.runpytest_inprocess("claims", "-q", "--claims-tokenizer", f"pytest-tokenizer={tokenizer}").assert_outcomes(passed=1)
     bad = pytester.runpytest_inprocess("claims", "-q", "--claims-tokenizer", "pytest-tokenizer=/nonexistent")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR and "no such file or folder" in bad.stderr.str()
+
+
+# --- forward passes: activations computed when read --------------------------------------------
+
+
+def test_forward_holds_only_the_kinds_read_and_equals_one_full_cache() -> None:
+    model = get_model_entry("planted-attn-2l").load()
+    tokens = torch.tensor([[0, 5, 6, 7, 5, 6, 7], [0, 9, 3, 2, 9, 3, 2]])
+    forward = model.run_with_cache(tokens)
+    activations = forward.activations
+    assert activations.held == frozenset()
+    pattern = activations["pattern", 1]
+    assert activations.held == {f"blocks.{layer}.attn.hook_pattern" for layer in range(model.shape.n_layers)}
+    full_logits, full = model._hooked.run_with_cache(tokens)
+    assert torch.equal(pattern, full["pattern", 1])
+    for key in (("z", 0), ("resid_pre", 1), "embed", "blocks.0.attn.hook_q", ("attn_out", 1)):
+        assert torch.equal(activations[key], full[key]), key
+    assert torch.equal(forward.logits, full_logits)
+    assert ("pattern", 0) in activations and "blocks.0.attn.hook_nothing" not in activations
+    with pytest.raises(KeyError):
+        activations["blocks.0.attn.hook_result"]  # a hook point this model never calls (use_attn_result off)
