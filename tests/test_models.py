@@ -311,6 +311,13 @@ def test_transformer_lens_entries_load_from_the_hf_cache_without_network(tmp_pat
     assert plain.identity.weights_sha256 == ioi.identity.weights_sha256 is not None
     assert plain.identity.key != ioi.identity.key
     assert plain.bos_token_id == 259 and plain.to_tokens("hello")[0].tolist() == [259, 258, ord("o") - ord("!")]
+    from transformer_lens import HookedTransformer
+
+    with registry.hub_offline(), pytest.warns(DeprecationWarning, match="from_pretrained is deprecated"):
+        reference = HookedTransformer.from_pretrained("gpt2-small", device="cpu", dtype="float32", **registry.TL_MODELS["gpt2-small-ioi"][1])
+    ours, theirs = ioi._hooked.state_dict(), reference.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)  # from_pretrained's steps, same weights
+    assert ioi._hooked.cfg.to_dict() == reference.cfg.to_dict()
     tokens = torch.tensor([[259, 1, 2, 3, 1, 2, 3]])
     assert not torch.allclose(plain.W_Q, ioi.W_Q)  # refactoring rewrites W_Q, W_K, W_V, W_O ...
     torch.testing.assert_close(  # ... but not the model's output
