@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-k", dest="select", default=None, help="only claims whose id contains this text")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--weights", metavar="NAME=PATH", action="append", default=[], help="load model NAME from the local weights file PATH; repeatable")
+    run.add_argument("--tokenizer", metavar="NAME=PATH", action="append", default=[],
+                     help="tokenize for model NAME with the local tokenizer.json file or tokenizer folder PATH; repeatable")
     run.set_defaults(handler=_run)
     validate = commands.add_parser("validate", help="check claim files without running anything")
     validate.add_argument("paths", nargs="*", default=DEFAULT_PATHS)
@@ -164,14 +166,15 @@ def _run(args: argparse.Namespace) -> int:
     from harness.runner import run_claim
     from harness.session import Session
     from harness.verdicts import format_value
-    from harness.weights_option import apply_weights_option
+    from harness.weights_option import apply_tokenizer_option, apply_weights_option
 
-    for item in args.weights:
-        try:
-            apply_weights_option(item)
-        except ValueError as exc:
-            print(f"claims run: {exc}", file=sys.stderr)
-            return EXIT_INVALID
+    for items, apply in ((args.weights, apply_weights_option), (args.tokenizer, apply_tokenizer_option)):
+        for item in items:
+            try:
+                apply(item)
+            except ValueError as exc:
+                print(f"claims run: {exc}", file=sys.stderr)
+                return EXIT_INVALID
     files = _load(args.paths)
     work = [(f, c) for f in files for c in f.spec.claims if args.select is None or args.select in c.id]
     if not work:

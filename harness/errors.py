@@ -64,3 +64,15 @@ class WeightsIntegrityError(Exception):
         self.path = path
         self.reason = reason
         super().__init__(f"model {model!r}: weights file {path}: {reason}")
+
+
+class TokenizerUnavailable(ModelUnavailable):
+    """The model is here but its tokenizer is not, and the claim's inputs are text: a skip.
+
+    ``reason`` says which tokenizer and how to supply it (a local file or folder, the Hugging
+    Face cache, or the download opt-in).
+    """
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(model, reason)
+        Exception.__init__(self, f"model {model!r}: its tokenizer is unavailable: {reason}")

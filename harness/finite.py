@@ -62,8 +62,8 @@ def first_non_finite_parameter(parameters: Iterable[tuple[str, Tensor]]) -> str 
     return None
 
 
-def first_non_finite_activation(logits: Tensor, activations: Iterable[tuple[str, Tensor]]) -> str | None:
-    """The first cached activation (or the logits) that holds NaN or infinity, described, or ``None``.
+def first_non_finite_activation(logits: Tensor | None, activations: Iterable[tuple[str, Tensor]]) -> str | None:
+    """The first activation (or the logits, if given) that holds NaN or infinity, described, or ``None``.
 
     Masked attention scores (hook names ending in ``attn_scores``) may hold ``-inf``.
     """
@@ -71,5 +71,5 @@ def first_non_finite_activation(logits: Tensor, activations: Iterable[tuple[str,
         summary = non_finite_summary(tensor, allow_negative_infinity=name.endswith(MASKED_SCORES_SUFFIX))
         if summary is not None:
             return f"activation {name}: {summary}"
-    summary = non_finite_summary(logits)
+    summary = None if logits is None else non_finite_summary(logits)
     return None if summary is None else f"logits: {summary}"

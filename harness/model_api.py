@@ -8,11 +8,15 @@ replaces this module, not the metrics. ``transformer_lens`` is imported lazily (
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import Tensor
+
+from harness.finite import NonFiniteModelError, first_non_finite_activation
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -71,37 +75,115 @@ Hook = Callable[[Tensor, Any], Tensor | None]
 
 
 class Activations:
-    """Cached activations of one forward pass, read by (kind, layer).
+    """Activations of one forward pass on fixed tokens, read by (kind, layer) or hook name.
 
     ``kind`` is a TransformerLens short name: ``"pattern"`` [batch, head, query, key],
     ``"z"`` [batch, pos, head, d_head], ``"v"``, ``"q"``, ``"k"``, ``"resid_pre"`` [batch, pos, d_model],
     ``"attn_out"``, ``"embed"``, ``"pos_embed"``.
+
+    Computed when first read: reading a hook point runs one forward pass that caches that hook
+    point in every layer (``blocks.<L>.attn.hook_pattern`` for all ``L``), so a forward pass
+    holds only the kinds its metrics read. Caching every hook of GPT-2 small on 50 sequences of
+    101 tokens takes about 5 GB; its attention patterns alone about 0.3 GB. Every pass sees the
+    same tokens in the same model, so the values are those of one pass caching everything.
     """
 
-    def __init__(self, cache: Any) -> None:
-        self._cache = cache
+    def __init__(self, capture: Callable[[Callable[[str], bool]], dict[str, Tensor]], hook_names: Iterable[str]) -> None:
+        self._capture = capture
+        self._hook_names = frozenset(hook_names)
+        self._store: dict[str, Tensor] = {}
 
-    def __getitem__(self, key: tuple[str, int] | str) -> Tensor:
-        return self._cache[key]
+    def hook_name(self, key: tuple[Any, ...] | str) -> str:
+        """The full hook name of ``key``: ``("pattern", 1)``, ``"embed"`` or a hook name itself."""
+        from transformer_lens.utilities import get_act_name  # transformer_lens.utils warns (deprecated)
 
-    def items(self) -> Iterator[tuple[str, Tensor]]:
-        """Every cached activation with its hook name (``blocks.0.attn.hook_pattern``)."""
-        return iter(self._cache.items())
+        if isinstance(key, tuple):
+            return get_act_name(*key)
+        return key if key in self._hook_names else get_act_name(key)
 
-    def __contains__(self, key: tuple[str, int] | str) -> bool:
+    def __getitem__(self, key: tuple[Any, ...] | str) -> Tensor:
+        name = self.hook_name(key)
+        if name not in self._store:
+            if name not in self._hook_names:
+                raise KeyError(key)
+            self._store.update(self._capture(same_hook_in_every_layer(name)))
+            if name not in self._store:  # a hook point this model never calls (e.g. hook_result when off)
+                raise KeyError(key)
+        return self._store[name]
+
+    @property
+    def held(self) -> frozenset[str]:
+        """The hook names computed so far."""
+        return frozenset(self._store)
+
+    def __contains__(self, key: tuple[Any, ...] | str) -> bool:
         try:
-            self._cache[key]
-        except KeyError:
+            self[key]
+        except (KeyError, ValueError, AssertionError, IndexError):
             return False
         return True
 
 
-@dataclass(frozen=True)
-class Forward:
-    """Logits [batch, pos, d_vocab] and activations of one forward pass."""
+def same_hook_in_every_layer(name: str) -> Callable[[str], bool]:
+    """A names filter for hook ``name`` and, for a block hook ``blocks.<L>.<rest>``, ``<rest>`` of every block."""
+    match = _BLOCK_HOOK.match(name)
+    if match is None:
+        return lambda other: other == name
+    rest = match.group(1)
+    return lambda other: other == name or ((found := _BLOCK_HOOK.match(other)) is not None and found.group(1) == rest)
 
-    logits: Tensor
-    activations: Activations
+
+_BLOCK_HOOK = re.compile(r"^blocks\.\d+\.(.+)$")
+
+
+class Forward:
+    """Logits [batch, pos, d_vocab] and activations of one forward pass on ``tokens``, each computed when first read.
+
+    Logits are not kept by the passes that cache activations (50 sequences of 101 tokens have
+    1 GB of GPT-2 logits): a metric that reads them runs the plain pass once.
+    """
+
+    def __init__(self, hooked: "HookedTransformer", tokens: Tensor, model_name: str = "") -> None:
+        self._hooked = hooked
+        self._tokens = tokens
+        self._logits: Tensor | None = None
+        self._model_name = model_name
+        self.activations = Activations(self._capture, hooked.hook_dict)
+
+    @property
+    def logits(self) -> Tensor:
+        if self._logits is None:
+            self._logits = self._checked_pass(return_type="logits")
+            reason = first_non_finite_activation(self._logits, [])
+            if reason is not None:
+                raise NonFiniteModelError(self._model_name, reason)
+        return self._logits
+
+    def _capture(self, names_filter: Callable[[str], bool]) -> dict[str, Tensor]:
+        """The activations of the hook points ``names_filter`` accepts, from one checked pass."""
+        cache: dict[str, Tensor] = {}
+
+        def store(activation: Tensor, hook: Any) -> None:
+            cache[hook.name] = activation.detach()
+
+        self._checked_pass(return_type=None, extra_hooks=[(names_filter, store)])
+        return cache
+
+    @torch.inference_mode()
+    def _checked_pass(self, *, return_type: str | None, extra_hooks: list[tuple[Any, Hook]] = []) -> Any:
+        """One forward pass in which every hook point is checked for NaN and infinity as it goes
+        by (masked attention scores may hold ``-inf``): a pass whose values overflowed anywhere,
+        even where the metric reads something downstream that hides it (TransformerLens zeroes
+        the NaN that overflowing scores make in the pattern), raises
+        :class:`~harness.finite.NonFiniteModelError`."""
+
+        def check(activation: Tensor, hook: Any) -> None:
+            reason = first_non_finite_activation(None, [(hook.name, activation)])
+            if reason is not None:
+                raise NonFiniteModelError(self._model_name, reason)
+
+        hooks = [(lambda name: True, check), *extra_hooks]
+        return self._hooked.run_with_hooks(self._tokens, return_type=return_type, fwd_hooks=hooks)
 
 
 class ModelHandle:
@@ -164,11 +246,9 @@ class ModelHandle:
         return ((name, parameter.detach()) for name, parameter in self._hooked.named_parameters())
 
     # --- running -----------------------------------------------------------------------
-    @torch.inference_mode()
     def run_with_cache(self, tokens: Tensor) -> Forward:
-        """One forward pass on ``tokens`` [batch, pos], caching every activation."""
-        logits, cache = self._hooked.run_with_cache(tokens)
-        return Forward(logits, Activations(cache))
+        """The forward pass on ``tokens`` [batch, pos]: logits and every activation, each computed when first read."""
+        return Forward(self._hooked, tokens, self.identity.name)
 
     @torch.inference_mode()
     def run_with_hooks(self, tokens: Tensor, hooks: list[tuple[str, Hook]]) -> Tensor:
@@ -181,11 +261,24 @@ class ModelHandle:
 
         return get_act_name(kind, layer)
 
+    def require_tokenizer(self) -> None:
+        """Raise unless the model has a tokenizer.
+
+        :class:`~harness.errors.TokenizerUnavailable` (the claim is skipped) where the loader looked
+        for one and could not find it (``no_tokenizer_reason`` says how to supply it); ``ValueError``
+        (an error) for a model that has none by construction, e.g. a planted model.
+        """
+        if self._hooked.tokenizer is not None:
+            return
+        if self.no_tokenizer_reason:
+            from harness.errors import TokenizerUnavailable
+
+            raise TokenizerUnavailable(self.identity.name, self.no_tokenizer_reason)
+        raise ValueError(f"model {self.identity.name!r} has no tokenizer: give token ids instead of text")
+
     def to_tokens(self, text: str | list[str], *, prepend_bos: bool = True) -> Tensor:
-        """Token ids [batch, pos] for ``text`` with the model's tokenizer."""
-        if self._hooked.tokenizer is None:
-            why = f" ({self.no_tokenizer_reason})" if self.no_tokenizer_reason else ""
-            raise ValueError(f"model {self.identity.name!r} has no tokenizer{why}: give token ids instead of text")
+        """Token ids [batch, pos] for ``text`` with the model's tokenizer (see :meth:`require_tokenizer`)."""
+        self.require_tokenizer()
         return self._hooked.to_tokens(text, prepend_bos=prepend_bos)
 
     @property

@@ -53,6 +53,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="load model NAME from the local weights file PATH (e.g. arena-attn-only-2l=attn_only_2L_half.pth); repeatable",
     )
     group.addoption(
+        "--claims-tokenizer", metavar="NAME=PATH", action="append", default=[],
+        help="tokenize for model NAME with the local tokenizer.json file or tokenizer folder PATH (e.g. gpt2-small=gpt2/tokenizer.json); repeatable",
+    )
+    group.addoption(
         "--claims-baseline", metavar="FILE", default=None,
         help="fail claims whose verdict flipped or whose value drifted beyond tolerance against this baseline; report new and disappeared claims",
     )
@@ -67,13 +71,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS_KEY] = []
     config.stash[IDS_KEY] = {}
     config.stash[FILES_KEY] = {}
-    for item in config.getoption("--claims-weights", default=[]) or []:
-        from harness.weights_option import apply_weights_option
+    from harness.weights_option import apply_tokenizer_option, apply_weights_option
 
-        try:
-            apply_weights_option(item)
-        except ValueError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    for option, apply in (("--claims-weights", apply_weights_option), ("--claims-tokenizer", apply_tokenizer_option)):
+        for item in config.getoption(option, default=[]) or []:
+            try:
+                apply(item)
+            except ValueError as exc:
+                raise pytest.UsageError(str(exc)) from None
     _check_paths(config)
     path = config.getoption("--claims-baseline", default=None)
     if path:

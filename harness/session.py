@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from harness.finite import NonFiniteModelError, first_non_finite_activation, first_non_finite_parameter
+from harness.finite import NonFiniteModelError, first_non_finite_parameter
 from harness.measurement import Measurement
 from harness.model_api import Forward, ModelHandle
 
@@ -69,8 +69,9 @@ class Session:
     def forward(self, model: ModelHandle, inputs: Any) -> Forward:
         """The forward pass of ``model`` on ``inputs``, run once (LRU of ``MAX_FORWARDS``).
 
-        Raises :class:`~harness.finite.NonFiniteModelError` when an activation or the logits
-        hold NaN or infinity (finite weights can still overflow).
+        Its activations and logits are computed when first read, and reading one that holds NaN or
+        infinity raises :class:`~harness.finite.NonFiniteModelError` (finite weights can still
+        overflow): a metric on such a pass is an ``error``.
         """
         key = (model.identity.key, inputs.key)
         if key in self._forwards:
@@ -78,9 +79,6 @@ class Session:
             return self._forwards[key]
         forward = model.run_with_cache(inputs.tokens)
         self.forward_count += 1
-        reason = first_non_finite_activation(forward.logits, forward.activations.items())
-        if reason is not None:
-            raise NonFiniteModelError(model.identity.name, reason)
         self._forwards[key] = forward
         while len(self._forwards) > MAX_FORWARDS:
             self._forwards.popitem(last=False)

@@ -28,10 +28,19 @@ from fixtures.registry import (
     unregister_model,
     weights_env_var,
 )
-from harness.errors import ModelUnavailable, WeightsIntegrityError
+from fixtures.tokenizer_source import (
+    TOKENIZER_ENV_PREFIX,
+    clear_tokenizer_overrides,
+    restore_tokenizer_overrides,
+    set_tokenizer_override,
+    tokenizer_env_var,
+)
+from harness.errors import ModelUnavailable, TokenizerUnavailable, WeightsIntegrityError
 from harness.model_api import ModelIdentity
 from harness.runner import measure
 from harness.session import Session
+
+pytest_plugins = ["pytester"]
 
 HUB = "arena-attn-only-2l"
 
@@ -43,22 +52,26 @@ SMALL_CONFIG = dict(
 
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Empty HF cache, downloads off, no overrides; file models registered here are removed."""
+    """Empty HF cache, downloads off, no weights or tokenizer overrides; file models registered here are removed."""
     import os
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
     monkeypatch.delenv(registry.DOWNLOAD_ENV, raising=False)
     for variable in [v for v in os.environ if v.startswith(registry.WEIGHTS_ENV_PREFIX)]:
         monkeypatch.delenv(variable)
+    for variable in [v for v in os.environ if v.startswith(TOKENIZER_ENV_PREFIX)]:
+        monkeypatch.delenv(variable)
     before = set(registry.model_entries())
     overrides = dict(registry._OVERRIDES)
     registry._OVERRIDES.clear()
+    tokenizers = clear_tokenizer_overrides()
     monkeypatch.setattr(registry, "_HUB_PROBE", [])
     yield
     for name in set(registry.model_entries()) - before:
         unregister_model(name)
     registry._OVERRIDES.clear()
     registry._OVERRIDES.update(overrides)
+    restore_tokenizer_overrides(tokenizers)
 
 
 def _random_state(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -139,7 +152,7 @@ def test_hub_entry_loads_from_local_file_given_by_env_var(course_file, monkeypat
     assert model.identity.config_sha256 == config_sha256(ARENA_ATTN_ONLY_2L_CONFIG)
     assert "INTERP_CLAIMS_WEIGHTS_ARENA_ATTN_ONLY_2L" in model.identity.origin
     assert model.bos_token_id == 0  # neox BOS, declared without the tokenizer
-    with pytest.raises(ValueError, match="gpt-neox-20b.*INTERP_CLAIMS_DOWNLOAD"):
+    with pytest.raises(TokenizerUnavailable, match="gpt-neox-20b.*INTERP_CLAIMS_TOKENIZER_ARENA_ATTN_ONLY_2L.*INTERP_CLAIMS_DOWNLOAD"):
         model.to_tokens("text-based claims need the tokenizer")
 
 
@@ -298,6 +311,13 @@ def test_transformer_lens_entries_load_from_the_hf_cache_without_network(tmp_pat
     assert plain.identity.weights_sha256 == ioi.identity.weights_sha256 is not None
     assert plain.identity.key != ioi.identity.key
     assert plain.bos_token_id == 259 and plain.to_tokens("hello")[0].tolist() == [259, 258, ord("o") - ord("!")]
+    from transformer_lens import HookedTransformer
+
+    with registry.hub_offline(), pytest.warns(DeprecationWarning, match="from_pretrained is deprecated"):
+        reference = HookedTransformer.from_pretrained("gpt2-small", device="cpu", dtype="float32", **registry.TL_MODELS["gpt2-small-ioi"][1])
+    ours, theirs = ioi._hooked.state_dict(), reference.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)  # from_pretrained's steps, same weights
+    assert ioi._hooked.cfg.to_dict() == reference.cfg.to_dict()
     tokens = torch.tensor([[259, 1, 2, 3, 1, 2, 3]])
     assert not torch.allclose(plain.W_Q, ioi.W_Q)  # refactoring rewrites W_Q, W_K, W_V, W_O ...
     torch.testing.assert_close(  # ... but not the model's output
@@ -428,3 +448,226 @@ def test_shipped_trained_toy_matches_its_pinned_sha() -> None:
     model = entry.load()
     assert model.shape == entry.shape
     assert model.identity.weights_sha256 == json.loads((registry.WEIGHTS_DIR / f"{registry.TOY_NAME}.json").read_text())["sha256"]
+
+
+def test_refused_pickle_reason_gives_no_advice_to_load_it_unsafely(small_file, tmp_path) -> None:
+    """A pickle holding a class: torch's weights_only loader refuses it; the reason keeps which
+    global was refused but not torch's advice to retry with ``weights_only=False``."""
+    _, config_path = small_file
+    weights = tmp_path / "with_code.pth"
+    torch.save({"embed.W_E": torch.zeros(2), "extra": ModelIdentity}, weights)
+    register_file_model("pickle-with-code", weights, config_path)
+    with pytest.raises(WeightsIntegrityError) as caught:
+        get_model_entry("pickle-with-code").load()
+    reason = caught.value.reason
+    assert "refuses" in reason and "ModelIdentity" in reason and "Weights only load failed" in reason
+    assert "weights_only` set to `False`" not in reason and "weights_only=False" not in reason
+    assert "can still be loaded" not in reason and "\x1b[" not in reason
+    assert str(weights) in str(caught.value)
+
+
+# --- tokenizers: a local file or folder, or a skip that says how to supply one ----------------
+
+WORDS = ("<bos>", "the", "cat", "sat", "on", "mat", "[UNK]")
+TEXT_CLAIM = """\
+source: {{course: project, chapter: tests}}
+model: {model}
+claims:
+  - id: text-loss-is-finite
+    statement: The model's loss on a short text is positive.
+    inputs: {{text: {{text: "the cat sat on the mat"}}}}
+    metric: loss.mean_loss
+    expect: {{">": 0}}
+"""
+
+
+def _word_tokenizer_file(path: Path) -> Path:
+    """A word-level ``tokenizer.json``: id ``i`` is ``WORDS[i]`` (no special tokens declared)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(path))
+    return path
+
+
+def _word_tokenizer_folder(folder: Path) -> Path:
+    """The same tokenizer as ``save_pretrained`` writes it (with ``<bos>`` declared)."""
+    from transformers import PreTrainedTokenizerFast
+
+    file = _word_tokenizer_file(folder.parent / "words-for-folder.json")
+    PreTrainedTokenizerFast(tokenizer_file=str(file), bos_token="<bos>", eos_token="<bos>").save_pretrained(str(folder))
+    return folder
+
+
+def _no_network(monkeypatch) -> None:
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network call was made")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+
+
+def _text_claim(model: str):
+    from harness.loader import load_claim_text
+
+    loaded = load_claim_text(TEXT_CLAIM.format(model=model), "claims/text.yaml")
+    return loaded, loaded.spec.claims[0]
+
+
+def test_text_claim_without_the_tokenizer_is_skipped_with_how_to_supply_it(small_file, monkeypatch) -> None:
+    """SMALL_CONFIG names gpt-neox-20b, which is not in the (empty) cache: skipped at once, no network."""
+    from harness.loader import load_claim_text
+    from harness.runner import run_claim
+    from harness.verdicts import Verdict
+
+    _no_network(monkeypatch)
+    register_file_model("no-tokenizer", *small_file, bos_token_id=0)
+    loaded, claim = _text_claim("no-tokenizer")
+    start = time.perf_counter()
+    result = run_claim(loaded, claim, Session())
+    assert result.verdict is Verdict.SKIPPED
+    assert time.perf_counter() - start < 5.0
+    for part in ("EleutherAI/gpt-neox-20b", "INTERP_CLAIMS_TOKENIZER_NO_TOKENIZER=PATH", "--claims-tokenizer no-tokenizer=PATH",
+                 "tokenizer.json", "hf download EleutherAI/gpt-neox-20b", "INTERP_CLAIMS_DOWNLOAD=1"):
+        assert part in result.reason, part
+    ioi_text = TEXT_CLAIM.format(model="no-tokenizer").replace('{text: {text: "the cat sat on the mat"}}', "{ioi_prompts: {}}")
+    ioi = load_claim_text(ioi_text.replace("loss.mean_loss", "ioi.logit_diff"), "claims/ioi.yaml")
+    ioi_result = run_claim(ioi, ioi.spec.claims[0], Session())
+    assert ioi_result.verdict is Verdict.SKIPPED and "--claims-tokenizer no-tokenizer=PATH" in ioi_result.reason
+
+
+def test_planted_model_given_text_is_an_error_not_a_skip() -> None:
+    """A model without a tokenizer by construction: text inputs are a spec mistake."""
+    model = get_model_entry("planted-attn-2l").load()
+    with pytest.raises(ValueError, match="has no tokenizer: give token ids") as caught:
+        model.to_tokens("the cat")
+    assert not isinstance(caught.value, ModelUnavailable)
+
+
+@pytest.mark.parametrize("form", ["file", "folder"])
+def test_local_tokenizer_from_option_or_environment(form, small_file, tmp_path, monkeypatch) -> None:
+    _no_network(monkeypatch)
+    register_file_model("with-tokenizer", *small_file, bos_token_id=0)
+    if form == "file":
+        path = _word_tokenizer_file(tmp_path / "tokenizer.json")
+        set_tokenizer_override("with-tokenizer", path)
+    else:
+        path = _word_tokenizer_folder(tmp_path / "tokenizer")
+        monkeypatch.setenv(tokenizer_env_var("with-tokenizer"), str(path))
+        assert tokenizer_env_var("with-tokenizer") == "INTERP_CLAIMS_TOKENIZER_WITH_TOKENIZER"
+    model = get_model_entry("with-tokenizer").load()
+    assert model.to_tokens("the cat sat")[0].tolist() == [0, 1, 2, 3]  # <bos> from bos_token_id 0, then the words
+    assert model.to_tokens("the cat sat", prepend_bos=False)[0].tolist() == [1, 2, 3]
+    label = model.identity.processing["tokenizer"]
+    assert label.startswith("local:") and len(label) == len("local:") + 64
+    from harness.runner import run_claim
+
+    loaded, claim = _text_claim("with-tokenizer")
+    result = run_claim(loaded, claim, Session())
+    assert result.verdict.value == "supported", result.reason
+    assert result.model_identity["processing"]["tokenizer"] == label
+
+
+def test_tokenizer_override_is_checked() -> None:
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        set_tokenizer_override("nope", "tokenizer.json")
+    with pytest.raises(ValueError, match="planted.*does not read a Hugging Face tokenizer.*gpt2-small"):
+        set_tokenizer_override("planted-attn-2l", "tokenizer.json")
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        set_tokenizer_override("gpt2-small", "/nonexistent/tokenizer.json")
+
+
+def test_environment_tokenizer_that_is_missing_or_unreadable_is_an_error(small_file, tmp_path, monkeypatch) -> None:
+    register_file_model("bad-tokenizer", *small_file, bos_token_id=0)
+    variable = tokenizer_env_var("bad-tokenizer")
+    monkeypatch.setenv(variable, str(tmp_path / "typo.json"))
+    with pytest.raises(FileNotFoundError, match=f"{variable}=.*typo.json"):
+        get_model_entry("bad-tokenizer").load()
+    broken = tmp_path / "tokenizer.json"
+    broken.write_text("{not json")
+    monkeypatch.setenv(variable, str(broken))
+    with pytest.raises(ValueError, match=f"{variable}=.*cannot be read as a tokenizer") as caught:
+        Session().model("bad-tokenizer")
+    assert not isinstance(caught.value, ModelUnavailable)
+
+
+def test_gpt2_without_its_tokenizer_loads_and_skips_text_then_takes_a_local_one(tmp_path, monkeypatch) -> None:
+    """The transformer_lens path: weights in the cache but no tokenizer files; then a local tokenizer.json."""
+    _fake_gpt2_cache(tmp_path / "hub")
+    snapshot = next((tmp_path / "hub" / "models--gpt2" / "snapshots").iterdir())
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(snapshot)).backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        (snapshot / name).unlink()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(registry, "GPT2_SMALL_SHAPE", registry.ModelShape(2, 4, 32, 8, 260, 16))
+    monkeypatch.setattr(registry, "_GPT2_BOS", 259)  # the stand-in's <|endoftext|>
+    _no_network(monkeypatch)
+    entry = get_model_entry("gpt2-small")
+    entry.ensure_available()  # the weights are here: the model is available
+    bare = entry.load()
+    assert bare.identity.processing["tokenizer"] is None and bare.bos_token_id == 259
+    with pytest.raises(TokenizerUnavailable, match="tokenizer 'gpt2'.*--claims-tokenizer gpt2-small=PATH"):
+        bare.to_tokens("hello")
+    assert bare.run_with_cache(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 260)  # weights-only work runs
+
+    set_tokenizer_override("gpt2-small", tmp_path / "tokenizer.json")
+    model = entry.load()
+    assert model.to_tokens("hello", prepend_bos=False)[0].tolist() == [258, ord("o") - ord("!")]
+    assert model.identity.processing["tokenizer"].startswith("local:")
+    assert model.identity.key != bare.identity.key
+
+
+def test_cli_tokenizer_option(small_file, tmp_path, monkeypatch, capsys) -> None:
+    from harness.cli import EXIT_INVALID, main
+
+    register_file_model("cli-tokenizer", *small_file, bos_token_id=0)
+    claims = tmp_path / "claims" / "text.yaml"
+    claims.parent.mkdir()
+    claims.write_text(TEXT_CLAIM.format(model="cli-tokenizer"))
+    assert main(["run", str(claims), "--out", str(tmp_path / "skipped"), "--no-progress"]) == 0
+    record = json.loads((tmp_path / "skipped" / "results.json").read_text())
+    assert record["claims"][0]["verdict"] == "skipped" and "--claims-tokenizer cli-tokenizer=PATH" in record["claims"][0]["reason"]
+    tokenizer = _word_tokenizer_file(tmp_path / "tokenizer.json")
+    assert main(["run", str(claims), "--out", str(tmp_path / "out"), "--no-progress", "--tokenizer", f"cli-tokenizer={tokenizer}"]) == 0
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert record["claims"][0]["verdict"] == "supported"
+    assert main(["run", str(claims), "--out", str(tmp_path / "bad"), "--tokenizer", "cli-tokenizer"]) == EXIT_INVALID
+    assert "--claims-tokenizer expects NAME=PATH" in capsys.readouterr().err
+
+
+def test_pytest_tokenizer_option(small_file, tmp_path, pytester) -> None:
+    register_file_model("pytest-tokenizer", *small_file, bos_token_id=0)
+    (pytester.path / "claims").mkdir()
+    (pytester.path / "claims" / "text.yaml").write_text(TEXT_CLAIM.format(model="pytest-tokenizer"))
+    skipped = pytester.runpytest_inprocess("claims", "-q", "-rs")
+    skipped.assert_outcomes(skipped=1)
+    assert "--claims-tokenizer pytest-tokenizer=PATH" in skipped.stdout.str()
+    tokenizer = _word_tokenizer_file(tmp_path / "tokenizer.json")
+    pytester.runpytest_inprocess("claims", "-q", "--claims-tokenizer", f"pytest-tokenizer={tokenizer}").assert_outcomes(passed=1)
+    bad = pytester.runpytest_inprocess("claims", "-q", "--claims-tokenizer", "pytest-tokenizer=/nonexistent")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR and "no such file or folder" in bad.stderr.str()
+
+
+# --- forward passes: activations computed when read --------------------------------------------
+
+
+def test_forward_holds_only_the_kinds_read_and_equals_one_full_cache() -> None:
+    model = get_model_entry("planted-attn-2l").load()
+    tokens = torch.tensor([[0, 5, 6, 7, 5, 6, 7], [0, 9, 3, 2, 9, 3, 2]])
+    forward = model.run_with_cache(tokens)
+    activations = forward.activations
+    assert activations.held == frozenset()
+    pattern = activations["pattern", 1]
+    assert activations.held == {f"blocks.{layer}.attn.hook_pattern" for layer in range(model.shape.n_layers)}
+    full_logits, full = model._hooked.run_with_cache(tokens)
+    assert torch.equal(pattern, full["pattern", 1])
+    for key in (("z", 0), ("resid_pre", 1), "embed", "blocks.0.attn.hook_q", ("attn_out", 1)):
+        assert torch.equal(activations[key], full[key]), key
+    assert torch.equal(forward.logits, full_logits)
+    assert ("pattern", 0) in activations and "blocks.0.attn.hook_nothing" not in activations
+    with pytest.raises(KeyError):
+        activations["blocks.0.attn.hook_result"]  # a hook point this model never calls (use_attn_result off)

