@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures.planted import PLANTED_MODELS, build_split_copy_model
@@ -27,8 +27,9 @@ from harness.context import MetricContext
 from harness.model_api import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
+from harness.testing import fast_settings
 
-FAST = settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FAST = fast_settings(8)
 
 
 @pytest.fixture(autouse=True, scope="module")

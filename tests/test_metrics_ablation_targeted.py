@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from transformer_lens import HookedTransformer
@@ -24,16 +24,15 @@ from fixtures.inputs import INPUT_KINDS, InputBatch
 from fixtures.planted import PLANTED_MODELS, build_planted, distinct_repeated_tokens
 from fixtures.random_models import random_hooked
 from fixtures.registry import get_model_entry
-from harness.context import MetricContext
 from harness.heads import Head
 from harness.measurement import Measurement
 from harness.model_api import ModelHandle, ModelIdentity
 from harness.registry import get_metric
-from harness.session import Session
+from harness.testing import ad_hoc_handle, fast_settings, measure_metric
 
 ATTN = "planted-attn-2l"
 GROUND_TRUTH = PLANTED_MODELS[ATTN].ground_truth
-FAST = settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FAST = fast_settings(12)
 TOL = 1e-5
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,15 +41,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # ----------------------------------------------------------------------------------------------
 # models, inputs, running a metric
 # ----------------------------------------------------------------------------------------------
-
-
-def random_model(seed: int, *, n_heads: int = 2, d_head: int = 3, d_model: int = 6, d_vocab: int = 10, positional: str = "shortformer") -> HookedTransformer:
-    """A 2-layer attention-only model with every parameter (biases included) ~ N(0, 0.5^2), seeded."""
-    return random_hooked(seed, n_heads=n_heads, d_head=d_head, d_model=d_model, d_vocab=d_vocab, positional=positional)
-
-
-def handle(model: HookedTransformer, name: str, bos: int = 0) -> ModelHandle:
-    return ModelHandle(model, ModelIdentity(name=name, source="test", weights_sha256=None, config_sha256=None), bos_token_id=bos)
 
 
 def repeated(model: ModelHandle, seq_len: int, batch: int, seed: int, prepend_bos: bool = True) -> InputBatch:
@@ -63,12 +53,6 @@ def distinct_repeated(batch: int, seq_len: int, d_vocab: int, bos: int, seed: in
     """The planted ground truth's input (``distinct_repeated_tokens``) as an input batch."""
     tokens = distinct_repeated_tokens(batch, seq_len, d_vocab, bos, seed)
     return InputBatch(tokens, "tokens", {"ids": tokens.tolist()}, {"seq_len": seq_len, "prefix": 1})
-
-
-def measure(name: str, model: ModelHandle, inputs: InputBatch, **params: Any) -> Measurement:
-    """Run metric ``name`` as the runner does: validated params, a fresh session."""
-    info = get_metric(name)
-    return info.function(MetricContext(model, inputs, Session()), **dict(info.validate_params(params)))
 
 
 def planted() -> ModelHandle:
@@ -84,8 +68,8 @@ def cases(draw: st.DrawFn) -> tuple[HookedTransformer, ModelHandle, InputBatch]:
         "d_vocab": draw(st.integers(3, 12)), "positional": draw(st.sampled_from(["standard", "shortformer"])),
     }
     seed = draw(st.integers(0, 2**31 - 1))
-    model = random_model(seed, **shape)
-    wrapped = handle(model, f"random-{seed}-{sorted(shape.items())}")
+    model = random_hooked(seed, **shape)
+    wrapped = ad_hoc_handle(model, f"random-{seed}-{sorted(shape.items())}")
     inputs = repeated(wrapped, draw(st.integers(2, 5)), draw(st.integers(1, 3)), draw(st.integers(0, 1000)), draw(st.booleans()))
     return model, wrapped, inputs
 
@@ -194,7 +178,7 @@ def test_induction_after_ablation_equals_reference(case: tuple[HookedTransformer
     model, wrapped, inputs = case
     target = Head(1, data.draw(st.integers(0, model.cfg.n_heads - 1)))
     seq_len, prefix = inputs.meta["seq_len"], inputs.meta["prefix"]
-    result = measure("ablation.induction_score_after_ablation", wrapped, inputs, head=str(target), variant=variant)
+    result = measure_metric(wrapped, "ablation.induction_score_after_ablation", inputs=inputs, head=str(target), variant=variant)
     expected = {
         name: ref_stripe(ref_pattern_with_v_zeroed(model, inputs.tokens, target, Head.parse(name)), seq_len, prefix, variant)
         for name in layer0_heads(model)
@@ -202,7 +186,7 @@ def test_induction_after_ablation_equals_reference(case: tuple[HookedTransformer
     assert_table(result, expected)
     clean = ref_stripe(ref_pattern_with_v_zeroed(model, inputs.tokens, target, None), seq_len, prefix, variant)
     assert result.details["clean"] == pytest.approx(batch_mean_se(clean)[0], abs=TOL)
-    scores = measure("attention.scores", wrapped, inputs, pattern="induction", variant=variant)
+    scores = measure_metric(wrapped, "attention.scores", inputs=inputs, pattern="induction", variant=variant)
     assert result.details["clean"] == pytest.approx(scores.value[str(target)], abs=TOL)
     for name, value in result.value.items():
         assert result.details["change"][name] == pytest.approx(value - result.details["clean"], abs=TOL)
@@ -212,38 +196,38 @@ def test_induction_after_ablation_equals_reference(case: tuple[HookedTransformer
 @given(cases(), st.floats(0.0, 1.0))
 def test_breaking_heads_are_the_table_below_threshold(case: tuple[HookedTransformer, ModelHandle, InputBatch], threshold: float) -> None:
     _, wrapped, inputs = case
-    scores = measure("ablation.induction_score_after_ablation", wrapped, inputs, head="1.0")
-    breaking = measure("ablation.induction_breaking_heads", wrapped, inputs, head="1.0", threshold=threshold)
+    scores = measure_metric(wrapped, "ablation.induction_score_after_ablation", inputs=inputs, head="1.0")
+    breaking = measure_metric(wrapped, "ablation.induction_breaking_heads", inputs=inputs, head="1.0", threshold=threshold)
     assert breaking.value == [name for name, value in scores.value.items() if value < threshold]
     assert breaking.details["scores"] == scores.value
 
 
 def test_stacked_copies_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = random_model(11, n_heads=3)
-    wrapped = handle(model, "random-11")
+    model = random_hooked(11, n_heads=3)
+    wrapped = ad_hoc_handle(model, "random-11")
     inputs = repeated(wrapped, 4, 3, 5)
-    one_pass = measure("ablation.induction_score_after_ablation", wrapped, inputs, head="1.2", variant="clean")
-    offsets_one_pass = measure("ablation.offset_restricted", wrapped, inputs, offsets=[1, 2])
+    one_pass = measure_metric(wrapped, "ablation.induction_score_after_ablation", inputs=inputs, head="1.2", variant="clean")
+    offsets_one_pass = measure_metric(wrapped, "ablation.offset_restricted", inputs=inputs, offsets=[1, 2])
     monkeypatch.setattr(ablation, "MAX_LOGIT_BYTES", 1)  # one copy per forward pass
-    assert measure("ablation.induction_score_after_ablation", wrapped, inputs, head="1.2", variant="clean").value == pytest.approx(one_pass.value, abs=1e-6)
-    assert measure("ablation.offset_restricted", wrapped, inputs, offsets=[1, 2]).value == pytest.approx(offsets_one_pass.value, abs=1e-6)
+    assert measure_metric(wrapped, "ablation.induction_score_after_ablation", inputs=inputs, head="1.2", variant="clean").value == pytest.approx(one_pass.value, abs=1e-6)
+    assert measure_metric(wrapped, "ablation.offset_restricted", inputs=inputs, offsets=[1, 2]).value == pytest.approx(offsets_one_pass.value, abs=1e-6)
 
 
 def test_induction_after_ablation_heads_and_schema() -> None:
-    model = random_model(4, n_heads=3)
-    wrapped = handle(model, "random-4")
+    model = random_hooked(4, n_heads=3)
+    wrapped = ad_hoc_handle(model, "random-4")
     inputs = repeated(wrapped, 4, 2, 1)
-    full = measure("ablation.induction_score_after_ablation", wrapped, inputs, head="1.1")
-    some = measure("ablation.induction_score_after_ablation", wrapped, inputs, head="1.1", heads=["0.2", "0.0"])
+    full = measure_metric(wrapped, "ablation.induction_score_after_ablation", inputs=inputs, head="1.1")
+    some = measure_metric(wrapped, "ablation.induction_score_after_ablation", inputs=inputs, head="1.1", heads=["0.2", "0.0"])
     assert list(some.value) == ["0.0", "0.2"]
     assert some.value == pytest.approx({name: full.value[name] for name in some.value}, abs=1e-6)
     with pytest.raises(ValueError, match="not in a layer before"):
-        measure("ablation.induction_score_after_ablation", wrapped, inputs, head="1.1", heads=["0.0", "1.0"])
+        measure_metric(wrapped, "ablation.induction_score_after_ablation", inputs=inputs, head="1.1", heads=["0.0", "1.0"])
     with pytest.raises(ValueError, match="layer 0"):
-        measure("ablation.induction_score_after_ablation", wrapped, inputs, head="0.1")
+        measure_metric(wrapped, "ablation.induction_score_after_ablation", inputs=inputs, head="0.1")
     text = INPUT_KINDS["tokens"].build(wrapped, INPUT_KINDS["tokens"].params_model.model_validate({"ids": [[0, 1, 2, 3]]}))
     with pytest.raises(ValueError, match="repeated_random"):
-        measure("ablation.induction_score_after_ablation", wrapped, text, head="1.1")
+        measure_metric(wrapped, "ablation.induction_score_after_ablation", inputs=text, head="1.1")
     info = get_metric("ablation.induction_score_after_ablation")
     assert set(info.head_params) == {"head", "heads"}
     with pytest.raises(ValidationError):
@@ -265,7 +249,7 @@ def test_induction_after_ablation_heads_and_schema() -> None:
 def test_offset_restricted_equals_reference(case: tuple[HookedTransformer, ModelHandle, InputBatch], offsets: list[int]) -> None:
     model, wrapped, inputs = case
     seq_len = inputs.meta["seq_len"]
-    result = measure("ablation.offset_restricted", wrapped, inputs, offsets=offsets)
+    result = measure_metric(wrapped, "ablation.offset_restricted", inputs=inputs, offsets=offsets)
     names = [f"{layer}.{h}" for layer in range(2) for h in range(model.cfg.n_heads)]
     expected = {name: ref_offset_loss_change(model, inputs.tokens, Head.parse(name), offsets, seq_len) for name in names}
     assert_table(result, expected, tol=1e-4)
@@ -277,14 +261,14 @@ def test_offset_restricted_equals_reference(case: tuple[HookedTransformer, Model
 def test_keeping_every_offset_changes_nothing(case: tuple[HookedTransformer, ModelHandle, InputBatch]) -> None:
     _, wrapped, inputs = case
     every = list(range(inputs.tokens.shape[1]))
-    result = measure("ablation.offset_restricted", wrapped, inputs, offsets=every)
+    result = measure_metric(wrapped, "ablation.offset_restricted", inputs=inputs, offsets=every)
     assert all(abs(value) <= 1e-4 for value in result.value.values()), result.value
 
 
 def test_one_sequence_has_nothing_to_mean_ablate() -> None:
-    model = random_model(7, n_heads=2)
-    wrapped = handle(model, "random-7")
-    result = measure("ablation.offset_restricted", wrapped, repeated(wrapped, 5, 1, 3), offsets=[0])
+    model = random_hooked(7, n_heads=2)
+    wrapped = ad_hoc_handle(model, "random-7")
+    result = measure_metric(wrapped, "ablation.offset_restricted", inputs=repeated(wrapped, 5, 1, 3), offsets=[0])
     assert all(abs(value) <= 1e-4 for value in result.value.values()), result.value
     assert result.uncertainty is None
 
@@ -310,7 +294,7 @@ def test_planted_zeroing_the_previous_token_head_leaves_uniform_attention() -> N
     seq_len, prefix = 40, 1
     inputs = distinct_repeated(3, seq_len, wrapped.shape.d_vocab, GROUND_TRUTH["bos_token_id"])
     (induction,) = GROUND_TRUTH["induction_heads"]
-    result = measure("ablation.induction_score_after_ablation", wrapped, inputs, head=induction, variant="clean")
+    result = measure_metric(wrapped, "ablation.induction_score_after_ablation", inputs=inputs, head=induction, variant="clean")
     assert result.details["clean"] == pytest.approx(GROUND_TRUTH["induction_attention_second_half"], abs=1e-6)
     queries = range(prefix + seq_len, prefix + 2 * seq_len)
     uniform = sum(1.0 / (q + 1) for q in queries) / len(queries)
@@ -318,7 +302,7 @@ def test_planted_zeroing_the_previous_token_head_leaves_uniform_attention() -> N
         assert result.value[name] == pytest.approx(uniform, abs=1e-6)
     for name in set(GROUND_TRUTH["zero_ov_heads"]) & set(result.value):
         assert result.value[name] == pytest.approx(result.details["clean"], abs=1e-6), name
-    breaking = measure("ablation.induction_breaking_heads", wrapped, inputs, head=induction, threshold=0.5, variant="clean")
+    breaking = measure_metric(wrapped, "ablation.induction_breaking_heads", inputs=inputs, head=induction, threshold=0.5, variant="clean")
     assert breaking.value == GROUND_TRUTH["previous_token_heads"]
 
 
@@ -329,9 +313,9 @@ def test_planted_previous_token_head_uses_only_offset_1() -> None:
     wrapped = planted()
     inputs = repeated(wrapped, 10, 4, 78)
     heads = layer0_heads(wrapped)
-    mean_ablation = measure("ablation.head_loss_change", wrapped, inputs, method="mean", heads=heads)
+    mean_ablation = measure_metric(wrapped, "ablation.head_loss_change", inputs=inputs, method="mean", heads=heads)
     for offsets in ([1], [0], [2], [1, 2]):
-        result = measure("ablation.offset_restricted", wrapped, inputs, offsets=offsets, heads=heads)
+        result = measure_metric(wrapped, "ablation.offset_restricted", inputs=inputs, offsets=offsets, heads=heads)
         for name in GROUND_TRUTH["previous_token_heads"]:
             expected = 0.0 if 1 in offsets else mean_ablation.value[name]
             assert result.value[name] == pytest.approx(expected, abs=1e-5), (offsets, name)
@@ -357,19 +341,19 @@ def toy() -> tuple[ModelHandle, InputBatch]:
 def test_toy_previous_token_heads_feed_the_induction_head(toy: tuple[ModelHandle, InputBatch]) -> None:
     """Measured (course variant): unablated 0.869; 0.0 -> 0.280, 0.2 -> 0.141; 0.1 -> 0.796, 0.3 -> 0.837."""
     wrapped, inputs = toy
-    result = measure("ablation.induction_score_after_ablation", wrapped, inputs, head="1.0")
+    result = measure_metric(wrapped, "ablation.induction_score_after_ablation", inputs=inputs, head="1.0")
     change = result.details["change"]
     assert all(change[name] < -0.4 for name in TOY_PREVIOUS), change
     assert all(change[name] > -0.2 for name in TOY_OTHERS), change
-    breaking = measure("ablation.induction_breaking_heads", wrapped, inputs, head="1.0", threshold=0.5)
+    breaking = measure_metric(wrapped, "ablation.induction_breaking_heads", inputs=inputs, head="1.0", threshold=0.5)
     assert breaking.value == TOY_PREVIOUS
 
 
 def test_toy_previous_token_heads_use_only_offset_1(toy: tuple[ModelHandle, InputBatch]) -> None:
     """Measured loss change: keep [1]: 0.0 -0.001, 0.2 0.000; keep [0]: 0.0 3.00, 0.2 4.26."""
     wrapped, inputs = toy
-    keep_previous = measure("ablation.offset_restricted", wrapped, inputs, offsets=[1], heads=TOY_PREVIOUS)
-    keep_current = measure("ablation.offset_restricted", wrapped, inputs, offsets=[0], heads=TOY_PREVIOUS)
+    keep_previous = measure_metric(wrapped, "ablation.offset_restricted", inputs=inputs, offsets=[1], heads=TOY_PREVIOUS)
+    keep_current = measure_metric(wrapped, "ablation.offset_restricted", inputs=inputs, offsets=[0], heads=TOY_PREVIOUS)
     for name in TOY_PREVIOUS:
         assert abs(keep_previous.value[name]) < 0.02, keep_previous.value
         assert keep_current.value[name] > 1.0, keep_current.value

@@ -13,22 +13,19 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from fixtures.planted import PLANTED_MODELS, QK_SIDE
-from fixtures.random_models import random_hooked
-from harness.context import MetricContext
 from harness.heads import Head
-from harness.measurement import Measurement
 from harness.metrics import qk as qk_module
-from harness.model_api import ModelHandle, ModelIdentity
-from harness.registry import get_metric
+from harness.model_api import ModelHandle
 from harness.session import Session
+from harness.testing import fast_settings, measure_metric, random_handle
 
 ATTN = "planted-attn-2l"
 GROUND_TRUTH = PLANTED_MODELS[ATTN].ground_truth
-FAST = settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FAST = fast_settings(10)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,31 +35,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # ----------------------------------------------------------------------------------------------
 
 
-def random_model(
-    seed: int, *, n_layers: int = 2, n_heads: int = 2, d_model: int = 6, d_head: int = 3, d_vocab: int = 10,
-    positional: str = "shortformer", normalization: str | None = None, attn_only: bool = True,
-) -> ModelHandle:
-    """A small model with every parameter (biases included) ~ N(0, 0.5^2), seeded; n_ctx 16."""
-    hooked = random_hooked(
-        seed, n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=d_head, d_vocab=d_vocab,
-        positional=positional, normalization=normalization, d_mlp=None if attn_only else 4,
-    )
-    identity = ModelIdentity(name=f"random-{seed}-{positional}-{normalization}", source="test", weights_sha256=None, config_sha256=None)
-    return ModelHandle(hooked, identity, bos_token_id=0)
-
-
 def planted() -> ModelHandle:
     from fixtures.registry import get_model_entry
 
     return get_model_entry(ATTN).load()
-
-
-def measure(metric: str, model: ModelHandle, inputs: dict[str, Any], **params: Any) -> Measurement:
-    """Run ``metric`` as the runner does: validated params, a fresh session, ``inputs`` an input spec."""
-    info = get_metric(metric)
-    session = Session()
-    batch = session.inputs(model, inputs)
-    return info.function(MetricContext(model, batch, session), **dict(info.validate_params(params)))
 
 
 def tokens_of(model: ModelHandle, inputs: dict[str, Any]) -> torch.Tensor:
@@ -123,10 +99,10 @@ def ref_component_norms(model: ModelHandle, tokens: torch.Tensor, head: Head, si
 def test_component_norms_equal_loop_reference(
     seed: int, n_layers: int, n_heads: int, positional: str, side: str, batch: int, data: st.DataObject,
 ) -> None:
-    model = random_model(seed, n_layers=n_layers, n_heads=n_heads, positional=positional)
+    model = random_handle(seed, n_layers=n_layers, n_heads=n_heads, positional=positional)
     head = Head(data.draw(st.integers(0, n_layers - 1)), data.draw(st.integers(0, n_heads - 1)))
     inputs = {"repeated_random": {"seq_len": 4, "batch": batch, "seed": seed % 1000}}
-    got = measure("qk.component_norms", model, inputs, head=str(head), side=side)
+    got = measure_metric(model, "qk.component_norms", inputs=inputs, head=str(head), side=side)
     expected = ref_component_norms(model, tokens_of(model, inputs), head, side)
     assert list(got.value) == list(expected)  # embed, pos, then heads of earlier layers in order
     for name, per_sequence in expected.items():
@@ -140,7 +116,7 @@ def test_component_norms_equal_loop_reference(
 
 def test_components_plus_biases_sum_to_cached_q_and_k() -> None:
     """The course's assert (decomposed q sums to cache["q", 1][:, h]), here with biases: to 1e-5."""
-    model = random_model(3, n_layers=2, n_heads=3)
+    model = random_handle(3, n_layers=2, n_heads=3)
     tokens = tokens_of(model, {"repeated_random": {"seq_len": 5, "batch": 2}})
     forward = model.run_with_cache(tokens)
     _, components = qk_module.qk_components(model, forward.activations, 1)
@@ -153,29 +129,29 @@ def test_components_plus_biases_sum_to_cached_q_and_k() -> None:
 
 
 def test_component_norms_fail_closed_when_the_sum_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = random_model(4)
+    model = random_handle(4)
     monkeypatch.setattr(qk_module, "qk_bias_part", lambda model, layer, index, side: torch.zeros(model.shape.d_head, dtype=torch.float64))
     with pytest.raises(ValueError, match="do not sum"):
-        measure("qk.component_norms", model, {"repeated_random": {"seq_len": 3}}, head="1.0")
+        measure_metric(model, "qk.component_norms", inputs={"repeated_random": {"seq_len": 3}}, head="1.0")
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"normalization": "LN"}, "normalization"), ({"normalization": "LNPre"}, "normalization"), ({"attn_only": False}, "attn_only")],
+    [({"normalization": "LN"}, "normalization"), ({"normalization": "LNPre"}, "normalization"), ({"d_mlp": 4}, "attn_only")],
 )
 def test_component_norms_refuse_nonlinear_inputs(kwargs: dict[str, Any], match: str) -> None:
-    model = random_model(1, **kwargs)
+    model = random_handle(1, **kwargs)
     with pytest.raises(ValueError, match=match):
-        measure("qk.component_norms", model, {"repeated_random": {"seq_len": 3}}, head="1.0")
+        measure_metric(model, "qk.component_norms", inputs={"repeated_random": {"seq_len": 3}}, head="1.0")
 
 
 def test_component_norms_top_k_is_the_ranking_of_the_table() -> None:
-    model = random_model(11, n_layers=2, n_heads=3)
+    model = random_handle(11, n_layers=2, n_heads=3)
     inputs = {"repeated_random": {"seq_len": 5, "batch": 2}}
-    table = measure("qk.component_norms", model, inputs, head="1.1", side="key").value
+    table = measure_metric(model, "qk.component_norms", inputs=inputs, head="1.1", side="key").value
     ranked = sorted(table, key=table.get, reverse=True)
     for k in (1, 3, 5):
-        assert measure("qk.component_norms", model, inputs, head="1.1", side="key", top_k=k).value == ranked[:k]
+        assert measure_metric(model, "qk.component_norms", inputs=inputs, head="1.1", side="key", top_k=k).value == ranked[:k]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,13 +170,13 @@ def test_planted_induction_head_query_reads_embed_key_reads_prev_token_head(inpu
     (writer, reader), = GROUND_TRUTH["k_composition"]
     model = planted()
     full = QK_SIDE**2
-    query = measure("qk.component_norms", model, inputs, head=reader, side="query")
-    key = measure("qk.component_norms", model, inputs, head=reader, side="key")
+    query = measure_metric(model, "qk.component_norms", inputs=inputs, head=reader, side="query")
+    key = measure_metric(model, "qk.component_norms", inputs=inputs, head=reader, side="key")
     assert query.value["embed"] == pytest.approx(full, rel=1e-6)
     assert key.value[writer] == pytest.approx(full, rel=1e-6)
     assert all(v == 0.0 for name, v in query.value.items() if name != "embed")
     assert all(v == 0.0 for name, v in key.value.items() if name != writer)
-    assert measure("qk.component_norms", model, inputs, head=reader, side="key", top_k=1).value == [writer]
+    assert measure_metric(model, "qk.component_norms", inputs=inputs, head=reader, side="key", top_k=1).value == [writer]
 
 
 def test_planted_previous_token_head_reads_positions() -> None:
@@ -209,8 +185,8 @@ def test_planted_previous_token_head_reads_positions() -> None:
     seq_len = 10
     n = 1 + 2 * seq_len
     inputs = {"repeated_random": {"seq_len": seq_len, "batch": 2}}
-    query = measure("qk.component_norms", model, inputs, head="0.0", side="query")
-    key = measure("qk.component_norms", model, inputs, head="0.0", side="key")
+    query = measure_metric(model, "qk.component_norms", inputs=inputs, head="0.0", side="query")
+    key = measure_metric(model, "qk.component_norms", inputs=inputs, head="0.0", side="key")
     assert list(query.value) == ["embed", "pos"]
     assert query.value == pytest.approx({"embed": 0.0, "pos": QK_SIDE**2 * (n - 1) / n}, rel=1e-6)
     assert key.value == pytest.approx({"embed": 0.0, "pos": QK_SIDE**2}, rel=1e-6)
@@ -243,9 +219,9 @@ def ref_direct_by_position(model: ModelHandle, tokens: torch.Tensor) -> list[lis
     normalization=st.sampled_from([None, "LNPre"]), batch=st.integers(1, 3), seq_len=st.integers(2, 6),
 )
 def test_direct_by_position_equals_loop_reference(seed: int, positional: str, normalization: str | None, batch: int, seq_len: int) -> None:
-    model = random_model(seed, positional=positional, normalization=normalization)
+    model = random_handle(seed, positional=positional, normalization=normalization)
     inputs = {"repeated_random": {"seq_len": seq_len, "batch": batch, "seed": seed % 997}}
-    got = measure("attribution.direct_by_position", model, inputs)
+    got = measure_metric(model, "attribution.direct_by_position", inputs=inputs)
     reference = ref_direct_by_position(model, tokens_of(model, inputs))
     n_pred = 2 * seq_len
     assert list(got.value) == [str(i) for i in range(n_pred)]
@@ -260,39 +236,39 @@ def test_direct_by_position_equals_loop_reference(seed: int, positional: str, no
 
 def test_direct_by_position_averages_to_direct_logit() -> None:
     """The mean over positions of the table is attribution.direct_logit's embed + pos (positions all)."""
-    model = random_model(21, positional="standard")
+    model = random_handle(21, positional="standard")
     inputs = {"repeated_random": {"seq_len": 5, "batch": 3, "seed": 2}}
-    table = measure("attribution.direct_by_position", model, inputs).value
-    dla = measure("attribution.direct_logit", model, inputs, positions="all").value
+    table = measure_metric(model, "attribution.direct_by_position", inputs=inputs).value
+    dla = measure_metric(model, "attribution.direct_logit", inputs=inputs, positions="all").value
     assert sum(table.values()) / len(table) == pytest.approx(dla["embed"] + dla["pos"], rel=1e-5, abs=1e-6)
 
 
 def test_direct_by_position_top_k_is_the_ranking_of_the_table() -> None:
-    model = random_model(5)
+    model = random_handle(5)
     inputs = {"repeated_random": {"seq_len": 6, "batch": 2, "seed": 1}}
-    table = measure("attribution.direct_by_position", model, inputs).value
+    table = measure_metric(model, "attribution.direct_by_position", inputs=inputs).value
     ranked = sorted(table, key=table.get, reverse=True)
     for k in (1, 4, 12):
-        assert measure("attribution.direct_by_position", model, inputs, top_k=k).value == ranked[:k]
+        assert measure_metric(model, "attribution.direct_by_position", inputs=inputs, top_k=k).value == ranked[:k]
     with pytest.raises(ValueError, match="exceeds"):
-        measure("attribution.direct_by_position", model, inputs, top_k=13)
+        measure_metric(model, "attribution.direct_by_position", inputs=inputs, top_k=13)
 
 
 def test_planted_direct_path_is_one_exactly_on_doubled_tokens() -> None:
     """planted-attn-2l: W_E W_U = I (direct_path_gain 1), so direct[i] = [t[i] == t[i+1]]."""
     model = planted()
     ids = [0, 5, 5, 7, 3, 3, 9]
-    got = measure("attribution.direct_by_position", model, {"tokens": {"ids": [ids]}})
+    got = measure_metric(model, "attribution.direct_by_position", inputs={"tokens": {"ids": [ids]}})
     gain = GROUND_TRUTH["direct_path_gain"]
     assert got.value == {str(i): gain * float(ids[i] == ids[i + 1]) for i in range(len(ids) - 1)}
-    assert sorted(measure("attribution.direct_by_position", model, {"tokens": {"ids": [ids]}}, top_k=2).value) == ["1", "4"]
+    assert sorted(measure_metric(model, "attribution.direct_by_position", inputs={"tokens": {"ids": [ids]}}, top_k=2).value) == ["1", "4"]
     assert got.details["std_by_part"]["direct"] > 0.0
 
 
 def test_direct_by_position_refuses_models_with_mlps() -> None:
-    model = random_model(2, attn_only=False)
+    model = random_handle(2, d_mlp=4)
     with pytest.raises(ValueError, match="attention-only"):
-        measure("attribution.direct_by_position", model, {"repeated_random": {"seq_len": 3}})
+        measure_metric(model, "attribution.direct_by_position", inputs={"repeated_random": {"seq_len": 3}})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,9 +303,9 @@ def positional_share_reference(model: ModelHandle, tokens: torch.Tensor, layer: 
 @FAST
 @given(seed=st.integers(0, 10_000), positional=st.sampled_from(["shortformer", "standard"]), head=st.sampled_from(["0.1", "1.0"]))
 def test_positional_share_matches_loops(seed: int, positional: str, head: str) -> None:
-    model = random_model(seed, positional=positional)
+    model = random_handle(seed, positional=positional)
     inputs = {"repeated_random": {"seq_len": 4, "batch": 3, "seed": seed}}
-    result = measure("qk.positional_share", model, inputs, head=head)
+    result = measure_metric(model, "qk.positional_share", inputs=inputs, head=head)
     layer, index = Head.parse(head)
     r2s, tvs = positional_share_reference(model, tokens_of(model, inputs), layer, index)
     assert result.value["r2"] == pytest.approx(sum(r2s) / 3, abs=1e-9)
@@ -341,12 +317,12 @@ def test_positional_share_matches_loops(seed: int, positional: str, head: str) -
 def test_positional_share_on_planted_heads() -> None:
     """0.0 attends by position only (r2 1, the same pattern); 1.0 by content only (no pos|pos term: r2 0)."""
     inputs = {"repeated_random": {"seq_len": 20, "batch": 4, "seed": 0}}
-    previous = measure("qk.positional_share", planted(), inputs, head="0.0").value
-    induction = measure("qk.positional_share", planted(), inputs, head="1.0").value
+    previous = measure_metric(planted(), "qk.positional_share", inputs=inputs, head="0.0").value
+    induction = measure_metric(planted(), "qk.positional_share", inputs=inputs, head="1.0").value
     assert previous["r2"] == pytest.approx(1.0, abs=1e-9) and previous["pattern_tv"] == pytest.approx(0.0, abs=1e-9)
     assert induction["r2"] == pytest.approx(0.0, abs=1e-9) and induction["pattern_tv"] > 0.4
 
 
 def test_positional_share_needs_absolute_positions() -> None:
     with pytest.raises(ValueError, match="rotary"):
-        measure("qk.positional_share", random_model(0, positional="rotary"), {"repeated_random": {"seq_len": 4, "batch": 1, "seed": 0}}, head="0.0")
+        measure_metric(random_handle(0, positional="rotary"), "qk.positional_share", inputs={"repeated_random": {"seq_len": 4, "batch": 1, "seed": 0}}, head="0.0")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from transformer_lens import HookedTransformer
@@ -21,18 +21,16 @@ from transformer_lens import HookedTransformer
 from fixtures.inputs import INPUT_KINDS, InputBatch
 from fixtures.planted import PLANTED_MODELS, build_planted, distinct_repeated_tokens
 from fixtures.random_models import random_hooked
-from harness.context import MetricContext
-from harness.measurement import Measurement
 from harness.model_api import ModelHandle, ModelIdentity
 from harness.registry import get_metric
-from harness.session import Session
+from harness.testing import ad_hoc_handle, fast_settings, measure_metric
 
 ATTN = "planted-attn-2l"
 GROUND_TRUTH = PLANTED_MODELS[ATTN].ground_truth
 DISTINCT_SEED = 78
 """repeated_random(seq_len=10, batch=4, seed=78) draws R rows of distinct non-BOS tokens for
 planted-attn-2l (checked below); claims/toy/planted-forward.yaml uses it for exact claims."""
-FAST = settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FAST = fast_settings(12)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,33 +41,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # ----------------------------------------------------------------------------------------------
 
 
-def random_model(
-    seed: int, *, n_layers: int = 2, n_heads: int = 2, d_head: int = 3, d_model: int = 6, d_vocab: int = 10,
-    positional: str = "shortformer", normalization: str | None = None, attn_only: bool = True,
-) -> HookedTransformer:
-    """A small model (attention-only unless ``attn_only`` is false), every parameter ~ N(0, 0.5^2), seeded."""
-    return random_hooked(
-        seed, n_layers=n_layers, n_heads=n_heads, d_head=d_head, d_model=d_model, d_vocab=d_vocab,
-        positional=positional, normalization=normalization, d_mlp=None if attn_only else 4,
-    )
-
-
-def handle(model: HookedTransformer, name: str) -> ModelHandle:
-    identity = ModelIdentity(name=name, source="test", weights_sha256=None, config_sha256=None)
-    return ModelHandle(model, identity, bos_token_id=0)
-
-
 def repeated(model: ModelHandle, seq_len: int, batch: int, seed: int, prepend_bos: bool = True) -> InputBatch:
     kind = INPUT_KINDS["repeated_random"]
     params = {"seq_len": seq_len, "batch": batch, "seed": seed, "prepend_bos": prepend_bos}
     return kind.build(model, kind.params_model.model_validate(params))
-
-
-def measure(name: str, model: ModelHandle, inputs: InputBatch, **params: Any) -> Measurement:
-    """Run metric ``name`` as the runner does: validated params, a fresh session."""
-    info = get_metric(name)
-    validated = info.validate_params(params)
-    return info.function(MetricContext(model, inputs, Session()), **dict(validated))
 
 
 def planted() -> tuple[HookedTransformer, ModelHandle]:
@@ -93,8 +68,8 @@ def cases(draw: st.DrawFn, normalizations: tuple[str | None, ...] = (None,)) -> 
         "positional": draw(st.sampled_from(["standard", "shortformer"])), "normalization": draw(st.sampled_from(normalizations)),
     }
     seed = draw(st.integers(0, 2**31 - 1))
-    model = random_model(seed, **shape)
-    wrapped = handle(model, f"random-{seed}-{sorted(shape.items())}")
+    model = random_hooked(seed, **shape)
+    wrapped = ad_hoc_handle(model, f"random-{seed}-{sorted(shape.items())}")
     inputs = repeated(wrapped, draw(st.integers(2, 5)), draw(st.integers(1, 3)), draw(st.integers(0, 1000)), draw(st.booleans()))
     return model, wrapped, inputs
 
@@ -204,7 +179,7 @@ def test_loss_metrics_equal_references(case: tuple[HookedTransformer, ModelHandl
     tokens, seq_len, prefix = inputs.tokens, inputs.meta["seq_len"], inputs.meta["prefix"]
     lp = ref_logprobs(model, tokens)
     groups = ref_groups(tokens.shape[1], seq_len, prefix)
-    halves = measure("loss.logprob_halves", wrapped, inputs)
+    halves = measure_metric(wrapped, "loss.logprob_halves", inputs=inputs)
     per_seq = {name: [sum(row[i] for i in idx) / len(idx) for row in lp] for name, idx in groups.items()}
     per_seq["difference"] = [s - f for s, f in zip(per_seq["second_half"], per_seq["first_half"])]
     for name in ("first_half", "second_half", "second_half_excl_first", "difference"):
@@ -215,37 +190,37 @@ def test_loss_metrics_equal_references(case: tuple[HookedTransformer, ModelHandl
     curve = [sum(row[i] for row in lp) / len(lp) for i in range(len(lp[0]))]
     assert all(close(a, b) for a, b in zip(halves.details["curve"], curve, strict=True))
 
-    loss = measure("loss.mean_loss", wrapped, inputs)
+    loss = measure_metric(wrapped, "loss.mean_loss", inputs=inputs)
     with torch.no_grad():
         assert close(loss.value, float(model(tokens, return_type="loss")))
     with torch.no_grad():
         logits = model(tokens)
     for positions, idx in groups.items():
-        top1 = measure("loss.top1_accuracy", wrapped, inputs, positions=positions)
+        top1 = measure_metric(wrapped, "loss.top1_accuracy", inputs=inputs, positions=positions)
         correct = sum(int(logits[b, i].argmax()) == int(tokens[b, i + 1]) for b in range(tokens.shape[0]) for i in idx)
         total = tokens.shape[0] * len(idx)
         assert top1.value == {"accuracy": correct / total, "correct": correct, "total": total}
-        assert close(measure("loss.mean_loss", wrapped, inputs, positions=positions).value, -sum(sum(row[i] for i in idx) for row in lp) / total)
+        assert close(measure_metric(wrapped, "loss.mean_loss", inputs=inputs, positions=positions).value, -sum(sum(row[i] for i in idx) for row in lp) / total)
 
 
 def test_course_slices_with_bos() -> None:
     """With BOS the halves are the course's lp[:, :L], lp[:, L:] and lp[:, L+1:]."""
-    model = random_model(1)
-    wrapped = handle(model, "random-1")
+    model = random_hooked(1)
+    wrapped = ad_hoc_handle(model, "random-1")
     inputs = repeated(wrapped, seq_len=5, batch=2, seed=3)
     lp = torch.tensor(ref_logprobs(model, inputs.tokens))
-    value = measure("loss.logprob_halves", wrapped, inputs).value
+    value = measure_metric(wrapped, "loss.logprob_halves", inputs=inputs).value
     assert close(value["first_half"], float(lp[:, :5].mean()))
     assert close(value["second_half"], float(lp[:, 5:].mean()))
     assert close(value["second_half_excl_first"], float(lp[:, 6:].mean()))
 
 
 def test_halves_need_repeated_tokens() -> None:
-    wrapped = handle(random_model(2), "random-2")
+    wrapped = ad_hoc_handle(random_hooked(2), "random-2")
     inputs = InputBatch(torch.tensor([[0, 1, 2, 3, 4]]), "tokens", {"ids": [[0, 1, 2, 3, 4]]})
     with pytest.raises(ValueError, match="repeated"):
-        measure("loss.logprob_halves", wrapped, inputs)
-    assert measure("loss.top1_accuracy", wrapped, inputs).value["total"] == 4
+        measure_metric(wrapped, "loss.logprob_halves", inputs=inputs)
+    assert measure_metric(wrapped, "loss.top1_accuracy", inputs=inputs).value["total"] == 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +232,7 @@ def test_halves_need_repeated_tokens() -> None:
 @given(cases(normalizations=(None, "LNPre", "RMSPre")), st.sampled_from(["all", "first_half", "second_half", "second_half_excl_first"]))
 def test_direct_logit_equals_reference(case: tuple[HookedTransformer, ModelHandle, InputBatch], positions: str) -> None:
     model, wrapped, inputs = case
-    result = measure("attribution.direct_logit", wrapped, inputs, positions=positions)
+    result = measure_metric(wrapped, "attribution.direct_logit", inputs=inputs, positions=positions)
     parts, logits = ref_direct_logit(model, inputs.tokens)
     idx = ref_groups(inputs.tokens.shape[1], inputs.meta["seq_len"], inputs.meta["prefix"])[positions]
     assert list(result.value) == list(parts)
@@ -271,16 +246,16 @@ def test_direct_logit_equals_reference(case: tuple[HookedTransformer, ModelHandl
             total = sum(rows[b][i] for rows in parts.values())
             assert close(total, float(logits[b, i, inputs.tokens[b, i + 1]]), 1e-4)
     assert result.details["sum_check"] <= 1e-4
-    top = measure("attribution.top_heads", wrapped, inputs, k=1, positions=positions).value
+    top = measure_metric(wrapped, "attribution.top_heads", inputs=inputs, k=1, positions=positions).value
     heads = [name for name in parts if "." in name]
     assert result.value[top[0]] == max(result.value[name] for name in heads)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"normalization": "LN"}, "normalization_type"), ({"attn_only": False}, "attention-only")])
+@pytest.mark.parametrize(("kwargs", "match"), [({"normalization": "LN"}, "normalization_type"), ({"d_mlp": 4}, "attention-only")])
 def test_direct_logit_rejects_unsupported_models(kwargs: dict[str, Any], match: str) -> None:
-    wrapped = handle(random_model(3, **kwargs), f"random-3-{kwargs}")
+    wrapped = ad_hoc_handle(random_hooked(3, **kwargs), f"random-3-{kwargs}")
     with pytest.raises(ValueError, match=match):
-        measure("attribution.direct_logit", wrapped, repeated(wrapped, 3, 1, 0))
+        measure_metric(wrapped, "attribution.direct_logit", inputs=repeated(wrapped, 3, 1, 0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,13 +263,13 @@ def test_direct_logit_rejects_unsupported_models(kwargs: dict[str, Any], match: 
 # ----------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@fast_settings(12)
 @given(cases(), st.sampled_from(["zero", "mean", "mean_all"]), st.sampled_from(["repeated_half", "all"]))
 def test_ablation_equals_reference(case: tuple[HookedTransformer, ModelHandle, InputBatch], method: str, positions: str) -> None:
     model, wrapped, inputs = case
     tokens, seq_len = inputs.tokens, inputs.meta["seq_len"]
     last = seq_len - 1 if positions == "repeated_half" else None
-    result = measure("ablation.head_loss_change", wrapped, inputs, method=method, positions=positions)
+    result = measure_metric(wrapped, "ablation.head_loss_change", inputs=inputs, method=method, positions=positions)
     with torch.no_grad():
         lp = model(tokens).log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
     clean = (-(lp[:, -last:] if last else lp).mean(1)).tolist()
@@ -308,11 +283,11 @@ def test_ablation_equals_reference(case: tuple[HookedTransformer, ModelHandle, I
 
 
 def test_ablation_head_subset_and_schema() -> None:
-    model = random_model(4, n_heads=3)
-    wrapped = handle(model, "random-4")
+    model = random_hooked(4, n_heads=3)
+    wrapped = ad_hoc_handle(model, "random-4")
     inputs = repeated(wrapped, 4, 3, 1)
-    full = measure("ablation.head_loss_change", wrapped, inputs, method="mean")
-    some = measure("ablation.head_loss_change", wrapped, inputs, method="mean", heads=["1.2", "0.1"])
+    full = measure_metric(wrapped, "ablation.head_loss_change", inputs=inputs, method="mean")
+    some = measure_metric(wrapped, "ablation.head_loss_change", inputs=inputs, method="mean", heads=["1.2", "0.1"])
     assert list(some.value) == ["0.1", "1.2"]
     assert all(close(some.value[name], full.value[name]) for name in some.value)
     info = get_metric("ablation.head_loss_change")
@@ -344,20 +319,20 @@ def test_planted_ground_truth(source: str) -> None:
         inputs = distinct_repeated(3, 40, wrapped.shape.d_vocab, GROUND_TRUTH["bos_token_id"])
     excl = "second_half_excl_first"
 
-    halves = measure("loss.logprob_halves", wrapped, inputs)
+    halves = measure_metric(wrapped, "loss.logprob_halves", inputs=inputs)
     assert halves.value[excl] == pytest.approx(GROUND_TRUTH["second_half_correct_logprob"], abs=1e-6)
     assert halves.value["difference"] > 2.0
-    top1 = measure("loss.top1_accuracy", wrapped, inputs, positions=excl)
+    top1 = measure_metric(wrapped, "loss.top1_accuracy", inputs=inputs, positions=excl)
     assert top1.value["accuracy"] == GROUND_TRUTH["second_half_top1"]
 
-    dla = measure("attribution.direct_logit", wrapped, inputs, positions=excl)
+    dla = measure_metric(wrapped, "attribution.direct_logit", inputs=inputs, positions=excl)
     for name, expected in GROUND_TRUTH["dla_correct_token_second_half"].items():
         assert dla.value[name] == pytest.approx(expected, abs=1e-5), name
     assert dla.value["bias"] == 0.0 and dla.details["sum_check"] <= 1e-5
-    assert measure("attribution.top_heads", wrapped, inputs, k=1, positions=excl).value == GROUND_TRUTH["induction_heads"]
+    assert measure_metric(wrapped, "attribution.top_heads", inputs=inputs, k=1, positions=excl).value == GROUND_TRUTH["induction_heads"]
 
     for method in ("zero", "mean", "mean_all"):
-        ablation = measure("ablation.head_loss_change", wrapped, inputs, method=method)
+        ablation = measure_metric(wrapped, "ablation.head_loss_change", inputs=inputs, method=method)
         for name in GROUND_TRUTH["ablation_no_effect_heads"]:
             assert ablation.value[name] == pytest.approx(0.0, abs=1e-6), (method, name)
         for name in GROUND_TRUTH["induction_circuit"]:

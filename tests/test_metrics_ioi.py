@@ -15,22 +15,18 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from fixtures.inputs import (
     INPUT_KINDS, IOI_COURSE_PROMPTS, IOI_CORRUPTED_ORDER, IOI_TEMPLATES, IOI_TEST_PROMPT, InputBatch,
 )
-from fixtures.random_models import random_hooked
-from harness.context import MetricContext
 from harness.heads import head_names
-from harness.measurement import Measurement
-from harness.model_api import ModelHandle, ModelIdentity
-from harness.registry import get_metric
-from harness.session import Session
+from harness.model_api import ModelHandle
+from harness.testing import fast_settings, measure_metric, random_handle
 
-FAST = settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FAST = fast_settings(10)
 BOS = "<|endoftext|>"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -77,24 +73,16 @@ def random_model(
     positional: str = "standard", n_layers: int = 2, n_heads: int = 2,
 ) -> ModelHandle:
     """A small model with every parameter (biases included) ~ N(0, 0.5^2), seeded, with ``tokenizer``."""
-    hooked = random_hooked(
-        seed, tokenizer=tokenizer, n_layers=n_layers, n_heads=n_heads, d_model=8, d_head=3,
+    return random_handle(
+        seed, f"random-ioi-{seed}", tokenizer=tokenizer, n_layers=n_layers, n_heads=n_heads, d_model=8, d_head=3,
         d_vocab=len(tokenizer) if tokenizer else 300, n_ctx=32, d_mlp=None if attn_only else 6, act_fn="gelu",
         normalization=normalization, positional=positional,
     )
-    identity = ModelIdentity(name=f"random-ioi-{seed}", source="test", weights_sha256=None, config_sha256=None)
-    return ModelHandle(hooked, identity, bos_token_id=0)
 
 
 def ioi(model: ModelHandle, **params: Any) -> InputBatch:
     kind = INPUT_KINDS["ioi_prompts"]
     return kind.build(model, kind.params_model.model_validate(params))
-
-
-def measure(name: str, model: ModelHandle, inputs: InputBatch, **params: Any) -> Measurement:
-    """Run metric ``name`` as the runner does: validated params, a fresh session."""
-    info = get_metric(name)
-    return info.function(MetricContext(model, inputs, Session()), **dict(info.validate_params(params)))
 
 
 def reference_logit_diffs(model: ModelHandle, inputs: InputBatch) -> list[float]:
@@ -186,7 +174,7 @@ def test_metrics_refuse_other_inputs(tokenizer: Any) -> None:
     kind = INPUT_KINDS["tokens"]
     batch = kind.build(model, kind.params_model.model_validate({"ids": [[1, 2, 3]]}))
     with pytest.raises(ValueError, match="inputs: ioi_prompts"):
-        measure("ioi.logit_diff", model, batch)
+        measure_metric(model, "ioi.logit_diff", inputs=batch)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,7 +187,7 @@ def test_metrics_refuse_other_inputs(tokenizer: Any) -> None:
 def test_logit_diff_matches_a_loop(tokenizer: Any, seed: int, normalization: str | None) -> None:
     model = random_model(seed, tokenizer, normalization=normalization)
     batch = ioi(model)
-    measured = measure("ioi.logit_diff", model, batch)
+    measured = measure_metric(model, "ioi.logit_diff", inputs=batch)
     expected = reference_logit_diffs(model, batch)
     for b, value in enumerate(expected):
         assert measured.value[str(b)] == pytest.approx(value, abs=1e-5)
@@ -213,8 +201,8 @@ def test_logit_diff_matches_a_loop(tokenizer: Any, seed: int, normalization: str
 @given(seed=st.integers(0, 10_000))
 def test_corrupted_mean_is_the_negated_clean_mean(tokenizer: Any, seed: int) -> None:
     model = random_model(seed, tokenizer)
-    clean = measure("ioi.logit_diff", model, ioi(model))
-    corrupted = measure("ioi.logit_diff", model, ioi(model, corrupted=True))
+    clean = measure_metric(model, "ioi.logit_diff", inputs=ioi(model))
+    corrupted = measure_metric(model, "ioi.logit_diff", inputs=ioi(model, corrupted=True))
     assert corrupted.value["mean"] == pytest.approx(-clean.value["mean"], abs=1e-5)
     for i, j in enumerate(IOI_CORRUPTED_ORDER):  # prompt i is clean prompt j scored with i's answers
         assert corrupted.value[str(i)] == pytest.approx(-clean.value[str(j)], abs=1e-5)
@@ -226,7 +214,7 @@ def test_answer_rank_logit_and_probability(tokenizer: Any) -> None:
     with torch.no_grad():
         logits = model._hooked(batch.tokens)[:, -1]  # [batch, d_vocab]
     for prompt in (0, 5):
-        measured = measure("ioi.answer", model, batch, prompt=prompt, top=3)
+        measured = measure_metric(model, "ioi.answer", inputs=batch, prompt=prompt, top=3)
         row, correct = logits[prompt], batch.meta["answers"][prompt][0]
         assert measured.value["rank"] == sum(1 for x in row.tolist() if x > float(row[correct]))
         assert measured.value["logit"] == pytest.approx(float(row[correct]), abs=1e-5)
@@ -235,7 +223,7 @@ def test_answer_rank_logit_and_probability(tokenizer: Any) -> None:
         assert [entry["id"] for entry in top] == row.topk(3).indices.tolist()
         assert top[0]["token"] == tokenizer.decode([top[0]["id"]])
     with pytest.raises(ValueError, match="outside the 8 prompts"):
-        measure("ioi.answer", model, batch, prompt=8)
+        measure_metric(model, "ioi.answer", inputs=batch, prompt=8)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,7 +242,7 @@ MODEL_KINDS = st.sampled_from([
 def test_head_attribution_matches_the_course_stack(tokenizer: Any, seed: int, kind: dict[str, Any]) -> None:
     model = random_model(seed, tokenizer, n_layers=2, n_heads=3, **kind)
     batch = ioi(model)
-    measured = measure("ioi.head_attribution", model, batch)
+    measured = measure_metric(model, "ioi.head_attribution", inputs=batch)
     per_prompt = course_dla(model, batch, "heads")  # [layer*head, batch]
     names = head_names(2, 3)
     assert list(measured.value) == names
@@ -269,7 +257,7 @@ def test_all_parts_sum_to_the_logit_diff(tokenizer: Any, seed: int, kind: dict[s
     """Decomposition identity: heads + embed (+ pos) + MLPs + attention biases + b_U term = LD."""
     model = random_model(seed, tokenizer, **kind)
     batch = ioi(model)
-    details = measure("ioi.head_attribution", model, batch).details
+    details = measure_metric(model, "ioi.head_attribution", inputs=batch).details
     expected = sum(reference_logit_diffs(model, batch)) / 8
     assert details["heads_sum"] + sum(details["other_parts"].values()) == pytest.approx(expected, abs=1e-4)
     assert details["logit_diff_mean"] == pytest.approx(expected, abs=1e-5)
@@ -282,7 +270,7 @@ def test_all_parts_sum_to_the_logit_diff(tokenizer: Any, seed: int, kind: dict[s
     assert float(total) == pytest.approx(expected, abs=1e-4)
     # one prompt: the b_U term does not cancel, and the identity still holds
     single = ioi(model, prompts="test_prompt")
-    one = measure("ioi.head_attribution", model, single).details
+    one = measure_metric(model, "ioi.head_attribution", inputs=single).details
     assert abs(one["other_parts"]["unembed_bias"]) > 1e-3  # random b_U: the bias term is not dropped
     assert one["heads_sum"] + sum(one["other_parts"].values()) == pytest.approx(reference_logit_diffs(model, single)[0], abs=1e-4)
 
@@ -290,9 +278,9 @@ def test_all_parts_sum_to_the_logit_diff(tokenizer: Any, seed: int, kind: dict[s
 def test_top_heads_by_sign(tokenizer: Any) -> None:
     model = random_model(7, tokenizer, n_heads=4)
     batch = ioi(model)
-    table = measure("ioi.head_attribution", model, batch).value
-    positive = measure("ioi.head_attribution", model, batch, top_k=3).value
-    negative = measure("ioi.head_attribution", model, batch, top_k=2, sign="negative").value
+    table = measure_metric(model, "ioi.head_attribution", inputs=batch).value
+    positive = measure_metric(model, "ioi.head_attribution", inputs=batch, top_k=3).value
+    negative = measure_metric(model, "ioi.head_attribution", inputs=batch, top_k=2, sign="negative").value
     assert positive == sorted(table, key=lambda name: -table[name])[:3]
     assert negative == sorted(table, key=lambda name: table[name])[:2]
     assert table[positive[0]] >= max(table.values()) and table[negative[0]] <= min(table.values())
@@ -301,7 +289,7 @@ def test_top_heads_by_sign(tokenizer: Any) -> None:
 def test_unfolded_final_norm_is_refused(tokenizer: Any) -> None:
     model = random_model(0, tokenizer, normalization="LN")
     with pytest.raises(ValueError, match="folded final norm"):
-        measure("ioi.head_attribution", model, ioi(model))
+        measure_metric(model, "ioi.head_attribution", inputs=ioi(model))
 
 
 @pytest.mark.parametrize("prompts", ["course_8", "test_prompt"])
@@ -310,7 +298,7 @@ def test_unfolded_final_norm_is_refused(tokenizer: Any) -> None:
 def test_residual_reconstruction(tokenizer: Any, prompts: str, seed: int, kind: dict[str, Any]) -> None:
     model = random_model(seed, tokenizer, **kind)
     batch = ioi(model, prompts=prompts)
-    measured = measure("ioi.residual_reconstruction", model, batch).value
+    measured = measure_metric(model, "ioi.residual_reconstruction", inputs=batch).value
     hooked = model._hooked
     with torch.no_grad():
         _, cache = hooked.run_with_cache(batch.tokens)
@@ -330,5 +318,5 @@ def test_residual_reconstruction(tokenizer: Any, prompts: str, seed: int, kind: 
         assert measured["unembed_bias"] == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         hooked.b_U.zero_()
-    zero_bias = measure("ioi.residual_reconstruction", model, batch).value
+    zero_bias = measure_metric(model, "ioi.residual_reconstruction", inputs=batch).value
     assert zero_bias["difference"] == pytest.approx(0.0, abs=1e-5) and zero_bias["unembed_bias"] == 0.0

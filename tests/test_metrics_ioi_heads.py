@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from torch import Tensor
@@ -22,15 +22,13 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fixtures.inputs import INPUT_KINDS, InputBatch
 from fixtures.random_models import random_hooked
-from harness.context import MetricContext
 from harness.heads import Head
-from harness.measurement import Measurement
 from harness.metrics.copying import extended_embedding, head_copy_score
 from harness.model_api import ModelHandle, ModelIdentity
 from harness.registry import get_metric
-from harness.session import Session
+from harness.testing import ad_hoc_handle, fast_settings, measure_metric
 
-FAST = settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FAST = fast_settings(12)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -62,10 +60,6 @@ class NamesHandle(ModelHandle):
         return torch.tensor([self.vocab.get(text, [1, 2])])
 
 
-def handle(model: HookedTransformer, name: str) -> ModelHandle:
-    return ModelHandle(model, ModelIdentity(name=name, source="test", weights_sha256=None, config_sha256=None), bos_token_id=0)
-
-
 def repeated(model: ModelHandle, seq_len: int, batch: int, seed: int, prepend_bos: bool) -> InputBatch:
     kind = INPUT_KINDS["repeated_random"]
     params = {"seq_len": seq_len, "batch": batch, "seed": seed, "prepend_bos": prepend_bos}
@@ -78,13 +72,6 @@ def distinct_repeated(batch: int, seq_len: int, d_vocab: int, prefix: int, seed:
     halves = torch.stack([1 + torch.randperm(d_vocab - 1, generator=generator)[:seq_len] for _ in range(batch)])
     tokens = torch.cat([torch.zeros(batch, prefix, dtype=torch.int64), halves, halves], dim=1)
     return InputBatch(tokens, "tokens", {"ids": tokens.tolist()}, {"seq_len": seq_len, "prefix": prefix})
-
-
-def measure(name: str, model: ModelHandle, inputs: InputBatch | None, **params: Any) -> Measurement:
-    """Run metric ``name`` as the runner does: validated params, a fresh session."""
-    info = get_metric(name)
-    validated = info.validate_params(params)
-    return info.function(MetricContext(model, inputs, Session()), **dict(validated))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,9 +117,9 @@ def ref_ioi_scores(model: HookedTransformer, inputs: InputBatch, kind: str) -> t
 )
 def test_ioi_stripes_equal_course_index_lists(seed: int, n_layers: int, n_heads: int, seq_len: int, batch: int, bos: bool, kind: str) -> None:
     model = random_model(seed, n_layers=n_layers, n_heads=n_heads)
-    wrapped = handle(model, f"random-{seed}-{n_layers}-{n_heads}")
+    wrapped = ad_hoc_handle(model, f"random-{seed}-{n_layers}-{n_heads}")
     inputs = repeated(wrapped, seq_len, batch, seed % 1000, bos)
-    measured = measure("attention.scores", wrapped, inputs, pattern=kind, variant="ioi")
+    measured = measure_metric(wrapped, "attention.scores", inputs=inputs, pattern=kind, variant="ioi")
     expected, errors = ref_ioi_scores(model, inputs, kind)
     assert measured.value.keys() == expected.keys()
     for name, value in expected.items():
@@ -143,9 +130,9 @@ def test_ioi_stripes_equal_course_index_lists(seed: int, n_layers: int, n_heads:
             assert measured.uncertainty[name] == pytest.approx(errors[name], abs=1e-6)
     if kind == "duplicate":  # duplicate has no trivial entries: every variant is the course's stripe
         for variant in ("course", "clean"):
-            assert measure("attention.scores", wrapped, inputs, pattern=kind, variant=variant).value == measured.value
+            assert measure_metric(wrapped, "attention.scores", inputs=inputs, pattern=kind, variant=variant).value == measured.value
     if kind == "induction":  # the 1.4.1 stripe is the clean one
-        assert measure("attention.scores", wrapped, inputs, pattern=kind, variant="clean").value == measured.value
+        assert measure_metric(wrapped, "attention.scores", inputs=inputs, pattern=kind, variant="clean").value == measured.value
 
 
 STRENGTH = 60.0
@@ -184,17 +171,17 @@ def planted_duplicate_model(d_vocab: int = 12, n_ctx: int = 16) -> HookedTransfo
 @pytest.mark.parametrize("prefix", [0, 1])
 def test_planted_duplicate_and_previous_heads(prefix: int) -> None:
     model = planted_duplicate_model()
-    wrapped = handle(model, "planted-duplicate")
+    wrapped = ad_hoc_handle(model, "planted-duplicate")
     inputs = distinct_repeated(batch=3, seq_len=5, d_vocab=12, prefix=prefix, seed=prefix)
-    duplicate = measure("attention.scores", wrapped, inputs, pattern="duplicate", variant="ioi").value
-    previous = measure("attention.scores", wrapped, inputs, pattern="previous", variant="ioi").value
-    induction = measure("attention.scores", wrapped, inputs, pattern="induction", variant="ioi").value
+    duplicate = measure_metric(wrapped, "attention.scores", inputs=inputs, pattern="duplicate", variant="ioi").value
+    previous = measure_metric(wrapped, "attention.scores", inputs=inputs, pattern="previous", variant="ioi").value
+    induction = measure_metric(wrapped, "attention.scores", inputs=inputs, pattern="induction", variant="ioi").value
     assert duplicate["0.0"] == pytest.approx(1.0, abs=1e-6)
     assert previous["0.1"] == pytest.approx(1.0, abs=1e-6)
     assert duplicate["0.1"] < 1e-6 and induction["0.0"] < 1e-6 and induction["0.1"] < 1e-6
     # 0.0 spreads the first half's attention over the earlier keys: not a previous-token head
     assert previous["0.0"] < 0.5
-    detected = measure("attention.detect", wrapped, inputs, pattern="duplicate", variant="ioi", threshold=0.5)
+    detected = measure_metric(wrapped, "attention.detect", inputs=inputs, pattern="duplicate", variant="ioi", threshold=0.5)
     assert detected.value == ["0.0"]
 
 
@@ -213,16 +200,16 @@ def test_ioi_previous_stripe_is_not_the_whole_diagonal() -> None:
 
 def test_stripe_errors() -> None:
     model = random_model(0)
-    wrapped = handle(model, "random-0")
+    wrapped = ad_hoc_handle(model, "random-0")
     inputs = repeated(wrapped, 3, 2, 0, False)
     for kind in ("current", "first"):
         with pytest.raises(ValueError, match="variant 'ioi'.*duplicate, previous and induction"):
-            measure("attention.scores", wrapped, inputs, pattern=kind, variant="ioi")
+            measure_metric(wrapped, "attention.scores", inputs=inputs, pattern=kind, variant="ioi")
     plain = InputBatch(inputs.tokens, "tokens", {"ids": inputs.tokens.tolist()}, {})
     with pytest.raises(ValueError, match="duplicate score .* needs inputs: repeated_random"):
-        measure("attention.scores", wrapped, plain, pattern="duplicate")
+        measure_metric(wrapped, "attention.scores", inputs=plain, pattern="duplicate")
     with pytest.raises(ValueError, match="previous stripe .*'ioi'.* needs repeated tokens"):
-        measure("attention.scores", wrapped, plain, pattern="previous", variant="ioi")
+        measure_metric(wrapped, "attention.scores", inputs=plain, pattern="previous", variant="ioi")
     with pytest.raises(ValidationError):
         get_metric("attention.scores").validate_params({"pattern": "duplicate", "variant": "paper"})
 
@@ -281,7 +268,7 @@ def test_copy_scores_equal_dense_reference(
     gated = gated and not attn_only
     model = random_model(seed, n_layers=n_layers, n_heads=n_heads, d_vocab=12, normalization=normalization,
                          attn_only=attn_only, gated=gated, act_fn=act_fn)
-    wrapped = handle(model, f"random-{seed}")
+    wrapped = ad_hoc_handle(model, f"random-{seed}")
     tokens = list(range(1, 12))
     resid = extended_embedding(wrapped, torch.tensor(tokens))
     for layer in range(1, n_layers):
@@ -298,7 +285,7 @@ def test_copy_scores_every_norm_both_signs(normalization: str | None, sign: floa
     the sign must be applied before the final norm)."""
     for seed in (11, 12, 13):
         model = random_model(seed, n_layers=2, n_heads=3, d_vocab=12, normalization=normalization, attn_only=False)
-        wrapped = handle(model, f"random-{seed}-{normalization}")
+        wrapped = ad_hoc_handle(model, f"random-{seed}-{normalization}")
         tokens = list(range(12))
         resid = extended_embedding(wrapped, torch.tensor(tokens))
         for head in range(3):
@@ -345,7 +332,7 @@ def _scores(wrapped: ModelHandle, names: tuple[str, ...], sign: str, k: int) -> 
     saved = dict(ioi_names.NAME_LISTS)
     ioi_names.NAME_LISTS["arena_ioi"] = names
     try:
-        return measure("copying.name_copy_score", wrapped, None, sign=sign, k=k).value
+        return measure_metric(wrapped, "copying.name_copy_score", inputs=None, sign=sign, k=k).value
     finally:
         ioi_names.NAME_LISTS.clear()
         ioi_names.NAME_LISTS.update(saved)
@@ -358,7 +345,7 @@ def test_copy_score_metric_tokenizes_drops_and_averages() -> None:
     one_token = {name: [1 + i % 11] for i, name in enumerate(IOI_NAMES[:40])}
     vocab = {**one_token, " Aaron": [7], " Adam": [3]}
     wrapped = NamesHandle(model, "random-names", vocab)
-    result = measure("copying.name_copy_score", wrapped, None, sign="negative", k=2)
+    result = measure_metric(wrapped, "copying.name_copy_score", inputs=None, sign="negative", k=2)
     assert set(result.value) == {"1.0", "1.1", "2.0", "2.1"}
     assert result.details["n_names"] == 40
     assert result.details["dropped_names"] == {name: 2 for name in IOI_NAMES[40:]}
@@ -369,7 +356,7 @@ def test_copy_score_metric_tokenizes_drops_and_averages() -> None:
     total = sum(result.value.values())
     assert result.details["course_average"] == pytest.approx(total / 6)  # 3 layers x 2 heads, layer 0 as zeros
     assert result.details["mean_over_heads"] == pytest.approx(total / 4)
-    spaced = measure("copying.name_copy_score", wrapped, None, leading_space=True, heads=["2.1"])
+    spaced = measure_metric(wrapped, "copying.name_copy_score", inputs=None, leading_space=True, heads=["2.1"])
     assert spaced.details["n_names"] == 2 and "course_average" not in spaced.details
     assert set(spaced.value) == {"2.1"}
 
@@ -378,13 +365,13 @@ def test_copy_score_errors() -> None:
     model = random_model(1, n_layers=2, d_vocab=12, normalization="LN", attn_only=False)
     wrapped = NamesHandle(model, "random-errors", {})
     with pytest.raises(ValueError, match="none of the 109 names is a single token"):
-        measure("copying.name_copy_score", wrapped, None)
+        measure_metric(wrapped, "copying.name_copy_score", inputs=None)
     named = NamesHandle(model, "random-errors-2", {"Mary": [3]})
     with pytest.raises(ValueError, match="layers >= 1.*'0.1'"):
-        measure("copying.name_copy_score", named, None, heads=["0.1", "1.0"])
+        measure_metric(named, "copying.name_copy_score", inputs=None, heads=["0.1", "1.0"])
     one_layer = NamesHandle(random_model(1, n_layers=1, d_vocab=12), "one-layer", {"Mary": [3]})
     with pytest.raises(ValueError, match="no head in layers >= 1"):
-        measure("copying.name_copy_score", one_layer, None)
+        measure_metric(one_layer, "copying.name_copy_score", inputs=None)
     info = get_metric("copying.name_copy_score")
     for bad in ({"k": 0}, {"sign": "both"}, {"names": "paper"}, {"topk": 5}):
         with pytest.raises(ValidationError):
@@ -395,7 +382,7 @@ def test_mlp_on_refuses_other_block_layouts() -> None:
     model = random_model(2, attn_only=False, normalization="LN")
     model.cfg.parallel_attn_mlp = True
     with pytest.raises(ValueError, match="cannot apply MLP 0 alone.*parallel_attn_mlp"):
-        handle(model, "parallel").mlp_on(0, torch.zeros(1, 1, 6))
-    attn_only = handle(random_model(2), "attn-only")
+        ad_hoc_handle(model, "parallel").mlp_on(0, torch.zeros(1, 1, 6))
+    attn_only = ad_hoc_handle(random_model(2), "attn-only")
     with pytest.raises(ValueError, match="attention-only"):
         attn_only.mlp_on(0, torch.zeros(1, 1, 6))

@@ -8,32 +8,20 @@ composition.baseline, qk.attention_decomposition) on the planted models and on r
 
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
 import torch
 from pydantic import ValidationError
 
-from fixtures.random_models import random_hooked
-from harness.context import MetricContext
-from harness.measurement import Measurement
 from harness.metrics import composition as comp_module
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.model_api import ModelHandle
 from harness.registry import get_metric
-from harness.session import Session
+from harness.testing import measure_metric, random_handle
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPEATED = {"repeated_random": {"seq_len": 20, "batch": 4, "seed": 0}}
 SHORT = {"repeated_random": {"seq_len": 6, "batch": 3, "seed": 0}}  # fits the random models' n_ctx 16
-
-
-def measure(metric: str, model: ModelHandle, inputs: dict[str, Any] | None = None, **params: Any) -> Measurement:
-    """Run ``metric`` with validated ``params`` on ``model`` (and ``inputs``, an input spec)."""
-    info = get_metric(metric)
-    session = Session()
-    batch = session.inputs(model, inputs) if inputs is not None else None
-    return info.function(MetricContext(model, batch, session), **dict(info.validate_params(params)))
 
 
 def registry_model(name: str) -> ModelHandle:
@@ -44,9 +32,7 @@ def registry_model(name: str) -> ModelHandle:
 
 def random_model(seed: int) -> ModelHandle:
     """A seeded 3-layer attention-only model, 3 heads per layer, d_model 12, d_head 4."""
-    hooked = random_hooked(seed, n_layers=3, n_heads=3, d_model=12, d_head=4, d_vocab=16)
-    identity = ModelIdentity(name=f"random-{seed}", source="test", weights_sha256=None, config_sha256=None)
-    return ModelHandle(hooked, identity, bos_token_id=0)
+    return random_handle(seed, n_layers=3, n_heads=3, d_model=12, d_head=4, d_vocab=16)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -59,9 +45,9 @@ def random_model(seed: int) -> ModelHandle:
 @pytest.mark.parametrize("pairs", ["consecutive", "all"])
 def test_top_pairs_are_the_largest_scores(seed: int, kind: str, pairs: str) -> None:
     model = random_model(seed)
-    table = measure("composition.scores", model, kind=kind, pairs=pairs).value
+    table = measure_metric(model, "composition.scores", kind=kind, pairs=pairs).value
     for k in (1, 2, 5):
-        got = measure("composition.top_pairs", model, kind=kind, k=k, pairs=pairs)
+        got = measure_metric(model, "composition.top_pairs", kind=kind, k=k, pairs=pairs)
         assert len(got.value) == k
         smallest_kept = min(table[name] for name in got.value)
         assert all(table[name] < smallest_kept for name in table if name not in got.value)
@@ -70,31 +56,31 @@ def test_top_pairs_are_the_largest_scores(seed: int, kind: str, pairs: str) -> N
 
 def test_top_pairs_errors() -> None:
     model = random_model(0)
-    n_pairs = len(measure("composition.scores", model, kind="k").value)
+    n_pairs = len(measure_metric(model, "composition.scores", kind="k").value)
     with pytest.raises(ValueError, match="only"):
-        measure("composition.top_pairs", model, kind="k", k=n_pairs + 1)
+        measure_metric(model, "composition.top_pairs", kind="k", k=n_pairs + 1)
     with pytest.raises(ValidationError):
         get_metric("composition.top_pairs").validate_params({"kind": "k", "k": 0})
 
 
 def test_top_pairs_planted_k_composition_is_the_prev_token_pair() -> None:
-    assert measure("composition.top_pairs", registry_model("planted-attn-2l"), kind="k", k=1).value == ["0.0->1.0"]
+    assert measure_metric(registry_model("planted-attn-2l"), "composition.top_pairs", kind="k", k=1).value == ["0.0->1.0"]
 
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_baseline_z_is_the_score_in_baseline_standard_deviations(seed: int) -> None:
     model = random_model(seed)
-    table = measure("composition.scores", model, kind="k", pairs="all").value
-    baseline = measure("composition.baseline", model, n_samples=50, seed=1).value
+    table = measure_metric(model, "composition.scores", kind="k", pairs="all").value
+    baseline = measure_metric(model, "composition.baseline", n_samples=50, seed=1).value
     for pair in ("0.0->1.1", "0.2->2.0", "1.1->2.2"):
-        got = measure("composition.baseline_z", model, kind="k", pair=pair, n_samples=50, seed=1)
+        got = measure_metric(model, "composition.baseline_z", kind="k", pair=pair, n_samples=50, seed=1)
         assert got.value == pytest.approx((table[pair] - baseline["mean"]) / baseline["std"], rel=1e-5)
         assert got.details["score"] == pytest.approx(table[pair], rel=1e-12)
 
 
 def test_baseline_value_has_its_extremes() -> None:
     model = random_model(0)
-    got = measure("composition.baseline", model, n_samples=40, seed=2)
+    got = measure_metric(model, "composition.baseline", n_samples=40, seed=2)
     scores = comp_module.random_composition_scores(40, 12, 4, 2)
     assert got.value["min"] == pytest.approx(float(scores.min())) and got.value["max"] == pytest.approx(float(scores.max()))
     assert got.value["min"] <= got.value["mean"] <= got.value["max"]
@@ -103,7 +89,7 @@ def test_baseline_value_has_its_extremes() -> None:
 @pytest.mark.parametrize("pair, match", [("1.0->0.1", "earlier layer"), ("0.0->0.1", "earlier layer"), ("0.0->5.0", "not in the model"), ("0.7->1.0", "not in the model")])
 def test_baseline_z_refuses_bad_pairs(pair: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        measure("composition.baseline_z", random_model(0), kind="k", pair=pair, n_samples=10)
+        measure_metric(random_model(0), "composition.baseline_z", kind="k", pair=pair, n_samples=10)
 
 
 def test_baseline_z_pair_syntax_is_a_spec_error() -> None:
@@ -115,9 +101,9 @@ def test_baseline_z_separates_planted_from_random_control() -> None:
     """The planted K-composition is far above the baseline, the planted V-composition (zero) far
     below; the random control of the same shapes sits within 3 standard deviations."""
     planted, control = registry_model("planted-attn-2l"), registry_model("planted-attn-2l-random")
-    assert measure("composition.baseline_z", planted, kind="k", pair="0.0->1.0", n_samples=100).value > 3
-    assert measure("composition.baseline_z", planted, kind="v", pair="0.0->1.0", n_samples=100).value < -3
-    assert abs(measure("composition.baseline_z", control, kind="k", pair="0.0->1.0", n_samples=100).value) < 3
+    assert measure_metric(planted, "composition.baseline_z", kind="k", pair="0.0->1.0", n_samples=100).value > 3
+    assert measure_metric(planted, "composition.baseline_z", kind="v", pair="0.0->1.0", n_samples=100).value < -3
+    assert abs(measure_metric(control, "composition.baseline_z", kind="k", pair="0.0->1.0", n_samples=100).value) < 3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,14 +115,14 @@ def test_baseline_z_separates_planted_from_random_control() -> None:
 @pytest.mark.parametrize("head", ["1.0", "2.2"])
 def test_decomposition_top_ranks_the_table(seed: int, head: str) -> None:
     model = random_model(seed)
-    table = measure("qk.attention_decomposition", model, SHORT, head=head).value
+    table = measure_metric(model, "qk.attention_decomposition", inputs=SHORT, head=head).value
     for k in (1, 3):
-        got = measure("qk.attention_decomposition_top", model, SHORT, head=head, k=k)
+        got = measure_metric(model, "qk.attention_decomposition_top", inputs=SHORT, head=head, k=k)
         assert got.value == sorted(table, key=table.get, reverse=True)[:k]
 
 
 def test_decomposition_top_planted_induction_head_reads_embed_and_prev_token_head() -> None:
-    got = measure("qk.attention_decomposition_top", registry_model("planted-attn-2l"), REPEATED, head="1.0", k=1)
+    got = measure_metric(registry_model("planted-attn-2l"), "qk.attention_decomposition_top", inputs=REPEATED, head="1.0", k=1)
     assert got.value == ["embed|0.0"]
 
 
@@ -146,19 +132,19 @@ def test_decomposition_top_planted_induction_head_reads_embed_and_prev_token_hea
 
 
 def test_previous_token_head_has_no_induction_stripe() -> None:
-    scores = measure("attention.scores", registry_model("planted-attn-2l"), REPEATED, pattern="induction").value
+    scores = measure_metric(registry_model("planted-attn-2l"), "attention.scores", inputs=REPEATED, pattern="induction").value
     assert scores["0.0"] < 0.05 < 0.4 < scores["1.0"]
 
 
 def test_induction_head_has_a_flat_positional_pattern() -> None:
     """1.0's QK reads tokens, not positions: its positional pattern is uniform over the causal past."""
-    got = measure("qk.positional_pattern", registry_model("planted-attn-2l"), head="1.0")
+    got = measure_metric(registry_model("planted-attn-2l"), "qk.positional_pattern", head="1.0")
     assert got.value["prev_diag_mean"] < 0.5
-    assert measure("qk.positional_pattern", registry_model("planted-attn-2l"), head="0.0").value["prev_diag_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert measure_metric(registry_model("planted-attn-2l"), "qk.positional_pattern", head="0.0").value["prev_diag_mean"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_direct_path_adds_less_than_the_induction_head_on_repeats() -> None:
-    got = measure("attribution.direct_logit", registry_model("planted-attn-2l"), REPEATED, positions="second_half").value
+    got = measure_metric(registry_model("planted-attn-2l"), "attribution.direct_logit", inputs=REPEATED, positions="second_half").value
     assert got["embed"] < got["1.0"]
 
 

@@ -17,29 +17,14 @@ import torch
 from pydantic import ValidationError
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from harness.context import MetricContext
-from harness.measurement import Measurement
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.model_api import ModelHandle
 from harness.registry import get_metric
-from harness.session import Session
+from harness.testing import ad_hoc_handle, measure_metric
 
 PLANTED = "planted-attn-2l"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def measure(metric: str, model: ModelHandle, inputs: dict[str, Any] | None = None, **params: Any) -> Measurement:
-    """Run ``metric`` with validated ``params`` on ``model`` (and ``inputs``, an input spec)."""
-    info = get_metric(metric)
-    session = Session()
-    batch = session.inputs(model, inputs) if inputs is not None else None
-    return info.function(MetricContext(model, batch, session), **dict(info.validate_params(params)))
-
-
-def handle(hooked: HookedTransformer, name: str) -> ModelHandle:
-    identity = ModelIdentity(name=name, source="test", weights_sha256=None, config_sha256=None)
-    return ModelHandle(hooked.eval(), identity, bos_token_id=0)
 
 
 def planted() -> ModelHandle:
@@ -72,7 +57,7 @@ def random_model(
                 param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(8))
         if tie:
             hooked.W_U.copy_(hooked.W_E.T)
-    return handle(hooked, f"random-{seed}")
+    return ad_hoc_handle(hooked, f"random-{seed}")
 
 
 REPEATED = {"repeated_random": {"seq_len": 6, "batch": 3, "seed": 0}}
@@ -85,7 +70,7 @@ REPEATED = {"repeated_random": {"seq_len": 6, "batch": 3, "seed": 0}}
 
 def test_config_of_planted_model() -> None:
     model = planted()
-    value = measure("model_facts.config", model).value
+    value = measure_metric(model, "model_facts.config").value
     shape = model.shape
     assert value["attn_only"] == 1.0 and value["has_normalization"] == 0.0 and value["shortformer"] == 1.0
     assert (value["n_layers"], value["n_heads"], value["d_model"], value["d_head"], value["d_vocab"], value["n_ctx"]) == (
@@ -94,19 +79,19 @@ def test_config_of_planted_model() -> None:
 
 
 def test_config_flags_follow_the_model() -> None:
-    value = measure("model_facts.config", random_model(0, positional="standard", normalization="LNPre")).value
+    value = measure_metric(random_model(0, positional="standard", normalization="LNPre"), "model_facts.config").value
     assert value["shortformer"] == 0.0 and value["has_normalization"] == 1.0
 
 
 def test_planted_model_has_no_biases() -> None:
-    value = measure("model_facts.bias_norms", planted()).value
+    value = measure_metric(planted(), "model_facts.bias_norms").value
     assert value["max"] == 0.0
     assert {"b_Q", "b_K", "b_O", "b_U"} <= set(value)
 
 
 @pytest.mark.parametrize("bias", ["b_Q", "b_K", "b_O", "b_U"])
 def test_a_planted_bias_is_found(bias: str) -> None:
-    measured = measure("model_facts.bias_norms", random_model(1, biases={bias: -0.25}))
+    measured = measure_metric(random_model(1, biases={bias: -0.25}), "model_facts.bias_norms")
     assert measured.value[bias] == pytest.approx(0.25)
     assert measured.value["max"] == pytest.approx(0.25)
     assert all(v == 0.0 for name, v in measured.value.items() if name not in (bias, "max"))
@@ -114,7 +99,7 @@ def test_a_planted_bias_is_found(bias: str) -> None:
 
 
 def test_planted_model_is_tied() -> None:
-    value = measure("model_facts.embed_unembed", planted()).value
+    value = measure_metric(planted(), "model_facts.embed_unembed").value
     assert value["rel_distance"] == pytest.approx(0.0, abs=1e-12)
     assert value["cosine"] == pytest.approx(1.0, abs=1e-12)
 
@@ -122,11 +107,11 @@ def test_planted_model_is_tied() -> None:
 def test_embed_unembed_distance_is_exact() -> None:
     model = random_model(2)
     W_E, W_U = model.W_E.double(), model.W_U.double()
-    value = measure("model_facts.embed_unembed", model).value
+    value = measure_metric(model, "model_facts.embed_unembed").value
     assert value["rel_distance"] == pytest.approx(float(torch.linalg.norm(W_E - W_U.T) / torch.linalg.norm(W_E)), rel=1e-12)
     assert value["cosine"] == pytest.approx(float((W_E * W_U.T).sum() / (torch.linalg.norm(W_E) * torch.linalg.norm(W_U))), rel=1e-12)
     assert value["rel_distance"] > 0.5
-    tied = measure("model_facts.embed_unembed", random_model(2, tie=True)).value
+    tied = measure_metric(random_model(2, tie=True), "model_facts.embed_unembed").value
     assert tied["rel_distance"] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -153,16 +138,16 @@ def gpt2_like_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def test_tokenize_forms(gpt2_like_tokenizer: Any) -> None:
     model = random_model(3, tokenizer=gpt2_like_tokenizer, d_vocab=8)
-    assert measure("model_facts.tokenize", model, text="gpt2").value == ["0:0", "1:1", "2:5", "3:4"]
-    assert measure("model_facts.tokenize", model, text="gpt2", form="str_tokens").value == ["0:<|endoftext|>", "1:g", "2:pt", "3:2"]
-    assert measure("model_facts.tokenize", model, text="gpt2", form="decoded").value == ["<|endoftext|>gpt2"]
-    without_bos = measure("model_facts.tokenize", model, text="gpt2", prepend_bos=False)
+    assert measure_metric(model, "model_facts.tokenize", text="gpt2").value == ["0:0", "1:1", "2:5", "3:4"]
+    assert measure_metric(model, "model_facts.tokenize", text="gpt2", form="str_tokens").value == ["0:<|endoftext|>", "1:g", "2:pt", "3:2"]
+    assert measure_metric(model, "model_facts.tokenize", text="gpt2", form="decoded").value == ["<|endoftext|>gpt2"]
+    without_bos = measure_metric(model, "model_facts.tokenize", text="gpt2", prepend_bos=False)
     assert without_bos.value == ["0:1", "1:5", "2:4"] and without_bos.details["n_tokens"] == 3
 
 
 def test_tokenize_needs_a_tokenizer() -> None:
     with pytest.raises(ValueError, match="no tokenizer"):
-        measure("model_facts.tokenize", planted(), text="gpt2")
+        measure_metric(planted(), "model_facts.tokenize", text="gpt2")
 
 
 def test_tokenize_params_are_strict() -> None:
@@ -181,18 +166,18 @@ def test_tokenize_params_are_strict() -> None:
 @pytest.mark.parametrize("layer", [0, 1])
 @pytest.mark.parametrize("biases", [None, {"b_Q": 0.3, "b_K": -0.2}])
 def test_pattern_rebuilt_from_q_and_k(layer: int, biases: dict[str, float] | None) -> None:
-    value = measure("model_facts.cache_consistency", random_model(4, biases=biases), REPEATED, layer=layer).value
+    value = measure_metric(random_model(4, biases=biases), "model_facts.cache_consistency", inputs=REPEATED, layer=layer).value
     assert value["pattern_vs_qk_max_abs_diff"] < 1e-6
     assert value["alias_max_abs_diff"] == 0.0
 
 
 def test_cache_consistency_layer_outside_model() -> None:
     with pytest.raises(ValueError, match="outside the model"):
-        measure("model_facts.cache_consistency", random_model(4), REPEATED, layer=2)
+        measure_metric(random_model(4), "model_facts.cache_consistency", inputs=REPEATED, layer=2)
 
 
 def test_qk_input_decomposition_shortformer_without_biases() -> None:
-    value = measure("model_facts.qk_input_decomposition", random_model(5), REPEATED).value
+    value = measure_metric(random_model(5), "model_facts.qk_input_decomposition", inputs=REPEATED).value
     assert value["max_abs_error"] < 1e-5
     assert value["assert_close_excess"] <= 0.0
     assert value["pos_in_residual"] == 0.0  # shortformer: positions stay out of the residual stream
@@ -200,14 +185,14 @@ def test_qk_input_decomposition_shortformer_without_biases() -> None:
 
 def test_qk_input_decomposition_misses_b_O() -> None:
     """b_O is not a component (as in the course): the error is exactly the layer-0 output bias."""
-    value = measure("model_facts.qk_input_decomposition", random_model(5, biases={"b_O": 0.125}), REPEATED).value
+    value = measure_metric(random_model(5, biases={"b_O": 0.125}), "model_facts.qk_input_decomposition", inputs=REPEATED).value
     assert value["max_abs_error"] == pytest.approx(0.125, abs=1e-5)
     assert value["assert_close_excess"] > 0.0
 
 
 def test_qk_input_decomposition_standard_positions() -> None:
     model = random_model(6, positional="standard")
-    value = measure("model_facts.qk_input_decomposition", model, REPEATED).value
+    value = measure_metric(model, "model_facts.qk_input_decomposition", inputs=REPEATED).value
     assert value["max_abs_error"] < 1e-5
     positions = REPEATED["repeated_random"]["seq_len"] * 2 + 1
     assert value["pos_in_residual"] == pytest.approx(float(model.W_pos[:positions].abs().max()), rel=1e-6)
@@ -215,4 +200,4 @@ def test_qk_input_decomposition_standard_positions() -> None:
 
 def test_qk_input_decomposition_rejects_layernorm() -> None:
     with pytest.raises(ValueError, match="normalization"):
-        measure("model_facts.qk_input_decomposition", random_model(7, normalization="LNPre"), REPEATED)
+        measure_metric(random_model(7, normalization="LNPre"), "model_facts.qk_input_decomposition", inputs=REPEATED)

@@ -21,6 +21,7 @@ from harness.metrics import patching
 from harness.model_api import ModelHandle
 from harness.registry import get_metric
 from harness.session import Session
+from harness.testing import measure_metric
 from tests.test_metrics_ioi import ioi, random_model, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,8 +40,8 @@ def context(model: ModelHandle, **params: Any) -> MetricContext:
 
 
 def measure(name: str, ctx: MetricContext, **params: Any) -> Measurement:
-    info = get_metric(name)
-    return info.function(ctx, **dict(info.validate_params(params)))
+    """Metric ``name`` on the model and inputs of ``ctx``, cached in its session."""
+    return measure_metric(ctx.model, name, inputs=ctx.inputs, session=ctx.session, **params)
 
 
 @torch.no_grad()

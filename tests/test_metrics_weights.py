@@ -19,13 +19,12 @@ from pydantic import ValidationError
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fixtures.planted import PLANTED_MODELS
-from harness.context import MetricContext
 from harness.heads import Head, head_names
-from harness.measurement import Measurement
 from harness.metrics import composition as comp_module
 from harness.model_api import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
+from harness.testing import measure_metric
 
 ATTN, RANDOM = "planted-attn-2l", "planted-attn-2l-random"
 COURSE_BASELINE_MEAN = 0.03609  # arena-claims.md 1.2.comp.baseline (IMG plot data, 300 samples)
@@ -36,14 +35,6 @@ SETTINGS = settings(max_examples=15, deadline=None)
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
-
-
-def measure(metric: str, model: ModelHandle, inputs: dict[str, Any] | None = None, **params: Any) -> Measurement:
-    """Run ``metric`` with validated ``params`` on ``model`` (and ``inputs``, an input spec)."""
-    info = get_metric(metric)
-    session = Session()
-    batch = session.inputs(model, inputs) if inputs is not None else None
-    return info.function(MetricContext(model, batch, session), **dict(info.validate_params(params)))
 
 
 _PLANTED: dict[str, ModelHandle] = {}
@@ -154,25 +145,25 @@ def test_positional_pattern_matches_dense(shape: dict, biases: bool, variant: st
         "diag_mean": mean([float(A[i, i]) for i in range(start, n)]),
         "first_col_mean": mean([float(A[i, 0]) for i in range(start, n)]),
     }
-    got = measure("qk.positional_pattern", model, head=str(head), include_biases=biases, variant=variant).value
+    got = measure_metric(model, "qk.positional_pattern", head=str(head), include_biases=biases, variant=variant).value
     assert got == pytest.approx(expected, abs=1e-5)
 
 
 def test_positional_pattern_n_positions_and_default_context() -> None:
     model = random_model(3, n_ctx=10)
-    full = measure("qk.positional_pattern", model, head="1.1")
+    full = measure_metric(model, "qk.positional_pattern", head="1.1")
     assert full.details["n_positions"] == 10  # the course's default: the whole context
     A = dense_positional_pattern(model, Head(1, 1), 6, False)
-    part = measure("qk.positional_pattern", model, head="1.1", n_positions=6).value
+    part = measure_metric(model, "qk.positional_pattern", head="1.1", n_positions=6).value
     assert part["prev_diag_mean"] == pytest.approx(mean([float(A[i, i - 1]) for i in range(1, 6)]), abs=1e-6)
     with pytest.raises(ValueError, match="n_ctx"):
-        measure("qk.positional_pattern", model, head="1.1", n_positions=11)
+        measure_metric(model, "qk.positional_pattern", head="1.1", n_positions=11)
 
 
 def test_positional_pattern_ignores_biases_by_default_as_the_course() -> None:
     model = random_model(4, biases=True)
-    plain = measure("qk.positional_pattern", model, head="0.1").value
-    with_biases = measure("qk.positional_pattern", model, head="0.1", include_biases=True).value
+    plain = measure_metric(model, "qk.positional_pattern", head="0.1").value
+    with_biases = measure_metric(model, "qk.positional_pattern", head="0.1", include_biases=True).value
     assert plain != with_biases
     A = dense_positional_pattern(model, Head(0, 1), model.shape.n_ctx, False)
     assert plain["prev_diag_mean"] == pytest.approx(mean([float(A[i, i - 1]) for i in range(1, model.shape.n_ctx)]), abs=1e-6)
@@ -181,7 +172,7 @@ def test_positional_pattern_ignores_biases_by_default_as_the_course() -> None:
 def test_positional_pattern_rejects_rotary() -> None:
     model = random_model(0, d_head=4, positional="rotary")
     with pytest.raises(ValueError, match="rotary"):
-        measure("qk.positional_pattern", model, head="0.0")
+        measure_metric(model, "qk.positional_pattern", head="0.0")
 
 
 def test_planted_positional_heads() -> None:
@@ -189,7 +180,7 @@ def test_planted_positional_heads() -> None:
     key = {"previous": "prev_diag_mean", "current": "diag_mean", "first": "first_col_mean"}
     model = planted(ATTN)
     for head, kind in truth(ATTN)["positional_qk"].items():
-        value = measure("qk.positional_pattern", model, head=head).value
+        value = measure_metric(model, "qk.positional_pattern", head=head).value
         assert value[key[kind]] == pytest.approx(1.0, abs=1e-6), (head, value)
         others = [name for name in key.values() if name != key[kind]]
         assert all(value[name] < 0.05 for name in others), (head, value)
@@ -198,7 +189,7 @@ def test_planted_positional_heads() -> None:
 def test_random_control_has_no_positional_previous_head() -> None:
     model = planted(RANDOM)
     for head in head_names(2, 4):
-        assert measure("qk.positional_pattern", model, head=head).value["prev_diag_mean"] < 0.2
+        assert measure_metric(model, "qk.positional_pattern", head=head).value["prev_diag_mean"] < 0.2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,7 +231,7 @@ def dense_decomposition_stds(model: ModelHandle, tokens: torch.Tensor, head: Hea
 def test_attention_decomposition_matches_dense(seed: int, scale: bool, head: str) -> None:
     model = random_model(seed, n_layers=3, n_ctx=12)
     inputs = {"repeated_random": {"seq_len": 4, "batch": 2, "seed": seed % 1000}}
-    got = measure("qk.attention_decomposition", model, inputs, head=head, scale=scale)
+    got = measure_metric(model, "qk.attention_decomposition", inputs=inputs, head=head, scale=scale)
     tokens = Session().inputs(model, inputs).tokens
     expected = dense_decomposition_stds(model, tokens, Head.parse(head), scale)
     assert set(got.value) == set(expected)
@@ -265,19 +256,19 @@ def test_attention_decomposition_planted_induction_reads_embed_and_prev_token_he
     """Head 1.0's score comes only from (query = token embedding, key = output of the K-composing head)."""
     gt = truth(ATTN)
     (writer, reader), = gt["k_composition"]
-    got = measure("qk.attention_decomposition", planted(ATTN), {"repeated_random": {"seq_len": 10, "batch": 2}}, head=reader)
+    got = measure_metric(planted(ATTN), "qk.attention_decomposition", inputs={"repeated_random": {"seq_len": 10, "batch": 2}}, head=reader)
     pair = f"embed|{writer}"
     assert max(got.value, key=got.value.get) == pair
     assert got.value[pair] > 1.0
     assert all(value == 0.0 for key, value in got.value.items() if key != pair)
-    unscaled = measure("qk.attention_decomposition", planted(ATTN), {"repeated_random": {"seq_len": 10, "batch": 2}}, head=reader, scale=False)
+    unscaled = measure_metric(planted(ATTN), "qk.attention_decomposition", inputs={"repeated_random": {"seq_len": 10, "batch": 2}}, head=reader, scale=False)
     assert unscaled.value[pair] == pytest.approx(got.value[pair] * math.sqrt(128), rel=1e-9)
 
 
 def test_attention_decomposition_needs_a_linear_model() -> None:
     model = random_model(1, normalization="LN")
     with pytest.raises(ValueError, match="normalization"):
-        measure("qk.attention_decomposition", model, {"repeated_random": {"seq_len": 3}}, head="1.0")
+        measure_metric(model, "qk.attention_decomposition", inputs={"repeated_random": {"seq_len": 3}}, head="1.0")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,7 +280,7 @@ def test_attention_decomposition_needs_a_linear_model() -> None:
 @given(shapes, st.sampled_from(["q", "k", "v"]))
 def test_composition_scores_match_dense(shape: dict, kind: str) -> None:
     model = random_model(**shape)
-    got = measure("composition.scores", model, kind=kind)
+    got = measure_metric(model, "composition.scores", kind=kind)
     expected = dense_composition(model, kind, [(0, 1)])
     assert got.value == pytest.approx(expected, abs=1e-9, rel=1e-9)
     assert got.details["undefined"] == []
@@ -297,8 +288,8 @@ def test_composition_scores_match_dense(shape: dict, kind: str) -> None:
 
 def test_composition_pairs_all_covers_every_earlier_layer() -> None:
     model = random_model(5, n_layers=3)
-    consecutive = measure("composition.scores", model, kind="k").value
-    every = measure("composition.scores", model, kind="k", pairs="all").value
+    consecutive = measure_metric(model, "composition.scores", kind="k").value
+    every = measure_metric(model, "composition.scores", kind="k", pairs="all").value
     assert consecutive == pytest.approx(dense_composition(model, "k", [(0, 1), (1, 2)]), abs=1e-9)
     assert every == pytest.approx(dense_composition(model, "k", [(0, 1), (0, 2), (1, 2)]), abs=1e-9)
 
@@ -321,7 +312,7 @@ def test_comp_score_properties(d: int, r: int, seed: int) -> None:
 def test_planted_k_composition_matches_ground_truth() -> None:
     gt = truth(ATTN)
     model = planted(ATTN)
-    k = measure("composition.scores", model, kind="k")
+    k = measure_metric(model, "composition.scores", kind="k")
     for name, score in gt["k_composition_score"].items():  # same definition: ARENA's K-composition
         assert k.value[name] == pytest.approx(score, abs=1e-12)
     strongest = max(k.value, key=k.value.get)
@@ -329,7 +320,7 @@ def test_planted_k_composition_matches_ground_truth() -> None:
     assert all(value == 0.0 for name, value in k.value.items() if name not in gt["k_composition_score"])
     for kind in ("q", "v"):
         assert gt[f"{kind}_composition"] == []
-        assert all(value == 0.0 for value in measure("composition.scores", model, kind=kind).value.values())
+        assert all(value == 0.0 for value in measure_metric(model, "composition.scores", kind=kind).value.values())
 
 
 def test_planted_undefined_pairs_are_the_all_zero_circuits() -> None:
@@ -339,7 +330,7 @@ def test_planted_undefined_pairs_are_the_all_zero_circuits() -> None:
     zero_ov = set(gt["zero_ov_heads"])
     zero_qk = set(gt["inert_heads"])
     for kind in ("q", "k", "v"):
-        got = measure("composition.scores", model, kind=kind)
+        got = measure_metric(model, "composition.scores", kind=kind)
         zero_b = zero_ov if kind == "v" else zero_qk
         expected = {f"{a}->{b}" for a in head_names(1, 4) for b in head_names(2, 4)[4:] if a in zero_ov or b in zero_b}
         assert set(got.details["undefined"]) == expected
@@ -349,10 +340,10 @@ def test_planted_undefined_pairs_are_the_all_zero_circuits() -> None:
 def test_random_control_composition_sits_at_the_baseline() -> None:
     """Every Q/K/V score of the random control is within 6 std of the random baseline of its shapes,
     and the planted K-composition is far above it."""
-    baseline = measure("composition.baseline", planted(RANDOM), n_samples=50, seed=1)
+    baseline = measure_metric(planted(RANDOM), "composition.baseline", n_samples=50, seed=1)
     mean_, std = baseline.value["mean"], baseline.value["std"]
     for kind in ("q", "k", "v"):
-        for name, value in measure("composition.scores", planted(RANDOM), kind=kind).value.items():
+        for name, value in measure_metric(planted(RANDOM), "composition.scores", kind=kind).value.items():
             assert abs(value - mean_) < 6 * std, (kind, name, value, mean_, std)
     for name, score in truth(ATTN)["k_composition_score"].items():
         assert score > mean_ + 20 * std
@@ -379,7 +370,7 @@ def dense_course_baseline(n_samples: int, d_model: int, d_head: int, seed: int) 
 @given(st.integers(2, 12), st.integers(1, 4), st.integers(2, 20), st.integers(0, 2**31 - 1))
 def test_baseline_matches_the_course_loop(d_model: int, d_head: int, n_samples: int, seed: int) -> None:
     d_head = min(d_head, d_model)
-    got = measure("composition.baseline", planted(ATTN), n_samples=n_samples, seed=seed, d_model=d_model, d_head=d_head)
+    got = measure_metric(planted(ATTN), "composition.baseline", n_samples=n_samples, seed=seed, d_model=d_model, d_head=d_head)
     expected = torch.tensor(dense_course_baseline(n_samples, d_model, d_head, seed), dtype=torch.float64)
     assert got.value["mean"] == pytest.approx(float(expected.mean()), abs=1e-6)
     assert got.value["std"] == pytest.approx(float(expected.std(unbiased=False)), abs=1e-6)
@@ -389,7 +380,7 @@ def test_baseline_matches_the_course_loop(d_model: int, d_head: int, n_samples: 
 def test_baseline_course_shapes_give_the_course_mean() -> None:
     """d_model 768, d_head 64, 300 samples: the published mean 0.03609 is itself a 300-sample mean, so
     the two estimates differ by sqrt(2) standard errors of one; allow 4 of those."""
-    got = measure("composition.baseline", planted(ATTN), n_samples=COURSE_BASELINE_SAMPLES, d_model=768, d_head=64)
+    got = measure_metric(planted(ATTN), "composition.baseline", n_samples=COURSE_BASELINE_SAMPLES, d_model=768, d_head=64)
     tolerance = 4 * math.sqrt(2) * got.uncertainty["mean"]
     assert abs(got.value["mean"] - COURSE_BASELINE_MEAN) < tolerance, (got.value, tolerance)
     assert 1e-4 < got.value["std"] < 1e-3  # the course's samples span about 0.0347-0.0374
@@ -415,7 +406,7 @@ def test_kcomp_top1_matches_dense(shape: dict) -> None:
     prev, ind = Head(0, shape["seed"] % shape["n_heads"]), Head(1, (shape["seed"] // 7) % shape["n_heads"])
     rows, columns = dense_kcomp_top1(model, prev, ind)
     for orientation, expected in (("rows", rows), ("columns", columns)):
-        got = measure("composition.kcomp_full_circuit_top1", model, prev_head=str(prev), ind_head=str(ind), orientation=orientation)
+        got = measure_metric(model, "composition.kcomp_full_circuit_top1", prev_head=str(prev), ind_head=str(ind), orientation=orientation)
         assert got.value == pytest.approx(expected, abs=1e-12)
 
 
@@ -434,7 +425,7 @@ def test_kcomp_top1_orientation_is_required_and_layers_ordered() -> None:
     with pytest.raises(ValidationError, match="orientation"):
         info.validate_params({"prev_head": "0.0", "ind_head": "1.0"})
     with pytest.raises(ValueError, match="earlier layer"):
-        measure("composition.kcomp_full_circuit_top1", planted(ATTN), prev_head="1.0", ind_head="0.0", orientation="rows")
+        measure_metric(planted(ATTN), "composition.kcomp_full_circuit_top1", prev_head="1.0", ind_head="0.0", orientation="rows")
 
 
 def test_planted_kcomp_full_circuit_is_identity_like() -> None:
@@ -442,9 +433,9 @@ def test_planted_kcomp_full_circuit_is_identity_like() -> None:
     random control is at chance."""
     for prev, ind in truth(ATTN)["k_composition"]:
         for orientation in ("rows", "columns"):
-            got = measure("composition.kcomp_full_circuit_top1", planted(ATTN), prev_head=prev, ind_head=ind, orientation=orientation)
+            got = measure_metric(planted(ATTN), "composition.kcomp_full_circuit_top1", prev_head=prev, ind_head=ind, orientation=orientation)
             assert got.value == 1.0 and got.details["tied_rows"] == 0
-            control = measure("composition.kcomp_full_circuit_top1", planted(RANDOM), prev_head=prev, ind_head=ind, orientation=orientation)
+            control = measure_metric(planted(RANDOM), "composition.kcomp_full_circuit_top1", prev_head=prev, ind_head=ind, orientation=orientation)
             assert control.value < 0.2
 
 
@@ -464,28 +455,28 @@ def dense_copying_score(model: ModelHandle, head: Head) -> float:
 @given(shapes)
 def test_eigenvalue_score_matches_dense(shape: dict) -> None:
     model = random_model(**shape)
-    got = measure("copying.eigenvalue_score", model)
+    got = measure_metric(model, "copying.eigenvalue_score")
     assert set(got.value) == set(head_names(2, shape["n_heads"]))
     for name, value in got.value.items():
         assert -1.0 - 1e-9 <= value <= 1.0 + 1e-9
         assert value == pytest.approx(dense_copying_score(model, Head.parse(name)), abs=1e-5)
-    subset = measure("copying.eigenvalue_score", model, heads=["1.0", "0.0"])
+    subset = measure_metric(model, "copying.eigenvalue_score", heads=["1.0", "0.0"])
     assert list(subset.value) == ["0.0", "1.0"]
 
 
 def test_eigenvalue_score_planted_ground_truth() -> None:
     gt = truth(ATTN)
-    got = measure("copying.eigenvalue_score", planted(ATTN))
+    got = measure_metric(planted(ATTN), "copying.eigenvalue_score")
     assert got.value == pytest.approx(gt["ov_copying_score"], abs=1e-12)
     assert set(got.details["undefined"]) == set(gt["zero_full_ov_heads"])
 
 
 def test_eigenvalue_score_sign_flips_with_the_circuit() -> None:
     model = random_model(11)
-    before = measure("copying.eigenvalue_score", model, heads=["0.1"]).value["0.1"]
+    before = measure_metric(model, "copying.eigenvalue_score", heads=["0.1"]).value["0.1"]
     with torch.no_grad():
         model._hooked.blocks[0].attn.W_O[1] *= -1.0
-    after = measure("copying.eigenvalue_score", model, heads=["0.1"]).value["0.1"]
+    after = measure_metric(model, "copying.eigenvalue_score", heads=["0.1"]).value["0.1"]
     assert after == pytest.approx(-before, abs=1e-9)
 
 
@@ -500,7 +491,7 @@ def dense_rank(model: ModelHandle, heads: list[Head], rtol: float) -> int:
 def test_ov_rank_matches_dense_and_is_generic(shape: dict, n_heads_used: int) -> None:
     model = random_model(**shape)
     heads = [Head(1, h) for h in range(min(n_heads_used, shape["n_heads"]))]
-    got = measure("copying.ov_rank", model, heads=[str(h) for h in heads])
+    got = measure_metric(model, "copying.ov_rank", heads=[str(h) for h in heads])
     tolerance = got.details["rtol"]
     assert tolerance == pytest.approx(shape["d_model"] * torch.finfo(torch.float32).eps)
     assert got.value == dense_rank(model, heads, tolerance)
@@ -510,7 +501,7 @@ def test_ov_rank_matches_dense_and_is_generic(shape: dict, n_heads_used: int) ->
 @pytest.mark.parametrize("name", ["planted-ov-rank", "planted-split-copy"])
 def test_ov_rank_planted_ground_truth(name: str) -> None:
     for heads, rank in truth(name)["ov_rank"].items():
-        got = measure("copying.ov_rank", planted(name), heads=heads.split("+"))
+        got = measure_metric(planted(name), "copying.ov_rank", heads=heads.split("+"))
         assert got.value == rank, (heads, got.details)
 
 
@@ -522,4 +513,4 @@ def test_ov_rank_planted_rotated() -> None:
     identity = ModelIdentity(name=spec.name, source="test", weights_sha256=None, config_sha256=None)
     model = ModelHandle(spec.build(), identity, bos_token_id=None)
     for heads, rank in spec.ground_truth["ov_rank"].items():
-        assert measure("copying.ov_rank", model, heads=heads.split("+")).value == rank
+        assert measure_metric(model, "copying.ov_rank", heads=heads.split("+")).value == rank
