@@ -26,19 +26,17 @@ from harness.model_api import ModelShape
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "")
 SCALE = {"thorough": 20, "ci": 4}.get(PROFILE, 1)
-FUZZ = PROFILE == "thorough"
-"""The default run replays the same examples every time (the profiles are in tests/conftest.py);
-``HYPOTHESIS_PROFILE=thorough`` draws new ones, 20 times as many, to hunt for new failures."""
+"""Each test's example budget is scaled by the active profile (profiles in tests/conftest.py): the
+default run replays the same examples every time; ``HYPOTHESIS_PROFILE=thorough`` draws new ones,
+20 times as many, to hunt for new failures."""
 
 
 def budget(examples: int):
     """Hypothesis settings for ``examples`` examples (times the profile's scale), no deadline;
-    derandomized unless fuzzing."""
+    replayed or fresh as the active profile says."""
     return settings(
         max_examples=examples * SCALE,
         deadline=None,
-        database=None,
-        derandomize=not FUZZ,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
     )
 
