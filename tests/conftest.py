@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import torch
 from hypothesis import settings
+
+from harness.model_api import ModelHandle
 
 # Property tests replay the same examples on every run unless asked to fuzz, so that a CI run
 # cannot fail by chance: HYPOTHESIS_PROFILE=thorough draws fresh examples (and the loader's
@@ -25,3 +27,21 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def registry_model() -> Callable[[str], ModelHandle]:
+    """A loader of the registry's models (``fixtures/registry.py``), each loaded once per test session.
+
+    The handles are shared between tests: a test must not change a model's weights or hooks.
+    """
+    from fixtures.registry import get_model_entry
+
+    loaded: dict[str, ModelHandle] = {}
+
+    def load(name: str) -> ModelHandle:
+        if name not in loaded:
+            loaded[name] = get_model_entry(name).load()
+        return loaded[name]
+
+    return load

@@ -9,7 +9,7 @@ drawn by Hypothesis (biases included, both positional types); ground truth from 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -33,12 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # ----------------------------------------------------------------------------------------------
 # models and running a metric
 # ----------------------------------------------------------------------------------------------
-
-
-def planted() -> ModelHandle:
-    from fixtures.registry import get_model_entry
-
-    return get_model_entry(ATTN).load()
 
 
 def tokens_of(model: ModelHandle, inputs: dict[str, Any]) -> torch.Tensor:
@@ -164,11 +158,11 @@ def test_component_norms_top_k_is_the_ranking_of_the_table() -> None:
     {"repeated_maxrep": {"seq_len": 20, "batch": 3, "seed": 0}},
     {"tokens": {"ids": [[0, 5, 5, 7, 3, 3]]}},
 ])
-def test_planted_induction_head_query_reads_embed_key_reads_prev_token_head(inputs: dict[str, Any]) -> None:
+def test_planted_induction_head_query_reads_embed_key_reads_prev_token_head(registry_model: Callable[[str], ModelHandle], inputs: dict[str, Any]) -> None:
     """Head 1.0: W_Q[TOK] = 40 I and W_K[PREV] = 40 I, so ||e_t W_Q||^2 = ||e_t W_K||^2 = 1600 at every
     position (0.0 writes the previous token, or BOS at position 0, into PREV); nothing else reaches them."""
     (writer, reader), = GROUND_TRUTH["k_composition"]
-    model = planted()
+    model = registry_model(ATTN)
     full = QK_SIDE**2
     query = measure_metric(model, "qk.component_norms", inputs=inputs, head=reader, side="query")
     key = measure_metric(model, "qk.component_norms", inputs=inputs, head=reader, side="key")
@@ -179,9 +173,9 @@ def test_planted_induction_head_query_reads_embed_key_reads_prev_token_head(inpu
     assert measure_metric(model, "qk.component_norms", inputs=inputs, head=reader, side="key", top_k=1).value == [writer]
 
 
-def test_planted_previous_token_head_reads_positions() -> None:
+def test_planted_previous_token_head_reads_positions(registry_model: Callable[[str], ModelHandle]) -> None:
     """Head 0.0: query(p) = 40 e_{p-1} for p >= 1 (0 at p = 0), key(j) = 40 e_j: pos norms 1600 (n-1)/n and 1600."""
-    model = planted()
+    model = registry_model(ATTN)
     seq_len = 10
     n = 1 + 2 * seq_len
     inputs = {"repeated_random": {"seq_len": seq_len, "batch": 2}}
@@ -254,9 +248,9 @@ def test_direct_by_position_top_k_is_the_ranking_of_the_table() -> None:
         measure_metric(model, "attribution.direct_by_position", inputs=inputs, top_k=13)
 
 
-def test_planted_direct_path_is_one_exactly_on_doubled_tokens() -> None:
+def test_planted_direct_path_is_one_exactly_on_doubled_tokens(registry_model: Callable[[str], ModelHandle]) -> None:
     """planted-attn-2l: W_E W_U = I (direct_path_gain 1), so direct[i] = [t[i] == t[i+1]]."""
-    model = planted()
+    model = registry_model(ATTN)
     ids = [0, 5, 5, 7, 3, 3, 9]
     got = measure_metric(model, "attribution.direct_by_position", inputs={"tokens": {"ids": [ids]}})
     gain = GROUND_TRUTH["direct_path_gain"]
@@ -314,11 +308,11 @@ def test_positional_share_matches_loops(seed: int, positional: str, head: str) -
     assert result.uncertainty == pytest.approx({"r2": se(r2s), "pattern_tv": se(tvs)}, abs=1e-9)
 
 
-def test_positional_share_on_planted_heads() -> None:
+def test_positional_share_on_planted_heads(registry_model: Callable[[str], ModelHandle]) -> None:
     """0.0 attends by position only (r2 1, the same pattern); 1.0 by content only (no pos|pos term: r2 0)."""
     inputs = {"repeated_random": {"seq_len": 20, "batch": 4, "seed": 0}}
-    previous = measure_metric(planted(), "qk.positional_share", inputs=inputs, head="0.0").value
-    induction = measure_metric(planted(), "qk.positional_share", inputs=inputs, head="1.0").value
+    previous = measure_metric(registry_model(ATTN), "qk.positional_share", inputs=inputs, head="0.0").value
+    induction = measure_metric(registry_model(ATTN), "qk.positional_share", inputs=inputs, head="1.0").value
     assert previous["r2"] == pytest.approx(1.0, abs=1e-9) and previous["pattern_tv"] == pytest.approx(0.0, abs=1e-9)
     assert induction["r2"] == pytest.approx(0.0, abs=1e-9) and induction["pattern_tv"] > 0.4
 

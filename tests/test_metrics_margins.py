@@ -8,6 +8,8 @@ composition.baseline, qk.attention_decomposition) on the planted models and on r
 
 from __future__ import annotations
 
+from typing import Callable
+
 
 import pytest
 import torch
@@ -22,12 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPEATED = {"repeated_random": {"seq_len": 20, "batch": 4, "seed": 0}}
 SHORT = {"repeated_random": {"seq_len": 6, "batch": 3, "seed": 0}}  # fits the random models' n_ctx 16
-
-
-def registry_model(name: str) -> ModelHandle:
-    from fixtures.registry import get_model_entry
-
-    return get_model_entry(name).load()
 
 
 def random_model(seed: int) -> ModelHandle:
@@ -63,7 +59,7 @@ def test_top_pairs_errors() -> None:
         get_metric("composition.top_pairs").validate_params({"kind": "k", "k": 0})
 
 
-def test_top_pairs_planted_k_composition_is_the_prev_token_pair() -> None:
+def test_top_pairs_planted_k_composition_is_the_prev_token_pair(registry_model: Callable[[str], ModelHandle]) -> None:
     assert measure_metric(registry_model("planted-attn-2l"), "composition.top_pairs", kind="k", k=1).value == ["0.0->1.0"]
 
 
@@ -97,7 +93,7 @@ def test_baseline_z_pair_syntax_is_a_spec_error() -> None:
         get_metric("composition.baseline_z").validate_params({"kind": "k", "pair": "0.0 to 1.0"})
 
 
-def test_baseline_z_separates_planted_from_random_control() -> None:
+def test_baseline_z_separates_planted_from_random_control(registry_model: Callable[[str], ModelHandle]) -> None:
     """The planted K-composition is far above the baseline, the planted V-composition (zero) far
     below; the random control of the same shapes sits within 3 standard deviations."""
     planted, control = registry_model("planted-attn-2l"), registry_model("planted-attn-2l-random")
@@ -121,7 +117,7 @@ def test_decomposition_top_ranks_the_table(seed: int, head: str) -> None:
         assert got.value == sorted(table, key=table.get, reverse=True)[:k]
 
 
-def test_decomposition_top_planted_induction_head_reads_embed_and_prev_token_head() -> None:
+def test_decomposition_top_planted_induction_head_reads_embed_and_prev_token_head(registry_model: Callable[[str], ModelHandle]) -> None:
     got = measure_metric(registry_model("planted-attn-2l"), "qk.attention_decomposition_top", inputs=REPEATED, head="1.0", k=1)
     assert got.value == ["embed|0.0"]
 
@@ -131,19 +127,19 @@ def test_decomposition_top_planted_induction_head_reads_embed_and_prev_token_hea
 # ------------------------------------------------------------------------------------------------
 
 
-def test_previous_token_head_has_no_induction_stripe() -> None:
+def test_previous_token_head_has_no_induction_stripe(registry_model: Callable[[str], ModelHandle]) -> None:
     scores = measure_metric(registry_model("planted-attn-2l"), "attention.scores", inputs=REPEATED, pattern="induction").value
     assert scores["0.0"] < 0.05 < 0.4 < scores["1.0"]
 
 
-def test_induction_head_has_a_flat_positional_pattern() -> None:
+def test_induction_head_has_a_flat_positional_pattern(registry_model: Callable[[str], ModelHandle]) -> None:
     """1.0's QK reads tokens, not positions: its positional pattern is uniform over the causal past."""
     got = measure_metric(registry_model("planted-attn-2l"), "qk.positional_pattern", head="1.0")
     assert got.value["prev_diag_mean"] < 0.5
     assert measure_metric(registry_model("planted-attn-2l"), "qk.positional_pattern", head="0.0").value["prev_diag_mean"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_direct_path_adds_less_than_the_induction_head_on_repeats() -> None:
+def test_direct_path_adds_less_than_the_induction_head_on_repeats(registry_model: Callable[[str], ModelHandle]) -> None:
     got = measure_metric(registry_model("planted-attn-2l"), "attribution.direct_logit", inputs=REPEATED, positions="second_half").value
     assert got["embed"] < got["1.0"]
 

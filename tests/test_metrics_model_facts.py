@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -25,12 +25,6 @@ PLANTED = "planted-attn-2l"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def planted() -> ModelHandle:
-    from fixtures.registry import get_model_entry
-
-    return get_model_entry(PLANTED).load()
 
 
 def random_model(
@@ -68,8 +62,8 @@ REPEATED = {"repeated_random": {"seq_len": 6, "batch": 3, "seed": 0}}
 # ------------------------------------------------------------------------------------------------
 
 
-def test_config_of_planted_model() -> None:
-    model = planted()
+def test_config_of_planted_model(registry_model: Callable[[str], ModelHandle]) -> None:
+    model = registry_model(PLANTED)
     value = measure_metric(model, "model_facts.config").value
     shape = model.shape
     assert value["attn_only"] == 1.0 and value["has_normalization"] == 0.0 and value["shortformer"] == 1.0
@@ -83,8 +77,8 @@ def test_config_flags_follow_the_model() -> None:
     assert value["shortformer"] == 0.0 and value["has_normalization"] == 1.0
 
 
-def test_planted_model_has_no_biases() -> None:
-    value = measure_metric(planted(), "model_facts.bias_norms").value
+def test_planted_model_has_no_biases(registry_model: Callable[[str], ModelHandle]) -> None:
+    value = measure_metric(registry_model(PLANTED), "model_facts.bias_norms").value
     assert value["max"] == 0.0
     assert {"b_Q", "b_K", "b_O", "b_U"} <= set(value)
 
@@ -98,8 +92,8 @@ def test_a_planted_bias_is_found(bias: str) -> None:
     assert set(measured.details["checked"]) | set(measured.details["not_exposed"]) == {"b_Q", "b_K", "b_V", "b_O", "b_U"}
 
 
-def test_planted_model_is_tied() -> None:
-    value = measure_metric(planted(), "model_facts.embed_unembed").value
+def test_planted_model_is_tied(registry_model: Callable[[str], ModelHandle]) -> None:
+    value = measure_metric(registry_model(PLANTED), "model_facts.embed_unembed").value
     assert value["rel_distance"] == pytest.approx(0.0, abs=1e-12)
     assert value["cosine"] == pytest.approx(1.0, abs=1e-12)
 
@@ -145,9 +139,9 @@ def test_tokenize_forms(gpt2_like_tokenizer: Any) -> None:
     assert without_bos.value == ["0:1", "1:5", "2:4"] and without_bos.details["n_tokens"] == 3
 
 
-def test_tokenize_needs_a_tokenizer() -> None:
+def test_tokenize_needs_a_tokenizer(registry_model: Callable[[str], ModelHandle]) -> None:
     with pytest.raises(ValueError, match="no tokenizer"):
-        measure_metric(planted(), "model_facts.tokenize", text="gpt2")
+        measure_metric(registry_model(PLANTED), "model_facts.tokenize", text="gpt2")
 
 
 def test_tokenize_params_are_strict() -> None:

@@ -10,7 +10,7 @@ against the course's published number.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -33,19 +33,8 @@ SETTINGS = settings(max_examples=15, deadline=None)
 
 
 # ------------------------------------------------------------------------------------------------
-# helpers
+# models and references
 # ------------------------------------------------------------------------------------------------
-
-
-_PLANTED: dict[str, ModelHandle] = {}
-
-
-def planted(name: str) -> ModelHandle:
-    if name not in _PLANTED:
-        from fixtures.registry import get_model_entry
-
-        _PLANTED[name] = get_model_entry(name).load()
-    return _PLANTED[name]
 
 
 def truth(name: str) -> dict[str, Any]:
@@ -175,10 +164,10 @@ def test_positional_pattern_rejects_rotary() -> None:
         measure_metric(model, "qk.positional_pattern", head="0.0")
 
 
-def test_planted_positional_heads() -> None:
+def test_planted_positional_heads(registry_model: Callable[[str], ModelHandle]) -> None:
     """Every head the ground truth calls positionally previous / current / first has that stripe at 1."""
     key = {"previous": "prev_diag_mean", "current": "diag_mean", "first": "first_col_mean"}
-    model = planted(ATTN)
+    model = registry_model(ATTN)
     for head, kind in truth(ATTN)["positional_qk"].items():
         value = measure_metric(model, "qk.positional_pattern", head=head).value
         assert value[key[kind]] == pytest.approx(1.0, abs=1e-6), (head, value)
@@ -186,8 +175,8 @@ def test_planted_positional_heads() -> None:
         assert all(value[name] < 0.05 for name in others), (head, value)
 
 
-def test_random_control_has_no_positional_previous_head() -> None:
-    model = planted(RANDOM)
+def test_random_control_has_no_positional_previous_head(registry_model: Callable[[str], ModelHandle]) -> None:
+    model = registry_model(RANDOM)
     for head in head_names(2, 4):
         assert measure_metric(model, "qk.positional_pattern", head=head).value["prev_diag_mean"] < 0.2
 
@@ -252,16 +241,16 @@ def test_attention_decomposition_sums_to_the_attention_scores() -> None:
     torch.testing.assert_close(scores[causal], actual[causal], rtol=1e-5, atol=1e-5)
 
 
-def test_attention_decomposition_planted_induction_reads_embed_and_prev_token_head() -> None:
+def test_attention_decomposition_planted_induction_reads_embed_and_prev_token_head(registry_model: Callable[[str], ModelHandle]) -> None:
     """Head 1.0's score comes only from (query = token embedding, key = output of the K-composing head)."""
     gt = truth(ATTN)
     (writer, reader), = gt["k_composition"]
-    got = measure_metric(planted(ATTN), "qk.attention_decomposition", inputs={"repeated_random": {"seq_len": 10, "batch": 2}}, head=reader)
+    got = measure_metric(registry_model(ATTN), "qk.attention_decomposition", inputs={"repeated_random": {"seq_len": 10, "batch": 2}}, head=reader)
     pair = f"embed|{writer}"
     assert max(got.value, key=got.value.get) == pair
     assert got.value[pair] > 1.0
     assert all(value == 0.0 for key, value in got.value.items() if key != pair)
-    unscaled = measure_metric(planted(ATTN), "qk.attention_decomposition", inputs={"repeated_random": {"seq_len": 10, "batch": 2}}, head=reader, scale=False)
+    unscaled = measure_metric(registry_model(ATTN), "qk.attention_decomposition", inputs={"repeated_random": {"seq_len": 10, "batch": 2}}, head=reader, scale=False)
     assert unscaled.value[pair] == pytest.approx(got.value[pair] * math.sqrt(128), rel=1e-9)
 
 
@@ -309,9 +298,9 @@ def test_comp_score_properties(d: int, r: int, seed: int) -> None:
     assert rank1 == pytest.approx(abs(float(v @ u2)) / (float(v.norm()) * float(u2.norm())), rel=1e-9)
 
 
-def test_planted_k_composition_matches_ground_truth() -> None:
+def test_planted_k_composition_matches_ground_truth(registry_model: Callable[[str], ModelHandle]) -> None:
     gt = truth(ATTN)
-    model = planted(ATTN)
+    model = registry_model(ATTN)
     k = measure_metric(model, "composition.scores", kind="k")
     for name, score in gt["k_composition_score"].items():  # same definition: ARENA's K-composition
         assert k.value[name] == pytest.approx(score, abs=1e-12)
@@ -323,10 +312,10 @@ def test_planted_k_composition_matches_ground_truth() -> None:
         assert all(value == 0.0 for value in measure_metric(model, "composition.scores", kind=kind).value.values())
 
 
-def test_planted_undefined_pairs_are_the_all_zero_circuits() -> None:
+def test_planted_undefined_pairs_are_the_all_zero_circuits(registry_model: Callable[[str], ModelHandle]) -> None:
     """0/0 pairs: A's W_OV is zero, or B's W_QK (inert heads) / W_OV is zero; listed, never in the table."""
     gt = truth(ATTN)
-    model = planted(ATTN)
+    model = registry_model(ATTN)
     zero_ov = set(gt["zero_ov_heads"])
     zero_qk = set(gt["inert_heads"])
     for kind in ("q", "k", "v"):
@@ -337,13 +326,13 @@ def test_planted_undefined_pairs_are_the_all_zero_circuits() -> None:
         assert not expected & set(got.value)
 
 
-def test_random_control_composition_sits_at_the_baseline() -> None:
+def test_random_control_composition_sits_at_the_baseline(registry_model: Callable[[str], ModelHandle]) -> None:
     """Every Q/K/V score of the random control is within 6 std of the random baseline of its shapes,
     and the planted K-composition is far above it."""
-    baseline = measure_metric(planted(RANDOM), "composition.baseline", n_samples=50, seed=1)
+    baseline = measure_metric(registry_model(RANDOM), "composition.baseline", n_samples=50, seed=1)
     mean_, std = baseline.value["mean"], baseline.value["std"]
     for kind in ("q", "k", "v"):
-        for name, value in measure_metric(planted(RANDOM), "composition.scores", kind=kind).value.items():
+        for name, value in measure_metric(registry_model(RANDOM), "composition.scores", kind=kind).value.items():
             assert abs(value - mean_) < 6 * std, (kind, name, value, mean_, std)
     for name, score in truth(ATTN)["k_composition_score"].items():
         assert score > mean_ + 20 * std
@@ -368,19 +357,19 @@ def dense_course_baseline(n_samples: int, d_model: int, d_head: int, seed: int) 
 
 @SETTINGS
 @given(st.integers(2, 12), st.integers(1, 4), st.integers(2, 20), st.integers(0, 2**31 - 1))
-def test_baseline_matches_the_course_loop(d_model: int, d_head: int, n_samples: int, seed: int) -> None:
+def test_baseline_matches_the_course_loop(registry_model: Callable[[str], ModelHandle], d_model: int, d_head: int, n_samples: int, seed: int) -> None:
     d_head = min(d_head, d_model)
-    got = measure_metric(planted(ATTN), "composition.baseline", n_samples=n_samples, seed=seed, d_model=d_model, d_head=d_head)
+    got = measure_metric(registry_model(ATTN), "composition.baseline", n_samples=n_samples, seed=seed, d_model=d_model, d_head=d_head)
     expected = torch.tensor(dense_course_baseline(n_samples, d_model, d_head, seed), dtype=torch.float64)
     assert got.value["mean"] == pytest.approx(float(expected.mean()), abs=1e-6)
     assert got.value["std"] == pytest.approx(float(expected.std(unbiased=False)), abs=1e-6)
     assert got.uncertainty["mean"] == pytest.approx(float(expected.std()) / math.sqrt(n_samples), abs=1e-6)
 
 
-def test_baseline_course_shapes_give_the_course_mean() -> None:
+def test_baseline_course_shapes_give_the_course_mean(registry_model: Callable[[str], ModelHandle]) -> None:
     """d_model 768, d_head 64, 300 samples: the published mean 0.03609 is itself a 300-sample mean, so
     the two estimates differ by sqrt(2) standard errors of one; allow 4 of those."""
-    got = measure_metric(planted(ATTN), "composition.baseline", n_samples=COURSE_BASELINE_SAMPLES, d_model=768, d_head=64)
+    got = measure_metric(registry_model(ATTN), "composition.baseline", n_samples=COURSE_BASELINE_SAMPLES, d_model=768, d_head=64)
     tolerance = 4 * math.sqrt(2) * got.uncertainty["mean"]
     assert abs(got.value["mean"] - COURSE_BASELINE_MEAN) < tolerance, (got.value, tolerance)
     assert 1e-4 < got.value["std"] < 1e-3  # the course's samples span about 0.0347-0.0374
@@ -420,22 +409,22 @@ def test_blockwise_top1_any_block_size(n: int, r: int, block: int, seed: int) ->
     assert hits == int(((left @ right.T).argmax(1) == torch.arange(n)).sum())
 
 
-def test_kcomp_top1_orientation_is_required_and_layers_ordered() -> None:
+def test_kcomp_top1_orientation_is_required_and_layers_ordered(registry_model: Callable[[str], ModelHandle]) -> None:
     info = get_metric("composition.kcomp_full_circuit_top1")
     with pytest.raises(ValidationError, match="orientation"):
         info.validate_params({"prev_head": "0.0", "ind_head": "1.0"})
     with pytest.raises(ValueError, match="earlier layer"):
-        measure_metric(planted(ATTN), "composition.kcomp_full_circuit_top1", prev_head="1.0", ind_head="0.0", orientation="rows")
+        measure_metric(registry_model(ATTN), "composition.kcomp_full_circuit_top1", prev_head="1.0", ind_head="0.0", orientation="rows")
 
 
-def test_planted_kcomp_full_circuit_is_identity_like() -> None:
+def test_planted_kcomp_full_circuit_is_identity_like(registry_model: Callable[[str], ModelHandle]) -> None:
     """The planted induction circuit scores 1600 [tok(q) == tok(k-1)]: top-1 is exact both ways; the
     random control is at chance."""
     for prev, ind in truth(ATTN)["k_composition"]:
         for orientation in ("rows", "columns"):
-            got = measure_metric(planted(ATTN), "composition.kcomp_full_circuit_top1", prev_head=prev, ind_head=ind, orientation=orientation)
+            got = measure_metric(registry_model(ATTN), "composition.kcomp_full_circuit_top1", prev_head=prev, ind_head=ind, orientation=orientation)
             assert got.value == 1.0 and got.details["tied_rows"] == 0
-            control = measure_metric(planted(RANDOM), "composition.kcomp_full_circuit_top1", prev_head=prev, ind_head=ind, orientation=orientation)
+            control = measure_metric(registry_model(RANDOM), "composition.kcomp_full_circuit_top1", prev_head=prev, ind_head=ind, orientation=orientation)
             assert control.value < 0.2
 
 
@@ -464,9 +453,9 @@ def test_eigenvalue_score_matches_dense(shape: dict) -> None:
     assert list(subset.value) == ["0.0", "1.0"]
 
 
-def test_eigenvalue_score_planted_ground_truth() -> None:
+def test_eigenvalue_score_planted_ground_truth(registry_model: Callable[[str], ModelHandle]) -> None:
     gt = truth(ATTN)
-    got = measure_metric(planted(ATTN), "copying.eigenvalue_score")
+    got = measure_metric(registry_model(ATTN), "copying.eigenvalue_score")
     assert got.value == pytest.approx(gt["ov_copying_score"], abs=1e-12)
     assert set(got.details["undefined"]) == set(gt["zero_full_ov_heads"])
 
@@ -499,9 +488,9 @@ def test_ov_rank_matches_dense_and_is_generic(shape: dict, n_heads_used: int) ->
 
 
 @pytest.mark.parametrize("name", ["planted-ov-rank", "planted-split-copy"])
-def test_ov_rank_planted_ground_truth(name: str) -> None:
+def test_ov_rank_planted_ground_truth(registry_model: Callable[[str], ModelHandle], name: str) -> None:
     for heads, rank in truth(name)["ov_rank"].items():
-        got = measure_metric(planted(name), "copying.ov_rank", heads=heads.split("+"))
+        got = measure_metric(registry_model(name), "copying.ov_rank", heads=heads.split("+"))
         assert got.value == rank, (heads, got.details)
 
 
