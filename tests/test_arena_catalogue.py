@@ -1,51 +1,37 @@
 """Every chapter-1.2 and chapter-1.4.1 row of the ARENA claims catalogue is encoded in ``claims/arena``.
 
-The catalogue (``arena-claims.md``, kept in ``../shared`` beside the checkout) lists the course's
-claims in §2 (chapter 1.2) and §3 (chapter 1.4.1) as table rows whose first cell is the claim id
-(``| 1.2.ov.full_ov_1_4_top1 | ...``, ``| 1.4.dla.heads | ...``).
-Each id must appear in ``claims/arena`` as a claim id or as a ``conceptual`` or ``pending`` id, and every arena
-claim that names a ``catalogue_id`` must name a row that exists. Skipped where the catalogue is
-not present.
+The catalogue's row ids are kept as data in ``tests/data/arena-catalogue.json`` (taken once from the
+catalogue's tables of the ARENA course's chapters 1.2 and 1.4.1, each id with the catalogue section
+it is listed in: ``1.2.ov.full_ov_1_4_top1``, ``1.4.dla.heads``). Each id must appear in
+``claims/arena`` as a claim id or as a ``conceptual`` or ``pending`` id, and every arena claim that
+names a ``catalogue_id`` must name a row that exists.
 """
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
-
-import pytest
 
 from harness.loader import find_claim_files, load_claim_files
 
 ROOT = Path(__file__).resolve().parent.parent
-CATALOGUE = ROOT.parent / "shared" / "arena-claims.md"
+CATALOGUE = Path(__file__).resolve().parent / "data" / "arena-catalogue.json"
 ARENA = ROOT / "claims" / "arena"
-ROW_ID = re.compile(r"^\|\s*(1\.[24]\.[A-Za-z0-9_.+-]+)\s*\|")
-#: Catalogue section -> the chapter prefix of its row ids.
-SECTIONS = {"2": "1.2.", "3": "1.4."}
+#: Chapter -> the prefix of its row ids, and how many rows the catalogue lists for it.
+CHAPTERS = {"1.2": ("1.2.", 53), "1.4": ("1.4.", 27)}
 #: Metrics that sweep the whole 50278-token vocabulary (or train a map over it) on the toy model.
 HEAVY_METRICS = ("ov.", "low_rank.", "composition.kcomp_full_circuit")
 
-needs_catalogue = pytest.mark.skipif(not CATALOGUE.is_file(), reason=f"catalogue not found at {CATALOGUE}")
+
+def catalogue_rows() -> list[dict[str, str]]:
+    """The catalogue's rows (``id``, ``section``), in catalogue order."""
+    return json.loads(CATALOGUE.read_text(encoding="utf-8"))["rows"]
 
 
-def catalogue_section_ids(text: str, section: str) -> list[str]:
-    """The ids of the table rows of §``section`` ("## 2. ..." up to the next "## " heading) with its chapter prefix."""
-    ids: list[str] = []
-    inside = False
-    for line in text.splitlines():
-        if line.startswith("## "):
-            inside = line.startswith(f"## {section}.")
-            continue
-        match = ROW_ID.match(line) if inside else None
-        if match and match.group(1).startswith(SECTIONS[section]):
-            ids.append(match.group(1))
-    return ids
-
-
-def catalogue_section_2_ids(text: str) -> list[str]:
-    """The chapter-1.2 row ids of §2."""
-    return catalogue_section_ids(text, "2")
+def chapter_ids(chapter: str) -> list[str]:
+    """The row ids of ``chapter`` ("1.2" or "1.4")."""
+    prefix, _ = CHAPTERS[chapter]
+    return [row["id"] for row in catalogue_rows() if row["id"].startswith(prefix)]
 
 
 def arena_entries() -> tuple[dict[str, object], dict[str, object]]:
@@ -57,45 +43,41 @@ def arena_entries() -> tuple[dict[str, object], dict[str, object]]:
     return claims, unmeasured
 
 
-def test_section_parser_reads_rows_only_from_section_2() -> None:
-    text = "## 1. x\n| 1.2.not.this | a |\n## 2. Chapter\n### 2.1 s\n| id | src |\n|---|---|\n| 1.2.a.b | x |\n## 3. y\n| 1.2.c | x |\n"
-    assert catalogue_section_2_ids(text) == ["1.2.a.b"]
+def unencoded(ids: list[str]) -> list[str]:
+    """The ids with no claim, conceptual or pending entry in claims/arena."""
+    claims, unmeasured = arena_entries()
+    return [row for row in ids if row not in claims and row not in unmeasured]
 
 
-def test_section_parser_reads_section_3_rows() -> None:
-    text = "## 2. x\n| 1.2.a | x |\n## 3. Chapter 1.4.1\n| id | src |\n| 1.4.dla.heads | x |\n| 1.2.stray | x |\n## 4. y\n| 1.4.no | x |\n"
-    assert catalogue_section_ids(text, "3") == ["1.4.dla.heads"]
-    assert catalogue_section_2_ids(text) == ["1.2.a"]
+def test_catalogue_data_is_whole() -> None:
+    """Every row once, with its section, and as many rows per chapter as the catalogue lists."""
+    rows = catalogue_rows()
+    ids = [row["id"] for row in rows]
+    assert len(ids) == len(set(ids)), "a catalogue id is listed twice"
+    assert all(row["section"] for row in rows)
+    assert {chapter: len(chapter_ids(chapter)) for chapter in CHAPTERS} == {chapter: n for chapter, (_, n) in CHAPTERS.items()}
+    assert len(ids) == sum(n for _, n in CHAPTERS.values()), "a row belongs to neither chapter"
 
 
-@needs_catalogue
-def test_every_section_3_row_is_encoded() -> None:
-    ids = catalogue_section_ids(CATALOGUE.read_text(encoding="utf-8"), "3")
-    assert len(ids) >= 25, f"parsed only {len(ids)} ids from §3 of {CATALOGUE}: has its table format changed?"
-    claims, conceptual = arena_entries()
-    missing = [row for row in ids if row not in claims and row not in conceptual]
+def test_every_chapter_1_4_1_row_is_encoded() -> None:
+    missing = unencoded(chapter_ids("1.4"))
     assert not missing, f"catalogue rows with no claim, conceptual or pending entry in claims/arena: {missing}"
 
 
-@needs_catalogue
-def test_every_section_2_row_is_encoded() -> None:
-    ids = catalogue_section_2_ids(CATALOGUE.read_text(encoding="utf-8"))
-    assert len(ids) >= 50, f"parsed only {len(ids)} ids from §2 of {CATALOGUE}: has its table format changed?"
-    claims, conceptual = arena_entries()
-    missing = [row for row in ids if row not in claims and row not in conceptual]
+def test_every_chapter_1_2_row_is_encoded() -> None:
+    missing = unencoded(chapter_ids("1.2"))
     assert not missing, f"catalogue rows with no claim, conceptual or pending entry in claims/arena: {missing}"
 
 
-@needs_catalogue
 def test_catalogue_ids_named_by_claims_exist() -> None:
-    text = CATALOGUE.read_text(encoding="utf-8")
-    ids = {row for section in SECTIONS for row in catalogue_section_ids(text, section)}
+    ids = {row["id"] for row in catalogue_rows()}
+    prefixes = tuple(prefix for prefix, _ in CHAPTERS.values())
     claims, conceptual = arena_entries()
     unknown = []
     for entry_id, entry in {**claims, **conceptual}.items():
         source = getattr(entry, "source", None)
         named = getattr(source, "catalogue_id", None)
-        if named is None or not named.startswith(tuple(SECTIONS.values())):
+        if named is None or not named.startswith(prefixes):
             continue
         if named not in ids:
             unknown.append(f"{entry_id} -> {named}")
