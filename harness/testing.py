@@ -9,7 +9,7 @@ built from an input spec, and the measurement cached in a :class:`~harness.sessi
     from fixtures.random_models import random_hooked
 
     model = random_hooked(0, n_layers=2, n_heads=2)
-    got = measure_metric(model, "attention.detect", inputs={"repeated_random": {"seq_len": 8, "batch": 2}},
+    got = measure_metric(model, "attention.detect", inputs={"repeated_random": {"seq_len": 7, "batch": 2}},
                          pattern="induction", threshold=0.4)
 """
 
