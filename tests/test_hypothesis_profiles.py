@@ -36,6 +36,23 @@ def test_a_property_test_runs_under_the_profile(value: int) -> None:
     assert settings().derandomize is REPLAYS
 
 
+def drawn_examples() -> list[int]:
+    """The examples one run of a property test under the active profile draws."""
+    seen: list[int] = []
+
+    @fast_settings(5)
+    @given(st.integers(0, 10**9))
+    def record(value: int) -> None:
+        seen.append(value)
+
+    record()
+    return seen
+
+
+def test_two_runs_replay_or_draw_fresh_examples_as_the_profile_says() -> None:
+    assert (drawn_examples() == drawn_examples()) is REPLAYS
+
+
 def test_no_test_module_pins_replay() -> None:
     """Only conftest.py (the profiles) may set ``derandomize`` or ``database``."""
     pinned = [
