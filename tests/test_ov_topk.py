@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.circuits.ov_topk import TopKResult, effective_factors, full_circuit_topk
+from harness.testing import fast_settings
 
 POLICIES = ("pessimistic", "optimistic", "argmax")
 
@@ -97,7 +98,7 @@ def circuits(draw):
     return E, L, R, U, slice(start, stop)
 
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = fast_settings(150)
 
 
 @FAST
