@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.loader import find_claim_files, load_claim_files
+from harness.registry import get_metric
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = ROOT.parent / "shared" / "arena-claims.md"
@@ -23,8 +24,6 @@ ARENA = ROOT / "claims" / "arena"
 ROW_ID = re.compile(r"^\|\s*(1\.[24]\.[A-Za-z0-9_.+-]+)\s*\|")
 #: Catalogue section -> the chapter prefix of its row ids.
 SECTIONS = {"2": "1.2.", "3": "1.4."}
-#: Metrics that sweep the whole 50278-token vocabulary (or train a map over it) on the toy model.
-HEAVY_METRICS = ("ov.", "low_rank.", "composition.kcomp_full_circuit")
 
 needs_catalogue = pytest.mark.skipif(not CATALOGUE.is_file(), reason=f"catalogue not found at {CATALOGUE}")
 
@@ -108,7 +107,7 @@ def test_heavy_arena_claims_are_marked_slow() -> None:
     claims, _ = arena_entries()
     heavy = [
         claim_id for claim_id, claim in claims.items()
-        if claim.metric.startswith(HEAVY_METRICS) and not claim.slow  # type: ignore[attr-defined]
+        if get_metric(claim.metric).heavy and not claim.slow  # type: ignore[attr-defined]
     ]
     assert not heavy, f"full-vocabulary claims without slow: true: {heavy}"
 

@@ -285,7 +285,7 @@ def blockwise_top1(left: Tensor, right: Tensor, block: int = 1024) -> tuple[int,
     return hits, ties
 
 
-@metric("composition.kcomp_full_circuit_top1")
+@metric("composition.kcomp_full_circuit_top1", heavy=True)
 def kcomp_full_circuit_top1(ctx: MetricContext, *, prev_head: HeadName, ind_head: HeadName, orientation: Orientation) -> Measurement:
     """Top-1 accuracy of the K-composition full circuit W_E W_Q^I (W_E W_OV^P W_K^I)^T (query x key tokens).
 

@@ -60,7 +60,7 @@ def _fit(
         ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, **settings))
 
 
-@metric("low_rank.achievable_accuracy", fitted=True)
+@metric("low_rank.achievable_accuracy", fitted=True, heavy=True)
 def achievable_accuracy(
     ctx: MetricContext,
     *,
@@ -114,7 +114,7 @@ def rank_label(rank: int) -> str:
     return f"rank={rank}"
 
 
-@metric("low_rank.rank_curve", fitted=True)
+@metric("low_rank.rank_curve", fitted=True, heavy=True)
 def rank_curve(
     ctx: MetricContext,
     *,

@@ -43,7 +43,7 @@ def topk_table(result: TopKResult, ks: list[int], ties: TiePolicy) -> dict[str, 
     return {f"top{k}": result.accuracy(k, ties) for k in ks}
 
 
-@metric("ov.full_circuit_topk")
+@metric("ov.full_circuit_topk", heavy=True)
 def full_circuit_topk_metric(
     ctx: MetricContext,
     *,
