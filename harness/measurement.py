@@ -19,6 +19,10 @@ Bound = Literal["lower", "upper"]
 """Which side of the quantity a measured value bounds: ``"lower"`` means the true value is at least
 the measured one (an optimiser's best figure: what it found is achievable, more may be), ``"upper"``
 at most (e.g. a minimised loss)."""
+Z_BAND = 2.0
+"""Standard errors either side of a measured value that its uncertainty band spans (about a 95%
+interval): verdicts treat a threshold inside ``value ± Z_BAND * se`` as inconclusive, and a baseline
+comparison allows ``Z_BAND`` combined standard errors of drift."""
 BOUND_KEY = "bound"
 """A curve point's own bound, as a field of the point (``{"label": "rank=2", "top1": 0.34, "bound": "lower"}``)."""
 

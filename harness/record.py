@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from harness.atomic_write import write_atomic  # noqa: F401  (re-exported: callers import it from here)
+from harness.record_schema import SCHEMA_VERSION
 from harness.runner import ClaimResult
 from harness.verdicts import Verdict
 
-SCHEMA_VERSION = 1
 PACKAGES = ("interp-claims", "torch", "transformer-lens", "numpy", "transformers", "pydantic", "pyyaml", "pytest")
 
 

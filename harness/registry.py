@@ -45,6 +45,9 @@ class MetricInfo:
     """Its value is what an optimiser found: it moves with the seed and with the BLAS kernels of the
     machine, so a claim on it declares a ``baseline_tolerance`` derived from that spread
     (``benchmarks/fit_spread.py``)."""
+    heavy: bool = False
+    """It sweeps a model's whole vocabulary (a V x V circuit, or a map trained over it): minutes on a
+    real model's 50k tokens, so a claim on it on a real model is marked ``slow: true``."""
 
     def validate_params(self, params: dict[str, Any]) -> BaseModel:
         """Validate ``params`` (raises ``pydantic.ValidationError``)."""
@@ -55,9 +58,12 @@ _METRICS: dict[str, MetricInfo] = {}
 _LOADED = False
 
 
-def metric(name: str, *, needs_inputs: bool = False, fitted: bool = False) -> Callable[[MetricFunction], MetricFunction]:
+def metric(
+    name: str, *, needs_inputs: bool = False, fitted: bool = False, heavy: bool = False
+) -> Callable[[MetricFunction], MetricFunction]:
     """Register ``function`` under ``name``; ``needs_inputs`` says the claim must give ``inputs``;
-    ``fitted`` that the value comes from an optimiser (see :attr:`MetricInfo.fitted`)."""
+    ``fitted`` that the value comes from an optimiser (see :attr:`MetricInfo.fitted`); ``heavy``
+    that it sweeps the whole vocabulary (see :attr:`MetricInfo.heavy`)."""
 
     def register(function: MetricFunction) -> MetricFunction:
         if name in _METRICS and _METRICS[name].function is not function:
@@ -70,6 +76,7 @@ def metric(name: str, *, needs_inputs: bool = False, fitted: bool = False) -> Ca
             params_model=params_model,
             needs_inputs=needs_inputs,
             fitted=fitted,
+            heavy=heavy,
             head_params=head_params,
             description=doc.split("\n\n")[0].replace("\n", " "),
         )

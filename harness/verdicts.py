@@ -26,11 +26,9 @@ import math
 from enum import Enum
 from typing import Any
 
-from harness.heads import sort_heads
-from harness.measurement import Measurement
+from harness import formatting
+from harness.measurement import Z_BAND, Measurement
 from harness.spec import Expect
-
-Z_BAND = 2.0
 
 
 class Verdict(str, Enum):
@@ -161,23 +159,7 @@ def _band(measurement: Measurement) -> float:
     return Z_BAND * float(uncertainty)
 
 
-def format_value(measurement: Measurement, digits: int = 4) -> str:
-    """``0.6190 ± 0.0123`` for scalars (``≥ 0.3477 (lower bound)`` for a bound), ``[1.4, 1.10]`` for head sets, a short table otherwise."""
-    value = measurement.value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        shown = f"{value:.{digits}g}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3) else f"{value:.{digits}f}"
-        if isinstance(measurement.uncertainty, (int, float)):
-            shown += f" ± {measurement.uncertainty:.{digits}f}"
-        if measurement.bound is not None:
-            shown = f"{'≥' if measurement.bound == 'lower' else '≤'} {shown} ({measurement.bound} bound)"
-        return shown
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        try:
-            return "[" + ", ".join(sort_heads(list(value))) + "]"
-        except ValueError:
-            return "[" + ", ".join(sorted(value)) + "]"
-    if isinstance(value, dict):
-        items = list(value.items())
-        shown = ", ".join(f"{k}: {v:.{digits}f}" if isinstance(v, float) else f"{k}: {v}" for k, v in items[:8])
-        return "{" + shown + (", ..." if len(items) > 8 else "") + "}"
-    return str(value)
+def format_value(measurement: Measurement) -> str:
+    """A measurement as text (:func:`harness.formatting.format_value`): ``0.6190 ± 0.0123``,
+    ``≥ 0.3477 (lower bound)`` for a bound, ``{1.4, 1.10}`` for a head set, a short table otherwise."""
+    return formatting.format_value(measurement.value, measurement.uncertainty, measurement.bound)

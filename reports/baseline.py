@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.measurement import Z_BAND
+from harness.record_schema import SCHEMA_VERSION
 from reports.baseline_checks import baseline_entry_problem, is_number, record_entry_problem
 
 FORMAT = "interp-claims-baseline"
 VERSION = 1
 DEFAULT_ABS = 1e-6
 DEFAULT_REL = 1e-5
-Z_BAND = 2.0
 
 
 class BaselineError(Exception):
@@ -144,8 +145,10 @@ def _check_baseline_entry(where: str, claim_id: str, entry: Any) -> None:
 def _check_record(record: dict[str, Any]) -> None:
     if record.get("tool") != "interp-claims" or not isinstance(record.get("claims"), list):
         raise BaselineError("not an interp-claims results record (no 'claims' list)")
-    if record.get("schema_version") != 1:
-        raise BaselineError(f"results record schema_version {record.get('schema_version')!r} is not 1")
+    if record.get("schema_version") != SCHEMA_VERSION:
+        raise BaselineError(
+            f"results record schema_version {record.get('schema_version')!r} is not {SCHEMA_VERSION}"
+        )
     for index, entry in enumerate(record["claims"]):
         problem = record_entry_problem(index, entry)
         if problem is not None:

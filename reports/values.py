@@ -1,40 +1,17 @@
-"""Measured values as text, for both report renderers.
+"""Measured values as text, for both report renderers: :mod:`harness.formatting` read from a record entry.
 
-A record holds values as the run wrote them: numbers (non-finite ones as the strings ``"nan"``,
-``"inf"``, ``"-inf"`` once read back from ``results.json``), tables, head sets, curves, or
-nothing (a skipped or errored claim). A value may be a bound rather than an estimate: the
-entry's (or the reference's) ``bound`` is ``"lower"`` (the true value is at least the measured
-one), ``"upper"`` (at most), or ``null``/absent (an estimate; records written before the field
-existed have no ``bound`` key).
+A record holds values as the run wrote them (see :mod:`harness.formatting`). An entry's (or the
+reference's) ``bound`` is ``"lower"``, ``"upper"``, or ``null``/absent (an estimate; records
+written before the field existed have no ``bound`` key).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-"""The strings ``results.json`` holds in place of non-finite numbers (see ``harness.record.to_json``)."""
+from harness.formatting import BOUND_SIGN, NON_FINITE, TABLE_ITEMS_SHOWN, as_number, format_number, format_value
 
-BOUND_SIGN = {"lower": "≥", "upper": "≤"}
-TABLE_ITEMS_SHOWN = 6
-
-
-def as_number(value: Any) -> float | None:
-    """``value`` as a float when it is a number (or a non-finite number written as a string);
-    ``None`` for anything else, booleans included."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        return NON_FINITE.get(value)
-    return None
-
-
-def format_number(value: float) -> str:
-    """Four decimals, or four significant digits for magnitudes of 10,000 and more (and ``nan``, ``inf``)."""
-    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+__all__ = ["BOUND_SIGN", "NON_FINITE", "TABLE_ITEMS_SHOWN", "as_number", "bound_of", "format_measured", "format_number"]
 
 
 def bound_of(measured: dict[str, Any]) -> str | None:
@@ -44,53 +21,5 @@ def bound_of(measured: dict[str, Any]) -> str | None:
 
 
 def format_measured(measured: dict[str, Any]) -> str:
-    """The value of a claim entry or reference with its uncertainty and bound:
-    ``0.6190 ± 0.0123``, ``≥ 0.3477 (lower bound)``, a head set ``{1.4, 1.10}``, a short table,
-    ``curve (n points)``, or ``—`` when nothing was measured."""
-    text = _value_text(measured.get("value"), measured.get("uncertainty"))
-    bound = bound_of(measured)
-    if bound is None or measured.get("value") is None:
-        return text
-    sign = BOUND_SIGN.get(bound)
-    if sign is not None and as_number(measured.get("value")) is not None:
-        text = f"{sign} {text}"
-    return f"{text} ({bound} bound)"
-
-
-def _value_text(value: Any, uncertainty: Any) -> str:
-    """The value alone (with ``± uncertainty`` for a number that has a numeric one)."""
-    if value is None:
-        return "—"
-    number = as_number(value)
-    if number is not None:
-        spread = as_number(uncertainty)
-        return format_number(number) + (f" ± {format_number(spread)}" if spread is not None else "")
-    if isinstance(value, list):
-        return _list_text(value)
-    if isinstance(value, dict):
-        return _table_text(value)
-    return str(value)
-
-
-def _list_text(value: list[Any]) -> str:
-    """A head set ``{1.4, 1.10}`` (``∅`` when empty), or a curve's size."""
-    if not value:
-        return "∅"
-    if all(isinstance(item, str) for item in value):
-        return "{" + ", ".join(value) + "}"
-    noun = "points" if all(isinstance(item, dict) for item in value) else "items"
-    return f"curve ({len(value)} {noun})" if noun == "points" else f"list ({len(value)} {noun})"
-
-
-def _table_text(value: dict[Any, Any]) -> str:
-    """The first entries of a table, ``key: 0.1234``, ``…`` when there are more."""
-    if not value:
-        return "{}"
-    items = list(value.items())[:TABLE_ITEMS_SHOWN]
-    shown = ", ".join(f"{key}: {_entry_text(entry)}" for key, entry in items)
-    return shown + (" …" if len(value) > TABLE_ITEMS_SHOWN else "")
-
-
-def _entry_text(entry: Any) -> str:
-    """One table entry: a float to four places, anything else as it is."""
-    return format_number(entry) if isinstance(entry, float) else str(entry)
+    """The value of a claim entry or reference with its uncertainty and bound (:func:`harness.formatting.format_value`)."""
+    return format_value(measured.get("value"), measured.get("uncertainty"), bound_of(measured))

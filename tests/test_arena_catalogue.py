@@ -13,14 +13,13 @@ import json
 from pathlib import Path
 
 from harness.loader import find_claim_files, load_claim_files
+from harness.registry import get_metric
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = Path(__file__).resolve().parent / "data" / "arena-catalogue.json"
 ARENA = ROOT / "claims" / "arena"
 #: Chapter -> the prefix of its row ids, and how many rows the catalogue lists for it.
 CHAPTERS = {"1.2": ("1.2.", 53), "1.4": ("1.4.", 27)}
-#: Metrics that sweep the whole 50278-token vocabulary (or train a map over it) on the toy model.
-HEAVY_METRICS = ("ov.", "low_rank.", "composition.kcomp_full_circuit")
 
 
 def catalogue_rows() -> list[dict[str, str]]:
@@ -90,7 +89,7 @@ def test_heavy_arena_claims_are_marked_slow() -> None:
     claims, _ = arena_entries()
     heavy = [
         claim_id for claim_id, claim in claims.items()
-        if claim.metric.startswith(HEAVY_METRICS) and not claim.slow  # type: ignore[attr-defined]
+        if get_metric(claim.metric).heavy and not claim.slow  # type: ignore[attr-defined]
     ]
     assert not heavy, f"full-vocabulary claims without slow: true: {heavy}"
 

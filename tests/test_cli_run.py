@@ -72,7 +72,7 @@ def test_run_in_a_log_prints_one_line_per_finished_claim(workdir: Path, capsys: 
     lines = [line for line in captured.out.splitlines() if line.startswith("[")]
     assert len(lines) == 2
     first, second = lines
-    assert first.startswith("[1/2] supported    previous-token-head  [0.0]  (") and first.endswith(" s)")
+    assert first.startswith("[1/2] supported    previous-token-head  {0.0}  (") and first.endswith(" s)")
     assert second.startswith("[2/2] refuted      induction-score  ")
     seconds = float(second.rsplit("(", 1)[1].removesuffix(" s)"))
     record = json.loads((workdir / "out" / "results.json").read_text())

@@ -399,16 +399,6 @@ def test_kcomp_top1_matches_dense(shape: dict) -> None:
         assert got.value == pytest.approx(expected, abs=1e-12)
 
 
-@SETTINGS
-@given(st.integers(1, 30), st.integers(1, 4), st.integers(1, 7), st.integers(0, 2**31 - 1))
-def test_blockwise_top1_any_block_size(n: int, r: int, block: int, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    left, right = torch.randn(n, r, generator=generator), torch.randn(n, r, generator=generator)
-    left[: n // 3] = right[: n // 3] * 3.0  # some rows certainly hit
-    hits, _ = comp_module.blockwise_top1(left, right, block=block)
-    assert hits == int(((left @ right.T).argmax(1) == torch.arange(n)).sum())
-
-
 def test_kcomp_top1_orientation_is_required_and_layers_ordered(registry_model: Callable[[str], ModelHandle]) -> None:
     info = get_metric("composition.kcomp_full_circuit_top1")
     with pytest.raises(ValidationError, match="orientation"):

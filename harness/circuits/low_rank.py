@@ -61,6 +61,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from harness.circuits.factored import as_numpy
 from harness.circuits.ov_topk import full_circuit_topk
 
 PhaseObjective = Literal["ce", "margin"]
@@ -610,7 +611,7 @@ def fit_low_rank_copying(
     factors (A d x r, B r x d) instead of the closed form.
     """
     t0 = time.perf_counter()
-    E_np, U_np = _as_numpy(W_E), _as_numpy(W_U)
+    E_np, U_np = _finite_numpy(W_E), _finite_numpy(W_U)
     V, d = E_np.shape
     if U_np.shape != (d, V):
         raise ValueError(f"shape mismatch: W_E {E_np.shape}, W_U {U_np.shape}")
@@ -712,13 +713,9 @@ def _threads() -> int | None:
         return None
 
 
-def _as_numpy(x: Any) -> np.ndarray:
-    """A float32/float64 numpy array of a tensor or array-like (finite)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.dtype not in (np.float32, np.float64):
-        x = x.astype(np.float64)
-    if not np.isfinite(x).all():
+def _finite_numpy(x: Any) -> np.ndarray:
+    """``as_numpy(x)``, refusing NaN or infinity."""
+    array = as_numpy(x)
+    if not np.isfinite(array).all():
         raise ValueError("weights contain NaN or infinity")
-    return x
+    return array

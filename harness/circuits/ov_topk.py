@@ -51,8 +51,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
-TiePolicy = Literal["pessimistic", "optimistic", "argmax"]
+from harness.circuits.factored import FactoredCircuit, as_numpy
+
+TiePolicy = Literal["argmax", "pessimistic", "optimistic"]
+"""How a tie with the diagonal counts: as ``torch.argmax`` breaks it (the first index wins: the
+course's ``top_1_acc``), against the diagonal (``pessimistic``) or for it (``optimistic``)."""
 
 _U32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32, 2**-24
 _U64 = float(np.finfo(np.float64).eps) / 2
@@ -134,7 +139,7 @@ def full_circuit_topk(
     one tile and two boolean masks (6 bytes per tile entry).  ``margins=False`` skips the row-max
     pass (about a fifth of the counting work on the CPU) and leaves ``margin`` NaN.
     """
-    E, L, R, U = (_as_numpy(x) for x in (W_E, left, right, W_U))
+    E, L, R, U = (as_numpy(x) for x in (W_E, left, right, W_U))
     V, d = E.shape
     if L.shape[0] != d or R.shape[1] != d or L.shape[1] != R.shape[0] or U.shape != (d, V):
         raise ValueError(
@@ -201,14 +206,11 @@ def full_circuit_topk(
 def effective_factors(W_V: Any, W_O: Any) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate heads: W_V (h, d, dh) -> left (d, h*dh), W_O (h, dh, d) -> right (h*dh, d).
 
-    ``left @ right == sum_h W_V[h] @ W_O[h]``, the OV matrix of the heads' effective circuit.
+    ``left @ right == sum_h W_V[h] @ W_O[h]``, the OV matrix of the heads' effective circuit
+    (:meth:`FactoredCircuit.ov_of_stacked_heads`), as numpy arrays.
     """
-    Vs, Os = _as_numpy(W_V), _as_numpy(W_O)
-    if Vs.ndim == 2:
-        Vs, Os = Vs[None], Os[None]
-    left = np.concatenate(list(Vs), axis=1)
-    right = np.concatenate(list(Os), axis=0)
-    return left, right
+    circuit = FactoredCircuit.ov_of_stacked_heads(torch.from_numpy(as_numpy(W_V)), torch.from_numpy(as_numpy(W_O)))
+    return circuit.left.numpy(), circuit.right.numpy()
 
 
 def circuit_tolerance(P64: np.ndarray, Q64T: np.ndarray, start: int = 0) -> np.ndarray:
@@ -228,25 +230,6 @@ def circuit_tolerance(P64: np.ndarray, Q64T: np.ndarray, start: int = 0) -> np.n
     qdiag = qn[start : start + len(pn)]
     T = (gamma32 + gamma64) * pn * (qmax + qdiag) + 4 * (r + 2) * _TINY32 * (1 + pn + qmax)
     return T * (1 + 1e-6)  # slack for the float64 rounding of T itself
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    """A numpy view (float32 or float64) of a torch tensor or array-like, on the CPU."""
-    if hasattr(x, "detach"):
-        x = x.detach()
-        if x.dtype not in _torch_float_types():
-            x = x.float()
-        x = x.cpu().numpy()
-    x = np.asarray(x)
-    if x.dtype not in (np.float32, np.float64):
-        x = x.astype(np.float64)
-    return x
-
-
-def _torch_float_types() -> tuple[Any, ...]:
-    import torch
-
-    return (torch.float32, torch.float64)
 
 
 def _matmul64_rows(A: np.ndarray, B: np.ndarray, chunk: int = 4096) -> np.ndarray:

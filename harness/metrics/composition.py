@@ -41,6 +41,7 @@ import torch
 from pydantic import Field, StringConstraints
 from torch import Tensor
 
+from harness.circuits.ov_topk import full_circuit_topk
 from harness.context import MetricContext
 from harness.heads import Head, HeadName
 from harness.measurement import Measurement
@@ -266,40 +267,36 @@ def kcomp_circuit_factors(model: ModelHandle, prev: Head, ind: Head) -> tuple[Te
     return query, key
 
 
-def blockwise_top1(left: Tensor, right: Tensor, block: int = 1024) -> tuple[int, int]:
+def argmax_top1(left: Tensor, right: Tensor) -> tuple[int, int]:
     """Rows ``i`` of ``M = left right^T`` whose argmax is ``i`` (the course's ``top_1_acc``), and tied rows.
 
-    left: [n, r]; right: [n, r]. ``M`` [n, n] is computed ``block`` rows at a time. ``argmax`` takes
-    the first maximum, as ``torch.argmax``; tied rows are those whose diagonal equals the row
-    maximum and the maximum is attained more than once.
+    left: [n, r]; right: [n, r]. The exact kernel :func:`full_circuit_topk` with ``W_E = left``,
+    identity inner factors [r, r] and ``W_U = right^T`` counts, per row, the entries above and tied
+    with the diagonal; ``argmax`` takes the first maximum, as ``torch.argmax`` (``ties="argmax"``).
+    Tied rows: the diagonal equals the row maximum and the maximum is attained more than once.
     """
-    n = left.shape[0]
-    hits = ties = 0
-    for start in range(0, n, block):
-        rows = left[start : start + block] @ right.T  # [b, n]
-        index = torch.arange(start, start + rows.shape[0])
-        hits += int((rows.argmax(dim=1) == index).sum())
-        maximum = rows.max(dim=1).values
-        diagonal = rows[torch.arange(rows.shape[0]), index]
-        ties += int(((diagonal == maximum) & ((rows == maximum[:, None]).sum(1) > 1)).sum())
+    identity = torch.eye(left.shape[1], dtype=left.dtype)
+    result = full_circuit_topk(left, identity, identity, right.T)
+    hits = int(result.correct(1, "argmax").sum())
+    ties = int(((result.above == 0) & (result.ties > 0)).sum())
     return hits, ties
 
 
-@metric("composition.kcomp_full_circuit_top1")
+@metric("composition.kcomp_full_circuit_top1", heavy=True)
 def kcomp_full_circuit_top1(ctx: MetricContext, *, prev_head: HeadName, ind_head: HeadName, orientation: Orientation) -> Measurement:
     """Top-1 accuracy of the K-composition full circuit W_E W_Q^I (W_E W_OV^P W_K^I)^T (query x key tokens).
 
     ``orientation: rows``: for each query token, is the best key token the same token (what the
     course's label "max-activating key" describes). ``orientation: columns``: for each key token, is
     the best query token the same (what the course's code ``top_1_acc(K_comp_circuit.T)`` computes).
-    No d_vocab x d_vocab matrix is formed (row blocks). Weights only.
+    No d_vocab x d_vocab matrix is formed (the exact one-pass top-k kernel). Weights only.
     """
     prev, ind = Head.parse(prev_head), Head.parse(ind_head)
     if prev.layer >= ind.layer:
         raise ValueError(f"prev_head {prev_head} must be in an earlier layer than ind_head {ind_head}")
     query, key = kcomp_circuit_factors(ctx.model, prev, ind)
     left, right = (query, key) if orientation == "rows" else (key, query)
-    hits, ties = blockwise_top1(left, right)
+    hits, ties = argmax_top1(left, right)
     n = query.shape[0]
     details = {"prev_head": prev_head, "ind_head": ind_head, "orientation": orientation, "rows": n, "hits": hits, "tied_rows": ties}
     return Measurement(hits / n, None, details)

@@ -25,6 +25,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field
 
+from harness.circuits.factored import FactoredCircuit
 from harness.circuits.low_rank import LowRankFit, Objective, fit_low_rank_copying
 from harness.circuits.ov_topk import full_circuit_topk
 from harness.context import MetricContext
@@ -60,7 +61,7 @@ def _fit(
         ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, **settings))
 
 
-@metric("low_rank.achievable_accuracy", fitted=True)
+@metric("low_rank.achievable_accuracy", fitted=True, heavy=True)
 def achievable_accuracy(
     ctx: MetricContext,
     *,
@@ -92,13 +93,9 @@ def achievable_accuracy(
 def head_point(model: ModelHandle, group: list[str], device: Device) -> dict[str, object]:
     """The curve point of the heads' effective OV circuit: numerical rank, top-1, top-5."""
     parsed = [_parse_head(model, name) for name in group]
-    left = torch.cat([model.W_V[h.layer, h.head] for h in parsed], dim=1).double()
-    right = torch.cat([model.W_O[h.layer, h.head] for h in parsed], dim=0).double()
-    singular = torch.linalg.svdvals(left @ right)  # d x d: the rank of the OV matrix itself
-    tolerance = max(left.shape[0], 1) * float(torch.finfo(torch.float32).eps) * float(singular[0])
-    rank = int((singular > tolerance).sum()) if float(singular[0]) > 0 else 0
-    dev = _device(device)
-    result = full_circuit_topk(model.W_E, left, right, model.W_U, device=dev)
+    circuit = FactoredCircuit.ov_of_heads(model.W_V, model.W_O, [(h.layer, h.head) for h in parsed]).double()
+    rank = circuit.numerical_rank()  # of the d x d OV matrix itself
+    result = full_circuit_topk(model.W_E, circuit.left, circuit.right, model.W_U, device=_device(device))
     names = [str(h) for h in parsed]
     return {"label": group_label(names), "rank": rank, "top1": result.accuracy(1, "pessimistic"),
             "top5": result.accuracy(5, "pessimistic"), "kind": "head", "heads": names}
@@ -114,7 +111,7 @@ def rank_label(rank: int) -> str:
     return f"rank={rank}"
 
 
-@metric("low_rank.rank_curve", fitted=True)
+@metric("low_rank.rank_curve", fitted=True, heavy=True)
 def rank_curve(
     ctx: MetricContext,
     *,

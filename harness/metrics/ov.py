@@ -11,31 +11,26 @@ which answers every k at once.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from harness.circuits.ov_topk import TopKResult, full_circuit_topk
+from harness.circuits.factored import FactoredCircuit
+from harness.circuits.ov_topk import TiePolicy, TopKResult, full_circuit_topk
 from harness.context import MetricContext
 from harness.heads import Head, HeadName
 from harness.measurement import Measurement
 from harness.registry import metric
 
-TiePolicy = Literal["argmax", "pessimistic", "optimistic"]
+def head_circuit(ctx: MetricContext, heads: list[str]) -> FactoredCircuit:
+    """The effective OV circuit of ``heads``: ``left`` [d_model, d_head*|H|], ``right`` [d_head*|H|, d_model].
 
-
-def head_factors(ctx: MetricContext, heads: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``left`` [d_model, 64*|H|] = [W_V[h1] | W_V[h2] | ...], ``right`` [64*|H|, d_model] = [W_O[h1]; ...].
-
-    ``left @ right = sum_h W_V[h] W_O[h]``, the effective OV matrix of the heads.
+    ``left @ right = sum_h W_V[h] W_O[h]`` (:meth:`FactoredCircuit.ov_of_heads`).
     """
     parsed = [Head.parse(name) for name in heads]
-    W_V, W_O = ctx.model.W_V, ctx.model.W_O
-    left = torch.cat([W_V[h.layer, h.head] for h in parsed], dim=1)
-    right = torch.cat([W_O[h.layer, h.head] for h in parsed], dim=0)
-    return left, right
+    return FactoredCircuit.ov_of_heads(ctx.model.W_V, ctx.model.W_O, [(h.layer, h.head) for h in parsed])
 
 
 def topk_table(result: TopKResult, ks: list[int], ties: TiePolicy) -> dict[str, float]:
@@ -43,7 +38,7 @@ def topk_table(result: TopKResult, ks: list[int], ties: TiePolicy) -> dict[str, 
     return {f"top{k}": result.accuracy(k, ties) for k in ks}
 
 
-@metric("ov.full_circuit_topk")
+@metric("ov.full_circuit_topk", heavy=True)
 def full_circuit_topk_metric(
     ctx: MetricContext,
     *,
@@ -59,9 +54,9 @@ def full_circuit_topk_metric(
     rows whose answer depends on the tie policy (per k), median margin, rows rechecked in float64.
     """
     start = time.perf_counter()
-    left, right = head_factors(ctx, heads)
+    circuit = head_circuit(ctx, heads)
     device = "cuda" if ctx.model.W_E.is_cuda else None
-    result = full_circuit_topk(ctx.model.W_E, left, right, ctx.model.W_U, device=device)
+    result = full_circuit_topk(ctx.model.W_E, circuit.left, circuit.right, ctx.model.W_U, device=device)
     details = {
         "heads": heads,
         "rows": result.n_rows,
