@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from harness.atomic_write import write_atomic  # noqa: F401  (re-exported: callers import it from here)
+from harness.core.atomic_write import write_atomic  # noqa: F401  (re-exported: callers import it from here)
 from harness.runner import ClaimResult
 from harness.verdicts import Verdict
 

@@ -26,9 +26,9 @@ import math
 from enum import Enum
 from typing import Any
 
-from harness.heads import sort_heads
-from harness.measurement import Measurement
-from harness.spec import Expect
+from harness.core.heads import sort_heads
+from harness.core.measurement import Measurement
+from harness.core.spec import Expect
 
 Z_BAND = 2.0
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import Location, SpecIssue
+from harness.core.errors import Location, SpecIssue
 
 PathKey = tuple[str | int, ...]
 

@@ -25,9 +25,9 @@ from fixtures.planted import PLANTED_MODELS, build_planted, distinct_repeated_to
 from fixtures.random_models import random_hooked
 from fixtures.registry import get_model_entry
 from harness.context import MetricContext
-from harness.heads import Head
-from harness.measurement import Measurement
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.heads import Head
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
 

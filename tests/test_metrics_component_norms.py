@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from fixtures.planted import PLANTED_MODELS, QK_SIDE
 from fixtures.random_models import random_hooked
 from harness.context import MetricContext
-from harness.heads import Head
-from harness.measurement import Measurement
+from harness.core.heads import Head
+from harness.core.measurement import Measurement
 from harness.metrics import qk as qk_module
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
 

@@ -22,8 +22,8 @@ from fixtures.inputs import INPUT_KINDS, InputBatch
 from fixtures.planted import PLANTED_MODELS, build_planted, distinct_repeated_tokens
 from fixtures.random_models import random_hooked
 from harness.context import MetricContext
-from harness.measurement import Measurement
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
 

@@ -24,9 +24,9 @@ from fixtures.inputs import (
 )
 from fixtures.random_models import random_hooked
 from harness.context import MetricContext
-from harness.heads import head_names
-from harness.measurement import Measurement
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.heads import head_names
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
 

@@ -23,10 +23,10 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from fixtures.inputs import INPUT_KINDS, InputBatch
 from fixtures.random_models import random_hooked
 from harness.context import MetricContext
-from harness.heads import Head
-from harness.measurement import Measurement
+from harness.core.heads import Head
+from harness.core.measurement import Measurement
 from harness.metrics.copying import extended_embedding, head_copy_score
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
 

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from fixtures.random_models import random_hooked
 from harness.context import MetricContext
-from harness.measurement import Measurement
+from harness.core.measurement import Measurement
 from harness.metrics import composition as comp_module
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
 

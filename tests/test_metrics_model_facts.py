@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from harness.context import MetricContext
-from harness.measurement import Measurement
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
 

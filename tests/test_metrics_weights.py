@@ -20,10 +20,10 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fixtures.planted import PLANTED_MODELS
 from harness.context import MetricContext
-from harness.heads import Head, head_names
-from harness.measurement import Measurement
+from harness.core.heads import Head, head_names
+from harness.core.measurement import Measurement
 from harness.metrics import composition as comp_module
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
 

@@ -19,8 +19,8 @@ from pydantic import Field
 
 from harness.circuits.ov_topk import TopKResult, full_circuit_topk
 from harness.context import MetricContext
-from harness.heads import Head, HeadName
-from harness.measurement import Measurement
+from harness.core.heads import Head, HeadName
+from harness.core.measurement import Measurement
 from harness.registry import metric
 
 TiePolicy = Literal["argmax", "pessimistic", "optimistic"]
