@@ -23,7 +23,7 @@ Measured on 2 shared CPU cores (load average 5-9; wall times vary with the load,
 
 Loading GPT-2 small (TransformerLens' weight processing) peaks at about 2.5 GB by itself; the
 1.4-2 file's 7.29 GB was a forward pass caching every hook on 50 x 101 tokens (see
-``harness.model_api.Activations``).
+``harness.core.model_handle.Activations``).
 """
 
 from __future__ import annotations

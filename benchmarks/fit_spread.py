@@ -95,7 +95,7 @@ def with_seed(params: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def measure_claims(claims: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """Worker: each claim's selected value per seed, in this process's kernel setting."""
-    from harness.errors import ModelUnavailable
+    from harness.core.errors import ModelUnavailable
     from harness.runner import measure
     from harness.session import Session
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from harness.model_api import Forward, ModelHandle
+from harness.core.input_batch import InputBatch
+from harness.core.model_handle import Forward, ModelHandle
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fixtures.inputs import InputBatch
     from harness.session import Session
 
 
@@ -17,7 +17,7 @@ class MetricContext:
     """A metric's view of one claim: ``model``, ``inputs`` (if the claim gives any), ``session``."""
 
     model: ModelHandle
-    inputs: "InputBatch | None"
+    inputs: InputBatch | None
     session: "Session"
 
     def forward(self) -> Forward:
@@ -26,7 +26,7 @@ class MetricContext:
             raise ValueError("this metric runs the model, but the claim gives no 'inputs'")
         return self.session.forward(self.model, self.inputs)
 
-    def require_inputs(self) -> "InputBatch":
+    def require_inputs(self) -> InputBatch:
         if self.inputs is None:
             raise ValueError("this metric needs 'inputs'")
         return self.inputs

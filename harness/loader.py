@@ -1,6 +1,6 @@
 """Loading claim files: strict YAML, then structure, then names, with ``file:line:column`` errors.
 
-Every problem becomes a :class:`~harness.errors.SpecIssue` naming the file, line, column, the
+Every problem becomes a :class:`~harness.core.errors.SpecIssue` naming the file, line, column, the
 key and the rule; unknown keys list the allowed keys and suggest the nearest. Nothing here
 loads weights: model shapes come from the registry's declarations.
 """
@@ -19,11 +19,14 @@ from typing import Any, Iterable, Iterator
 
 from pydantic import BaseModel, ValidationError
 
-from harness.errors import Location, SpecError, SpecIssue
-from harness.heads import HEAD_PATTERN, Head
-from harness.measurement import PATH_SEPARATOR
-from harness.registry import get_metric, metric_names
-from harness.spec import Claim, ClaimFile, Reference
+from fixtures.input_params import INPUT_PARAMS
+from fixtures.registry import get_model_entry, model_entries
+from harness.core.errors import Location, SpecError, SpecIssue
+from harness.core.heads import HEAD_PATTERN, Head
+from harness.core.measurement import PATH_SEPARATOR
+from harness.core.named_registry import did_you_mean
+from harness.core.spec import Claim, ClaimFile, Reference
+from harness.metric_signatures import metric_declarations
 from harness.yaml_source import PathKey, SourceMap, YamlError, decode_utf8, dotted, read_yaml
 
 
@@ -144,8 +147,6 @@ def _check_names(loaded: LoadedFile) -> list[SpecIssue]:
 
 
 def _model_names() -> list[str]:
-    from fixtures.registry import model_entries
-
     return sorted(model_entries())
 
 
@@ -153,18 +154,19 @@ def _check_model(loaded: LoadedFile, name: str, where: PathKey) -> list[SpecIssu
     names = _model_names()
     if name in names:
         return []
-    return [SpecIssue(loaded.source_map.locate(where, key=False), dotted(where), f"unknown model {name!r}{_suggest(name, names)}; models: {', '.join(names)}")]
+    return [SpecIssue(loaded.source_map.locate(where, key=False), dotted(where), f"unknown model {name!r}{did_you_mean(name, names)}; models: {', '.join(names)}")]
 
 
 def _check_measurement(
     loaded: LoadedFile, where: PathKey, metric: str, params: dict[str, Any],
     inputs: dict[str, dict[str, Any]] | None, model: str | None, select: str | None,
 ) -> list[SpecIssue]:
-    names = metric_names()
+    declarations = metric_declarations()
+    names = declarations.names()
     if metric not in names:
         location = loaded.source_map.locate(where + ("metric",), key=False)
-        return [SpecIssue(location, dotted(where + ("metric",)), f"unknown metric {metric!r}{_suggest(metric, names)}; metrics: {', '.join(names)}")]
-    info = get_metric(metric)
+        return [SpecIssue(location, dotted(where + ("metric",)), f"unknown metric {metric!r}{did_you_mean(metric, names)}; metrics: {', '.join(names)}")]
+    info = declarations[metric]
     issues: list[SpecIssue] = []
     try:
         info.params_model.model_validate(params, strict=True)
@@ -182,21 +184,17 @@ def _check_measurement(
 
 
 def _input_kinds() -> list[str]:
-    from fixtures.inputs import INPUT_KINDS
-
-    return sorted(INPUT_KINDS)
+    return sorted(INPUT_PARAMS)
 
 
 def _check_inputs(loaded: LoadedFile, where: PathKey, inputs: dict[str, dict[str, Any]]) -> list[SpecIssue]:
-    from fixtures.inputs import INPUT_KINDS
-
-    kinds = sorted(INPUT_KINDS)
+    kinds = sorted(INPUT_PARAMS)
     if len(inputs) != 1:
         return [SpecIssue(loaded.source_map.locate(where), dotted(where), f"give exactly one input kind, one of {', '.join(kinds)}; got {len(inputs)}")]
     (kind, params), = inputs.items()
-    if kind not in INPUT_KINDS:
-        return [SpecIssue(loaded.source_map.locate(where + (kind,)), dotted(where + (kind,)), f"unknown input kind {kind!r}{_suggest(kind, kinds)}; kinds: {', '.join(kinds)}")]
-    model = INPUT_KINDS[kind].params_model
+    if kind not in INPUT_PARAMS:
+        return [SpecIssue(loaded.source_map.locate(where + (kind,)), dotted(where + (kind,)), f"unknown input kind {kind!r}{did_you_mean(kind, kinds)}; kinds: {', '.join(kinds)}")]
+    model = INPUT_PARAMS[kind]
     try:
         model.model_validate(params, strict=True)
     except ValidationError as exc:
@@ -243,8 +241,6 @@ def _check_select(loaded: LoadedFile, where: PathKey, select: str | None, model:
 
 def _outside_model(text: str, model: str) -> str | None:
     """Why head ``text`` is not a head of ``model``, or ``None`` if it is one."""
-    from fixtures.registry import get_model_entry
-
     shape = get_model_entry(model).shape
     head = Head.parse(text)
     if head.layer < shape.n_layers and head.head < shape.n_heads:
@@ -276,7 +272,7 @@ def _pydantic_issues(exc: ValidationError, data: Any, source_map: SourceMap, mod
         if any(error["type"] == "extra_forbidden" for error in errors):
             allowed = _allowed_keys(model, path[:-1])
             name = str(path[-1])
-            message = f"unknown key {name!r}{_suggest(name, allowed)}; allowed keys: {', '.join(allowed)}"
+            message = f"unknown key {name!r}{did_you_mean(name, allowed)}; allowed keys: {', '.join(allowed)}"
             issues.append(SpecIssue(source_map.locate(full), dotted(full), message))
             continue
         missing = all(error["type"] == "missing" for error in errors)
@@ -440,11 +436,6 @@ def _duplicate_ids(loaded: LoadedFile) -> list[SpecIssue]:
         else:
             seen[claim_id] = location.line
     return issues
-
-
-def _suggest(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _kind(value: Any) -> str:

@@ -31,8 +31,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from harness.atomic_write import write_atomic  # noqa: F401  (re-exported: callers import it from here)
-from harness.record_schema import SCHEMA_VERSION
+from harness.core.atomic_write import write_atomic  # noqa: F401  (re-exported: callers import it from here)
+from harness.core.record_schema import SCHEMA_VERSION
 from harness.runner import ClaimResult
 from harness.verdicts import Verdict
 

@@ -10,7 +10,7 @@ given a default unless required::
 
 The registry turns the signature into a strict pydantic model (unknown parameters are errors),
 so specs are validated at load time and the JSON Schema lists every metric's parameters.
-Parameters typed :data:`~harness.heads.HeadName` (or lists of them) are checked against the
+Parameters typed :data:`~harness.core.heads.HeadName` (or lists of them) are checked against the
 model's shape.
 """
 
@@ -25,8 +25,9 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, create_model
 
-from harness.heads import HeadName
-from harness.measurement import Measurement
+from harness.core.heads import HeadName
+from harness.core.measurement import Measurement
+from harness.core.named_registry import NamedRegistry
 
 MetricFunction = Callable[..., Measurement]
 
@@ -54,7 +55,7 @@ class MetricInfo:
         return self.params_model.model_validate(params)
 
 
-_METRICS: dict[str, MetricInfo] = {}
+_METRICS: NamedRegistry[MetricInfo] = NamedRegistry("metric")
 _LOADED = False
 
 
@@ -66,11 +67,11 @@ def metric(
     that it sweeps the whole vocabulary (see :attr:`MetricInfo.heavy`)."""
 
     def register(function: MetricFunction) -> MetricFunction:
-        if name in _METRICS and _METRICS[name].function is not function:
-            raise ValueError(f"metric {name!r} is registered twice")
+        if name in _METRICS and _METRICS[name].function is function:
+            return function
         params_model, head_params = _params_model(name, function)
         doc = inspect.getdoc(function) or ""
-        _METRICS[name] = MetricInfo(
+        _METRICS.add(name, MetricInfo(
             name=name,
             function=function,
             params_model=params_model,
@@ -79,22 +80,27 @@ def metric(
             heavy=heavy,
             head_params=head_params,
             description=doc.split("\n\n")[0].replace("\n", " "),
-        )
+        ))
         return function
 
     return register
 
 
 def get_metric(name: str) -> MetricInfo:
-    """The metric registered as ``name`` (``KeyError`` if none)."""
+    """The metric registered as ``name`` (:class:`~harness.core.named_registry.UnknownName`, a ``KeyError`` with a did-you-mean, if none)."""
     load_builtin_metrics()
     return _METRICS[name]
+
+
+def registered_metrics() -> list[MetricInfo]:
+    """The metrics registered so far, without importing ``harness.metrics`` (and torch)."""
+    return list(_METRICS.values())
 
 
 def metric_names() -> list[str]:
     """Every registered metric name, sorted."""
     load_builtin_metrics()
-    return sorted(_METRICS)
+    return _METRICS.names()
 
 
 def load_builtin_metrics() -> None:
@@ -103,8 +109,7 @@ def load_builtin_metrics() -> None:
     if _LOADED:
         return
     _LOADED = True
-    import harness.metrics as package
-
+    package = importlib.import_module("harness.metrics")
     for module in pkgutil.iter_modules(package.__path__):
         if not module.name.startswith("_"):
             importlib.import_module(f"{package.__name__}.{module.name}")
@@ -113,20 +118,22 @@ def load_builtin_metrics() -> None:
 def _params_model(name: str, function: MetricFunction) -> tuple[type[BaseModel], tuple[str, ...]]:
     """Build the strict parameter model from ``function``'s keyword-only parameters."""
     hints = typing.get_type_hints(function, include_extras=True)
-    fields: dict[str, Any] = {}
-    head_params: list[str] = []
-    for parameter in inspect.signature(function).parameters.values():
-        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
-            continue
-        annotation = hints.get(parameter.name, Any)
-        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
-        fields[parameter.name] = (annotation, default)
-        if _mentions_head(annotation):
-            head_params.append(parameter.name)
+    parameters = [
+        (parameter.name, hints.get(parameter.name, Any), ... if parameter.default is inspect.Parameter.empty else parameter.default)
+        for parameter in inspect.signature(function).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    return params_model(name, parameters)
+
+
+def params_model(name: str, parameters: list[tuple[str, Any, Any]]) -> tuple[type[BaseModel], tuple[str, ...]]:
+    """The strict parameter model of metric ``name`` from its keyword-only ``(name, annotation, default)``
+    (``...``: required), and the names of the parameters that hold heads."""
+    fields = {parameter: (annotation, default) for parameter, annotation, default in parameters}
+    head_params = tuple(parameter for parameter, annotation, _ in parameters if _mentions_head(annotation))
     model_name = "Params_" + name.replace(".", "_")
     config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    model = create_model(model_name, __config__=config, **fields)
-    return model, tuple(head_params)
+    return create_model(model_name, __config__=config, **fields), head_params
 
 
 def _mentions_head(annotation: Any) -> bool:

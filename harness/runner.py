@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.context import MetricContext
-from harness.errors import ModelUnavailable
+from harness.core.errors import ModelUnavailable
 from harness.loader import LoadedFile
-from harness.measurement import Measurement, measurement_non_finite_reason
+from harness.core.measurement import Measurement, measurement_non_finite_reason
 from harness.registry import get_metric
 from harness.session import Session
-from harness.spec import Claim, Reference
+from harness.core.spec import Claim, Reference
 from harness.verdicts import ComparisonError, Verdict, judge
 
 

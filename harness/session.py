@@ -1,6 +1,6 @@
 """One run's caches: each model loaded once, each forward pass and measurement computed once.
 
-Cache keys start with the model's :attr:`~harness.model_api.ModelIdentity.key`, so two models
+Cache keys start with the model's :attr:`~harness.core.model_identity.ModelIdentity.key`, so two models
 (or one model under two processing flags) never share an entry.
 """
 
@@ -12,9 +12,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from harness.finite import NonFiniteModelError, first_non_finite_parameter
-from harness.measurement import Measurement
-from harness.model_api import Forward, ModelHandle
+from fixtures.inputs import INPUT_KINDS
+from fixtures.registry import get_model_entry
+from harness.core.finite import NonFiniteModelError, first_non_finite_parameter
+from harness.core.input_batch import InputBatch
+from harness.core.measurement import Measurement
+from harness.core.model_handle import Forward, ModelHandle
 
 MAX_FORWARDS = 8
 T = TypeVar("T")
@@ -29,7 +32,7 @@ class Session:
     models: dict[str, ModelHandle | Exception] = field(default_factory=dict)
     load_seconds: dict[str, float] = field(default_factory=dict)
     forward_count: int = 0
-    _inputs: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _inputs: dict[tuple[str, str], InputBatch] = field(default_factory=dict)
     _forwards: "OrderedDict[tuple[str, str], Forward]" = field(default_factory=OrderedDict)
     _measurements: dict[tuple[str, ...], Measurement] = field(default_factory=dict)
     _memo: dict[tuple[str, ...], Any] = field(default_factory=dict)
@@ -39,11 +42,9 @@ class Session:
 
         A failed load is remembered and raised again for every claim on the model:
         :class:`ModelUnavailable` (a skip) or any other error, e.g. a weights integrity error or
-        a :class:`~harness.finite.NonFiniteModelError` (a parameter holds NaN or infinity).
+        a :class:`~harness.core.finite.NonFiniteModelError` (a parameter holds NaN or infinity).
         """
         if name not in self.models:
-            from fixtures.registry import get_model_entry
-
             start = time.perf_counter()
             try:
                 self.models[name] = checked_finite(name, get_model_entry(name).load())
@@ -55,10 +56,8 @@ class Session:
             raise loaded
         return loaded
 
-    def inputs(self, model: ModelHandle, spec: dict[str, dict[str, Any]]) -> Any:
-        """The :class:`~fixtures.inputs.InputBatch` that ``spec`` (``{kind: params}``) gives for ``model``."""
-        from fixtures.inputs import INPUT_KINDS
-
+    def inputs(self, model: ModelHandle, spec: dict[str, dict[str, Any]]) -> InputBatch:
+        """The :class:`~harness.core.input_batch.InputBatch` that ``spec`` (``{kind: params}``) gives for ``model``."""
         key = (model.identity.key, json.dumps(spec, sort_keys=True))
         if key not in self._inputs:
             (kind, params), = spec.items()
@@ -66,11 +65,11 @@ class Session:
             self._inputs[key] = input_kind.build(model, input_kind.params_model.model_validate(params))
         return self._inputs[key]
 
-    def forward(self, model: ModelHandle, inputs: Any) -> Forward:
+    def forward(self, model: ModelHandle, inputs: InputBatch) -> Forward:
         """The forward pass of ``model`` on ``inputs``, run once (LRU of ``MAX_FORWARDS``).
 
         Its activations and logits are computed when first read, and reading one that holds NaN or
-        infinity raises :class:`~harness.finite.NonFiniteModelError` (finite weights can still
+        infinity raises :class:`~harness.core.finite.NonFiniteModelError` (finite weights can still
         overflow): a metric on such a pass is an ``error``.
         """
         key = (model.identity.key, inputs.key)
@@ -100,7 +99,7 @@ class Session:
 
 
 def checked_finite(name: str, model: ModelHandle) -> ModelHandle:
-    """``model`` (registered as ``name``), or :class:`~harness.finite.NonFiniteModelError` naming its first non-finite parameter."""
+    """``model`` (registered as ``name``), or :class:`~harness.core.finite.NonFiniteModelError` naming its first non-finite parameter."""
     reason = first_non_finite_parameter(model.named_parameters())
     if reason is not None:
         raise NonFiniteModelError(name, reason)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.context import MetricContext
-from harness.measurement import Measurement
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
 

@@ -26,9 +26,9 @@ import math
 from enum import Enum
 from typing import Any
 
-from harness import formatting
-from harness.measurement import Z_BAND, Measurement
-from harness.spec import Expect
+from harness.core import formatting
+from harness.core.measurement import Z_BAND, Measurement
+from harness.core.spec import Expect
 
 
 class Verdict(str, Enum):
@@ -160,6 +160,6 @@ def _band(measurement: Measurement) -> float:
 
 
 def format_value(measurement: Measurement) -> str:
-    """A measurement as text (:func:`harness.formatting.format_value`): ``0.6190 ± 0.0123``,
+    """A measurement as text (:func:`harness.core.formatting.format_value`): ``0.6190 ± 0.0123``,
     ``≥ 0.3477 (lower bound)`` for a bound, ``{1.4, 1.10}`` for a head set, a short table otherwise."""
     return formatting.format_value(measurement.value, measurement.uncertainty, measurement.bound)

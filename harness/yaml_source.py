@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import Location, SpecIssue
+from harness.core.errors import Location, SpecIssue
 
 PathKey = tuple[str | int, ...]
 
@@ -40,7 +40,24 @@ _QUOTE_ME = {
 
 
 class _ClaimLoader(yaml.SafeLoader):
-    """``SafeLoader`` that also reads ``1e-5`` and ``1.0e5`` as numbers, as YAML 1.2 and editors do."""
+    """``SafeLoader`` that also reads ``1e-5`` and ``1.0e5`` as numbers, as YAML 1.2 and editors do,
+    and refuses collections nested deeper than ``MAX_DEPTH`` as it composes them (PyYAML's composer
+    recurses once per level: the check comes before the recursion, so one pass suffices)."""
+
+    shown = ""
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if not self.check_event(yaml.CollectionStartEvent):
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH + 1:
+                mark = self.peek_event().start_mark
+                raise _error(self.shown, mark.line + 1, mark.column + 1, "", f"nesting deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _ClaimLoader.add_implicit_resolver(
@@ -121,43 +138,38 @@ def decode_utf8(raw: bytes, shown: str) -> str:
 
 
 def _compose(shown: str, text: str) -> list[yaml.Node | None]:
-    """Compose every document of ``text``, nesting checked first (PyYAML's composer recurses)."""
+    """Compose every document of ``text`` in one pass, nesting checked as it goes."""
     try:
-        _check_depth(shown, text)
-        return list(yaml.compose_all(text, Loader=_ClaimLoader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise _error(shown, line, column, "", f"YAML syntax error: {exc.problem or exc}") from None
-    except yaml.reader.ReaderError as exc:
-        line, column = _position(text, exc.position)
-        code = exc.character if isinstance(exc.character, int) else ord(exc.character[:1] or "\0")
-        raise _error(shown, line, column, "", f"character U+{code:04X} is not allowed in YAML text") from None
+        loader = _ClaimLoader(text)  # the reader checks every character here
     except yaml.YAMLError as exc:
-        raise _error(shown, 1, 1, "", f"YAML error: {exc}") from None
-
-
-def _check_depth(shown: str, text: str) -> None:
-    """Reject collections nested deeper than ``MAX_DEPTH`` from the (non-recursive) event stream,
-    and escapes that name no character (PyYAML's scanner hands ``"\\UFFFFFFFF"`` to ``chr``)."""
-    loader = _ClaimLoader(text)
-    depth = 0
+        raise _yaml_error(shown, text, exc) from None
+    loader.shown = shown
     try:
-        while loader.check_event():
-            event = loader.get_event()
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > MAX_DEPTH + 1:
-                    mark = event.start_mark
-                    raise _error(shown, mark.line + 1, mark.column + 1, "", f"nesting deeper than {MAX_DEPTH} levels")
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
-    except (ValueError, OverflowError):
+        nodes = []
+        while loader.check_node():
+            nodes.append(loader.get_node())
+        return nodes
+    except yaml.YAMLError as exc:
+        raise _yaml_error(shown, text, exc) from None
+    except (ValueError, OverflowError):  # PyYAML's scanner hands ``"\UFFFFFFFF"`` to ``chr``
         mark = loader.get_mark()  # at the escape's hex digits, just after "\U" (or "\u", "\x")
         raise _error(shown, mark.line + 1, max(1, mark.column - 1), "",
                      "YAML syntax error: an escape in a double-quoted string names no Unicode character") from None
     finally:
         loader.dispose()
+
+
+def _yaml_error(shown: str, text: str, exc: yaml.YAMLError) -> YamlError:
+    """PyYAML's error as a :class:`YamlError` at its line and column."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return _error(shown, line, column, "", f"YAML syntax error: {exc.problem or exc}")
+    if isinstance(exc, yaml.reader.ReaderError):
+        line, column = _position(text, exc.position)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character[:1] or "\0")
+        return _error(shown, line, column, "", f"character U+{code:04X} is not allowed in YAML text")
+    return _error(shown, 1, 1, "", f"YAML error: {exc}")
 
 
 def _position(text: str, index: int) -> tuple[int, int]:

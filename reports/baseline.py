@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.measurement import Z_BAND
-from harness.record_schema import SCHEMA_VERSION
+from harness.core.measurement import Z_BAND
+from harness.core.record_schema import SCHEMA_VERSION
 from reports.baseline_checks import baseline_entry_problem, is_number, record_entry_problem
 
 FORMAT = "interp-claims-baseline"

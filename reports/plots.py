@@ -17,7 +17,8 @@ import re
 import warnings
 from typing import Any, Callable
 
-from harness.heads import HEAD_PATTERN, Head, sort_heads
+from harness.core.heads import HEAD_PATTERN, Head, sort_heads
+from harness.core.named_registry import NamedRegistry
 from reports.curves import curve_points, plottable_rank, point_bound, stopped_early
 from reports.values import as_number
 
@@ -309,7 +310,13 @@ def position_curve(entry: dict[str, Any]) -> str | None:
     return _svg(figure)
 
 
-PLOTS: list[Callable[[dict[str, Any]], str | None]] = [head_bars, attention_patterns, composition_heatmap, rank_curve, position_curve]
+Plotter = Callable[[dict[str, Any]], "str | None"]
+"""A plot: a claim entry of the record in, an SVG (or ``None`` where it does not apply) out."""
+
+PLOTS: NamedRegistry[Plotter] = NamedRegistry("plot", [
+    (plot.__name__, plot) for plot in (head_bars, attention_patterns, composition_heatmap, rank_curve, position_curve)
+])
+"""Every plot by name, in the order the HTML report shows them."""
 
 
 def plots_for(entry: dict[str, Any]) -> list[str]:
@@ -319,7 +326,7 @@ def plots_for(entry: dict[str, Any]) -> list[str]:
     one still fail, the failure is shown in its place (escaped) rather than losing the report.
     """
     svgs = []
-    for plot in PLOTS:
+    for plot in PLOTS.values():
         try:
             svg = plot(entry)
         except (ValueError, TypeError, KeyError, IndexError) as exc:

@@ -1,6 +1,6 @@
-"""Measured values as text, for both report renderers: :mod:`harness.formatting` read from a record entry.
+"""Measured values as text, for both report renderers: :mod:`harness.core.formatting` read from a record entry.
 
-A record holds values as the run wrote them (see :mod:`harness.formatting`). An entry's (or the
+A record holds values as the run wrote them (see :mod:`harness.core.formatting`). An entry's (or the
 reference's) ``bound`` is ``"lower"``, ``"upper"``, or ``null``/absent (an estimate; records
 written before the field existed have no ``bound`` key).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.formatting import BOUND_SIGN, NON_FINITE, TABLE_ITEMS_SHOWN, as_number, format_number, format_value
+from harness.core.formatting import BOUND_SIGN, NON_FINITE, TABLE_ITEMS_SHOWN, as_number, format_number, format_value
 
 __all__ = ["BOUND_SIGN", "NON_FINITE", "TABLE_ITEMS_SHOWN", "as_number", "bound_of", "format_measured", "format_number"]
 
@@ -21,5 +21,5 @@ def bound_of(measured: dict[str, Any]) -> str | None:
 
 
 def format_measured(measured: dict[str, Any]) -> str:
-    """The value of a claim entry or reference with its uncertainty and bound (:func:`harness.formatting.format_value`)."""
+    """The value of a claim entry or reference with its uncertainty and bound (:func:`harness.core.formatting.format_value`)."""
     return format_value(measured.get("value"), measured.get("uncertainty"), bound_of(measured))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from harness.model_api import ModelHandle
+from harness.core.model_handle import ModelHandle
 
 # Property tests replay the same examples on every run unless asked to fuzz, so that a CI run
 # cannot fail by chance: HYPOTHESIS_PROFILE=thorough draws fresh examples (and the loader's

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.atomic_write import STALE_AFTER_S, remove_stale_temporaries, write_atomic, writer_tag
+from harness.core.atomic_write import STALE_AFTER_S, remove_stale_temporaries, write_atomic, writer_tag
 from harness.record import write_atomic as write_atomic_from_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ TEXT = "x" * 100_000
 
 KILLED_WRITER = """
 import os, signal, sys
-import harness.atomic_write as atomic
+import harness.core.atomic_write as atomic
 
 def killed(fd):  # the data is written; die before the rename, as SIGKILL would at any moment
     os.kill(os.getpid(), signal.SIGKILL)

@@ -9,7 +9,7 @@ import pytest
 import transformer_lens  # noqa: F401  (imported once: pytester's in-process runs must not re-import it)
 
 import fixtures.planted  # noqa: F401
-from harness.cli import main as claims_main
+from harness.frontends.cli import main as claims_main
 from reports.baseline import diff, make_baseline, value_drift
 
 pytest_plugins = ["pytester"]

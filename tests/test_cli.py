@@ -12,9 +12,10 @@ import pytest
 from jsonschema import Draft202012Validator
 
 import fixtures.registry as model_registry
-from harness.cli import EXIT_INVALID, EXIT_OK, main
-from harness.model_api import ModelShape
-from harness.spec import claim_file_json_schema
+from fixtures.model_entry import ModelEntry
+from harness.frontends.cli import EXIT_INVALID, EXIT_OK, main
+from harness.core.model_handle import ModelShape
+from harness.core.spec import claim_file_json_schema
 from harness.yaml_source import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ MISSPELT = VALID.replace("    statement: Head 0.0 attends", "    statment: Head 
 @pytest.fixture
 def stand_in_models(monkeypatch):
     """One model with the planted model's name and shape; no weights are built."""
-    entry = model_registry.ModelEntry(MODEL, "planted", "stand-in", lambda: SHAPE, lambda: None)
+    entry = ModelEntry(MODEL, "planted", "stand-in", lambda: SHAPE, lambda: None)
     monkeypatch.setattr(model_registry, "_ENTRIES", {MODEL: entry})
 
 
@@ -87,7 +88,7 @@ def test_validate_misspelt_key_through_the_command(workdir):
     write(workdir, "bad.yaml", MISSPELT)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     script = Path(sys.executable).with_name("claims")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "harness.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "harness.frontends.cli"]
     done = subprocess.run([*command, "validate", "bad.yaml"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0 and done.returncode == EXIT_INVALID
     assert "bad.yaml:5:5:" in done.stderr

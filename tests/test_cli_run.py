@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import harness.preflight as preflight
+import harness.frontends.preflight as preflight
 import harness.runner as runner
-from harness.cli import EXIT_INVALID, EXIT_OK, main
+from harness.frontends.cli import EXIT_INVALID, EXIT_OK, main
 
 CLAIMS = """\
 source: {course: project, chapter: tests}

@@ -9,10 +9,10 @@ import pytest
 import transformer_lens  # noqa: F401  (imported once here: pytester's in-process runs must not re-import it)
 
 import fixtures.planted  # noqa: F401
-from harness.cli import main as claims_main
+from harness.frontends.cli import main as claims_main
 from harness.context import MetricContext
 from harness.loader import load_claim_text
-from harness.measurement import Measurement
+from harness.core.measurement import Measurement
 from harness.registry import metric
 from harness.runner import run_claim
 from harness.session import Session

@@ -10,9 +10,9 @@ import torch
 
 import fixtures.registry as model_registry
 from harness.context import MetricContext
-from harness.finite import NonFiniteModelError, first_non_finite_activation, first_non_finite_parameter, non_finite_summary
+from harness.core.finite import NonFiniteModelError, first_non_finite_activation, first_non_finite_parameter, non_finite_summary
 from harness.loader import load_claim_text
-from harness.measurement import Measurement, measurement_non_finite_reason
+from harness.core.measurement import Measurement, measurement_non_finite_reason
 from harness.registry import metric
 from harness.runner import run_claim
 from harness.session import Session

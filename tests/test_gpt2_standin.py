@@ -24,13 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import registry
+from fixtures import hub_access, registry, weights_overrides
+from fixtures.sources import tl_pretrained
 from fixtures.gpt2_standin import build_gpt2_standin, gpt2_vocabulary
 from fixtures.tokenizer_source import TOKENIZER_ENV_PREFIX, clear_tokenizer_overrides, restore_tokenizer_overrides
 from harness.loader import LoadedFile, find_claim_files, load_claim_file
 from harness.runner import ClaimResult, run_claim
 from harness.session import Session
-from harness.spec import Claim
+from harness.core.spec import Claim
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_MODELS = ("gpt2-small", "gpt2-small-ioi")
@@ -66,8 +67,8 @@ def offline_gpt2(cache: Path) -> Iterator[None]:
         raise AssertionError("a network call was made")
 
     saved_tokenizers = clear_tokenizer_overrides()
-    saved_weights = dict(registry._OVERRIDES)
-    registry._OVERRIDES.clear()
+    saved_weights = dict(weights_overrides._OVERRIDES)
+    weights_overrides._OVERRIDES.clear()
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("HF_HOME", str(cache.parent))
@@ -75,15 +76,15 @@ def offline_gpt2(cache: Path) -> Iterator[None]:
             patch.setenv("HF_HUB_OFFLINE", "1")
             patch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
             patch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-            patch.delenv(registry.DOWNLOAD_ENV, raising=False)
-            for variable in [v for v in os.environ if v.startswith((TOKENIZER_ENV_PREFIX, registry.WEIGHTS_ENV_PREFIX))]:
+            patch.delenv(hub_access.DOWNLOAD_ENV, raising=False)
+            for variable in [v for v in os.environ if v.startswith((TOKENIZER_ENV_PREFIX, weights_overrides.WEIGHTS_ENV_PREFIX))]:
                 patch.delenv(variable)
             patch.setattr(socket.socket, "connect", no_network)
             patch.setattr(socket, "create_connection", no_network)
             yield
     finally:
         restore_tokenizer_overrides(saved_tokenizers)
-        registry._OVERRIDES.update(saved_weights)
+        weights_overrides._OVERRIDES.update(saved_weights)
 
 
 @dataclass
@@ -99,7 +100,7 @@ class GPT2Run:
 def run_all(cache: Path, claims: list[tuple[LoadedFile, Claim]], out: Path) -> GPT2Run:
     """Each claim's result, all in one session (each model loaded once), offline on the stand-in;
     then results.json, report.md and report.html written into ``out``."""
-    from harness.output import write_outputs
+    from harness.frontends.output import write_outputs
 
     session = Session()
     with offline_gpt2(cache):
@@ -135,7 +136,7 @@ def test_standin_tokenizer_is_gpt2_bpe(gpt2_cache: Path) -> None:
     vocab = gpt2_vocabulary()
     assert len(vocab) == 50257 and vocab["<|endoftext|>"] == 50256
     with offline_gpt2(gpt2_cache):
-        tokenizer = registry.load_tokenizer("gpt2")
+        tokenizer = hub_access.load_tokenizer("gpt2")
     assert tokenizer is not None
     ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     assert ids("Hello world") == [vocab["Hello"], vocab["\u0120world"]]
@@ -156,7 +157,7 @@ def test_registry_load_equals_transformer_lens_from_pretrained(gpt2_cache: Path)
     with offline_gpt2(gpt2_cache):
         handle = registry.get_model_entry(name).load()
         with pytest.warns(DeprecationWarning, match="from_pretrained is deprecated"):
-            reference = HookedTransformer.from_pretrained("gpt2-small", device="cpu", dtype="float32", **registry.TL_MODELS[name][1])
+            reference = HookedTransformer.from_pretrained("gpt2-small", device="cpu", dtype="float32", **tl_pretrained.TL_MODELS[name][1])
     ours, theirs = handle._hooked.state_dict(), reference.state_dict()
     assert set(ours) == set(theirs)
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)

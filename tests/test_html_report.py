@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from harness.loader import load_claim_file
-from harness.output import write_outputs
+from harness.frontends.output import write_outputs
 from harness.runner import run_claim
 from harness.session import Session
 

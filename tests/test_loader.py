@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 import fixtures.registry as model_registry
+from fixtures.model_entry import ModelEntry
 from harness import registry as metric_registry
 from harness.context import MetricContext
-from harness.errors import SpecError, SpecIssue
-from harness.heads import HeadName
+from harness.core.errors import SpecError, SpecIssue
+from harness.core.heads import HeadName
 from harness.loader import load_claim_file, load_claim_files, load_claim_text
-from harness.measurement import Measurement
-from harness.model_api import ModelShape
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelShape
 
 MODEL = "planted-attn-2l"
 SHAPE = ModelShape(n_layers=2, n_heads=4, d_model=256, d_head=128, d_vocab=64, n_ctx=128)
@@ -57,7 +58,7 @@ ISSUE_FORMAT = re.compile(r"^(?P<path>[^:]+):(?P<line>\d+):(?P<column>\d+): (\[(
 @pytest.fixture(autouse=True)
 def stand_in_models(monkeypatch):
     """The registry holds one model with the planted model's name and shape."""
-    entry = model_registry.ModelEntry(MODEL, "planted", "stand-in", lambda: SHAPE, _no_weights)
+    entry = ModelEntry(MODEL, "planted", "stand-in", lambda: SHAPE, _no_weights)
     monkeypatch.setattr(model_registry, "_ENTRIES", {MODEL: entry})
 
 
@@ -497,7 +498,7 @@ def test_error_message_is_one_line_per_issue():
 
 def test_pending_entries_load_and_share_the_id_space() -> None:
     """``pending:`` (measurable, not yet encoded) sits beside ``conceptual:``; ids stay unique across all three."""
-    from harness.errors import SpecError
+    from harness.core.errors import SpecError
     from harness.loader import load_claim_text
 
     text = (

@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import fixtures.registry as model_registry
-from harness.errors import SpecError
+from fixtures.model_entry import ModelEntry
+from harness.core.errors import SpecError
 from harness.loader import load_claim_text
-from harness.model_api import ModelShape
+from harness.core.model_handle import ModelShape
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "")
 SCALE = {"thorough": 20, "ci": 4}.get(PROFILE, 1)
@@ -99,7 +100,7 @@ YAML_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
 @pytest.fixture(scope="module", autouse=True)
 def stand_in_models():
     """One model with the planted model's name and shape; no weights are built."""
-    entry = model_registry.ModelEntry(MODEL, "planted", "stand-in", lambda: SHAPE, lambda: None)
+    entry = ModelEntry(MODEL, "planted", "stand-in", lambda: SHAPE, lambda: None)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(model_registry, "_ENTRIES", {MODEL: entry})
         yield

@@ -24,7 +24,7 @@ from fixtures.planted import PLANTED_MODELS, build_split_copy_model
 from harness.circuits import low_rank as lr
 from harness.circuits.low_rank import fit_low_rank_copying
 from harness.context import MetricContext
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
 from harness.testing import fast_settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.measurement import Measurement, non_finite_reason
+from harness.core.measurement import Measurement, non_finite_reason
 from reports.plots import MAX_BARS, head_bars, rank_curve
 
 CURVE = [

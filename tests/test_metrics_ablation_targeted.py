@@ -24,9 +24,9 @@ from fixtures.inputs import INPUT_KINDS, InputBatch
 from fixtures.planted import PLANTED_MODELS, build_planted, distinct_repeated_tokens
 from fixtures.random_models import random_hooked
 from fixtures.registry import get_model_entry
-from harness.heads import Head
-from harness.measurement import Measurement
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.heads import Head
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.testing import ad_hoc_handle, fast_settings, measure_metric
 

@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fixtures.planted import PLANTED_MODELS, QK_SIDE
-from harness.heads import Head
+from harness.core.heads import Head
 from harness.metrics import qk as qk_module
-from harness.model_api import ModelHandle
+from harness.core.model_handle import ModelHandle
 from harness.session import Session
 from harness.testing import fast_settings, measure_metric, random_handle
 

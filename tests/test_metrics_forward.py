@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 from fixtures.inputs import INPUT_KINDS, InputBatch
 from fixtures.planted import PLANTED_MODELS, build_planted, distinct_repeated_tokens
 from fixtures.random_models import random_hooked
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.testing import ad_hoc_handle, fast_settings, measure_metric
 

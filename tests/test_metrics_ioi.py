@@ -22,8 +22,8 @@ from pydantic import ValidationError
 from fixtures.inputs import (
     INPUT_KINDS, IOI_COURSE_PROMPTS, IOI_CORRUPTED_ORDER, IOI_TEMPLATES, IOI_TEST_PROMPT, InputBatch,
 )
-from harness.heads import head_names
-from harness.model_api import ModelHandle
+from harness.core.heads import head_names
+from harness.core.model_handle import ModelHandle
 from harness.testing import fast_settings, measure_metric, random_handle
 
 FAST = fast_settings(10)

@@ -22,9 +22,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fixtures.inputs import INPUT_KINDS, InputBatch
 from fixtures.random_models import random_hooked
-from harness.heads import Head
+from harness.core.heads import Head
 from harness.metrics.copying import extended_embedding, head_copy_score
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.testing import ad_hoc_handle, fast_settings, measure_metric
 

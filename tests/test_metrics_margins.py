@@ -16,7 +16,7 @@ import torch
 from pydantic import ValidationError
 
 from harness.metrics import composition as comp_module
-from harness.model_api import ModelHandle
+from harness.core.model_handle import ModelHandle
 from harness.registry import get_metric
 from harness.testing import measure_metric, random_handle
 

@@ -17,7 +17,7 @@ import torch
 from pydantic import ValidationError
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from harness.model_api import ModelHandle
+from harness.core.model_handle import ModelHandle
 from harness.registry import get_metric
 from harness.testing import ad_hoc_handle, measure_metric
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from fixtures.planted import PLANTED_MODELS
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.runner import measure
 from harness.session import Session
 

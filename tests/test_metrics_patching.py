@@ -15,10 +15,10 @@ import torch
 
 from fixtures.inputs import InputBatch
 from harness.context import MetricContext
-from harness.heads import head_names
-from harness.measurement import Measurement
+from harness.core.heads import head_names
+from harness.core.measurement import Measurement
 from harness.metrics import patching
-from harness.model_api import ModelHandle
+from harness.core.model_handle import ModelHandle
 from harness.registry import get_metric
 from harness.session import Session
 from harness.testing import measure_metric
@@ -292,7 +292,7 @@ def gqa_model(seed: int, tokenizer: Any) -> ModelHandle:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from fixtures.random_models import fill_normal_, small_config
-    from harness.model_api import ModelIdentity
+    from harness.core.model_handle import ModelIdentity
 
     cfg = small_config(n_layers=2, n_heads=4, d_model=8, d_head=3, d_vocab=len(tokenizer), n_ctx=32,
                        normalization="RMSPre", positional="rotary", d_mlp=6, act_fn="gelu")

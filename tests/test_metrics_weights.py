@@ -19,9 +19,9 @@ from pydantic import ValidationError
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fixtures.planted import PLANTED_MODELS
-from harness.heads import Head, head_names
+from harness.core.heads import Head, head_names
 from harness.metrics import composition as comp_module
-from harness.model_api import ModelHandle, ModelIdentity
+from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
 from harness.testing import measure_metric

@@ -16,27 +16,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import registry
+from fixtures import hub_access, registry, weights_overrides
+from fixtures.hashing import config_sha256, file_sha256, processing_flags
 from fixtures.registry import (
-    ARENA_ATTN_ONLY_2L_CONFIG,
-    config_sha256,
-    file_sha256,
     get_model_entry,
-    processing_flags,
     register_file_model,
+    set_tokenizer_override,
     set_weights_override,
     unregister_model,
-    weights_env_var,
 )
+from fixtures.sources import tl_pretrained, trained
+from fixtures.sources.hub import ARENA_ATTN_ONLY_2L_CONFIG
+from fixtures.weights_overrides import weights_env_var
+from harness.core.model_identity import ModelShape
 from fixtures.tokenizer_source import (
     TOKENIZER_ENV_PREFIX,
     clear_tokenizer_overrides,
     restore_tokenizer_overrides,
-    set_tokenizer_override,
     tokenizer_env_var,
 )
-from harness.errors import ModelUnavailable, TokenizerUnavailable, WeightsIntegrityError
-from harness.model_api import ModelIdentity
+from harness.core.errors import ModelUnavailable, TokenizerUnavailable, WeightsIntegrityError
+from harness.core.model_handle import ModelIdentity
 from harness.runner import measure
 from harness.session import Session
 
@@ -56,21 +56,21 @@ def hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     import os
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
-    monkeypatch.delenv(registry.DOWNLOAD_ENV, raising=False)
-    for variable in [v for v in os.environ if v.startswith(registry.WEIGHTS_ENV_PREFIX)]:
+    monkeypatch.delenv(hub_access.DOWNLOAD_ENV, raising=False)
+    for variable in [v for v in os.environ if v.startswith(weights_overrides.WEIGHTS_ENV_PREFIX)]:
         monkeypatch.delenv(variable)
     for variable in [v for v in os.environ if v.startswith(TOKENIZER_ENV_PREFIX)]:
         monkeypatch.delenv(variable)
     before = set(registry.model_entries())
-    overrides = dict(registry._OVERRIDES)
-    registry._OVERRIDES.clear()
+    overrides = dict(weights_overrides._OVERRIDES)
+    weights_overrides._OVERRIDES.clear()
     tokenizers = clear_tokenizer_overrides()
-    monkeypatch.setattr(registry, "_HUB_PROBE", [])
+    monkeypatch.setattr(hub_access, "_HUB_PROBE", [])
     yield
     for name in set(registry.model_entries()) - before:
         unregister_model(name)
-    registry._OVERRIDES.clear()
-    registry._OVERRIDES.update(overrides)
+    weights_overrides._OVERRIDES.clear()
+    weights_overrides._OVERRIDES.update(overrides)
     restore_tokenizer_overrides(tokenizers)
 
 
@@ -256,9 +256,9 @@ def test_download_opt_in_without_network_is_unavailable_not_a_hang(monkeypatch) 
 
     monkeypatch.setattr(socket.socket, "connect", refused)
     monkeypatch.setattr(socket, "create_connection", refused)
-    for variable in registry._PROXY_VARIABLES:
+    for variable in hub_access._PROXY_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv(registry.DOWNLOAD_ENV, "1")
+    monkeypatch.setenv(hub_access.DOWNLOAD_ENV, "1")
     for name, where in ((HUB, "callummcdougall/attn_only_2L_half/attn_only_2L_half.pth"), ("gpt2-small", "'gpt2'")):
         start = time.perf_counter()
         with pytest.raises(ModelUnavailable, match=f"cannot download {where} .*cannot be reached"):
@@ -303,7 +303,7 @@ def test_transformer_lens_entries_load_from_the_hf_cache_without_network(tmp_pat
     monkeypatch.setattr(socket, "create_connection", no_network)
     with pytest.raises(ValueError, match="registry declares"):  # the stand-in is not GPT-2 small
         get_model_entry("gpt2-small").load()
-    monkeypatch.setattr(registry, "GPT2_SMALL_SHAPE", registry.ModelShape(2, 4, 32, 8, 260, 16))
+    monkeypatch.setattr(tl_pretrained, "GPT2_SMALL_SHAPE", ModelShape(2, 4, 32, 8, 260, 16))
     plain, ioi = get_model_entry("gpt2-small").load(), get_model_entry("gpt2-small-ioi").load()
     assert plain.identity.processing["refactor_factored_attn_matrices"] is False
     assert ioi.identity.processing["refactor_factored_attn_matrices"] is True
@@ -313,8 +313,8 @@ def test_transformer_lens_entries_load_from_the_hf_cache_without_network(tmp_pat
     assert plain.bos_token_id == 259 and plain.to_tokens("hello")[0].tolist() == [259, 258, ord("o") - ord("!")]
     from transformer_lens import HookedTransformer
 
-    with registry.hub_offline(), pytest.warns(DeprecationWarning, match="from_pretrained is deprecated"):
-        reference = HookedTransformer.from_pretrained("gpt2-small", device="cpu", dtype="float32", **registry.TL_MODELS["gpt2-small-ioi"][1])
+    with hub_access.hub_offline(), pytest.warns(DeprecationWarning, match="from_pretrained is deprecated"):
+        reference = HookedTransformer.from_pretrained("gpt2-small", device="cpu", dtype="float32", **tl_pretrained.TL_MODELS["gpt2-small-ioi"][1])
     ours, theirs = ioi._hooked.state_dict(), reference.state_dict()
     assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)  # from_pretrained's steps, same weights
     assert ioi._hooked.cfg.to_dict() == reference.cfg.to_dict()
@@ -406,7 +406,7 @@ def test_identities_differing_only_in_a_processing_flag_have_different_keys() ->
         assert ModelIdentity(**base, processing=processing_flags(**{flag: True})).key != plain.key, flag
     assert ModelIdentity(**base, processing=processing_flags(dtype="float64")).key != plain.key
     assert ModelIdentity(**base, processing=processing_flags(), origin="elsewhere").key == plain.key
-    tl = registry.TL_MODELS
+    tl = tl_pretrained.TL_MODELS
     assert processing_flags(**tl["gpt2-small"][1]) != processing_flags(**tl["gpt2-small-ioi"][1])
 
 
@@ -425,11 +425,11 @@ def test_file_sha256_is_cached_by_path_size_and_mtime(tmp_path) -> None:
 def test_trained_entry_from_the_documented_layout(tmp_path, monkeypatch) -> None:
     """fixtures/weights/toy-attn-2l.{safetensors,json} as fixtures/train_toy.py writes them."""
     config = {k: v for k, v in SMALL_CONFIG.items() if k not in ("tokenizer_name", "use_attn_result")}
-    weights, _ = _save(tmp_path, config, _random_state(config), registry.TOY_NAME)
-    meta = {"name": registry.TOY_NAME, "weights_file": weights.name, "sha256": file_sha256(weights), "model_config": config}
-    (tmp_path / f"{registry.TOY_NAME}.json").write_text(json.dumps(meta))
-    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
-    (entry,) = registry._trained_entries()
+    weights, _ = _save(tmp_path, config, _random_state(config), trained.TOY_NAME)
+    meta = {"name": trained.TOY_NAME, "weights_file": weights.name, "sha256": file_sha256(weights), "model_config": config}
+    (tmp_path / f"{trained.TOY_NAME}.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(trained, "WEIGHTS_DIR", tmp_path)
+    (entry,) = trained.trained_entries()
     assert entry.source == "trained" and entry.markers == ("trained",) and entry.bos_token_id == 0
     model = entry.load()
     assert model.identity.weights_sha256 == meta["sha256"] and model.identity.source == "trained"
@@ -444,7 +444,7 @@ def test_shipped_trained_toy_matches_its_pinned_sha() -> None:
     entry = get_model_entry(registry.TOY_NAME)
     model = entry.load()
     assert model.shape == entry.shape
-    assert model.identity.weights_sha256 == json.loads((registry.WEIGHTS_DIR / f"{registry.TOY_NAME}.json").read_text())["sha256"]
+    assert model.identity.weights_sha256 == json.loads((trained.WEIGHTS_DIR / f"{trained.TOY_NAME}.json").read_text())["sha256"]
 
 
 def test_refused_pickle_reason_gives_no_advice_to_load_it_unsafely(small_file, tmp_path) -> None:
@@ -600,8 +600,8 @@ def test_gpt2_without_its_tokenizer_loads_and_skips_text_then_takes_a_local_one(
         (snapshot / name).unlink()
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(registry, "GPT2_SMALL_SHAPE", registry.ModelShape(2, 4, 32, 8, 260, 16))
-    monkeypatch.setattr(registry, "_GPT2_BOS", 259)  # the stand-in's <|endoftext|>
+    monkeypatch.setattr(tl_pretrained, "GPT2_SMALL_SHAPE", ModelShape(2, 4, 32, 8, 260, 16))
+    monkeypatch.setattr(tl_pretrained, "_GPT2_BOS", 259)  # the stand-in's <|endoftext|>
     _no_network(monkeypatch)
     entry = get_model_entry("gpt2-small")
     entry.ensure_available()  # the weights are here: the model is available
@@ -619,7 +619,7 @@ def test_gpt2_without_its_tokenizer_loads_and_skips_text_then_takes_a_local_one(
 
 
 def test_cli_tokenizer_option(small_file, tmp_path, monkeypatch, capsys) -> None:
-    from harness.cli import EXIT_INVALID, main
+    from harness.frontends.cli import EXIT_INVALID, main
 
     register_file_model("cli-tokenizer", *small_file, bos_token_id=0)
     claims = tmp_path / "claims" / "text.yaml"

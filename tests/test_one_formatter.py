@@ -8,10 +8,10 @@ import math
 import pytest
 
 from harness import measurement, verdicts
-from harness.formatting import format_value as format_plain
-from harness.measurement import Measurement
+from harness.core.formatting import format_value as format_plain
+from harness.core.measurement import Measurement
 from harness.record import to_json
-from harness.record_schema import SCHEMA_VERSION
+from harness.core.record_schema import SCHEMA_VERSION
 from harness.verdicts import format_value
 from reports import baseline
 from reports.values import format_measured

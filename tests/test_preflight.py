@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.preflight import PreflightError, claim_files, writable_out
+from harness.frontends.preflight import PreflightError, claim_files, writable_out
 
 pytest_plugins = ["pytester"]
 

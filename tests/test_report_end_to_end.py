@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 
-from fixtures import registry
-from fixtures.registry import ARENA_ATTN_ONLY_2L_CONFIG, DOWNLOAD_ENV, WEIGHTS_ENV_PREFIX, file_sha256
+from fixtures import weights_overrides
+from fixtures.hashing import file_sha256
+from fixtures.hub_access import DOWNLOAD_ENV
+from fixtures.sources.hub import ARENA_ATTN_ONLY_2L_CONFIG
+from fixtures.weights_overrides import WEIGHTS_ENV_PREFIX
 from harness.loader import load_claim_file
 from tests.test_models import _random_state, _save
 from tests.test_report_robustness import parse_html
@@ -41,7 +44,7 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
 
 def run_claims(arguments: list[str], env: dict[str, str], out: Path) -> subprocess.CompletedProcess[str]:
     """``claims run ARGUMENTS --out OUT`` in a fresh process."""
-    command = [sys.executable, "-m", "harness.cli", "run", *arguments, "--out", str(out), "--no-progress"]
+    command = [sys.executable, "-m", "harness.frontends.cli", "run", *arguments, "--out", str(out), "--no-progress"]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -86,7 +89,7 @@ def test_pytest_claims_out_writes_every_report_when_the_model_is_unavailable(
     monkeypatch.delenv(DOWNLOAD_ENV, raising=False)
     for variable in [v for v in os.environ if v.startswith(WEIGHTS_ENV_PREFIX)]:
         monkeypatch.delenv(variable)
-    monkeypatch.setattr(registry, "_OVERRIDES", {})
+    monkeypatch.setattr(weights_overrides, "_OVERRIDES", {})
     spec = ROOT / "claims" / "arena" / "1.2-2-finding-induction-heads.yaml"
     (pytester.path / "claims").mkdir()
     shutil.copy(spec, pytester.path / "claims" / spec.name)

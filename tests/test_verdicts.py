@@ -7,8 +7,8 @@ import math
 import pytest
 from hypothesis import given, strategies as st
 
-from harness.measurement import Measurement, non_finite_reason
-from harness.spec import Expect
+from harness.core.measurement import Measurement, non_finite_reason
+from harness.core.spec import Expect
 from harness.verdicts import Z_BAND, ComparisonError, Verdict, judge
 
 

@@ -40,8 +40,8 @@ from pydantic import Field
 from torch import Tensor
 
 from harness.context import MetricContext
-from harness.heads import Head, HeadName, head_names, sort_heads
-from harness.measurement import Measurement
+from harness.core.heads import Head, HeadName, head_names, sort_heads
+from harness.core.measurement import Measurement
 from harness.metrics.attention import Variant, stripe_scores
 from harness.metrics.loss import correct_logprobs, mean_and_error, prediction_slice, table
 from harness.registry import metric

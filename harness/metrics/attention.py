@@ -39,8 +39,8 @@ from pydantic import Field
 from torch import Tensor
 
 from harness.context import MetricContext
-from harness.heads import head_names
-from harness.measurement import Measurement
+from harness.core.heads import head_names
+from harness.core.measurement import Measurement
 from harness.registry import metric
 
 PatternKind = Literal["current", "previous", "first", "induction", "duplicate"]

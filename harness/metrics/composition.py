@@ -43,9 +43,9 @@ from torch import Tensor
 
 from harness.circuits.ov_topk import full_circuit_topk
 from harness.context import MetricContext
-from harness.heads import Head, HeadName
-from harness.measurement import Measurement
-from harness.model_api import ModelHandle
+from harness.core.heads import Head, HeadName
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelHandle
 from harness.registry import metric
 
 CompositionKind = Literal["q", "k", "v"]

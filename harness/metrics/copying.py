@@ -37,10 +37,11 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from fixtures.ioi_names import NAME_LISTS
 from harness.context import MetricContext
-from harness.heads import Head, HeadName, head_names, sort_heads
-from harness.measurement import Measurement
-from harness.model_api import ModelHandle
+from harness.core.heads import Head, HeadName, head_names, sort_heads
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelHandle
 from harness.registry import metric
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
@@ -196,8 +197,6 @@ def name_copy_score(
     only) is the course's "Average": the sum of the scores over ``n_layers * n_heads`` entries, as
     its tensor keeps a zero row for the omitted layer 0. Weights only; exact (no uncertainty).
     """
-    from fixtures.ioi_names import NAME_LISTS
-
     model = ctx.model
     chosen = _copy_heads(model, heads)
     ids, kept, dropped = single_token_names(model, NAME_LISTS[names], leading_space)

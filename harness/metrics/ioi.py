@@ -33,10 +33,10 @@ from pydantic import Field
 from torch import Tensor
 
 from harness.context import MetricContext
-from harness.heads import head_names
-from harness.measurement import Measurement
+from harness.core.heads import head_names
+from harness.core.measurement import Measurement
 from harness.metrics.loss import mean_and_error
-from harness.model_api import Activations, ModelHandle
+from harness.core.model_handle import Activations, ModelHandle
 from harness.registry import metric
 
 SUM_CHECK_ATOL = 1e-3

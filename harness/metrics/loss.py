@@ -26,7 +26,7 @@ from typing import Literal
 from torch import Tensor
 
 from harness.context import MetricContext
-from harness.measurement import Measurement
+from harness.core.measurement import Measurement
 from harness.registry import metric
 
 Positions = Literal["all", "first_half", "second_half", "second_half_excl_first"]

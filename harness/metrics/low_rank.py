@@ -29,9 +29,9 @@ from harness.circuits.factored import FactoredCircuit
 from harness.circuits.low_rank import LowRankFit, Objective, fit_low_rank_copying
 from harness.circuits.ov_topk import full_circuit_topk
 from harness.context import MetricContext
-from harness.heads import Head, HeadName
-from harness.measurement import Measurement
-from harness.model_api import ModelHandle
+from harness.core.heads import Head, HeadName
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelHandle
 from harness.registry import metric
 
 Device = Literal["auto", "cpu", "cuda"]

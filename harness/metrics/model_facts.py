@@ -34,7 +34,7 @@ from pydantic import Field
 from torch import Tensor
 
 from harness.context import MetricContext
-from harness.measurement import Measurement
+from harness.core.measurement import Measurement
 from harness.metrics.qk import qk_components
 from harness.registry import metric
 

@@ -20,8 +20,8 @@ from pydantic import Field
 from harness.circuits.factored import FactoredCircuit
 from harness.circuits.ov_topk import TiePolicy, TopKResult, full_circuit_topk
 from harness.context import MetricContext
-from harness.heads import Head, HeadName
-from harness.measurement import Measurement
+from harness.core.heads import Head, HeadName
+from harness.core.measurement import Measurement
 from harness.registry import metric
 
 def head_circuit(ctx: MetricContext, heads: list[str]) -> FactoredCircuit:

@@ -47,11 +47,11 @@ from pydantic import Field
 from torch import Tensor
 
 from harness.context import MetricContext
-from harness.heads import Head, head_names
-from harness.measurement import Measurement
+from harness.core.heads import Head, head_names
+from harness.core.measurement import Measurement
 from harness.metrics.ablation import chunks, copies_per_pass
 from harness.metrics.ioi import Sign, answer_ids, final_logit_diff
-from harness.model_api import Activations
+from harness.core.model_handle import Activations
 from harness.registry import metric
 
 MIN_DENOMINATOR = 1e-6

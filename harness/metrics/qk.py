@@ -39,10 +39,10 @@ from pydantic import Field
 from torch import Tensor
 
 from harness.context import MetricContext
-from harness.heads import Head, HeadName
-from harness.measurement import Measurement
+from harness.core.heads import Head, HeadName
+from harness.core.measurement import Measurement
 from harness.metrics.attention import stripe_scores
-from harness.model_api import Activations, ModelHandle
+from harness.core.model_handle import Activations, ModelHandle
 from harness.registry import metric
 
 Variant = Literal["course", "clean"]

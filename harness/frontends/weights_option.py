@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fixtures.registry import set_tokenizer_override, set_weights_override
+
 
 def parse_name_path(text: str, option: str, example: str) -> tuple[str, Path]:
     """Split ``NAME=PATH`` given to ``option``; raise ``ValueError`` with the expected form (``example``)."""
@@ -25,8 +27,6 @@ def parse_tokenizer_option(text: str) -> tuple[str, Path]:
 
 def apply_weights_option(text: str) -> None:
     """Register the override; unknown models and missing files are ``ValueError``s naming them."""
-    from fixtures.registry import set_weights_override
-
     name, path = parse_weights_option(text)
     try:
         set_weights_override(name, path)
@@ -37,8 +37,6 @@ def apply_weights_option(text: str) -> None:
 def apply_tokenizer_option(text: str) -> None:
     """Tokenize for model NAME with the local ``tokenizer.json`` or folder PATH; unknown models,
     models that read no Hugging Face tokenizer and missing paths are ``ValueError``s naming them."""
-    from fixtures.tokenizer_source import set_tokenizer_override
-
     name, path = parse_tokenizer_option(text)
     try:
         set_tokenizer_override(name, path)

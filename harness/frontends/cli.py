@@ -1,4 +1,10 @@
-"""The ``claims`` command: run, validate, list claims, print the schema.
+"""The ``claims`` command: ``run``, ``validate``, ``list``, ``schema``, ``bless``, ``diff``, ``report``.
+
+``run`` measures claims and writes ``results.json``, ``report.md`` and ``report.html``;
+``validate`` and ``list`` check and show claim files without importing torch or TransformerLens
+(the engine is imported by ``run`` when it runs); ``schema`` prints the claim files' JSON Schema;
+``bless`` writes a baseline from a results file, ``diff`` compares a results file with a
+baseline, ``report`` prints one claim's report section.
 
 Exit codes: 0 every verdict matched its expectation (``validate``: every file is valid;
 ``diff``: no difference); 1 some claim did not come out as expected (``diff``: a flip, drift,
@@ -18,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from harness.errors import SpecError
-from harness.preflight import PreflightError
+from harness.core.errors import SpecError
+from harness.frontends.preflight import PreflightError
 
 DEFAULT_PATHS = ["claims"]
 EXIT_OK, EXIT_MISMATCH, EXIT_INVALID = 0, 1, 2
@@ -81,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(paths: list[str]):
     from harness.loader import load_claim_files
-    from harness.preflight import claim_files
+    from harness.frontends.preflight import claim_files
 
     return load_claim_files(claim_files(paths))
 
@@ -108,7 +114,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from harness.spec import claim_file_json_schema
+    from harness.core.spec import claim_file_json_schema
 
     print(json.dumps(claim_file_json_schema(), indent=2))
     return EXIT_OK
@@ -161,12 +167,12 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harness.output import OUTPUT_FILES, write_outputs
-    from harness.preflight import writable_out
+    from harness.frontends.output import OUTPUT_FILES, write_outputs
+    from harness.frontends.preflight import writable_out
     from harness.runner import run_claim
     from harness.session import Session
     from harness.verdicts import format_value
-    from harness.weights_option import apply_tokenizer_option, apply_weights_option
+    from harness.frontends.weights_option import apply_tokenizer_option, apply_weights_option
 
     for items, apply in ((args.weights, apply_weights_option), (args.tokenizer, apply_tokenizer_option)):
         for item in items:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.loader import load_claim_file
 from harness.record import build_record, to_json, write_atomic
 from harness.runner import ClaimResult
 from harness.session import Session
+from reports.html import render_html
+from reports.markdown import render_report
 
 
 def model_summaries(session: Session) -> dict[str, dict]:
@@ -28,8 +31,6 @@ OUTPUT_FILES = ("results.json", "report.md", "report.html")
 
 def unmeasured_counts(spec_files: dict[str, str]) -> dict[str, int]:
     """How many ``conceptual`` (cannot be measured) and ``pending`` (not yet encoded) entries the spec files hold."""
-    from harness.loader import load_claim_file
-
     counts = {"conceptual": 0, "pending": 0}
     for path in spec_files:
         spec = load_claim_file(path, check_names=False).spec
@@ -40,9 +41,6 @@ def unmeasured_counts(spec_files: dict[str, str]) -> dict[str, int]:
 
 def write_outputs(out: Path, results: list[ClaimResult], spec_files: dict[str, str], session: Session) -> dict:
     """Write ``results.json``, ``report.md`` and ``report.html`` into ``out`` (each atomically); return the record."""
-    from reports.html import render_html
-    from reports.markdown import render_report
-
     record = build_record(results, spec_files, model_summaries(session), unmeasured_counts(spec_files))
     write_atomic(out / "results.json", to_json(record))
     write_atomic(out / "report.md", render_report(record))

@@ -2,73 +2,28 @@
 
 Metrics see a :class:`ModelHandle`, never a ``HookedTransformer``: weights with their shapes,
 a cached forward pass, hooks by (kind, layer). A later TransformerLens 4.x bridge backend
-replaces this module, not the metrics. ``transformer_lens`` is imported lazily (it costs
-8-12 s), so validating and listing claims stay fast.
+replaces this module, not the metrics. This module imports torch; what a spec is checked
+against without loading a model (:class:`ModelShape`, :class:`ModelIdentity`) lives in
+:mod:`harness.core.model_identity`, which imports neither torch nor TransformerLens.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from harness.finite import NonFiniteModelError, first_non_finite_activation
+from harness.core.errors import TokenizerUnavailable
+from harness.core.finite import NonFiniteModelError, first_non_finite_activation
+from harness.core.model_identity import ModelIdentity, ModelShape
+
+__all__ = ["Activations", "Forward", "Hook", "ModelHandle", "ModelIdentity", "ModelShape", "same_hook_in_every_layer"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The dimensions a spec can be checked against without loading weights."""
-
-    n_layers: int
-    n_heads: int
-    d_model: int
-    d_head: int
-    d_vocab: int
-    n_ctx: int
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """Everything that makes two loaded models the same model.
-
-    Two handles with equal identities give equal measurements; cache keys use ``key``.
-    """
-
-    name: str
-    source: str
-    weights_sha256: str | None
-    config_sha256: str | None
-    processing: dict[str, Any] = field(default_factory=dict)
-    dtype: str = "float32"
-    device: str = "cpu"
-    #: Where the weights were read from (a path, ``repo/file``, a package); provenance only,
-    #: not part of :attr:`key` (the same bytes from another place are the same model).
-    origin: str | None = None
-
-    @property
-    def key(self) -> str:
-        """A string that differs whenever any part of the identity differs."""
-        flags = ",".join(f"{k}={self.processing[k]}" for k in sorted(self.processing))
-        return f"{self.name}|{self.source}|{self.weights_sha256}|{self.config_sha256}|{flags}|{self.dtype}|{self.device}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "source": self.source,
-            "weights_sha256": self.weights_sha256,
-            "config_sha256": self.config_sha256,
-            "processing": dict(self.processing),
-            "dtype": self.dtype,
-            "device": self.device,
-            "origin": self.origin,
-        }
 
 
 Hook = Callable[[Tensor, Any], Tensor | None]
@@ -175,7 +130,7 @@ class Forward:
         by (masked attention scores may hold ``-inf``): a pass whose values overflowed anywhere,
         even where the metric reads something downstream that hides it (TransformerLens zeroes
         the NaN that overflowing scores make in the pattern), raises
-        :class:`~harness.finite.NonFiniteModelError`."""
+        :class:`~harness.core.finite.NonFiniteModelError`."""
 
         def check(activation: Tensor, hook: Any) -> None:
             reason = first_non_finite_activation(None, [(hook.name, activation)])
@@ -264,14 +219,13 @@ class ModelHandle:
     def require_tokenizer(self) -> None:
         """Raise unless the model has a tokenizer.
 
-        :class:`~harness.errors.TokenizerUnavailable` (the claim is skipped) where the loader looked
+        :class:`~harness.core.errors.TokenizerUnavailable` (the claim is skipped) where the loader looked
         for one and could not find it (``no_tokenizer_reason`` says how to supply it); ``ValueError``
         (an error) for a model that has none by construction, e.g. a planted model.
         """
         if self._hooked.tokenizer is not None:
             return
         if self.no_tokenizer_reason:
-            from harness.errors import TokenizerUnavailable
 
             raise TokenizerUnavailable(self.identity.name, self.no_tokenizer_reason)
         raise ValueError(f"model {self.identity.name!r} has no tokenizer: give token ids instead of text")
