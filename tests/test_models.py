@@ -440,8 +440,8 @@ def test_trained_entry_from_the_documented_layout(tmp_path, monkeypatch) -> None
 
 
 def test_shipped_trained_toy_matches_its_pinned_sha() -> None:
-    assert registry.TOY_NAME in registry.model_entries(), "the shipped toy weights (fixtures/weights/toy-attn-2l.*) are missing"
-    entry = get_model_entry(registry.TOY_NAME)
+    assert trained.TOY_NAME in registry.model_entries(), "the shipped toy weights (fixtures/weights/toy-attn-2l.*) are missing"
+    entry = get_model_entry(trained.TOY_NAME)
     model = entry.load()
     assert model.shape == entry.shape
     assert model.identity.weights_sha256 == json.loads((trained.WEIGHTS_DIR / f"{trained.TOY_NAME}.json").read_text())["sha256"]

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from harness import measurement, verdicts
+from harness import verdicts
+from harness.core import measurement
 from harness.core.formatting import format_value as format_plain
 from harness.core.measurement import Measurement
 from harness.record import to_json

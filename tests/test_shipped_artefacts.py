@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from fixtures import registry, smollm2
+from fixtures.hashing import file_sha256
+from fixtures.sources import trained
 from reports.baseline import load_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,12 +27,12 @@ SHIPPED_SOURCES = ("planted", "trained", "package")
 
 @pytest.mark.parametrize("name", TOY_FILES)
 def test_trained_toy_files_are_shipped(name: str) -> None:
-    assert (registry.WEIGHTS_DIR / name).is_file(), f"shipped file fixtures/weights/{name} is missing"
+    assert (trained.WEIGHTS_DIR / name).is_file(), f"shipped file fixtures/weights/{name} is missing"
 
 
 def test_trained_toy_weights_match_their_pinned_sha256() -> None:
-    meta = json.loads((registry.WEIGHTS_DIR / "toy-attn-2l.json").read_text())
-    assert registry.file_sha256(registry.WEIGHTS_DIR / meta.get("weights_file", "toy-attn-2l.safetensors")) == meta["sha256"]
+    meta = json.loads((trained.WEIGHTS_DIR / "toy-attn-2l.json").read_text())
+    assert file_sha256(trained.WEIGHTS_DIR / meta.get("weights_file", "toy-attn-2l.safetensors")) == meta["sha256"]
 
 
 def test_smollm2_package_is_installed_and_intact() -> None:
@@ -40,7 +42,7 @@ def test_smollm2_package_is_installed_and_intact() -> None:
 
 def test_every_shipped_model_is_declared() -> None:
     shipped = {name for name, entry in registry.model_entries().items() if entry.source in SHIPPED_SOURCES}
-    assert {registry.TOY_NAME, "toy-attn-2l-random", "smollm2-135m", "smollm2-135m-random", "planted-attn-2l"} <= shipped
+    assert {trained.TOY_NAME, "toy-attn-2l-random", "smollm2-135m", "smollm2-135m-random", "planted-attn-2l"} <= shipped
 
 
 def test_blessed_baseline_is_shipped_and_readable() -> None:
