@@ -22,10 +22,10 @@ from pydantic import BaseModel, ValidationError
 from fixtures.input_params import INPUT_PARAMS
 from fixtures.registry import get_model_entry, model_entries
 from harness.core.errors import Location, SpecError, SpecIssue
-from harness.core.heads import HEAD_PATTERN, Head
-from harness.core.measurement import PATH_SEPARATOR
+from harness.core.heads import Head
 from harness.core.named_registry import did_you_mean
 from harness.core.spec import Claim, ClaimFile, Reference
+from harness.core.value_shape import CELLS, COMPONENT_PAIRS, HEAD_GROUPS, HEAD_PAIRS, ValueShape, select_steps
 from harness.metric_signatures import metric_declarations
 from harness.yaml_source import PathKey, SourceMap, YamlError, decode_utf8, dotted, read_yaml
 
@@ -179,7 +179,7 @@ def _check_measurement(
         issues += _check_inputs(loaded, where + ("inputs",), inputs)
     if model is not None and model in _model_names() and not issues:
         issues += _check_heads(loaded, where, info.head_params, params, model)
-        issues += _check_select(loaded, where, select, model)
+        issues += _check_select(loaded, where, select, model, info.value)
     return issues
 
 
@@ -223,20 +223,28 @@ def _named_heads(value: Any, path: PathKey) -> Iterator[tuple[PathKey, str]]:
             yield from _named_heads(item, path + (index,))
 
 
-def _check_select(loaded: LoadedFile, where: PathKey, select: str | None, model: str) -> list[SpecIssue]:
-    """Heads named in a ``select`` path (``"1.4"``, ``"1.4+1.10/top1"``) must be heads of the model."""
-    if select is None:
+def _check_select(loaded: LoadedFile, where: PathKey, select: str | None, model: str, shape: ValueShape | None) -> list[SpecIssue]:
+    """``select`` must pick one number from the metric's declared value shape, in the grammar of its
+    keys, and every head or layer it names (``"1.4"``, ``"1.4+1.10/top1"``, ``"0.7->1.4"``,
+    ``"embed|0.7"``, ``"9:14"``) must be in the model."""
+    steps = select_steps(select)
+    size = get_model_entry(model).shape
+    problem = shape.select_problem(steps, size) if shape is not None else _undeclared_select_problem(steps, size)
+    if problem is None:
         return []
     path = where + ("select",)
-    for step in select.split(PATH_SEPARATOR):
-        names = step.split("+")
-        if not all(_HEAD_RE.match(name) for name in names):
-            continue
-        for name in names:
-            problem = _outside_model(name, model)
-            if problem:
-                return [SpecIssue(loaded.source_map.locate(path, key=False), dotted(path), f"select {select!r}: {problem}")]
-    return []
+    if select is None:
+        return [SpecIssue(loaded.source_map.locate(where), dotted(path), f"no select: {problem}")]
+    return [SpecIssue(loaded.source_map.locate(path, key=False), dotted(path), f"select {select!r}: {problem}")]
+
+
+def _undeclared_select_problem(steps: list[str], size: Any) -> str | None:
+    """A metric without a declared shape (an ad-hoc one): range-check heads in any key syntax."""
+    for step in steps:
+        for grammar in (HEAD_GROUPS, HEAD_PAIRS, COMPONENT_PAIRS, CELLS):
+            if grammar.problem(step) is None:
+                return grammar.problem(step, size)
+    return None
 
 
 def _outside_model(text: str, model: str) -> str | None:
@@ -414,8 +422,6 @@ def _model_keys(annotation: Any) -> list[str]:
 
 # --- small helpers ---------------------------------------------------------------------------
 
-
-_HEAD_RE = re.compile(HEAD_PATTERN)
 
 
 def _claim_ids(loaded: LoadedFile) -> list[tuple[PathKey, str]]:

@@ -31,7 +31,8 @@ METRICS_DIR = HARNESS_DIR / "metrics"
 #: Packages whose modules' names are read from their source, never imported (they import torch).
 SOURCE_READ_PACKAGES = ("harness.metrics", "harness.circuits")
 #: Modules whose names metric signatures may use; importing them costs milliseconds.
-LIGHT_MODULES = ("typing", "typing_extensions", "collections.abc", "pydantic", "harness.core.heads")
+LIGHT_MODULES = ("typing", "typing_extensions", "collections.abc", "pydantic", "harness.core.heads",
+                 "harness.core.value_shape", "harness.core.details")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class MetricDeclaration:
     head_params: tuple[str, ...]
     description: str
     fitted: bool = False
+    value: Any = None
+    details: tuple[type, ...] = ()
     #: ``"source"``: read from the module's text; ``"import"``: from the imported module;
     #: ``"registry"``: registered with ``@metric`` outside ``harness/metrics/``.
     read_from: str = "source"
@@ -142,8 +145,8 @@ def _metric_call(node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.Call | Non
 
 def _declaration(node: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, namespace: dict[str, Any]) -> MetricDeclaration:
     name = ast.literal_eval(call.args[0])
-    flags = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords if keyword.arg is not None}
     try:
+        flags = {keyword.arg: _evaluate(keyword.value, namespace) for keyword in call.keywords if keyword.arg is not None}
         parameters = _parameters(node, namespace)
     except _Unreadable:
         return _imported_declaration(name)
@@ -152,6 +155,7 @@ def _declaration(node: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, n
     return MetricDeclaration(
         name=name, params_model=model, needs_inputs=bool(flags.get("needs_inputs", False)), head_params=head_params,
         description=doc.split("\n\n")[0].replace("\n", " "), fitted=bool(flags.get("fitted", False)),
+        value=flags.get("value"), details=tuple(flags.get("details", ())),
     )
 
 
@@ -189,5 +193,5 @@ def _imported_declaration(name: str) -> MetricDeclaration:
 def _declaration_of(info: MetricInfo, *, read_from: str) -> MetricDeclaration:
     return MetricDeclaration(
         name=info.name, params_model=info.params_model, needs_inputs=info.needs_inputs, head_params=info.head_params,
-        description=info.description, fitted=info.fitted, read_from=read_from,
+        description=info.description, fitted=info.fitted, value=info.value, details=info.details, read_from=read_from,
     )

@@ -33,6 +33,7 @@ from typing import Any, Iterable
 
 from harness.core.atomic_write import write_atomic  # noqa: F401  (re-exported: callers import it from here)
 from harness.core.record_schema import SCHEMA_VERSION
+from harness.registry import get_metric
 from harness.runner import ClaimResult
 from harness.verdicts import Verdict
 
@@ -74,6 +75,15 @@ def provenance(spec_files: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def declared_details_kinds(metric: str) -> list[str]:
+    """The typed details kinds ``metric`` declares (:mod:`harness.core.details`), by name; none
+    for a metric that is not registered."""
+    try:
+        return [kind.__name__ for kind in get_metric(metric).details]
+    except KeyError:
+        return []
+
+
 def claim_entry(result: ClaimResult) -> dict[str, Any]:
     """One claim's record."""
     claim = result.claim
@@ -94,6 +104,7 @@ def claim_entry(result: ClaimResult) -> dict[str, Any]:
         "bound": measurement.bound if measurement else None,
         "unit": measurement.unit if measurement else None,
         "details": measurement.details if measurement else {},
+        "details_kinds": declared_details_kinds(claim.metric),
         "expect": claim.expect.model_dump(by_alias=True, exclude_none=True),
         "expectation": claim.expect.describe(),
         "baseline_tolerance": claim.baseline_tolerance.model_dump() if claim.baseline_tolerance else None,

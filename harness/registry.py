@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 from harness.core.heads import HeadName
 from harness.core.measurement import Measurement
 from harness.core.named_registry import NamedRegistry
+from harness.core.value_shape import ValueShape
 
 MetricFunction = Callable[..., Measurement]
 
@@ -49,6 +50,11 @@ class MetricInfo:
     heavy: bool = False
     """It sweeps a model's whole vocabulary (a V x V circuit, or a map trained over it): minutes on a
     real model's 50k tokens, so a claim on it on a real model is marked ``slow: true``."""
+    value: ValueShape | None = None
+    """The declared shape of its value (:mod:`harness.core.value_shape`): ``select`` paths are checked
+    against it at load time, the returned value at run time. ``None`` only for ad-hoc metrics (tests)."""
+    details: tuple[type, ...] = ()
+    """The typed details it returns (:mod:`harness.core.details`), which the report's plots read."""
 
     def validate_params(self, params: dict[str, Any]) -> BaseModel:
         """Validate ``params`` (raises ``pydantic.ValidationError``)."""
@@ -60,11 +66,13 @@ _LOADED = False
 
 
 def metric(
-    name: str, *, needs_inputs: bool = False, fitted: bool = False, heavy: bool = False
+    name: str, *, needs_inputs: bool = False, fitted: bool = False, heavy: bool = False,
+    value: ValueShape | None = None, details: tuple[type, ...] = (),
 ) -> Callable[[MetricFunction], MetricFunction]:
     """Register ``function`` under ``name``; ``needs_inputs`` says the claim must give ``inputs``;
     ``fitted`` that the value comes from an optimiser (see :attr:`MetricInfo.fitted`); ``heavy``
-    that it sweeps the whole vocabulary (see :attr:`MetricInfo.heavy`)."""
+    that it sweeps the whole vocabulary (see :attr:`MetricInfo.heavy`); ``value`` the shape of what
+    it returns and ``details`` the typed details kinds it fills (see :attr:`MetricInfo.value`)."""
 
     def register(function: MetricFunction) -> MetricFunction:
         if name in _METRICS and _METRICS[name].function is function:
@@ -78,6 +86,8 @@ def metric(
             needs_inputs=needs_inputs,
             fitted=fitted,
             heavy=heavy,
+            value=value,
+            details=tuple(details),
             head_params=head_params,
             description=doc.split("\n\n")[0].replace("\n", " "),
         ))

@@ -11,7 +11,8 @@ from harness.context import MetricContext
 from harness.core.errors import ModelUnavailable
 from harness.loader import LoadedFile
 from harness.core.measurement import Measurement, measurement_non_finite_reason
-from harness.registry import get_metric
+from harness.core.details import details_problem
+from harness.registry import MetricInfo, get_metric
 from harness.session import Session
 from harness.core.spec import Claim, Reference
 from harness.verdicts import ComparisonError, Verdict, judge
@@ -68,6 +69,20 @@ def run_claim(loaded: LoadedFile, claim: Claim, session: Session) -> ClaimResult
     return result
 
 
+def declaration_problem(info: MetricInfo, measurement: Measurement) -> str | None:
+    """How ``measurement`` differs from what metric ``info`` declares (its value's shape, its
+    typed details), ``None`` when it matches. Non-finite numbers are judged separately."""
+    if info.value is not None:
+        problem = info.value.value_problem(measurement.value)
+        if problem is not None:
+            return f"{problem} (declared: {info.value.describe()})"
+    for kind in info.details:
+        problem = details_problem(measurement.details, kind)
+        if problem is not None:
+            return problem
+    return None
+
+
 class _NotJudgeable(Exception):
     """The metric returned nothing, NaN or infinity."""
 
@@ -87,6 +102,9 @@ def measure(
         measurement = info.function(MetricContext(model, batch, session), **dict(validated))
         if not isinstance(measurement, Measurement):
             raise _NotJudgeable(f"metric {metric!r} returned {type(measurement).__name__}, not a Measurement")
+        reason = declaration_problem(info, measurement)
+        if reason is not None:
+            raise _NotJudgeable(f"metric {metric!r} broke its declaration: {reason}")
         session.remember(key, measurement)
     reason = measurement_non_finite_reason(measurement)
     if reason is not None:

@@ -15,8 +15,10 @@ import io
 import math
 import re
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from harness.core.details import AttentionExamples, PositionCurve
 from harness.core.heads import HEAD_PATTERN, Head, sort_heads
 from harness.core.named_registry import NamedRegistry
 from reports.curves import curve_points, plottable_rank, point_bound, stopped_early
@@ -115,7 +117,7 @@ def _head_table(entry: dict[str, Any]) -> dict[str, float] | None:
     ``select`` picked from (``details.selected_from``); non-finite numbers as NaN. ``None`` when
     none of them is a table of numbers keyed by head names, or it would not fit a grid."""
     details = _details(entry)
-    for table in (details.get("scores"), entry.get("value"), details.get("selected_from")):
+    for table in (details.get("scores"), entry.get("value"), details.get("selected_from")):  # HeadScores first
         if (isinstance(table, dict) and table and all(HEAD_KEY.match(str(k)) for k in table)
                 and all(as_number(v) is not None for v in table.values())):
             heads = [Head.parse(str(k)) for k in table]
@@ -194,7 +196,7 @@ def composition_heatmap(entry: dict[str, Any]) -> str | None:
     value = entry.get("value")
     if not isinstance(value, dict):
         value = _details(entry).get("selected_from")
-    if not _metric(entry).startswith("composition.") or not isinstance(value, dict):
+    if not isinstance(value, dict):
         return None
     pairs = [pair for key, score in value.items() if (pair := _head_pair(key)) is not None and as_number(score) is not None]
     if not pairs:
@@ -300,7 +302,7 @@ def position_curve(entry: dict[str, Any]) -> str | None:
     """A per-position curve from the details (e.g. log-prob of the correct token); non-finite
     positions are gaps."""
     details = _details(entry)
-    curve = details.get("per_position") or details.get("curve")
+    curve = details.get("curve")  # PositionCurve
     if not isinstance(curve, list) or not curve or not all(as_number(x) is not None for x in curve):
         return None
     figure, axes = _figure(5.0, 2.4)
@@ -313,8 +315,34 @@ def position_curve(entry: dict[str, Any]) -> str | None:
 Plotter = Callable[[dict[str, Any]], "str | None"]
 """A plot: a claim entry of the record in, an SVG (or ``None`` where it does not apply) out."""
 
-PLOTS: NamedRegistry[Plotter] = NamedRegistry("plot", [
-    (plot.__name__, plot) for plot in (head_bars, attention_patterns, composition_heatmap, rank_curve, position_curve)
+
+@dataclass(frozen=True)
+class Plot:
+    """A plot and the typed details kind it reads (:mod:`harness.core.details`); ``reads=None``
+    for a plot drawn from the claim's value alone."""
+
+    draw: Plotter
+    reads: type | None = None
+
+    @property
+    def name(self) -> str:
+        return self.draw.__name__
+
+    def applies_to(self, entry: dict[str, Any]) -> bool:
+        """Whether the entry's metric declared the details this plot reads (a record without
+        ``details_kinds``, written before metrics declared them, is tried with every plot)."""
+        kinds = entry.get("details_kinds")
+        return self.reads is None or not isinstance(kinds, list) or self.reads.__name__ in kinds
+
+
+PLOTS: NamedRegistry[Plot] = NamedRegistry("plot", [
+    (plot.name, plot) for plot in (
+        Plot(head_bars),
+        Plot(attention_patterns, reads=AttentionExamples),
+        Plot(composition_heatmap),
+        Plot(rank_curve),
+        Plot(position_curve, reads=PositionCurve),
+    )
 ])
 """Every plot by name, in the order the HTML report shows them."""
 
@@ -327,10 +355,12 @@ def plots_for(entry: dict[str, Any]) -> list[str]:
     """
     svgs = []
     for plot in PLOTS.values():
+        if not plot.applies_to(entry):
+            continue
         try:
-            svg = plot(entry)
+            svg = plot.draw(entry)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
-            svg = f"<p class='plot-error'>plot {plot.__name__} failed: {html.escape(str(exc))}</p>"
+            svg = f"<p class='plot-error'>plot {plot.name} failed: {html.escape(str(exc))}</p>"
         if svg:
             svgs.append(svg)
     return svgs

@@ -46,3 +46,4 @@ def test_a_declaration_equals_the_registered_metric(name: str) -> None:
     assert declared.params_model.model_json_schema() == registered.params_model.model_json_schema()
     assert (declared.needs_inputs, declared.head_params, declared.fitted, declared.description) == (
         registered.needs_inputs, registered.head_params, registered.fitted, registered.description)
+    assert (declared.value, declared.details) == (registered.value, registered.details)

@@ -361,19 +361,53 @@ def test_metric_parameter_literal():
     assert issue.key == "claims[0].params.pattern" and "'previous'" in issue.message
 
 
-@pytest.mark.parametrize(("select", "outside"), [
-    ("1.3", None), ("scores", None), ("1.3/top1", None), ("0.0+1.3/top1", None), ("rank=64/top1", None),
-    ("a/b/c", None), ("2.0", "2.0"), ("0.4", "0.4"), ("2.0/top1", "2.0"), ("0.0+0.4/top1", "0.4"), ("rank=4/0.9", "0.9"),
+OUTSIDE = "is outside the model (2 layers x 4 heads: 0.0 to 1.3)"
+
+
+@pytest.mark.parametrize(("select", "problem"), [
+    ("1.3", None), ("0.0", None),
+    ("2.0", f"head 2.0 {OUTSIDE}"), ("0.4", f"head 0.4 {OUTSIDE}"),
+    ("scores", "'scores' is not a head 'LAYER.HEAD'"),
+    ("1.3/top1", "the metric returns a table keyed by a head 'LAYER.HEAD': select one key (e.g. select: '1.4')"),
 ])
-def test_heads_named_in_select_must_be_inside_the_model(select, outside):
-    """A head written as a select step, alone or in a ``+`` group, is range-checked."""
+def test_select_follows_the_metric_s_declared_shape(select, problem):
+    """``attention.scores`` declares a table keyed by heads: one step, a head inside the model."""
     text = edit('    select: "0.0"\n', f'    select: "{select}"\n')
-    if outside is None:
+    if problem is None:
         load_claim_text(text, "c.yaml")
         return
     issue = only_issue(text)
     assert issue.key == "claims[1].select" and at(issue) == (16, 13)
-    assert issue.message == f"select {select!r}: head {outside} is outside model 'planted-attn-2l' (2 layers x 4 heads: 0.0 to 1.3)"
+    assert issue.message.startswith(f"select {select!r}: {problem}")
+
+
+@pytest.mark.parametrize(("metric", "params", "select", "problem"), [
+    ("composition.scores", "{kind: q}", "0.0->1.3", None),
+    ("composition.scores", "{kind: q}", "0.7->1.3", f"head 0.7 {OUTSIDE}"),
+    ("composition.scores", "{kind: q}", "0.0-1.3", "'0.0-1.3' is not a head pair"),
+    ("patching.resid_pre", "{}", "1:5", None),
+    ("patching.resid_pre", "{}", "2:5", "layer 2 is outside the model (layers 0 to 1)"),
+    ("qk.attention_decomposition", "{head: '1.0'}", "embed|0.2", None),
+    ("qk.attention_decomposition", "{head: '1.0'}", "embed|0.9", f"head 0.9 {OUTSIDE}"),
+    ("qk.attention_decomposition", "{head: '1.0'}", "token|0.2", "'token|0.2' is not a component pair"),
+    ("low_rank.rank_curve", "{ranks: [2], heads: [['1.0']]}", "rank=2/top1", None),
+    ("low_rank.rank_curve", "{ranks: [2], heads: [['1.0']]}", "0.0+1.9/top1", f"curve label head 1.9 {OUTSIDE}"),
+    ("low_rank.rank_curve", "{ranks: [2], heads: [['1.0']]}", "rank=2/top3", "'top3' is not a field of the curve's points"),
+    ("copying.ov_rank", "{heads: ['1.0']}", "top1", "the metric returns one number: remove 'select'"),
+    ("attention.detect", "{pattern: induction}", "1.0", "the metric returns a set of a head 'LAYER.HEAD': remove 'select'"),
+])
+def test_every_select_syntax_is_parsed_and_range_checked(metric, params, select, problem):
+    """Heads and layers are range-checked in every key syntax (``->``, ``|``, ``:``, ``+``), and a
+    path that does not fit the declared shape is refused at load time."""
+    inputs = "    inputs: {ioi_prompts: {}}\n" if metric in ("patching.resid_pre", "qk.attention_decomposition", "attention.detect") else ""
+    text = (f"source: {{course: A}}\nmodel: {MODEL}\nclaims:\n  - id: c\n    statement: s\n    metric: {metric}\n"
+            f"    params: {params}\n{inputs}    select: \"{select}\"\n    expect: {{'>=': 0}}\n")
+    if problem is None:
+        load_claim_text(text, "c.yaml")
+        return
+    issue = only_issue(text)
+    assert issue.key == "claims[0].select"
+    assert problem in issue.message, issue.message
 
 
 @pytest.fixture
@@ -512,3 +546,16 @@ def test_pending_entries_load_and_share_the_id_space() -> None:
         load_claim_text(text.replace("c.d", "a.b"), "x.yaml")
     with pytest.raises(SpecError, match="needs"):
         load_claim_text("source: {course: ARENA}\npending:\n  - {id: a.b, statement: s}\n", "x.yaml")
+
+
+@pytest.mark.parametrize(("select", "problem"), [
+    ("0.0->1.3", None), ("0.0->1.7", "head 1.7"), ("embed|2.0", "head 2.0"), ("5:0", "layer 5"), ("0.0+0.9", "head 0.9"),
+    ("anything/else", None),
+])
+def test_a_metric_without_a_declared_shape_still_range_checks_heads_in_every_syntax(head_metric, select, problem):
+    text = claim_with("{head: '0.0'}").replace("    expect:", f"    select: \"{select}\"\n    expect:")
+    if problem is None:
+        load_claim_text(text, "c.yaml")
+        return
+    issue = only_issue(text)
+    assert issue.key == "claims[0].select" and problem in issue.message

@@ -529,7 +529,7 @@ def test_text_claim_without_the_tokenizer_is_skipped_with_how_to_supply_it(small
                  "tokenizer.json", "hf download EleutherAI/gpt-neox-20b", "INTERP_CLAIMS_DOWNLOAD=1"):
         assert part in result.reason, part
     ioi_text = TEXT_CLAIM.format(model="no-tokenizer").replace('{text: {text: "the cat sat on the mat"}}', "{ioi_prompts: {}}")
-    ioi = load_claim_text(ioi_text.replace("loss.mean_loss", "ioi.logit_diff"), "claims/ioi.yaml")
+    ioi = load_claim_text(ioi_text.replace("loss.mean_loss", "ioi.logit_diff\n    select: mean"), "claims/ioi.yaml")
     ioi_result = run_claim(ioi, ioi.spec.claims[0], Session())
     assert ioi_result.verdict is Verdict.SKIPPED and "--claims-tokenizer no-tokenizer=PATH" in ioi_result.reason
 

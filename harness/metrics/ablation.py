@@ -45,6 +45,8 @@ from harness.core.measurement import Measurement
 from harness.metrics.attention import Variant, stripe_scores
 from harness.metrics.loss import correct_logprobs, mean_and_error, prediction_slice, table
 from harness.registry import metric
+from harness.core.value_shape import HEADS, NameSet, Table
+from harness.core.details import HeadScores
 
 Method = Literal["zero", "mean", "mean_all"]
 LossPositions = Literal["repeated_half", "all"]
@@ -168,7 +170,7 @@ def loss_change_measurement(changes: dict[str, Tensor], clean: Tensor, details: 
     return Measurement(values, errors, details, unit="nats")
 
 
-@metric("ablation.head_loss_change", needs_inputs=True)
+@metric("ablation.head_loss_change", needs_inputs=True, value=Table(HEADS))
 def head_loss_change(
     ctx: MetricContext, *, method: Method = "zero", positions: LossPositions = "repeated_half", heads: list[HeadName] | None = None,
 ) -> Measurement:
@@ -222,7 +224,7 @@ def offset_restricted_losses(ctx: MetricContext, heads: list[Head], offsets: lis
     return losses_with_z(ctx, heads, lambda head: offset_restricted_z(pattern[:, head.head], v[:, :, head.head], offsets), chosen)
 
 
-@metric("ablation.offset_restricted", needs_inputs=True)
+@metric("ablation.offset_restricted", needs_inputs=True, value=Table(HEADS))
 def offset_restricted(
     ctx: MetricContext, *, offsets: Annotated[list[Offset], Field(min_length=1)], heads: list[HeadName] | None = None,
     positions: LossPositions = "repeated_half",
@@ -314,7 +316,7 @@ def ablated_induction_scores(
     return scores, clean
 
 
-@metric("ablation.induction_score_after_ablation", needs_inputs=True)
+@metric("ablation.induction_score_after_ablation", needs_inputs=True, value=Table(HEADS))
 def induction_score_after_ablation(
     ctx: MetricContext, *, head: HeadName, heads: list[HeadName] | None = None, variant: Variant = "course",
 ) -> Measurement:
@@ -342,7 +344,7 @@ def induction_score_after_ablation(
     return Measurement(values, errors, details)
 
 
-@metric("ablation.induction_breaking_heads", needs_inputs=True)
+@metric("ablation.induction_breaking_heads", needs_inputs=True, value=NameSet(HEADS), details=(HeadScores,))
 def induction_breaking_heads(
     ctx: MetricContext, *, head: HeadName, threshold: Annotated[float, Field(ge=0.0, le=1.0)],
     heads: list[HeadName] | None = None, variant: Variant = "course",

@@ -42,6 +42,8 @@ from harness.context import MetricContext
 from harness.core.heads import head_names
 from harness.core.measurement import Measurement
 from harness.registry import metric
+from harness.core.value_shape import HEADS, NameSet, Table
+from harness.core.details import AttentionExamples, HeadScores
 
 PatternKind = Literal["current", "previous", "first", "induction", "duplicate"]
 Variant = Literal["course", "clean", "ioi"]
@@ -112,7 +114,7 @@ def per_head_scores(ctx: MetricContext, kind: PatternKind, variant: Variant) -> 
     return values, {name: float(errors[i]) for i, name in enumerate(names)}
 
 
-@metric("attention.scores", needs_inputs=True)
+@metric("attention.scores", needs_inputs=True, value=Table(HEADS))
 def attention_scores(ctx: MetricContext, *, pattern: PatternKind, variant: Variant = "course") -> Measurement:
     """Per-head mean attention on a stripe (current, previous, first token, induction or duplicate token).
 
@@ -122,7 +124,7 @@ def attention_scores(ctx: MetricContext, *, pattern: PatternKind, variant: Varia
     return Measurement(values, errors, {"pattern": pattern, "variant": variant})
 
 
-@metric("attention.detect", needs_inputs=True)
+@metric("attention.detect", needs_inputs=True, value=NameSet(HEADS), details=(HeadScores, AttentionExamples))
 def attention_detect(
     ctx: MetricContext, *, pattern: PatternKind, threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4, variant: Variant = "course",
 ) -> Measurement:

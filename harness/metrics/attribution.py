@@ -40,6 +40,7 @@ from harness.core.measurement import Measurement
 from harness.metrics.loss import Positions, prediction_slice, table
 from harness.core.model_handle import Activations, ModelHandle
 from harness.registry import metric
+from harness.core.value_shape import HEADS, NameSet, OneOf, POSITIONS, Table, either, names
 
 SUM_CHECK_ATOL = 1e-3
 """The course's ``assert_close(sum, logit, atol=1e-3)``, scaled by ``max(1, max |logit|)``."""
@@ -102,7 +103,7 @@ def _checked_parts(ctx: MetricContext) -> tuple[dict[str, Tensor], float]:
     return parts, sum_check
 
 
-@metric("attribution.direct_logit", needs_inputs=True)
+@metric("attribution.direct_logit", needs_inputs=True, value=Table(either(HEADS, names())))
 def direct_logit(ctx: MetricContext, *, positions: Positions = "all") -> Measurement:
     """Mean direct contribution of each part (embed, [pos], each head, bias) to the correct token's logit.
 
@@ -121,7 +122,7 @@ def direct_logit(ctx: MetricContext, *, positions: Positions = "all") -> Measure
     return Measurement(values, errors, details, unit="logit")
 
 
-@metric("attribution.top_heads", needs_inputs=True)
+@metric("attribution.top_heads", needs_inputs=True, value=NameSet(HEADS))
 def top_heads(
     ctx: MetricContext, *, k: Annotated[int, Field(ge=1)] = 1, positions: Positions = "all", absolute: bool = False,
 ) -> Measurement:
@@ -144,7 +145,7 @@ def direct_path(parts: dict[str, Tensor]) -> Tensor:
     return parts["embed"] + parts["pos"] if "pos" in parts else parts["embed"]
 
 
-@metric("attribution.direct_by_position", needs_inputs=True)
+@metric("attribution.direct_by_position", needs_inputs=True, value=OneOf(Table(POSITIONS), NameSet(POSITIONS)))
 def direct_by_position(ctx: MetricContext, *, top_k: Annotated[int, Field(ge=1)] | None = None) -> Measurement:
     """The direct path's (embedding -> unembedding) attribution to the correct next token at each position.
 

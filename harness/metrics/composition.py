@@ -47,6 +47,7 @@ from harness.core.heads import Head, HeadName
 from harness.core.measurement import Measurement
 from harness.core.model_handle import ModelHandle
 from harness.registry import metric
+from harness.core.value_shape import HEAD_PAIRS, NameSet, Scalar, Table, names
 
 CompositionKind = Literal["q", "k", "v"]
 LayerPairs = Literal["consecutive", "all"]
@@ -128,7 +129,7 @@ def composition_table(model: ModelHandle, kind: CompositionKind, pairs: LayerPai
     return value, undefined
 
 
-@metric("composition.scores")
+@metric("composition.scores", value=Table(HEAD_PAIRS))
 def composition_scores_metric(ctx: MetricContext, *, kind: CompositionKind, pairs: LayerPairs = "consecutive") -> Measurement:
     """Q-, K- or V-composition score ||W_A W_B||_F / (||W_A||_F ||W_B||_F) of every head pair, as ARENA 1.2.
 
@@ -142,7 +143,7 @@ def composition_scores_metric(ctx: MetricContext, *, kind: CompositionKind, pair
     return Measurement(value, None, details)
 
 
-@metric("composition.top_pairs")
+@metric("composition.top_pairs", value=NameSet(HEAD_PAIRS))
 def composition_top_pairs(
     ctx: MetricContext, *, kind: CompositionKind, k: Annotated[int, Field(ge=1)], pairs: LayerPairs = "consecutive",
 ) -> Measurement:
@@ -189,7 +190,7 @@ def composition_matrix_paired(L_A: Tensor, R_A: Tensor, L_B: Tensor, R_B: Tensor
     return sandwich_norm(G_A, R_A @ L_B, H_B) / (gram_norm(G_A, H_A) * gram_norm(G_B, H_B))
 
 
-@metric("composition.baseline")
+@metric("composition.baseline", value=Table(names("mean", "std", "min", "max")))
 def composition_baseline(
     ctx: MetricContext,
     *,
@@ -220,7 +221,7 @@ def baseline_z_score(score: float, baseline: Tensor) -> float:
     return (score - float(baseline.mean())) / float(baseline.std(unbiased=False))
 
 
-@metric("composition.baseline_z")
+@metric("composition.baseline_z", value=Scalar())
 def composition_baseline_z(
     ctx: MetricContext,
     *,
@@ -282,7 +283,7 @@ def argmax_top1(left: Tensor, right: Tensor) -> tuple[int, int]:
     return hits, ties
 
 
-@metric("composition.kcomp_full_circuit_top1", heavy=True)
+@metric("composition.kcomp_full_circuit_top1", heavy=True, value=Scalar())
 def kcomp_full_circuit_top1(ctx: MetricContext, *, prev_head: HeadName, ind_head: HeadName, orientation: Orientation) -> Measurement:
     """Top-1 accuracy of the K-composition full circuit W_E W_Q^I (W_E W_OV^P W_K^I)^T (query x key tokens).
 

@@ -43,6 +43,7 @@ from harness.core.heads import Head, HeadName, head_names, sort_heads
 from harness.core.measurement import Measurement
 from harness.core.model_handle import ModelHandle
 from harness.registry import metric
+from harness.core.value_shape import HEADS, Scalar, Table
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 ZERO_CIRCUIT_RTOL = 1e-9
@@ -68,7 +69,7 @@ def _heads(model: ModelHandle, heads: list[str] | None) -> list[Head]:
     return [Head.parse(name) for name in names]
 
 
-@metric("copying.eigenvalue_score")
+@metric("copying.eigenvalue_score", value=Table(HEADS))
 def eigenvalue_score(ctx: MetricContext, *, heads: list[HeadName] | None = None) -> Measurement:
     """Eigenvalue copying score sum(lambda) / sum(|lambda|) of each head's full OV circuit W_E W_V W_O W_U.
 
@@ -113,7 +114,7 @@ def ov_singular_values(W_V: Tensor, W_O: Tensor) -> Tensor:
     return torch.linalg.svdvals(T_1 @ T_2.T)
 
 
-@metric("copying.ov_rank")
+@metric("copying.ov_rank", value=Scalar())
 def ov_rank(
     ctx: MetricContext,
     *,
@@ -177,7 +178,7 @@ def single_token_names(model: ModelHandle, names: tuple[str, ...], leading_space
     return ids, kept, dropped
 
 
-@metric("copying.name_copy_score")
+@metric("copying.name_copy_score", value=Table(HEADS))
 def name_copy_score(
     ctx: MetricContext,
     *,

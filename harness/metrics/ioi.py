@@ -38,6 +38,7 @@ from harness.core.measurement import Measurement
 from harness.metrics.loss import mean_and_error
 from harness.core.model_handle import Activations, ModelHandle
 from harness.registry import metric
+from harness.core.value_shape import HEADS, NameSet, OneOf, POSITIONS, Table, either, names
 
 SUM_CHECK_ATOL = 1e-3
 """How far (scaled by ``max(1, max |LD|)``) the parts may sum from the logit difference."""
@@ -132,7 +133,7 @@ def checked_parts(ctx: MetricContext) -> tuple[dict[str, Tensor], Tensor, float]
     return parts, actual, sum_check
 
 
-@metric("ioi.logit_diff", needs_inputs=True)
+@metric("ioi.logit_diff", needs_inputs=True, value=Table(either(POSITIONS, names("mean", "min"))))
 def logit_diff(ctx: MetricContext) -> Measurement:
     """Final-position logit difference ``logit(correct) - logit(incorrect)`` per prompt and its mean.
 
@@ -150,7 +151,7 @@ def logit_diff(ctx: MetricContext) -> Measurement:
     return Measurement(values, None if error is None else {"mean": error}, details, unit="logit")
 
 
-@metric("ioi.answer", needs_inputs=True)
+@metric("ioi.answer", needs_inputs=True, value=Table(names("rank", "logit", "prob")))
 def answer(
     ctx: MetricContext, *, prompt: Annotated[int, Field(ge=0)] = 0, top: Annotated[int, Field(ge=1, le=50)] = 5,
 ) -> Measurement:
@@ -178,7 +179,7 @@ def answer(
     return Measurement(value, None, details)
 
 
-@metric("ioi.head_attribution", needs_inputs=True)
+@metric("ioi.head_attribution", needs_inputs=True, value=OneOf(Table(HEADS), NameSet(HEADS)))
 def head_attribution(
     ctx: MetricContext, *, top_k: Annotated[int, Field(ge=1)] | None = None, sign: Sign = "positive",
 ) -> Measurement:
@@ -210,7 +211,7 @@ def head_attribution(
     return Measurement(values, errors, details, unit="logit")
 
 
-@metric("ioi.residual_reconstruction", needs_inputs=True)
+@metric("ioi.residual_reconstruction", needs_inputs=True, value=Table(names()))
 def residual_reconstruction(ctx: MetricContext) -> Measurement:
     """The mean logit difference rebuilt from the normalised final residual, against the actual one.
 

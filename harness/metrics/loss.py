@@ -28,6 +28,8 @@ from torch import Tensor
 from harness.context import MetricContext
 from harness.core.measurement import Measurement
 from harness.registry import metric
+from harness.core.value_shape import Scalar, Table, names
+from harness.core.details import PositionCurve
 
 Positions = Literal["all", "first_half", "second_half", "second_half_excl_first"]
 HALVES: tuple[Positions, ...] = ("first_half", "second_half", "second_half_excl_first")
@@ -77,7 +79,8 @@ def table(per_sequence: dict[str, Tensor]) -> tuple[dict[str, float], dict[str, 
     return values, None if any(e is None for e in errors.values()) else errors  # type: ignore[return-value]
 
 
-@metric("loss.logprob_halves", needs_inputs=True)
+@metric("loss.logprob_halves", needs_inputs=True, details=(PositionCurve,),
+        value=Table(names("first_half", "second_half", "second_half_excl_first", "difference")))
 def logprob_halves(ctx: MetricContext) -> Measurement:
     """Mean correct-token log-prob on the first and second half of repeated random tokens.
 
@@ -98,7 +101,7 @@ def logprob_halves(ctx: MetricContext) -> Measurement:
     return Measurement(values, errors, details, unit="nats")
 
 
-@metric("loss.mean_loss", needs_inputs=True)
+@metric("loss.mean_loss", needs_inputs=True, value=Scalar())
 def mean_loss(ctx: MetricContext, *, positions: Positions = "all") -> Measurement:
     """Mean next-token cross-entropy ``-lp`` over ``positions`` (``all``: as ``return_type="loss"``)."""
     inputs = ctx.require_inputs()
@@ -109,7 +112,7 @@ def mean_loss(ctx: MetricContext, *, positions: Positions = "all") -> Measuremen
     return Measurement(value, error, details, unit="nats")
 
 
-@metric("loss.top1_accuracy", needs_inputs=True)
+@metric("loss.top1_accuracy", needs_inputs=True, value=Table(names("accuracy", "correct", "total")))
 def top1_accuracy(ctx: MetricContext, *, positions: Positions = "all") -> Measurement:
     """Fraction of predictions where ``argmax(logits[:, i]) == tokens[:, i+1]`` (course: 33/111).
 

@@ -33,6 +33,8 @@ from harness.core.heads import Head, HeadName
 from harness.core.measurement import Measurement
 from harness.core.model_handle import ModelHandle
 from harness.registry import metric
+from harness.core.value_shape import Curve, HEAD_GROUPS, Table, either, labelled, numbered
+from harness.core.details import RankFits
 
 Device = Literal["auto", "cpu", "cuda"]
 HeadGroup = Annotated[list[HeadName], Field(min_length=1)]
@@ -61,7 +63,7 @@ def _fit(
         ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, **settings))
 
 
-@metric("low_rank.achievable_accuracy", fitted=True, heavy=True)
+@metric("low_rank.achievable_accuracy", fitted=True, heavy=True, value=Table(numbered("top")))
 def achievable_accuracy(
     ctx: MetricContext,
     *,
@@ -111,7 +113,8 @@ def rank_label(rank: int) -> str:
     return f"rank={rank}"
 
 
-@metric("low_rank.rank_curve", fitted=True, heavy=True)
+@metric("low_rank.rank_curve", fitted=True, heavy=True, details=(RankFits,),
+        value=Curve(either(labelled("rank"), HEAD_GROUPS), ("top1", "top5", "rank")))
 def rank_curve(
     ctx: MetricContext,
     *,

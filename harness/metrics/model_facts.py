@@ -37,12 +37,16 @@ from harness.context import MetricContext
 from harness.core.measurement import Measurement
 from harness.metrics.qk import qk_components
 from harness.registry import metric
+from harness.core.value_shape import NameSet, TEXT, Table, names
 
 BIAS_NAMES = ("b_Q", "b_K", "b_V", "b_O", "b_U")
 TokenForm = Literal["ids", "str_tokens", "decoded"]
 
 
-@metric("model_facts.config")
+@metric("model_facts.config", value=Table(names(
+    "n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx", "attn_only", "has_normalization", "shortformer",
+    "full_circuit_entries",
+)))
 def config(ctx: MetricContext) -> Measurement:
     """The architecture as a table of numbers (flags are 1/0). Weights are not read.
 
@@ -68,7 +72,7 @@ def config(ctx: MetricContext) -> Measurement:
     return Measurement(value, None, details)
 
 
-@metric("model_facts.bias_norms")
+@metric("model_facts.bias_norms", value=Table(names("b_Q", "b_K", "b_V", "b_O", "b_U", "max")))
 def bias_norms(ctx: MetricContext) -> Measurement:
     """``max |b|`` of each bias tensor the model exposes, and ``max`` over all of them. Weights only.
 
@@ -90,7 +94,7 @@ def bias_norms(ctx: MetricContext) -> Measurement:
     return Measurement(value, None, {"checked": [n for n in BIAS_NAMES if n in value], "not_exposed": missing})
 
 
-@metric("model_facts.embed_unembed")
+@metric("model_facts.embed_unembed", value=Table(names()))
 def embed_unembed(ctx: MetricContext) -> Measurement:
     """How far the unembedding is from the transposed embedding (0 for tied weights). Weights only.
 
@@ -111,7 +115,7 @@ def embed_unembed(ctx: MetricContext) -> Measurement:
     return Measurement(value, None, {"norm_W_E": norm_E, "norm_W_U": norm_U})
 
 
-@metric("model_facts.tokenize")
+@metric("model_facts.tokenize", value=NameSet(TEXT))
 def tokenize(
     ctx: MetricContext, *, text: Annotated[str, Field(min_length=1, max_length=10_000)], prepend_bos: bool = True, form: TokenForm = "ids",
 ) -> Measurement:
@@ -146,7 +150,8 @@ def rebuilt_pattern(q: Tensor, k: Tensor) -> Tensor:
     return (scores.masked_fill(future, -1e9) / math.sqrt(q.shape[-1])).softmax(dim=-1)
 
 
-@metric("model_facts.cache_consistency", needs_inputs=True)
+@metric("model_facts.cache_consistency", needs_inputs=True,
+        value=Table(names("pattern_vs_qk_max_abs_diff", "alias_max_abs_diff")))
 def cache_consistency(ctx: MetricContext, *, layer: Annotated[int, Field(ge=0)] = 0) -> Measurement:
     """The cached attention pattern of ``layer`` against the pattern rebuilt from the cached q and k.
 
@@ -169,7 +174,7 @@ def cache_consistency(ctx: MetricContext, *, layer: Annotated[int, Field(ge=0)] 
     return Measurement(value, None, {"layer": layer, "shape": list(pattern.shape)})
 
 
-@metric("model_facts.qk_input_decomposition", needs_inputs=True)
+@metric("model_facts.qk_input_decomposition", needs_inputs=True, value=Table(names()))
 def qk_input_decomposition(
     ctx: MetricContext,
     *,

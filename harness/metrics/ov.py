@@ -23,6 +23,7 @@ from harness.context import MetricContext
 from harness.core.heads import Head, HeadName
 from harness.core.measurement import Measurement
 from harness.registry import metric
+from harness.core.value_shape import Table, numbered
 
 def head_circuit(ctx: MetricContext, heads: list[str]) -> FactoredCircuit:
     """The effective OV circuit of ``heads``: ``left`` [d_model, d_head*|H|], ``right`` [d_head*|H|, d_model].
@@ -38,7 +39,7 @@ def topk_table(result: TopKResult, ks: list[int], ties: TiePolicy) -> dict[str, 
     return {f"top{k}": result.accuracy(k, ties) for k in ks}
 
 
-@metric("ov.full_circuit_topk", heavy=True)
+@metric("ov.full_circuit_topk", heavy=True, value=Table(numbered("top")))
 def full_circuit_topk_metric(
     ctx: MetricContext,
     *,

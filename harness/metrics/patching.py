@@ -53,6 +53,7 @@ from harness.metrics.ablation import chunks, copies_per_pass
 from harness.metrics.ioi import Sign, answer_ids, final_logit_diff
 from harness.core.model_handle import Activations
 from harness.registry import metric
+from harness.core.value_shape import CELLS, HEADS, LAYERS, NameSet, OneOf, Table, either
 
 MIN_DENOMINATOR = 1e-6
 """``|LD(clean) - LD(corrupted)|`` below this makes ``ioi_metric`` meaningless: an error."""
@@ -257,7 +258,7 @@ def grid_measurement(ctx: MetricContext, kind: str, view: View) -> Measurement:
     return Measurement(grid_view(grid, view), None, details)
 
 
-@metric("patching.resid_pre", needs_inputs=True)
+@metric("patching.resid_pre", needs_inputs=True, value=Table(either(CELLS, LAYERS)))
 def resid_pre(ctx: MetricContext, *, view: View = "cells") -> Measurement:
     """``ioi_metric`` with the clean ``resid_pre[L][:, P]`` patched into the corrupted run, per (L, P).
 
@@ -271,7 +272,7 @@ def resid_pre(ctx: MetricContext, *, view: View = "cells") -> Measurement:
     return grid_measurement(ctx, "resid_pre", view)
 
 
-@metric("patching.block_every", needs_inputs=True)
+@metric("patching.block_every", needs_inputs=True, value=Table(either(CELLS, LAYERS)))
 def block_every(ctx: MetricContext, *, component: Component, view: View = "cells") -> Measurement:
     """``ioi_metric`` with one block component of layer ``L`` patched at position ``P``, per (L, P).
 
@@ -321,7 +322,7 @@ def head_scan(ctx: MetricContext, kind: str, top_k: int | None, sign: Sign) -> M
     return Measurement(ranked[:top_k], None, {**details, "top_k": top_k, "sign": sign, "scores": scores})
 
 
-@metric("patching.head_out", needs_inputs=True)
+@metric("patching.head_out", needs_inputs=True, value=OneOf(Table(HEADS), NameSet(HEADS)))
 def head_out(
     ctx: MetricContext, *, top_k: Annotated[int, Field(ge=1)] | None = None, sign: Sign = "positive",
 ) -> Measurement:
@@ -335,7 +336,7 @@ def head_out(
     return head_scan(ctx, "z", top_k, sign)
 
 
-@metric("patching.head_every", needs_inputs=True)
+@metric("patching.head_every", needs_inputs=True, value=OneOf(Table(HEADS), NameSet(HEADS)))
 def head_every(
     ctx: MetricContext, *, component: HeadComponent,
     top_k: Annotated[int, Field(ge=1)] | None = None, sign: Sign = "positive",

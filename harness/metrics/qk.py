@@ -44,6 +44,7 @@ from harness.core.measurement import Measurement
 from harness.metrics.attention import stripe_scores
 from harness.core.model_handle import Activations, ModelHandle
 from harness.registry import metric
+from harness.core.value_shape import COMPONENTS, COMPONENT_PAIRS, NameSet, OneOf, Table, names
 
 Variant = Literal["course", "clean"]
 ABSOLUTE_POSITIONS = ("standard", "shortformer")
@@ -88,7 +89,7 @@ def positional_pattern(model: ModelHandle, head: Head, n_positions: int | None, 
     return causal_softmax(scores)
 
 
-@metric("qk.positional_pattern")
+@metric("qk.positional_pattern", value=Table(names()))
 def qk_positional_pattern(
     ctx: MetricContext,
     *,
@@ -180,7 +181,7 @@ def attention_decomposition_stds(ctx: MetricContext, head: HeadName, scale: bool
     return value, uncertainty, names
 
 
-@metric("qk.attention_decomposition", needs_inputs=True)
+@metric("qk.attention_decomposition", needs_inputs=True, value=Table(COMPONENT_PAIRS))
 def qk_attention_decomposition(ctx: MetricContext, *, head: HeadName, scale: bool = True) -> Measurement:
     """Std of a head's attention scores per (query component, key component), as ARENA 1.2 plots it.
 
@@ -195,7 +196,7 @@ def qk_attention_decomposition(ctx: MetricContext, *, head: HeadName, scale: boo
     return Measurement(value, uncertainty, details)
 
 
-@metric("qk.attention_decomposition_top", needs_inputs=True)
+@metric("qk.attention_decomposition_top", needs_inputs=True, value=NameSet(COMPONENT_PAIRS))
 def qk_attention_decomposition_top(ctx: MetricContext, *, head: HeadName, k: Annotated[int, Field(ge=1)] = 1, scale: bool = True) -> Measurement:
     """The ``k`` (query component, key component) pairs whose score terms vary most (as qk.attention_decomposition).
 
@@ -246,7 +247,7 @@ def qk_sum_error(parts: Tensor, bias: Tensor, cached: Tensor) -> float:
     return float((parts.sum(0) + bias - cached.double()).abs().max())
 
 
-@metric("qk.component_norms", needs_inputs=True)
+@metric("qk.component_norms", needs_inputs=True, value=OneOf(Table(COMPONENTS), NameSet(COMPONENTS)))
 def qk_component_norms(
     ctx: MetricContext, *, head: HeadName, side: Side = "query", top_k: Annotated[int, Field(ge=1)] | None = None,
 ) -> Measurement:
@@ -318,7 +319,7 @@ def pattern_tv(scores: Tensor, part: Tensor, causal: Tensor) -> Tensor:
     return 0.5 * (actual - alone).abs().sum(-1).mean(-1)
 
 
-@metric("qk.positional_share", needs_inputs=True)
+@metric("qk.positional_share", needs_inputs=True, value=Table(names("r2", "pattern_tv")))
 def qk_positional_share(ctx: MetricContext, *, head: HeadName) -> Measurement:
     """How much of a head's attention its positional QK term alone decides (ARENA 1.2: "for 0.7,
     positional embeddings affect the scores far more than tokens, so we can ignore the tokens").

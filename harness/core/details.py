@@ -1,0 +1,70 @@
+"""Typed ``details``: the parts of a measurement's details that reports read.
+
+A metric's ``details`` may hold anything a reader of the report should see, but the keys a plot
+reads are a contract: a metric declares the kinds it returns (``@metric(..., details=(HeadScores,))``),
+the runner checks that the details it returned have them (:func:`details_problem`; a metric that
+breaks its declaration is an error), the record lists them (``details_kinds``), and each plot in
+``reports/plots.py`` declares the one kind it reads. No torch here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from typing_extensions import NotRequired, TypedDict
+
+
+class HeadScores(TypedDict):
+    """Per-head scores a set of heads was chosen from: ``scores["L.H"]``; the detection
+    ``threshold`` and the ``pattern`` scored when there are any."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    scores: dict[str, float]
+    threshold: NotRequired[float]
+    pattern: NotRequired[str]
+
+
+class AttentionExamples(TypedDict):
+    """The first sequence's attention pattern (query rows, key columns) of each flagged head."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    example_patterns: dict[str, list[list[float]]]
+
+
+class PositionCurve(TypedDict):
+    """A figure per sequence position (e.g. mean log-probability of the correct token)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    curve: list[float]
+
+
+class RankFits(TypedDict):
+    """Each trained rank's fit: ``fits[str(rank)]`` with at least ``stopped_by`` (why the fit ended)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    fits: dict[str, dict[str, Any]]
+
+
+DETAILS_KINDS: dict[str, type] = {kind.__name__: kind for kind in (HeadScores, AttentionExamples, PositionCurve, RankFits)}
+"""Every details kind by name, as the record lists them."""
+
+
+def details_problem(details: dict[str, Any], kind: type) -> str | None:
+    """Why ``details`` lacks what ``kind`` promises (a missing key, a wrong type), ``None`` if it has it."""
+    try:
+        _adapter(kind).validate_python(details, strict=False)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"details {kind.__name__}: {where or 'details'}: {first['msg']}"
+    return None
+
+
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+
+
+def _adapter(kind: type) -> TypeAdapter[Any]:
+    if kind not in _ADAPTERS:
+        _ADAPTERS[kind] = TypeAdapter(kind)
+    return _ADAPTERS[kind]
