@@ -8,17 +8,16 @@ unembedding, and a hand-built BPE tokenizer that splits "gpt2" as GPT-2 does (``
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
 from pydantic import ValidationError
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from harness.core.model_handle import ModelHandle
 from harness.registry import get_metric
+from fixtures.random_models import random_scaled
 from harness.testing import ad_hoc_handle, measure_metric
 
 PLANTED = "planted-attn-2l"
@@ -31,26 +30,10 @@ def random_model(
     seed: int, *, biases: dict[str, float] | None = None, positional: str = "shortformer", tie: bool = False,
     normalization: str | None = None, tokenizer: Any = None, d_vocab: int = 10,
 ) -> ModelHandle:
-    """A 2-layer attention-only model with seeded normal weights; every bias is zero except
-    ``biases[name]`` (``b_Q``...), which fills that bias with the constant given."""
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=8, d_head=3, n_heads=2, d_vocab=d_vocab, n_ctx=16, attn_only=True, act_fn=None,
-        normalization_type=normalization, positional_embedding_type=positional, init_weights=False,
-        device="cpu", dtype=torch.float32,
-    )
-    hooked = HookedTransformer(cfg, tokenizer=tokenizer)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in hooked.named_parameters():
-            leaf = name.split(".")[-1]
-            if leaf.startswith("b_"):
-                param.fill_((biases or {}).get(leaf, 0.0))
-            elif leaf in ("w", "b"):
-                param.fill_(1.0 if leaf == "w" else 0.0)
-            else:
-                param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(8))
-        if tie:
-            hooked.W_U.copy_(hooked.W_E.T)
+    """A 2-layer attention-only model at a trained model's scale (:func:`fixtures.random_models.fill_scaled_`);
+    every bias is zero except ``biases[name]`` (``b_Q``...), which holds the constant given."""
+    hooked = random_scaled(seed, biases=biases, tie=tie, tokenizer=tokenizer, d_model=8, d_head=3, d_vocab=d_vocab,
+                           positional=positional, normalization=normalization)
     return ad_hoc_handle(hooked, f"random-{seed}")
 
 

@@ -16,15 +16,15 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from pydantic import ValidationError
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fixtures.planted import PLANTED_MODELS
+from fixtures.random_models import random_scaled
 from harness.core.heads import Head, head_names
 from harness.metrics import composition as comp_module
 from harness.core.model_handle import ModelHandle, ModelIdentity
 from harness.registry import get_metric
 from harness.session import Session
-from harness.testing import measure_metric
+from harness.testing import ad_hoc_handle, measure_metric
 
 ATTN, RANDOM = "planted-attn-2l", "planted-attn-2l-random"
 COURSE_BASELINE_MEAN = 0.03609  # arena-claims.md 1.2.comp.baseline (IMG plot data, 300 samples)
@@ -45,26 +45,10 @@ def random_model(
     seed: int, *, n_layers: int = 2, n_heads: int = 2, d_model: int = 8, d_head: int = 3, d_vocab: int = 12,
     n_ctx: int = 8, biases: bool = False, positional: str = "shortformer", normalization: str | None = None,
 ) -> ModelHandle:
-    """A small attention-only model with seeded normal weights (attention weights N(0, 1/d_model))."""
-    cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=d_model, d_head=d_head, n_heads=n_heads, d_vocab=d_vocab, n_ctx=n_ctx,
-        attn_only=True, normalization_type=normalization, positional_embedding_type=positional, act_fn=None,
-        init_weights=False, device="cpu", dtype=torch.float32,
-    )
-    hooked = HookedTransformer(cfg).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in hooked.named_parameters():
-            leaf = name.split(".")[-1]
-            if leaf.startswith("b_") and not biases:
-                param.zero_()
-            elif leaf in ("w", "b"):  # LayerNorm scale and bias
-                param.fill_(1.0 if leaf == "w" else 0.0)
-            else:
-                std = 1.0 if leaf in ("W_E", "W_pos") or leaf.startswith("b_") else 1.0 / math.sqrt(d_model)
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
-    identity = ModelIdentity(name=f"random-{seed}", source="test", weights_sha256=None, config_sha256=None)
-    return ModelHandle(hooked, identity, bos_token_id=0)
+    """A small attention-only model at a trained model's scale (:func:`fixtures.random_models.fill_scaled_`)."""
+    hooked = random_scaled(seed, biases="random" if biases else None, n_layers=n_layers, n_heads=n_heads, d_model=d_model,
+                           d_head=d_head, d_vocab=d_vocab, n_ctx=n_ctx, positional=positional, normalization=normalization)
+    return ad_hoc_handle(hooked, f"random-{seed}")
 
 
 shapes = st.fixed_dictionaries({
