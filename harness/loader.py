@@ -23,7 +23,7 @@ from fixtures.input_params import INPUT_PARAMS
 from fixtures.registry import get_model_entry, model_entries
 from harness.core.errors import Location, SpecError, SpecIssue
 from harness.core.heads import Head
-from harness.core.named_registry import did_you_mean
+from harness.core.named_registry import did_you_mean, listed
 from harness.core.spec import Claim, ClaimFile, Reference
 from harness.core.value_shape import CELLS, COMPONENT_PAIRS, HEAD_GROUPS, HEAD_PAIRS, ValueShape, select_steps
 from harness.metric_signatures import metric_declarations
@@ -154,7 +154,7 @@ def _check_model(loaded: LoadedFile, name: str, where: PathKey) -> list[SpecIssu
     names = _model_names()
     if name in names:
         return []
-    return [SpecIssue(loaded.source_map.locate(where, key=False), dotted(where), f"unknown model {name!r}{did_you_mean(name, names)}; models: {', '.join(names)}")]
+    return [SpecIssue(loaded.source_map.locate(where, key=False), dotted(where), f"unknown model {name!r}{did_you_mean(name, names)}; models: {listed(names)}")]
 
 
 def _check_measurement(

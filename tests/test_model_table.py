@@ -63,3 +63,14 @@ def test_a_name_is_registered_once() -> None:
 
 def test_the_table_holds_every_model_once() -> None:
     assert len(set(model_entries())) == len(model_entries())
+
+
+def test_a_family_of_snapshot_names_is_listed_once_in_a_miss() -> None:
+    from harness.core.named_registry import NamedRegistry, UnknownName
+
+    names = ["base"] + [f"run@index={i}" for i in range(0, 60, 10)] + ["other@step=1"]
+    registry = NamedRegistry("model", [(name, None) for name in names])
+    with pytest.raises(UnknownName) as caught:
+        registry["run@index=5"]
+    message = str(caught.value)
+    assert "run@index=0..50 (6 names)" in message and "other@step=1" in message and "run@index=20," not in message

@@ -19,6 +19,24 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def listed(names: Iterable[str]) -> str:
+    """``names`` sorted and joined for a message, each family of variants ``BASE@KEY=VALUE`` (a run's
+    snapshots, say) shown once: ``arena-grokking@index=0..500 (51 names)``."""
+    families: dict[str, list[str]] = {}
+    for name in sorted(names):
+        base, at, variant = name.partition("@")
+        key, equals, value = variant.partition("=")
+        families.setdefault(f"{base}@{key}=" if at and equals else name, []).append(value if at and equals else name)
+    shown = []
+    for family, members in families.items():
+        if len(members) < 4 or not family.endswith("="):
+            shown.extend(members if not family.endswith("=") else [family + member for member in members])
+            continue
+        ordered = sorted(members, key=lambda member: (len(member), member))
+        shown.append(f"{family}{ordered[0]}..{ordered[-1]} ({len(members)} names)")
+    return ", ".join(shown)
+
+
 class UnknownName(KeyError):
     """A name that no entry of a registry has; ``str()`` is the whole message."""
 
@@ -26,7 +44,7 @@ class UnknownName(KeyError):
         self.what = what
         self.name = name
         self.names = sorted(names)
-        super().__init__(f"unknown {what} {name!r}{did_you_mean(name, self.names)}; {what}s: {', '.join(self.names)}")
+        super().__init__(f"unknown {what} {name!r}{did_you_mean(name, self.names)}; {what}s: {listed(self.names)}")
 
     def __str__(self) -> str:
         return str(self.args[0])
