@@ -224,17 +224,22 @@ def memoised(ctx: MetricContext, what: tuple[Any, ...], compute: Callable[[], Te
 
 
 @metric("paths.to_resid", needs_inputs=True, value=OneOf(Table(HEADS), NameSet(HEADS)), details=(HeadScores,))
-def to_resid(ctx: MetricContext, *, top_k: Annotated[int, Field(ge=1)] | None = None, sign: Sign = "negative") -> Measurement:
+def to_resid(
+    ctx: MetricContext, *, top_k: Annotated[int, Field(ge=1)] | None = None, sign: Sign = "negative",
+    from_layer: Annotated[int, Field(ge=0)] = 0,
+) -> Measurement:
     """Path patching from each head to the final residual stream: ``ioi_metric_2`` per sender ``"L.H"``.
 
     The course's ``get_path_patch_head_to_final_resid_post`` (module docstring): 0 = no effect,
-    -1 = as bad as the ABC run. Value: table ``"L.H"``, or with ``top_k`` the ``top_k`` heads with the
-    most negative (``sign: negative``, name movers) or largest values. Details: ``scores``, the mean
-    LDs of both runs and ``per_prompt`` (each prompt's change over the batch-mean denominator).
+    -1 = as bad as the ABC run. Senders: every head of layers ``from_layer`` and later (a deep
+    model's scan can skip early layers). Value: table ``"L.H"``, or with ``top_k`` the ``top_k``
+    heads with the most negative (``sign: negative``, name movers) or largest values. Details:
+    ``scores``, the mean LDs of both runs and ``per_prompt`` (each prompt's change over the
+    batch-mean denominator).
     """
     runs = path_runs(ctx)
-    names = head_names(ctx.model.shape.n_layers, ctx.model.shape.n_heads)
-    lds = memoised(ctx, ("resid",), lambda: path_to_resid_lds(ctx.model, runs, [Head.parse(n) for n in names]))
+    names = [n for n in head_names(ctx.model.shape.n_layers, ctx.model.shape.n_heads) if Head.parse(n).layer >= from_layer]
+    lds = memoised(ctx, ("resid", str(from_layer)), lambda: path_to_resid_lds(ctx.model, runs, [Head.parse(n) for n in names]))
     return scan_measurement(runs, names, lds, top_k, sign, {"receiver": "resid_post"})
 
 
@@ -247,13 +252,15 @@ def to_heads(
 
     The course's ``get_path_patch_head_to_heads(receiver_heads, receiver_input)`` (module
     docstring): senders are every head of layers ``0 .. max receiver layer - 1``; the value per
-    sender ``"L.H"`` is ``ioi_metric_2`` of the run with only the receivers' input patched. Value,
-    ``top_k``/``sign`` and details as ``paths.to_resid``.
+    sender ``"L.H"`` is ``ioi_metric_2`` of the run with only the receivers' input patched (senders
+    from layer ``from_layer`` on). Value, ``top_k``/``sign`` and details as ``paths.to_resid``.
     """
     runs = path_runs(ctx)
     heads = [Head.parse(name) for name in sort_heads(sorted(set(receivers)))]
     last = max(h.layer for h in heads)
-    names = head_names(last, ctx.model.shape.n_heads)
-    key = ("heads", receiver_input, *map(str, heads))
+    names = [n for n in head_names(last, ctx.model.shape.n_heads) if Head.parse(n).layer >= from_layer]
+    if not names:
+        raise ValueError(f"no sender heads: from_layer {from_layer} is not before the last receiver layer {last}")
+    key = ("heads", receiver_input, str(from_layer), *map(str, heads))
     lds = memoised(ctx, key, lambda: path_to_heads_lds(ctx.model, runs, [Head.parse(n) for n in names], heads, receiver_input))
     return scan_measurement(runs, names, lds, top_k, sign, {"receiver": f"{receiver_input} of {', '.join(map(str, heads))}"})
