@@ -246,7 +246,7 @@ def to_resid(
 @metric("paths.to_heads", needs_inputs=True, value=OneOf(Table(HEADS), NameSet(HEADS)), details=(HeadScores,))
 def to_heads(
     ctx: MetricContext, *, receivers: Annotated[list[HeadName], Field(min_length=1)], receiver_input: ReceiverInput,
-    top_k: Annotated[int, Field(ge=1)] | None = None, sign: Sign = "negative",
+    top_k: Annotated[int, Field(ge=1)] | None = None, sign: Sign = "negative", from_layer: Annotated[int, Field(ge=0)] = 0,
 ) -> Measurement:
     """Path patching from each earlier head to the ``receivers``' ``receiver_input`` (q, k or v).
 
