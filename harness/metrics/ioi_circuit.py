@@ -21,7 +21,7 @@ from torch import Tensor
 
 from harness.circuits.dla import effective_directions, gather_positions, logit_diff_directions, logit_diff_parts
 from harness.context import MetricContext
-from harness.core.details import HeadScores
+from harness.core.details import HeadScores, NamedPositionAttention
 from harness.core.heads import Head, HeadName, head_names, sort_heads
 from harness.core.measurement import Measurement
 from harness.core.model_handle import Activations, Hook, ModelHandle
@@ -52,7 +52,7 @@ def named_positions(ctx: MetricContext) -> dict[str, Tensor]:
     return out
 
 
-@metric("ioi.attention_between", needs_inputs=True, value=OneOf(Table(HEADS), NameSet(HEADS)), details=(HeadScores,))
+@metric("ioi.attention_between", needs_inputs=True, value=OneOf(Table(HEADS), NameSet(HEADS)), details=(HeadScores, NamedPositionAttention))
 def attention_between(
     ctx: MetricContext, *, query: NamedPosition = "end", key: NamedPosition = "IO",
     heads: list[HeadName] | None = None, top_k: Annotated[int, Field(ge=1)] | None = None,
@@ -63,7 +63,9 @@ def attention_between(
     docstring), e.g. ``end -> IO`` (name movers), ``end -> S2`` (S-inhibition), ``S2 -> S1``
     (duplicate-token heads), ``S2 -> S1+1`` (induction). Value: table ``"L.H"`` for ``heads``
     (every head when unset; uncertainty: standard error over prompts), or with ``top_k`` the
-    ``top_k`` heads with the largest mean, largest first. Details: ``scores`` (every head).
+    ``top_k`` heads with the largest mean, largest first. Details: ``scores`` (every head) and
+    ``by_position``: for the chosen heads (or the top ``top_k``, at most 8), the mean attention from
+    ``query`` to every named position.
     """
     positions = named_positions(ctx)
     q, k = positions[query], positions[key]
@@ -78,13 +80,26 @@ def attention_between(
             per_head[f"{layer}.{head}"] = picked[:, head]
     pairs = {name: mean_and_error(value) for name, value in per_head.items()}
     scores = {name: mean for name, (mean, _) in pairs.items()}
-    details = {"scores": scores, "query": query, "key": key, "n_prompts": batch}
-    if top_k is not None:
-        ranked = sorted(scores, key=lambda n: -scores[n])
-        return Measurement(ranked[:top_k], None, {**details, "top_k": top_k})
+    ranked = sorted(scores, key=lambda n: -scores[n])
     chosen = sort_heads(sorted(set(heads))) if heads else list(scores)
+    shown = ranked[: min(top_k, 8)] if top_k is not None else chosen[:8]
+    details = {"scores": scores, "query": query, "key": key, "n_prompts": batch,
+               "by_position": attention_to_each(activations, positions, q, shown)}
+    if top_k is not None:
+        return Measurement(ranked[:top_k], None, {**details, "top_k": top_k})
     errors = None if batch < 2 else {name: float(pairs[name][1]) for name in chosen}
     return Measurement({name: scores[name] for name in chosen}, errors, details, unit="probability")
+
+
+def attention_to_each(activations: Activations, positions: dict[str, Tensor], q: Tensor, heads: list[str]) -> dict[str, dict[str, float]]:
+    """``{head: {position name: mean_b pattern[b, h, q_b, position_b]}}`` for ``heads``."""
+    rows = torch.arange(q.shape[0])
+    out: dict[str, dict[str, float]] = {}
+    for name in heads:
+        head = Head.parse(name)
+        pattern = activations["pattern", head.layer][:, head.head].float().cpu()  # [batch, q_pos, k_pos]
+        out[name] = {key: float(pattern[rows, q, where].mean()) for key, where in positions.items()}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
