@@ -277,3 +277,51 @@ def ablated_attribution(ctx: MetricContext, *, ablate: Annotated[list[HeadName],
         "top_increase": dict(sorted(change.items(), key=lambda kv: -kv[1])[:10]),
     }
     return Measurement({**summary, **change}, None, details, unit="logit")
+
+
+# ----------------------------------------------------------------------------------------------
+# the minimal circuit: mean-ablate every head output outside a set of (head, position)
+# ----------------------------------------------------------------------------------------------
+
+
+def kept_mask(ctx: MetricContext, layer: int, keep: dict[str, list[str]]) -> Tensor:
+    """``mask[b, p, h]`` [batch, pos, head]: True where head ``layer.h`` is kept at position ``p`` of prompt ``b``."""
+    tokens = ctx.require_inputs().tokens
+    positions = named_positions(ctx)
+    mask = torch.zeros(tokens.shape[0], tokens.shape[1], ctx.model.shape.n_heads, dtype=torch.bool)
+    rows = torch.arange(tokens.shape[0])
+    for where, heads in keep.items():
+        for head in (Head.parse(name) for name in heads):
+            if head.layer == layer:
+                mask[rows, positions[where], head.head] = True
+    return mask
+
+
+@metric("ioi.circuit_mean_ablation", needs_inputs=True, value=Table(names("logit_diff", "ablated", "ratio")))
+def circuit_mean_ablation(ctx: MetricContext, *, keep: dict[NamedPosition, list[HeadName]]) -> Measurement:
+    """The logit difference with every head's output mean-ablated except the kept heads at their positions.
+
+    The course's ``add_mean_ablation_hook(model, means_dataset=abc_dataset, circuit, seq_pos_to_keep)``:
+    ``z[b, p, h] <- mean over the ABC prompts of b's template of z[., p, h]`` (``abc_template_means``)
+    unless head ``h`` is kept at ``p``, i.e. ``p`` is prompt ``b``'s position named by a key of
+    ``keep`` and the head is in its list. Value (means over prompts): ``logit_diff`` (clean run),
+    ``ablated`` and ``ratio = ablated / logit_diff``. Details: how many (head, position) pairs are kept.
+    """
+    model, tokens = ctx.model, ctx.require_inputs().tokens
+    answers, ends = answer_ids(ctx), end_positions(ctx)
+    layers = range(model.shape.n_layers)
+    masks = {layer: kept_mask(ctx, layer, keep) for layer in layers}
+    means = {layer: abc_template_means(ctx, layer) for layer in layers}
+
+    def ablate(layer: int) -> Hook:
+        def hook(z: Tensor, hook: Any) -> Tensor:
+            kept = masks[layer].to(z.device)[..., None]  # [batch, pos, head, 1]
+            return torch.where(kept, z, means[layer].to(z.device, z.dtype))
+        return hook
+
+    logits = model.run_with_hooks(tokens, [(model.hook_name("z", layer), ablate(layer)) for layer in layers])
+    ablated = float(final_logit_diff(logits, answers, ends).mean())
+    clean = float(final_logit_diff(ctx.forward().logits, answers, ends).mean())
+    value = {"logit_diff": clean, "ablated": ablated, "ratio": ablated / clean if clean != 0 else float("nan")}
+    details = {"kept_pairs": int(sum(int(m.sum()) for m in masks.values())), "kept_heads": {k: list(v) for k, v in keep.items()}}
+    return Measurement(value, None, details, unit="logit")
