@@ -157,3 +157,38 @@ def test_circuit_mean_ablation_keeps_and_ablates(tokenizer: Any) -> None:
     assert got.value["ablated"] == pytest.approx(expected, abs=1e-5)
     assert got.details["kept_pairs"] == 8 * 3
     assert got.value["ratio"] == pytest.approx(got.value["ablated"] / got.value["logit_diff"])
+
+
+def test_flips_keep_or_swap_names_as_named() -> None:
+    from fixtures.ioi_dataset import FLIPS, flipped
+
+    clean = generate(20, 3)
+    for name, flip in FLIPS.items():
+        out = flipped(clean, flip, 3)
+        for before, after in zip(clean, out):
+            first = [w for w in before.text.split(" ") if w in (before.io, before.s)][:3]
+            now = after.text.split(" ")
+            if name == "inverted_token":  # A B B -> B A A: each name slot holds the other name
+                assert [w for w in now if w in (before.io, before.s)][:3] == [{before.io: before.s, before.s: before.io}[w] for w in first]
+            if name == "inverted_position":  # swap the first two names only
+                assert [w for w in now if w in (before.io, before.s)][:3] == [first[1], first[0], first[2]]
+
+
+@torch.no_grad()
+def test_heads_from_flip_is_a_plain_z_patch(tokenizer: Any) -> None:
+    model = dataset_model(5, tokenizer)
+    hooked = model._hooked
+    orig, inv = dataset_batch(model, n=8, seed=5), dataset_batch(model, n=8, seed=5, flip="inverted_position")
+    _, cache = hooked.run_with_cache(inv.tokens)
+
+    def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
+        z[:, :, 0] = cache["z", 1][:, :, 0]
+        return z
+
+    logits = hooked.run_with_hooks(orig.tokens, fwd_hooks=[("blocks.1.attn.hook_z", hook)])
+    answers, ends = torch.tensor(orig.meta["answers"]), torch.tensor(orig.meta["word_idx"]["end"])
+    final = logits[torch.arange(8), ends]
+    expected = float((final[torch.arange(8), answers[:, 0]] - final[torch.arange(8), answers[:, 1]]).mean())
+    got = measure_metric(model, "ioi.heads_from_flip", inputs=INPUTS, heads=["1.0"], flip="inverted_position")
+    assert got.value["patched"] == pytest.approx(expected, abs=1e-5)
+    assert got.value["drop"] == pytest.approx(got.value["logit_diff"] - expected, abs=1e-5)

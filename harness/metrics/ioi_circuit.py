@@ -325,3 +325,43 @@ def circuit_mean_ablation(ctx: MetricContext, *, keep: dict[NamedPosition, list[
     value = {"logit_diff": clean, "ablated": ablated, "ratio": ablated / clean if clean != 0 else float("nan")}
     details = {"kept_pairs": int(sum(int(m.sum()) for m in masks.values())), "kept_heads": {k: list(v) for k, v in keep.items()}}
     return Measurement(value, None, details, unit="logit")
+
+
+# ----------------------------------------------------------------------------------------------
+# position vs token signal: heads' outputs patched from a flipped dataset
+# ----------------------------------------------------------------------------------------------
+
+Flip = Literal["random_token", "inverted_token", "inverted_position", "random_token_inverted_position", "inverted_token_inverted_position"]
+
+
+@metric("ioi.heads_from_flip", needs_inputs=True, value=Table(names("logit_diff", "patched", "drop")))
+def heads_from_flip(ctx: MetricContext, *, heads: Annotated[list[HeadName], Field(min_length=1)], flip: Flip) -> Measurement:
+    """The logit difference with ``heads``' ``z`` (all positions) taken from a flipped twin of the dataset.
+
+    The course's position-vs-token experiment (S141:1665-1720): the S-inhibition heads' outputs are
+    patched in from a dataset whose names carry the same, random or inverted token signal and the
+    same or inverted position signal (``fixtures.ioi_dataset.FLIPS``); answers and END stay the
+    clean prompts'. Value (means over prompts): ``logit_diff`` (clean), ``patched``, and
+    ``drop = logit_diff - patched``.
+    """
+    inputs = ctx.require_inputs()
+    if inputs.kind != "ioi_dataset" or inputs.params.get("flip") is not None:
+        raise ValueError(f"ioi.heads_from_flip needs inputs: ioi_dataset without flip, not {inputs.key}")
+    chosen = [Head.parse(name) for name in sort_heads(sorted(set(heads)))]
+    flipped = ctx.session.inputs(ctx.model, {"ioi_dataset": {**inputs.params, "flip": flip}})
+    source = ctx.session.forward(ctx.model, flipped).activations
+    layers = sorted({h.layer for h in chosen})
+    z_from = {layer: source["z", layer] for layer in layers}  # read before hooks run
+
+    def patch(layer: int) -> Hook:
+        def hook(z: Tensor, hook: Any) -> Tensor:
+            for head in (h.head for h in chosen if h.layer == layer):
+                z[:, :, head] = z_from[layer][:, :, head].to(z.dtype)
+            return z
+        return hook
+
+    model, answers, ends = ctx.model, answer_ids(ctx), end_positions(ctx)
+    logits = model.run_with_hooks(inputs.tokens, [(model.hook_name("z", layer), patch(layer)) for layer in layers])
+    patched = float(final_logit_diff(logits, answers, ends).mean())
+    clean = float(final_logit_diff(ctx.forward().logits, answers, ends).mean())
+    return Measurement({"logit_diff": clean, "patched": patched, "drop": clean - patched}, None, {"flip": flip}, unit="logit")
