@@ -26,7 +26,7 @@ class ToyModelHandle:
     """A toy model: weights, per-instance data statistics, a forward pass."""
 
     def __init__(self, W: Tensor, b_final: Tensor, identity: ModelIdentity, shape: ToyShape, *,
-                 feature_probability: Tensor, importance: Tensor) -> None:
+                 feature_probability: Tensor, importance: Tensor, recipe: str | None = None) -> None:
         expected = (shape.n_inst, shape.d_hidden, shape.n_features)
         if tuple(W.shape) != expected or tuple(b_final.shape) != (shape.n_inst, shape.n_features):
             raise ValueError(f"toy model {identity.name!r}: W {tuple(W.shape)} and b_final {tuple(b_final.shape)} "
@@ -37,6 +37,8 @@ class ToyModelHandle:
         self.shape = shape
         self.feature_probability = feature_probability.detach().float()
         self.importance = importance.detach().float()
+        #: The name of the recipe that trained it (its data generator), where it has one.
+        self.recipe = recipe
 
     @property
     def n_inst(self) -> int:

@@ -22,12 +22,15 @@ from harness.core.measurement import Measurement
 from harness.core.toy_handle import ToyModelHandle
 from harness.core.value_shape import Curve, Scalar, Table, names, numbered
 from harness.registry import metric
+from fixtures.tms.recipes import RECIPES
+from fixtures.tms.train import generate_batch, instance_losses
 
 FEATURES = numbered("f")
 INSTANCES = numbered("i")
 Instance = Annotated[int, Field(ge=0)]
 Threshold = Annotated[float, Field(gt=0)]
-Condition = Literal["regular_pentagon", "within_pair_antipodal", "within_pair_orthogonal", "all_neurons_polysemantic"]
+Condition = Literal["regular_pentagon", "within_pair_antipodal", "within_pair_orthogonal", "within_pair_collapsed",
+                    "all_neurons_polysemantic"]
 
 
 def toy_model(ctx: MetricContext) -> ToyModelHandle:
@@ -225,6 +228,8 @@ def _holds(condition: str, W: Tensor, n_pairs: int) -> bool:
     if condition == "within_pair_orthogonal":
         found = _pairs(W, n_pairs)
         return found["within_abs_cos_max"] < sp.ORTHOGONAL_ABS_COS and found["min_norm"] > 0.9
+    if condition == "within_pair_collapsed":
+        return _pairs(W, n_pairs)["within_cos_max"] > 0.99
     return _neurons(W, 0.9, 0.1)["monosemantic"] == 0
 
 
@@ -236,6 +241,7 @@ def count_instances(ctx: MetricContext, *, condition: Condition, instances: list
     - ``regular_pentagon``: 5 represented features (‖W_i‖ > 0.5) at 72 ± 10° gaps, norms in [0.9, 1.3];
     - ``within_pair_antipodal``: some pair (f0, f1), (f2, f3)... has cos < −0.99;
     - ``within_pair_orthogonal``: every pair has |cos| < 0.1 and every paired feature norm > 0.9;
+    - ``within_pair_collapsed``: some pair has cos > 0.99 (both features along one direction);
     - ``all_neurons_polysemantic``: no neuron has m_n > 0.9."""
     model = toy_model(ctx)
     chosen = list(range(model.n_inst)) if instances is None else [model.check_instance(k) for k in instances]
@@ -274,3 +280,17 @@ def basis_dependence(ctx: MetricContext, *, instance: Instance = 0, transform: L
     base = out(W)
     change = (out(Q @ W) - base).abs().mean() / base.abs().mean().clamp_min(1e-12)
     return Measurement(float(change), details={"transform": transform, "batch": batch, "seed": seed})
+
+
+@metric("superposition.loss", value=Table(INSTANCES))
+def loss(ctx: MetricContext, *, batch: Annotated[int, Field(ge=1, le=100_000)] = 10_000, seed: int = 0) -> Measurement:
+    """Each instance's training loss, mean over a seeded batch and the features of I_i (x − x')², on
+    fresh data from the recipe's own generator (its feature probabilities and correlations)."""
+    model = toy_model(ctx)
+    if model.recipe is None or model.recipe not in RECIPES:
+        raise ValueError(f"model {model.identity.name!r} has no recipe to draw data from")
+    recipe = RECIPES[model.recipe]
+    x = generate_batch(recipe, model.feature_probability, batch, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        values = instance_losses(recipe, model.W, model.b_final, x, model.importance)
+    return Measurement({f"i{k}": float(v) for k, v in enumerate(values)}, details={"batch": batch, "seed": seed})
