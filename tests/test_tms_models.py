@@ -118,3 +118,21 @@ def test_retraining_reproduces_committed_weights(name: str) -> None:
     committed = load_file(str(weights_file(recipe, 0)))
     assert torch.allclose(trained["W"], committed["W"], atol=1e-4)
     assert torch.allclose(trained["b_final"], committed["b_final"], atol=1e-4)
+
+
+def test_instances_train_independently() -> None:
+    """SP4: with the loss summed over instances, instance k's gradient is the gradient of its own term alone."""
+    from fixtures.tms.train import instance_losses
+
+    recipe = RECIPES["tms-5f2d"]
+    generator = torch.Generator().manual_seed(0)
+    p, importance = schedules(recipe)
+    W, b = initial_weights(recipe, generator)
+    x = generate_batch(recipe, p, 256, generator)
+    W.requires_grad_(True)
+    instance_losses(recipe, W, b, x, importance).sum().backward()
+    together = W.grad.clone()
+    for k in range(recipe.n_inst):
+        W.grad = None
+        instance_losses(recipe, W, b, x, importance)[k].backward()
+        assert torch.allclose(W.grad[k], together[k], atol=1e-7) and float(W.grad[torch.arange(recipe.n_inst) != k].abs().max()) == 0.0
