@@ -46,7 +46,26 @@ class RankFits(TypedDict):
     fits: dict[str, dict[str, Any]]
 
 
-DETAILS_KINDS: dict[str, type] = {kind.__name__: kind for kind in (HeadScores, AttentionExamples, PositionCurve, RankFits)}
+class FeatureDirections(TypedDict):
+    """A toy model instance's feature directions: ``directions[i]`` is column i of W (d_hidden numbers),
+    with the ``instance`` and each feature's ``importance``."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    instance: int
+    directions: list[list[float]]
+    importance: list[float]
+
+
+class DimensionalityPoints(TypedDict):
+    """Per toy-model instance: its feature probability ``p[k]`` and every feature's dimensionality ``dims[k]``."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    p: list[float]
+    dims: list[list[float]]
+
+
+DETAILS_KINDS: dict[str, type] = {kind.__name__: kind for kind in (HeadScores, AttentionExamples, PositionCurve, RankFits,
+                                                                   FeatureDirections, DimensionalityPoints)}
 """Every details kind by name, as the record lists them."""
 
 
