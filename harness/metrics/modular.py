@@ -45,6 +45,7 @@ KRange = Literal["full", "course"]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 
 _RUNS: dict[str, AllPairs] = {}
+_FREQS: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def all_pairs(model: ModelHandle) -> AllPairs:
@@ -79,7 +80,12 @@ def key_frequency_list(energy: torch.Tensor, rel_threshold: float) -> list[int]:
 def clusters(model: ModelHandle, k_range: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """(frequency, fraction explained) per neuron and the cluster sizes ``{"k=K": n, "unexplained": n}``."""
     _check_vocab(model)
-    freqs, frac = neuron_frequencies(all_pairs(model).neurons, K_RANGES[k_range])
+    key = (model.identity.key, k_range)
+    if key not in _FREQS:
+        while len(_FREQS) >= 6:
+            _FREQS.pop(next(iter(_FREQS)))
+        _FREQS[key] = neuron_frequencies(all_pairs(model).neurons, K_RANGES[k_range])
+    freqs, frac = _FREQS[key]
     sizes: dict[str, float] = {}
     for k in sorted(set(int(f) for f in freqs[frac > threshold])):
         sizes[f"k={k}"] = float(((freqs == k) & (frac > threshold)).sum())
@@ -204,3 +210,11 @@ def neuron_symmetry(ctx: MetricContext) -> Measurement:
     grid = all_pairs(ctx.model).neurons.reshape(P, P, -1)
     centred = grid - grid.mean((0, 1))
     return Measurement(float((grid - grid.transpose(0, 1)).norm() / centred.norm()), None, {})
+
+
+@metric("modular.neuron_frequency_of", value=Table(labelled("neuron")))
+def neuron_frequency_of(ctx: MetricContext, *, k_range: KRange = "full") -> Measurement:
+    """Each neuron's frequency (``neuron=N``: the k whose const/linear/quadratic terms hold most of its centred 2-D Fourier energy)."""
+    freqs, frac, _sizes = clusters(ctx.model, k_range, 0.85)
+    return Measurement({f"neuron={n}": float(f) for n, f in enumerate(freqs)}, None,
+                       {"frac_explained": [round(float(v), 4) for v in frac], "k_range": k_range})
