@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from harness.core.input_batch import InputBatch
 from harness.core.model_handle import Forward, ModelHandle
+from harness.core.toy_handle import ToyModelHandle
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.session import Session
@@ -14,9 +15,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass(frozen=True)
 class MetricContext:
-    """A metric's view of one claim: ``model``, ``inputs`` (if the claim gives any), ``session``."""
+    """A metric's view of one claim: ``model``, ``inputs`` (if the claim gives any), ``session``.
 
-    model: ModelHandle
+    ``model`` is a transformer's :class:`ModelHandle` or a toy model of superposition's
+    :class:`ToyModelHandle` (``harness/metrics/superposition*.py`` read the latter)."""
+
+    model: ModelHandle | ToyModelHandle
     inputs: InputBatch | None
     session: "Session"
 

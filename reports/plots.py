@@ -18,11 +18,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from harness.core.details import AttentionExamples, NamedPositionAttention, PositionCurve, PositionGrid
+from harness.core.details import (
+    AttentionExamples, DimensionalityPoints, FeatureDirections, NamedPositionAttention, PositionCurve, PositionGrid,
+)
 from harness.core.heads import HEAD_PATTERN, Head, sort_heads
 from harness.core.named_registry import NamedRegistry
 from reports.curves import curve_points, plottable_rank, point_bound, stopped_early
 from reports.values import as_number
+from reports.superposition_plots import dimensionality_scatter, feature_directions
 
 HEAD_KEY = re.compile(HEAD_PATTERN)
 
@@ -393,6 +396,10 @@ PLOTS: NamedRegistry[Plot] = NamedRegistry("plot", [
         Plot(composition_heatmap),
         Plot(rank_curve),
         Plot(position_curve, reads=PositionCurve),
+        # toy models of superposition (reports/superposition_plots.py)
+        Plot(feature_directions, reads=FeatureDirections),
+        Plot(dimensionality_scatter, reads=DimensionalityPoints),
+        # indirect object identification (layer x position patching, attention to named positions)
         Plot(position_grid, reads=PositionGrid),
         Plot(named_position_bars, reads=NamedPositionAttention),
     )

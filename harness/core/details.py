@@ -64,8 +64,27 @@ class NamedPositionAttention(TypedDict):
     query: str
 
 
+class FeatureDirections(TypedDict):
+    """A toy model instance's feature directions: ``directions[i]`` is column i of W (d_hidden numbers),
+    with the ``instance`` and each feature's ``importance``."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    instance: int
+    directions: list[list[float]]
+    importance: list[float]
+
+
+class DimensionalityPoints(TypedDict):
+    """Per toy-model instance: its feature probability ``p[k]`` and every feature's dimensionality ``dims[k]``."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    p: list[float]
+    dims: list[list[float]]
+
+
 DETAILS_KINDS: dict[str, type] = {kind.__name__: kind for kind in (
-    HeadScores, AttentionExamples, PositionCurve, RankFits, PositionGrid, NamedPositionAttention,
+    HeadScores, AttentionExamples, PositionCurve, RankFits, FeatureDirections, DimensionalityPoints,
+    PositionGrid, NamedPositionAttention,
 )}
 """Every details kind by name, as the record lists them."""
 
