@@ -101,3 +101,40 @@ def test_training_runs_deterministically_and_resamples() -> None:
     first, second = train_sae(recipe, W, 0.025, 0), train_sae(recipe, W, 0.025, 0)
     assert torch.equal(first["W_enc"], second["W_enc"]) and first["frac_active_window"].shape == (5, 2, 5)
     assert torch.allclose(first["W_dec"].norm(dim=-1), torch.ones(2, 5), atol=1e-5)
+
+
+def _handle(W_dec: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor):
+    import math
+
+    from harness.core.model_identity import ModelIdentity
+    from harness.core.toy_sae_handle import ToySaeHandle
+    from harness.core.toy_shape import SaeShape
+
+    angles = torch.arange(5) * 2 * math.pi / 5
+    base = torch.stack([angles.cos(), angles.sin()])
+    params = {"W_enc": W_enc[None], "W_dec": W_dec[None], "b_enc": b_enc[None], "b_dec": torch.zeros(1, 2)}
+    identity = ModelIdentity(name="t-sae", source="toy", weights_sha256=None, config_sha256=None)
+    return ToySaeHandle(params, base, 0.025, identity, SaeShape(1, 2, 5)), base
+
+
+def test_sae_metrics_on_an_ideal_and_a_broken_sae() -> None:
+    """An SAE whose latents are the pentagon's features (encoder = decoder, bias -cos 72°·a little) matches every
+    feature and reconstructs single features exactly up to its threshold; one with a latent that never fires is dead."""
+    from harness.context import MetricContext
+    from harness.metrics.toy_sae import matched_features, summaries
+    from harness.session import Session
+
+    _, base = _handle(torch.zeros(5, 2), torch.zeros(2, 5), torch.zeros(5))
+    ideal, _ = _handle(base.T.clone(), base.clone(), torch.full((5,), -0.35))
+    assert matched_features(ideal).tolist() == [5]
+    figures = summaries(ideal, 5000, 0)
+    assert figures["fully_monosemantic"].tolist() == [1.0] and figures["dead"].tolist() == [0.0]
+    assert float(figures["shrinkage_median"][0]) == pytest.approx(0.3, abs=1e-5)  # (a − 0.35)/a at a = 0.5, the lower median
+    broken_enc = base.clone()
+    broken_enc[:, 4] = 0.0
+    broken, _ = _handle(base.T.clone(), broken_enc, torch.full((5,), -0.35))
+    assert summaries(broken, 5000, 0)["dead"].tolist() == [1.0]
+    ctx = MetricContext(broken, None, Session())
+    from harness.metrics.toy_sae import count_instances
+
+    assert count_instances(ctx, condition="has_dead_latent", batch=5000, seed=0).value == 1.0
