@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from harness.core.input_batch import InputBatch
 from harness.core.model_handle import Forward, ModelHandle
 from harness.core.toy_handle import ToyModelHandle
+from harness.core.toy_sae_handle import ToySaeHandle
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.session import Session
@@ -18,9 +19,10 @@ class MetricContext:
     """A metric's view of one claim: ``model``, ``inputs`` (if the claim gives any), ``session``.
 
     ``model`` is a transformer's :class:`ModelHandle` or a toy model of superposition's
-    :class:`ToyModelHandle` (``harness/metrics/superposition*.py`` read the latter)."""
+    :class:`ToyModelHandle` or a toy SAE's :class:`ToySaeHandle` (``harness/metrics/superposition.py``
+    and ``harness/metrics/toy_sae.py`` read those)."""
 
-    model: ModelHandle | ToyModelHandle
+    model: ModelHandle | ToyModelHandle | ToySaeHandle
     inputs: InputBatch | None
     session: "Session"
 

@@ -32,3 +32,21 @@ class ToyShape:
     @property
     def n_heads(self) -> int:
         return 0
+
+
+@dataclass(frozen=True)
+class SaeShape:
+    """A sparse autoencoder on a toy model's hidden space: ``n_inst`` instances of d_in -> d_sae -> d_in."""
+
+    n_inst: int
+    d_in: int
+    d_sae: int
+
+    @property
+    def n_layers(self) -> int:
+        """No transformer layers: head and layer keys are out of range on an SAE."""
+        return 0
+
+    @property
+    def n_heads(self) -> int:
+        return 0

@@ -294,3 +294,28 @@ def loss(ctx: MetricContext, *, batch: Annotated[int, Field(ge=1, le=100_000)] =
     with torch.no_grad():
         values = instance_losses(recipe, model.W, model.b_final, x, model.importance)
     return Measurement({f"i{k}": float(v) for k, v in enumerate(values)}, details={"batch": batch, "seed": seed})
+
+
+@metric("superposition.feature_projection", value=Table(names("on_positive_fraction", "off_mean", "on_mean")))
+def feature_projection(ctx: MetricContext, *, instance: Instance = 0, feature: Annotated[int, Field(ge=0)] = 1,
+                       batch: Annotated[int, Field(ge=1, le=100_000)] = 10_000, seed: int = 0) -> Measurement:
+    """Hidden vectors h = W x projected on a feature's direction, h·W_f, over a seeded batch from the recipe's
+    generator, keeping the samples with at least one feature present (the course's Fig 15a, S:1669-1766):
+    the fraction of samples with feature f present (x_f > 1e-4) whose projection is positive, and the mean
+    projection with f present and with f absent."""
+    model = toy_model(ctx)
+    model.check_instance(instance)
+    if model.recipe is None or model.recipe not in RECIPES:
+        raise ValueError(f"model {model.identity.name!r} has no recipe to draw data from")
+    if feature >= model.shape.n_features:
+        raise ValueError(f"feature {feature} is outside model {model.identity.name!r} (features 0 to {model.shape.n_features - 1})")
+    x = generate_batch(RECIPES[model.recipe], model.feature_probability, batch, torch.Generator().manual_seed(seed))[:, instance]
+    x = x[(x > 0).any(dim=1)]
+    W = model.W[instance]
+    projection = (x @ W.T) @ W[:, feature]
+    on = x[:, feature] > 1e-4
+    if not bool(on.any()) or bool(on.all()):
+        raise ValueError(f"feature {feature} is present in {int(on.sum())} of {len(on)} samples: no on/off comparison")
+    return Measurement({"on_positive_fraction": float((projection[on] > 0).float().mean()),
+                        "off_mean": float(projection[~on].mean()), "on_mean": float(projection[on].mean())},
+                       details={"samples": int(len(on)), "on": int(on.sum()), "batch": batch, "seed": seed})
