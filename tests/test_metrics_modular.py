@@ -185,3 +185,9 @@ def test_loss_weight_norm_and_symmetry_on_a_random_model() -> None:
     symmetric = handle_of(sym_state, "symmetric-grok")
     assert modular.neuron_symmetry(Ctx(symmetric)).value < 1e-5 < modular.neuron_symmetry(Ctx(model)).value
     assert modular.pos_similarity(Ctx(symmetric)).value["cosine"] == pytest.approx(1.0)
+
+
+def test_a_constant_neuron_is_explained_by_no_frequency() -> None:
+    neurons = torch.cat([torch.zeros(P * P, 1, dtype=torch.float64), single_frequency_neurons([7])], 1)
+    freqs, frac = M.neuron_frequencies(neurons, 56)
+    assert float(frac[0]) == 0.0 and int(freqs[1]) == 7 and not bool(frac.isnan().any())

@@ -111,11 +111,13 @@ def neuron_frequencies(neurons: Tensor, k_max: int, p: int = P) -> tuple[Tensor,
     The post-ReLU activations on the (x, y) grid are centred (mean over the grid removed, i.e.
     the 2-D const-const coefficient zeroed) and taken to the 2-D Fourier basis; for each k, the
     share of the neuron's energy in the 3 x 3 block of rows {const, cos k, sin k} (const, linear
-    and quadratic terms of k); the neuron's frequency is the k with the largest share.
+    and quadratic terms of k); the neuron's frequency is the k with the largest share. A neuron
+    that is constant on the grid has share 0 for every k.
     """
     grid = neurons.reshape(p, p, -1)
     coeffs = fourier_2d(grid - grid.mean(dim=(0, 1)), fourier_basis(p))
     total = coeffs.pow(2).sum((0, 1))
+    total = torch.where(total > 0, total, torch.ones_like(total))  # a constant neuron (dead, or always on) is explained by nothing: share 0
     shares = []
     for k in range(1, k_max + 1):
         idx = torch.tensor([0, 2 * k - 1, 2 * k])
