@@ -138,3 +138,15 @@ def test_sae_metrics_on_an_ideal_and_a_broken_sae() -> None:
     from harness.metrics.toy_sae import count_instances
 
     assert count_instances(ctx, condition="has_dead_latent", batch=5000, seed=0).value == 1.0
+
+
+def test_small_inputs_zeroed_on_a_thresholding_sae() -> None:
+    """With encoder = decoder = the pentagon and bias -0.35, single-feature inputs below 0.35 give no latent."""
+    from harness.context import MetricContext
+    from harness.metrics.toy_sae import small_inputs_zeroed
+    from harness.session import Session
+
+    _, base = _handle(torch.zeros(5, 2), torch.zeros(2, 5), torch.zeros(5))
+    ideal, _ = _handle(base.T.clone(), base.clone(), torch.full((5,), -0.35))
+    value = small_inputs_zeroed(MetricContext(ideal, None, Session()), instance=0, small=0.2, large=0.6).value
+    assert value == {"zero_fraction_small": 1.0, "zero_fraction_large": 0.0}

@@ -104,3 +104,20 @@ def count_instances(ctx: MetricContext, *, condition: SaeCondition, batch: EvalB
     return Measurement(float(met.sum()), details={"met": [int(k) for k in torch.nonzero(met).flatten()],
                                                   "dead": [float(v) for v in figures["dead"]],
                                                   "matched": [float(v) for v in figures["matched_features"]]})
+
+
+@metric("toy_sae.small_inputs_zeroed", value=Table(names("zero_fraction_small", "zero_fraction_large")))
+def small_inputs_zeroed(ctx: MetricContext, *, instance: SaeInstance = 0, small: Annotated[float, Field(gt=0, lt=1)] = 0.2,
+                        large: Annotated[float, Field(gt=0, lt=1)] = 0.6) -> Measurement:
+    """On single-feature inputs h = a W_f (a on a grid of 100 steps in (0, 1], every feature): the fraction
+    whose latents are all zero (no latent above 1e-8), among a < ``small`` and among a > ``large``."""
+    sae = toy_sae(ctx)
+    sae.check_instance(instance)
+    magnitudes = torch.arange(1, 101) / 100.0
+    h = (magnitudes[:, None, None] * sae.base_W.T[None]).reshape(-1, sae.base_W.shape[0])
+    a = magnitudes.repeat_interleave(sae.base_W.shape[1])
+    with torch.no_grad():
+        z, _ = sae.forward(h[:, None, :].expand(h.shape[0], sae.n_inst, h.shape[-1]))
+    zero = ~(z[:, instance] > 1e-8).any(dim=-1)
+    return Measurement({"zero_fraction_small": float(zero[a < small].float().mean()),
+                        "zero_fraction_large": float(zero[a > large].float().mean())}, details={"small": small, "large": large})
