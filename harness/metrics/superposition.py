@@ -335,3 +335,12 @@ def active_features(ctx: MetricContext, *, instance: Instance = 0, at_most: Anno
     present = (x > 0).sum(dim=1)
     return Measurement({"at_most_fraction": float((present <= at_most).float().mean()), "mean_active": float(present.float().mean())},
                        details={"batch": batch, "seed": seed, "at_most": at_most})
+
+
+@metric("superposition.cosines", value=Table(names()))
+def cosines(ctx: MetricContext, *, instance: Instance = 0) -> Measurement:
+    """cos(W_i, W_j) of every pair of features i < j of one instance, keyed ``fI-fJ`` (``f1-f2``)."""
+    _, W = _W(ctx, instance)
+    cos = sp.cosines(W)
+    n = W.shape[1]
+    return Measurement({f"f{i}-f{j}": float(cos[i, j]) for i in range(n) for j in range(i + 1, n)})
