@@ -150,3 +150,23 @@ def test_small_inputs_zeroed_on_a_thresholding_sae() -> None:
     ideal, _ = _handle(base.T.clone(), base.clone(), torch.full((5,), -0.35))
     value = small_inputs_zeroed(MetricContext(ideal, None, Session()), instance=0, small=0.2, large=0.6).value
     assert value == {"zero_fraction_small": 1.0, "zero_fraction_large": 0.0}
+
+
+def test_activity_groups_from_the_training_window() -> None:
+    from harness.context import MetricContext
+    from harness.core.model_identity import ModelIdentity
+    from harness.core.toy_sae_handle import ToySaeHandle
+    from harness.core.toy_shape import SaeShape
+    from harness.metrics.toy_sae import activity_groups
+    from harness.session import Session
+
+    activity = torch.zeros(500, 1, 5)
+    activity[:, 0, 1] = 0.10  # above 3%
+    activity[:, 0, 2] = 0.025  # at the target
+    activity[:, 0, 3] = 0.005  # fires, below half the target
+    activity[-1, 0, 4] = 0.5  # fired once in the window: alive; mean 0.001
+    params = {"W_enc": torch.zeros(1, 2, 5), "W_dec": torch.ones(1, 5, 2), "b_enc": torch.zeros(1, 5), "b_dec": torch.zeros(1, 2)}
+    identity = ModelIdentity(name="t-sae", source="toy", weights_sha256=None, config_sha256=None)
+    sae = ToySaeHandle(params, torch.eye(2, 5), 0.025, identity, SaeShape(1, 2, 5), training_activity=activity)
+    value = activity_groups(MetricContext(sae, None, Session()), target=0.025).value
+    assert value == {"dead": 1.0, "above_target": 1.0, "near_target": 1.0, "other": 2.0}

@@ -121,3 +121,24 @@ def small_inputs_zeroed(ctx: MetricContext, *, instance: SaeInstance = 0, small:
     zero = ~(z[:, instance] > 1e-8).any(dim=-1)
     return Measurement({"zero_fraction_small": float(zero[a < small].float().mean()),
                         "zero_fraction_large": float(zero[a > large].float().mean())}, details={"small": small, "large": large})
+
+
+GROUPS = ("dead", "above_target", "near_target", "other")
+
+
+@metric("toy_sae.activity_groups", value=Table(names(*GROUPS)))
+def activity_groups(ctx: MetricContext, *, target: Annotated[float, Field(gt=0, lt=1)] = 0.025) -> Measurement:
+    """The course's three groups of latents by their firing rate over the last steps of training (the
+    saved window, 500 steps of batch 1024), counted over all instances: ``dead`` (never fired in the
+    window), ``above_target`` (rate > 1.2·target), ``near_target`` (0.5·target <= rate <= 1.2·target),
+    ``other`` (fired, but below half the target). The target is the base model's feature probability."""
+    sae = toy_sae(ctx)
+    if sae.training_activity is None:
+        raise ValueError(f"SAE {sae.identity.name!r} has no training log (an untrained SAE)")
+    activity = sae.training_activity
+    dead = (activity < 1e-8).all(dim=0)
+    rate = activity.mean(dim=0)
+    above = ~dead & (rate > 1.2 * target)
+    near = ~dead & (rate >= 0.5 * target) & (rate <= 1.2 * target)
+    return Measurement({"dead": float(dead.sum()), "above_target": float(above.sum()), "near_target": float(near.sum()),
+                        "other": float((~dead & ~above & ~near).sum())}, details={"target": target, "window": int(activity.shape[0])})
