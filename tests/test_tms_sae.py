@@ -170,3 +170,25 @@ def test_activity_groups_from_the_training_window() -> None:
     sae = ToySaeHandle(params, torch.eye(2, 5), 0.025, identity, SaeShape(1, 2, 5), training_activity=activity)
     value = activity_groups(MetricContext(sae, None, Session()), target=0.025).value
     assert value == {"dead": 1.0, "above_target": 1.0, "near_target": 1.0, "other": 2.0}
+
+
+def test_resample_advanced_as_coded() -> None:
+    """SP62: dead latents take the direction of h − b_dec of a badly reconstructed row (one row dominates the
+    L_rec² weights here), W_enc that direction times scale times the live columns' mean norm, b_enc 0; live
+    latents are untouched; an instance reconstructed to within 1e-6 is skipped."""
+    from fixtures.tms.sae import resample_advanced
+
+    p = {k: v.clone() for k, v in params().items()}
+    p["W_enc"][:] = 0.0  # every latent silent: the SAE reconstructs h as b_dec = 0
+    p["W_enc"][0, :, 0] = torch.tensor([3.0, 4.0])  # a live latent of norm 5 in instance 0
+    h = torch.zeros(8, 16, 2)
+    h[3, 0] = torch.tensor([0.0, 2.0])  # the only badly reconstructed row of instance 0
+    activity = torch.ones(500, 16, 5)
+    activity[:, 0, 4] = 0.0
+    activity[:, 1, 2] = 0.0  # dead in instance 1, whose h is all zero: reconstructed exactly, skipped
+    before = {k: v.clone() for k, v in p.items()}
+    resample_advanced(p, activity, h, 0.5, torch.Generator().manual_seed(0))
+    assert torch.allclose(p["W_dec"][0, 4], torch.tensor([0.0, 1.0]))
+    assert torch.allclose(p["W_enc"][0, :, 4], torch.tensor([0.0, 0.5 * 5.0 / 4]))  # live columns: norms 5, 0, 0, 0
+    assert float(p["b_enc"][0, 4]) == 0.0
+    assert torch.equal(p["W_dec"][1], before["W_dec"][1]) and torch.equal(p["W_dec"][0, :4], before["W_dec"][0, :4])
