@@ -4,14 +4,15 @@ Schema (``schema_version`` 1; documented in ``docs/record.md``)::
 
     {"schema_version": 1, "tool": "interp-claims", "created": ISO-8601,
      "provenance": {git_commit, git_dirty, python, packages{torch, transformer_lens, numpy, ...},
-                    platform, device, dtype, torch_threads, spec_files{path: sha256}},
+                    platform, device, dtype, torch_threads, spec_files{path: sha256},
+                    measurement_cache{enabled, dir, hits, misses, stored, ignored, not_storable}},
      "models": {name: {identity..., load_seconds}},
      "summary": {verdict: count, "matched": n, "mismatched": n, "skipped": n,
                  "conceptual": n, "pending": n},   # entries of the spec files that are not measured
      "claims": [{id, file, statement, source, model, metric, params, inputs, select, value,
                  uncertainty, bound, unit, details, expect, expectation, baseline_tolerance,
                  reference{value, uncertainty, bound}, verdict, expected_verdict, matched,
-                 reason, duration_s, notes, rerun}]}
+                 reason, duration_s, cached, notes, rerun}]}
 
 ``bound``: ``"lower"`` / ``"upper"`` when the value only bounds the quantity (an optimiser's best
 figure is a lower bound on what is achievable), else ``null``.
@@ -116,6 +117,7 @@ def claim_entry(result: ClaimResult) -> dict[str, Any]:
         "matched": result.passed,
         "reason": result.reason,
         "duration_s": round(result.duration_s, 4),
+        "cached": result.cached,
         "notes": claim.notes,
         "rerun": f"pytest '{result.node_id}'",
     }
@@ -123,9 +125,10 @@ def claim_entry(result: ClaimResult) -> dict[str, Any]:
 
 def build_record(
     results: Iterable[ClaimResult], spec_files: dict[str, str], models: dict[str, Any],
-    unmeasured: dict[str, int] | None = None,
+    unmeasured: dict[str, int] | None = None, cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole run's record; ``unmeasured`` counts the spec files' ``conceptual`` and ``pending`` entries."""
+    """The whole run's record; ``unmeasured`` counts the spec files' ``conceptual`` and ``pending``
+    entries; ``cache`` is the measurement cache's use in this run (``provenance.measurement_cache``)."""
     results = list(results)
     summary: dict[str, int] = {verdict.value: 0 for verdict in Verdict}
     for result in results:
@@ -137,7 +140,7 @@ def build_record(
         "schema_version": SCHEMA_VERSION,
         "tool": "interp-claims",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "provenance": provenance(spec_files),
+        "provenance": {**provenance(spec_files), "measurement_cache": cache or {"enabled": False}},
         "models": models,
         "summary": summary,
         "claims": [claim_entry(result) for result in results],

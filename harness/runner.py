@@ -9,9 +9,11 @@ from typing import Any
 
 from harness.context import MetricContext
 from harness.core.errors import ModelUnavailable
+from harness.core.model_handle import ModelHandle
 from harness.loader import LoadedFile
 from harness.core.measurement import Measurement, measurement_non_finite_reason
 from harness.core.details import details_problem
+from harness.measurement_cache import cache_key
 from harness.registry import MetricInfo, get_metric
 from harness.session import Session
 from harness.core.spec import Claim, Reference
@@ -31,6 +33,8 @@ class ClaimResult:
     reason: str | None = None
     duration_s: float = 0.0
     model_identity: dict[str, Any] | None = None
+    cached: bool = False
+    """The measurement (and the reference, if any) came from the measurement cache, not this run."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -51,11 +55,14 @@ def run_claim(loaded: LoadedFile, claim: Claim, session: Session) -> ClaimResult
     try:
         model = session.model(model_name)
         result.model_identity = model.identity.as_dict()
-        result.measurement = measure(session, model_name, claim.metric, claim.params, claim.inputs, claim.select)
+        result.measurement, cached = _measure(session, model_name, claim.metric, claim.params, claim.inputs, claim.select)
         operand = claim.expect.operand
         if isinstance(operand, Reference):
             inputs = operand.inputs if operand.inputs is not None else claim.inputs
-            result.reference = measure(session, operand.model or model_name, operand.metric, operand.params, inputs, operand.select)
+            result.reference, reference_cached = _measure(
+                session, operand.model or model_name, operand.metric, operand.params, inputs, operand.select)
+            cached = cached and reference_cached
+        result.cached = cached
         result.verdict = judge(claim.expect, result.measurement, result.reference)
     except ModelUnavailable as exc:
         result.verdict, result.reason = Verdict.SKIPPED, str(exc)
@@ -91,21 +98,32 @@ def measure(
     session: Session, model_name: str, metric: str, params: dict[str, Any],
     inputs: dict[str, dict[str, Any]] | None, select: str | None,
 ) -> Measurement:
-    """One metric on one model and inputs, cached in ``session``, then ``select``-ed."""
+    """One metric on one model and inputs, cached in ``session`` (and in its measurement cache on
+    disk, if it has one), then ``select``-ed."""
+    return _measure(session, model_name, metric, params, inputs, select)[0]
+
+
+def _measure(
+    session: Session, model_name: str, metric: str, params: dict[str, Any],
+    inputs: dict[str, dict[str, Any]] | None, select: str | None,
+) -> tuple[Measurement, bool]:
+    """:func:`measure`, and whether the measurement was read from the cache on disk."""
     model = session.model(model_name)
     key = (model.identity.key, metric, json.dumps(params, sort_keys=True), json.dumps(inputs, sort_keys=True))
     measurement = session.measurement(key)
     if measurement is None:
         info = get_metric(metric)
-        batch = session.inputs(model, inputs) if inputs is not None else None
-        validated = info.validate_params(params)
-        measurement = info.function(MetricContext(model, batch, session), **dict(validated))
-        if not isinstance(measurement, Measurement):
-            raise _NotJudgeable(f"metric {metric!r} returned {type(measurement).__name__}, not a Measurement")
-        reason = declaration_problem(info, measurement)
-        if reason is not None:
-            raise _NotJudgeable(f"metric {metric!r} broke its declaration: {reason}")
-        session.remember(key, measurement)
+        disk_key = cache_key(model.identity.key, metric, params, inputs, info.function) if session.cache is not None else None
+        stored = session.cache.get(disk_key) if disk_key is not None else None
+        if stored is not None and declaration_problem(info, stored) is None:
+            session.remember(key, stored, from_cache=True)
+            measurement = stored
+        else:
+            start = time.perf_counter()
+            measurement = _compute(session, model, info, metric, params, inputs)
+            session.remember(key, measurement)
+            if disk_key is not None:
+                session.cache.put(disk_key, measurement, time.perf_counter() - start)
     reason = measurement_non_finite_reason(measurement)
     if reason is not None:
         raise _NotJudgeable(f"metric {metric!r}: {reason}")
@@ -116,4 +134,20 @@ def measure(
     reason = measurement_non_finite_reason(selected)
     if reason is not None:
         raise _NotJudgeable(f"metric {metric!r}: {reason}")
-    return selected
+    return selected, session.from_cache(key)
+
+
+def _compute(
+    session: Session, model: ModelHandle, info: MetricInfo, metric: str, params: dict[str, Any],
+    inputs: dict[str, dict[str, Any]] | None,
+) -> Measurement:
+    """Run the metric and check what it returned against its declaration."""
+    batch = session.inputs(model, inputs) if inputs is not None else None
+    validated = info.validate_params(params)
+    measurement = info.function(MetricContext(model, batch, session), **dict(validated))
+    if not isinstance(measurement, Measurement):
+        raise _NotJudgeable(f"metric {metric!r} returned {type(measurement).__name__}, not a Measurement")
+    reason = declaration_problem(info, measurement)
+    if reason is not None:
+        raise _NotJudgeable(f"metric {metric!r} broke its declaration: {reason}")
+    return measurement

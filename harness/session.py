@@ -18,6 +18,7 @@ from harness.core.finite import NonFiniteModelError, first_non_finite_parameter
 from harness.core.input_batch import InputBatch
 from harness.core.measurement import Measurement
 from harness.core.model_handle import Forward, ModelHandle
+from harness.measurement_cache import MeasurementCache
 
 MAX_FORWARDS = 8
 T = TypeVar("T")
@@ -29,12 +30,15 @@ class Session:
 
     progress: bool = False
     """Whether long metrics (trained fits) may draw progress bars on stderr (the CLI on a terminal)."""
+    cache: MeasurementCache | None = None
+    """The measurement cache on disk that measurements are read from and stored in (``None``: off)."""
     models: dict[str, ModelHandle | Exception] = field(default_factory=dict)
     load_seconds: dict[str, float] = field(default_factory=dict)
     forward_count: int = 0
     _inputs: dict[tuple[str, str], InputBatch] = field(default_factory=dict)
     _forwards: "OrderedDict[tuple[str, str], Forward]" = field(default_factory=OrderedDict)
     _measurements: dict[tuple[str, ...], Measurement] = field(default_factory=dict)
+    _from_cache: set[tuple[str, ...]] = field(default_factory=set)
     _memo: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
     def model(self, name: str) -> ModelHandle:
@@ -86,8 +90,15 @@ class Session:
     def measurement(self, key: tuple[str, ...]) -> Measurement | None:
         return self._measurements.get(key)
 
-    def remember(self, key: tuple[str, ...], measurement: Measurement) -> None:
+    def remember(self, key: tuple[str, ...], measurement: Measurement, *, from_cache: bool = False) -> None:
+        """Keep ``measurement`` for this run; ``from_cache``: it was read from the cache on disk."""
         self._measurements[key] = measurement
+        if from_cache:
+            self._from_cache.add(key)
+
+    def from_cache(self, key: tuple[str, ...]) -> bool:
+        """Whether the measurement under ``key`` was read from the cache on disk (not computed in this run)."""
+        return key in self._from_cache
 
     def memoised(self, key: tuple[str, ...], compute: Callable[[], T]) -> T:
         """``compute()`` once per ``key`` in this session: work that several metrics report, such as

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reports.context import model_entry, model_text, params_text, run_text, source_text
-from reports.markdown import VERDICT_MARK, anchors, is_mismatch, unmeasured_line
+from reports.markdown import CACHED_TEXT, VERDICT_MARK, anchors, cached_line, is_mismatch, unmeasured_line
 from reports.plots import plots_for
 from reports.values import format_measured
 
@@ -33,6 +33,7 @@ def render_html(record: dict[str, Any]) -> str:
         claims=claims, counts=counts, matched=summary.get("matched", 0), mismatched=summary.get("mismatched", 0),
         run=run_text(record.get("provenance")), created=record.get("created") or "?",
         not_measured=" ".join(unmeasured_line(summary)).strip(),
+        cached_note=" ".join(cached_line(record)).strip().replace("`", ""),
     )
 
 
@@ -51,6 +52,7 @@ def _view(entry: dict[str, Any], record: dict[str, Any], slug: str) -> dict[str,
         "verdict": entry["verdict"],
         "expected_verdict": entry["expected_verdict"],
         "mismatch": is_mismatch(entry),
+        "cached": CACHED_TEXT.replace("`", "") if entry.get("cached") else None,
         "reason": entry.get("reason"),
         "metric": entry["metric"],
         "params": params_text(entry.get("params")),

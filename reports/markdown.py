@@ -53,7 +53,7 @@ def summary_table(record: dict[str, Any]) -> str:
     for entry, slug in zip(entries, anchors([e["id"] for e in entries])):
         flag = " **(mismatch)**" if is_mismatch(entry) else ""
         rows.append(
-            f"| [{_cell(entry['id'])}](#{slug}) | {_cell(entry['model'])} | {_cell(format_measured(entry))} "
+            f"| [{_cell(entry['id'])}](#{slug}) | {_cell(entry['model'])} | {_cell(format_measured(entry))}{CACHED_MARK if entry.get('cached') else ''} "
             f"| {_cell(entry['expectation'])} | {_cell(_verdict(entry['verdict']))}{flag} | {_cell(entry['expected_verdict'])} |"
         )
     return "\n".join(rows)
@@ -75,6 +75,8 @@ def claim_section(entry: dict[str, Any], record: dict[str, Any]) -> str:
         f"- **measured**: {_line(format_measured(entry))}",
         f"- **expectation**: {_line(entry['expectation'])}",
     ]
+    if entry.get("cached"):
+        lines.append(f"- **cached**: {CACHED_TEXT}")
     if entry.get("reference"):
         lines.append(f"- **reference measurement**: {_line(format_measured(entry['reference']))}")
     if entry.get("reason"):
@@ -130,6 +132,20 @@ def _percent(value: Any) -> str:
     return f"{100 * value:.2f}%" if value == 0 or abs(value) >= 1e-4 else f"{100 * value:.2g}%"
 
 
+CACHED_MARK = " (cached)"
+CACHED_TEXT = ("reused from the measurement cache: measured by an earlier run on the same weights, code, "
+               "parameters, inputs and library versions (`--no-cache` measures afresh)")
+
+
+def cached_line(record: dict[str, Any]) -> list[str]:
+    """How many claims reused a cached measurement (none: no line)."""
+    claims = record.get("claims") or []
+    cached = sum(bool(entry.get("cached")) for entry in claims)
+    if not cached:
+        return []
+    return ["", f"{cached} of {len(claims)} claims reused a cached measurement (marked \"cached\"; `--no-cache` measures afresh)."]
+
+
 def unmeasured_line(summary: dict[str, Any]) -> list[str]:
     """The count of course rows the spec files hold but do not measure (none: no line)."""
     conceptual, pending = summary.get("conceptual", 0), summary.get("pending", 0)
@@ -149,6 +165,7 @@ def render_report(record: dict[str, Any]) -> str:
         f"{len(claims)} claims{': ' + counts if counts else ''}. "
         f"{summary.get('matched', 0)} as expected, {summary.get('mismatched', 0)} not as expected.",
         *unmeasured_line(summary),
+        *cached_line(record),
         "",
         summary_table(record),
         "",

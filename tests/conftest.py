@@ -20,6 +20,19 @@ settings.register_profile("thorough", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "replay")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_measurement_cache() -> Iterator[None]:
+    """The harness's own tests measure afresh (tests register and patch metrics under shared names):
+    the measurement cache is off unless a test gives a folder (tests/test_measurement_cache.py)."""
+    previous = os.environ.get("INTERP_CLAIMS_NO_CACHE")
+    os.environ["INTERP_CLAIMS_NO_CACHE"] = "1"
+    yield
+    if previous is None:
+        os.environ.pop("INTERP_CLAIMS_NO_CACHE", None)
+    else:
+        os.environ["INTERP_CLAIMS_NO_CACHE"] = previous
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Run a module on one torch thread (tiny models run 5-10x faster so on a shared machine)."""

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -132,7 +133,8 @@ def full_circuit_topk(
     ``rows`` restricts the scan to a contiguous range of source rows (step 1).  The CPU path
     works on tiles of ``block_rows x block_cols`` float32 entries (cache-sized: 16 MiB by default),
     numpy/BLAS for the products and the counting, in ``workers`` threads (default: one per usable
-    core, at most 8, when threadpoolctl can make BLAS single-threaded; else 1); a ``device``
+    core, at most 8, when threadpoolctl can make BLAS single-threaded; else 1, with a one-time
+    :class:`KernelFallbackWarning` naming the cause); a ``device``
     ("cuda", or "cpu" to test it) computes the float64 factors and runs the scan with torch there, in
     blocks of ``block_rows`` full rows (the float64 recheck stays on the CPU).
     Extra memory: the float64 and float32 factors (24 * (n_rows + V) * r bytes) plus, per worker,
@@ -411,14 +413,47 @@ def _cat(xs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(xs) if xs else np.zeros(0, np.int64)
 
 
+class KernelFallbackWarning(RuntimeWarning):
+    """The kernel runs on fewer worker threads than the CPU offers (a missing dependency)."""
+
+
+_fallback_warned = False
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
 def _auto_workers() -> int:
-    """One worker per usable core (at most 8) if BLAS can be made single-threaded, else 1."""
+    """One worker per usable core (at most 8) if BLAS can be made single-threaded, else 1.
+
+    Without threadpoolctl the workers' BLAS calls would each start their own threads and fight
+    over the cores, so the kernel keeps to one worker: correct, but the counting passes then use
+    one core.  That fallback is announced once per process (:class:`KernelFallbackWarning`).
+    """
+    cores = _usable_cores()
     try:
         import threadpoolctl  # noqa: F401
     except ImportError:
+        if cores > 1:
+            _warn_fallback(cores)
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, cores or 1))
+    return min(8, cores)
+
+
+def _warn_fallback(cores: int) -> None:
+    global _fallback_warned
+    if _fallback_warned:
+        return
+    _fallback_warned = True
+    warnings.warn(
+        f"full_circuit_topk: threadpoolctl is not installed, so the OV kernel runs 1 worker thread "
+        f"instead of {min(8, cores)} on this {cores}-core CPU (about half the speed on 2 cores); "
+        "install the declared dependency: pip install threadpoolctl",
+        KernelFallbackWarning, stacklevel=3,
+    )
 
 
 @contextmanager

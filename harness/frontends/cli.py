@@ -1,10 +1,12 @@
-"""The ``claims`` command: ``run``, ``validate``, ``list``, ``schema``, ``bless``, ``diff``, ``report``.
+"""The ``claims`` command: ``run``, ``validate``, ``list``, ``schema``, ``bless``, ``diff``, ``report``, ``cache``.
 
 ``run`` measures claims and writes ``results.json``, ``report.md`` and ``report.html``;
 ``validate`` and ``list`` check and show claim files without importing torch or TransformerLens
 (the engine is imported by ``run`` when it runs); ``schema`` prints the claim files' JSON Schema;
 ``bless`` writes a baseline from a results file, ``diff`` compares a results file with a
-baseline, ``report`` prints one claim's report section.
+baseline, ``report`` prints one claim's report section, ``cache info`` / ``cache clear`` show or
+empty the measurement cache (:mod:`harness.measurement_cache`) that ``run`` reads and writes unless
+``--no-cache``.
 
 Exit codes: 0 every verdict matched its expectation (``validate``: every file is valid;
 ``diff``: no difference); 1 some claim did not come out as expected (``diff``: a flip, drift,
@@ -61,7 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--weights", metavar="NAME=PATH", action="append", default=[], help="load model NAME from the local weights file PATH; repeatable")
     run.add_argument("--tokenizer", metavar="NAME=PATH", action="append", default=[],
                      help="tokenize for model NAME with the local tokenizer.json file or tokenizer folder PATH; repeatable")
+    run.add_argument("--no-cache", action="store_true", help="measure everything afresh: neither read nor write the measurement cache")
+    run.add_argument("--cache-dir", metavar="DIR", default=None,
+                     help="measurement cache folder (default: $INTERP_CLAIMS_MEASUREMENT_CACHE, else $XDG_CACHE_HOME/interp-claims/measurements)")
     run.set_defaults(handler=_run)
+    cache = commands.add_parser("cache", help="show or clear the measurement cache")
+    cache.add_argument("action", choices=("info", "clear"), help="info: where it is and how many entries; clear: remove every entry")
+    cache.add_argument("--cache-dir", metavar="DIR", default=None, help="the cache folder (default as for run)")
+    cache.set_defaults(handler=_cache)
     validate = commands.add_parser("validate", help="check claim files without running anything")
     validate.add_argument("paths", nargs="*", default=DEFAULT_PATHS)
     validate.set_defaults(handler=_validate)
@@ -177,6 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     from harness.session import Session
     from harness.verdicts import format_value
     from harness.frontends.weights_option import apply_tokenizer_option, apply_weights_option
+    from harness.measurement_cache import open_cache
 
     for items, apply in ((args.weights, apply_weights_option), (args.tokenizer, apply_tokenizer_option)):
         for item in items:
@@ -192,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
         raise PreflightError(f"{selected} in {' '.join(args.paths)}")
     writable_out(Path(args.out), OUTPUT_FILES)  # before measuring: a bad --out must not cost the run
     bar = not args.no_progress and _on_terminal()
-    session = Session(progress=bar)
+    session = Session(progress=bar, cache=open_cache(args.no_cache, args.cache_dir))
     results = []
     for index, (loaded, claim) in enumerate(_progress(work, disable=not bar), start=1):
         results.append(run_claim(loaded, claim, session))
@@ -202,7 +212,23 @@ def _run(args: argparse.Namespace) -> int:
     record = write_outputs(Path(args.out), results, {f.path: f.sha256 for f in files}, session)
     summary = record["summary"]
     print(f"\n{summary['matched']} as expected, {summary['mismatched']} not as expected, {summary['skipped']} skipped; wrote {args.out}/results.json, report.md and report.html")
+    if session.cache is not None:
+        reused = sum(result.cached for result in results)
+        print(f"measurement cache {session.cache.root}: {reused} of {len(results)} claims reused a cached measurement (--no-cache to measure afresh)")
     return EXIT_OK if summary["mismatched"] == 0 else EXIT_MISMATCH
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from harness.measurement_cache import MeasurementCache, default_cache_dir
+
+    cache = MeasurementCache(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir())
+    if args.action == "clear":
+        print(f"removed {cache.clear()} cached measurement(s) from {cache.root}")
+    else:
+        entries = cache.entries()
+        size = sum(path.stat().st_size for path in entries)
+        print(f"measurement cache {cache.root}: {len(entries)} entries, {size / 1e6:.1f} MB")
+    return EXIT_OK
 
 
 def _on_terminal() -> bool:

@@ -41,7 +41,8 @@ def unmeasured_counts(spec_files: dict[str, str]) -> dict[str, int]:
 
 def write_outputs(out: Path, results: list[ClaimResult], spec_files: dict[str, str], session: Session) -> dict:
     """Write ``results.json``, ``report.md`` and ``report.html`` into ``out`` (each atomically); return the record."""
-    record = build_record(results, spec_files, model_summaries(session), unmeasured_counts(spec_files))
+    cache = session.cache.summary() if session.cache is not None else None
+    record = build_record(results, spec_files, model_summaries(session), unmeasured_counts(spec_files), cache)
     write_atomic(out / "results.json", to_json(record))
     write_atomic(out / "report.md", render_report(record))
     write_atomic(out / "report.html", render_html(record))

