@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from harness.core.input_batch import InputBatch
 from harness.core.model_handle import Forward, ModelHandle
+from harness.core.toy_handle import ToyModelHandle
+from harness.core.toy_sae_handle import ToySaeHandle
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.session import Session
@@ -14,9 +16,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass(frozen=True)
 class MetricContext:
-    """A metric's view of one claim: ``model``, ``inputs`` (if the claim gives any), ``session``."""
+    """A metric's view of one claim: ``model``, ``inputs`` (if the claim gives any), ``session``.
 
-    model: ModelHandle
+    ``model`` is a transformer's :class:`ModelHandle` or a toy model of superposition's
+    :class:`ToyModelHandle` or a toy SAE's :class:`ToySaeHandle` (``harness/metrics/superposition.py``
+    and ``harness/metrics/toy_sae.py`` read those)."""
+
+    model: ModelHandle | ToyModelHandle | ToySaeHandle
     inputs: InputBatch | None
     session: "Session"
 

@@ -39,10 +39,21 @@ _QUOTE_ME = {
 """Tags PyYAML gives some plain scalars (``2024-01-01``, ``<<``, ``=``): quoting makes them strings."""
 
 
-class _ClaimLoader(yaml.SafeLoader):
-    """``SafeLoader`` that also reads ``1e-5`` and ``1.0e5`` as numbers, as YAML 1.2 and editors do,
-    and refuses collections nested deeper than ``MAX_DEPTH`` as it composes them (PyYAML's composer
-    recurses once per level: the check comes before the recursion, so one pass suffices)."""
+class _ClaimResolver(yaml.resolver.Resolver):
+    """YAML's core schema as PyYAML resolves it, plus ``1e-5`` and ``1.0e5`` read as numbers, as
+    YAML 1.2 and editors do."""
+
+
+_ClaimResolver.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+class _DepthCheckingComposer(yaml.composer.Composer):
+    """PyYAML's composer that refuses collections nested deeper than ``MAX_DEPTH`` as it composes
+    them (it recurses once per level: the check comes before the recursion, so one pass suffices)."""
 
     shown = ""
     _depth = 0
@@ -60,11 +71,37 @@ class _ClaimLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
-_ClaimLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+class _ClaimLoader(_DepthCheckingComposer, yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser,
+                   yaml.constructor.SafeConstructor, _ClaimResolver):
+    """The pure-Python loader: PyYAML's reader, scanner and parser. Its error messages are the ones
+    users see, so every text the fast loader refuses is read again with this one."""
+
+    def __init__(self, stream: str) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        _ClaimResolver.__init__(self)
+
+
+try:
+    from yaml.cyaml import CParser as _FAST_PARSER
+except ImportError:  # PyYAML built without libyaml
+    _FAST_PARSER = None
+"""libyaml's event parser when PyYAML was built with it (about 10x faster than the Python scanner)."""
+
+if _FAST_PARSER is not None:
+
+    class _FastClaimLoader(_DepthCheckingComposer, _FAST_PARSER, yaml.constructor.SafeConstructor, _ClaimResolver):  # type: ignore[misc, valid-type]
+        """Events from libyaml, composed by the same Python composer (so nesting, marks and
+        resolution are as in :class:`_ClaimLoader`). Only used for texts it accepts."""
+
+        def __init__(self, stream: str) -> None:
+            _FAST_PARSER.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            _ClaimResolver.__init__(self)
 
 
 @dataclass
@@ -138,23 +175,37 @@ def decode_utf8(raw: bytes, shown: str) -> str:
 
 
 def _compose(shown: str, text: str) -> list[yaml.Node | None]:
-    """Compose every document of ``text`` in one pass, nesting checked as it goes."""
+    """Compose every document of ``text`` in one pass, nesting checked as it goes: with libyaml's
+    parser where it is there and the text is plain printable YAML, else (and for every text libyaml
+    refuses, so that errors read the same everywhere) with PyYAML's Python parser."""
+    if _FAST_PARSER is not None and not yaml.reader.Reader.NON_PRINTABLE.search(text):
+        try:
+            return _compose_with(_FastClaimLoader(text), shown)
+        except YamlError:
+            raise
+        except Exception:  # noqa: BLE001 - refused by libyaml: let the Python parser say why
+            pass
     try:
         loader = _ClaimLoader(text)  # the reader checks every character here
     except yaml.YAMLError as exc:
         raise _yaml_error(shown, text, exc) from None
-    loader.shown = shown
     try:
-        nodes = []
-        while loader.check_node():
-            nodes.append(loader.get_node())
-        return nodes
+        return _compose_with(loader, shown)
     except yaml.YAMLError as exc:
         raise _yaml_error(shown, text, exc) from None
     except (ValueError, OverflowError):  # PyYAML's scanner hands ``"\UFFFFFFFF"`` to ``chr``
         mark = loader.get_mark()  # at the escape's hex digits, just after "\U" (or "\u", "\x")
         raise _error(shown, mark.line + 1, max(1, mark.column - 1), "",
                      "YAML syntax error: an escape in a double-quoted string names no Unicode character") from None
+
+
+def _compose_with(loader: _DepthCheckingComposer, shown: str) -> list[yaml.Node | None]:
+    loader.shown = shown
+    try:
+        nodes = []
+        while loader.check_node():
+            nodes.append(loader.get_node())
+        return nodes
     finally:
         loader.dispose()
 

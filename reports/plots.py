@@ -18,11 +18,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from harness.core.details import AttentionExamples, PositionCurve
+from harness.core.details import (
+    AttentionExamples, DimensionalityPoints, FeatureDirections, NamedPositionAttention, PositionCurve, PositionGrid,
+)
 from harness.core.heads import HEAD_PATTERN, Head, sort_heads
 from harness.core.named_registry import NamedRegistry
 from reports.curves import curve_points, plottable_rank, point_bound, stopped_early
 from reports.values import as_number
+from reports.superposition_plots import dimensionality_scatter, feature_directions
 
 HEAD_KEY = re.compile(HEAD_PATTERN)
 
@@ -312,6 +315,57 @@ def position_curve(entry: dict[str, Any]) -> str | None:
     return _svg(figure)
 
 
+def position_grid(entry: dict[str, Any]) -> str | None:
+    """A layer x position heatmap (e.g. residual-stream patching), columns labelled with prompt 0's
+    tokens when the details have them; the selected cell ``"L:P"`` boxed."""
+    import numpy as np
+
+    grid = _details(entry).get("grid")  # PositionGrid
+    if not isinstance(grid, list) or not grid or not all(isinstance(row, list) and row for row in grid):
+        return None
+    if len({len(row) for row in grid}) != 1 or not all(as_number(x) is not None for row in grid for x in row):
+        return None
+    values = np.array([[_finite(x) for x in row] for row in grid])
+    n_layers, n_pos = values.shape
+    figure, axes = _figure(min(MAX_INCHES, max(4.0, 0.35 * n_pos + 2.0)), min(MAX_INCHES, max(2.6, 0.2 * n_layers + 1.2)))
+    bound = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    image = axes.imshow(values, aspect="auto", cmap="RdBu", vmin=-bound, vmax=bound, interpolation="nearest")
+    tokens = _details(entry).get("tokens_prompt_0")
+    labels = [f"{i} {t!s}" for i, t in enumerate(tokens)] if isinstance(tokens, list) and len(tokens) == n_pos else list(range(n_pos))
+    axes.set_xticks(range(n_pos), labels, rotation=90)
+    axes.set_xlabel("position")
+    axes.set_ylabel("layer")
+    select = str(entry.get("select") or "")
+    if re.fullmatch(r"\d+:\d+", select):
+        layer, pos = (int(x) for x in select.split(":"))
+        if layer < n_layers and pos < n_pos:
+            axes.add_patch(_box(pos, layer))
+    figure.colorbar(image, ax=axes, label=_metric(entry))
+    axes.set_title(f"{_metric(entry)} per (layer, position)")
+    return _svg(figure)
+
+
+def named_position_bars(entry: dict[str, Any]) -> str | None:
+    """Grouped bars: each chosen head's mean attention from the query position to each named position."""
+    details = _details(entry)
+    by_position = details.get("by_position")  # NamedPositionAttention
+    if not isinstance(by_position, dict) or not by_position:
+        return None
+    heads = [h for h, row in by_position.items() if isinstance(row, dict) and row]
+    if not heads:
+        return None
+    names = list(by_position[heads[0]])
+    figure, axes = _figure(max(4.0, 0.5 * len(heads) * len(names) / 3 + 2.0))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        axes.bar([j + i * width for j in range(len(heads))], [_finite(by_position[h].get(name)) for h in heads], width, label=name)
+    axes.set_xticks([j + 0.4 - width / 2 for j in range(len(heads))], heads)
+    axes.set_ylabel(f"attention from {details.get('query', '?')}")
+    axes.legend(loc="upper right", fontsize=7)
+    axes.set_title(f"{_metric(entry)}: attention to each named position")
+    return _svg(figure)
+
+
 Plotter = Callable[[dict[str, Any]], "str | None"]
 """A plot: a claim entry of the record in, an SVG (or ``None`` where it does not apply) out."""
 
@@ -342,6 +396,12 @@ PLOTS: NamedRegistry[Plot] = NamedRegistry("plot", [
         Plot(composition_heatmap),
         Plot(rank_curve),
         Plot(position_curve, reads=PositionCurve),
+        # toy models of superposition (reports/superposition_plots.py)
+        Plot(feature_directions, reads=FeatureDirections),
+        Plot(dimensionality_scatter, reads=DimensionalityPoints),
+        # indirect object identification (layer x position patching, attention to named positions)
+        Plot(position_grid, reads=PositionGrid),
+        Plot(named_position_bars, reads=NamedPositionAttention),
     )
 ])
 """Every plot by name, in the order the HTML report shows them."""

@@ -214,3 +214,16 @@ def test_results_entry_without_verdict_is_a_clear_error(workdir: Path, blessed: 
     assert "claim 'induction-heads': key 'verdict' must be one of" in capsys.readouterr().err
     assert claims_main(["bless", "broken.json", "b.json"]) == 2
     assert "claim 'induction-heads': key 'verdict'" in capsys.readouterr().err
+
+
+def test_bless_update_replaces_only_the_files_the_run_measured(workdir: Path, blessed: dict) -> None:
+    old = dict(blessed)
+    old["claims"] = {**blessed["claims"], "other-file-claim": {**blessed["claims"]["prev-score"], "file": "claims/other.yaml"},
+                     "deleted-from-this-file": {**blessed["claims"]["prev-score"]}}
+    (workdir / "baseline.json").write_text(json.dumps(old))
+    assert claims_main(["bless", "--update", "a/results.json", "baseline.json"]) == 0
+    updated = json.loads((workdir / "baseline.json").read_text())["claims"]
+    assert "other-file-claim" in updated
+    assert "deleted-from-this-file" not in updated
+    assert {k: v for k, v in updated.items() if k != "other-file-claim"} == blessed["claims"]
+    assert list(updated) == sorted(updated)

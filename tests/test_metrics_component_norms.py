@@ -229,12 +229,12 @@ def test_direct_by_position_equals_loop_reference(seed: int, positional: str, no
 
 
 def test_direct_by_position_averages_to_direct_logit() -> None:
-    """The mean over positions of the table is attribution.direct_logit's embed + pos (positions all)."""
+    """The mean over positions of the table is attribution.direct_logit's embed + pos_embed (positions all)."""
     model = random_handle(21, positional="standard")
     inputs = {"repeated_random": {"seq_len": 5, "batch": 3, "seed": 2}}
     table = measure_metric(model, "attribution.direct_by_position", inputs=inputs).value
     dla = measure_metric(model, "attribution.direct_logit", inputs=inputs, positions="all").value
-    assert sum(table.values()) / len(table) == pytest.approx(dla["embed"] + dla["pos"], rel=1e-5, abs=1e-6)
+    assert sum(table.values()) / len(table) == pytest.approx(dla["embed"] + dla["pos_embed"], rel=1e-5, abs=1e-6)
 
 
 def test_direct_by_position_top_k_is_the_ranking_of_the_table() -> None:

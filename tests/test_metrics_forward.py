@@ -122,13 +122,13 @@ def ref_direct_logit(model: HookedTransformer, tokens: torch.Tensor) -> tuple[di
         model.set_use_attn_result(False)
     names, stack = ["embed"], [cache["embed"]]
     if model.cfg.positional_embedding_type == "standard":
-        names.append("pos")
+        names.append("pos_embed")
         stack.append(cache["pos_embed"].expand_as(cache["embed"]))
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
             names.append(f"{layer}.{head}")
             stack.append(cache["result", layer][:, :, head])
-    names.append("bias")
+    names.append("attn_bias")
     stack.append(model.b_O.sum(0).expand_as(cache["embed"]).detach())
     components = torch.stack(stack)  # [component, batch, pos, d_model]
     if model.cfg.normalization_type is not None:
@@ -140,8 +140,10 @@ def ref_direct_logit(model: HookedTransformer, tokens: torch.Tensor) -> tuple[di
             for i in range(tokens.shape[1] - 1):
                 c = int(tokens[b, i + 1])
                 value = float(components[n, b, i] @ model.W_U[:, c].detach())
-                row.append(value + (float(model.b_U[c].detach()) if name == "bias" else 0.0))
+                row.append(value)
             parts[name].append(row)
+    parts["unembed_bias"] = [[float(model.b_U[int(tokens[b, i + 1])].detach()) for i in range(tokens.shape[1] - 1)]
+                             for b in range(tokens.shape[0])]
     return parts, logits
 
 
@@ -328,7 +330,7 @@ def test_planted_ground_truth(source: str) -> None:
     dla = measure_metric(wrapped, "attribution.direct_logit", inputs=inputs, positions=excl)
     for name, expected in GROUND_TRUTH["dla_correct_token_second_half"].items():
         assert dla.value[name] == pytest.approx(expected, abs=1e-5), name
-    assert dla.value["bias"] == 0.0 and dla.details["sum_check"] <= 1e-5
+    assert dla.value["attn_bias"] == 0.0 and dla.value["unembed_bias"] == 0.0 and dla.details["sum_check"] <= 1e-5
     assert measure_metric(wrapped, "attribution.top_heads", inputs=inputs, k=1, positions=excl).value == GROUND_TRUTH["induction_heads"]
 
     for method in ("zero", "mean", "mean_all"):

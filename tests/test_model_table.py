@@ -74,3 +74,11 @@ def test_a_family_of_snapshot_names_is_listed_once_in_a_miss() -> None:
         registry["run@index=5"]
     message = str(caught.value)
     assert "run@index=0..50 (6 names)" in message and "other@step=1" in message and "run@index=20," not in message
+
+
+def test_every_model_marker_is_registered_with_pytest() -> None:
+    from harness.frontends.pytest_plugin.options import MARKERS
+
+    registry = model_entries()
+    used = {marker for name in registry.names() for marker in registry.get(name).markers}
+    assert used <= set(MARKERS), f"markers without a description in MARKERS: {sorted(used - set(MARKERS))}"

@@ -289,3 +289,35 @@ def test_an_escape_outside_unicode_is_a_located_error(escape):
     issue = info.value.issue
     assert (issue.location.line, issue.location.column) == (2, 6)  # the backslash
     assert "escape in a double-quoted string names no Unicode character" in issue.message
+
+
+# --- libyaml's parser and PyYAML's agree ----------------------------------------------------------
+
+
+def _read_both(monkeypatch: pytest.MonkeyPatch, text: str):
+    import harness.yaml_source as yaml_source
+
+    fast = read(text)
+    monkeypatch.setattr(yaml_source, "_FAST_PARSER", None)
+    pure = read(text)
+    monkeypatch.undo()
+    return fast, pure
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parents[1] / "claims").rglob("*.yaml")))
+def test_fast_and_pure_parsers_give_the_same_data_and_marks(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    import harness.yaml_source as yaml_source
+
+    assert yaml_source._FAST_PARSER is not None, "PyYAML without libyaml: the fast path is not tested"
+    (fast_data, fast_map), (pure_data, pure_map) = _read_both(monkeypatch, Path(path).read_text(encoding="utf-8"))
+    assert fast_data == pure_data
+    assert (fast_map.key_marks, fast_map.value_marks) == (pure_map.key_marks, pure_map.value_marks)
+
+
+@pytest.mark.parametrize("text", ["a: [1, 2\n", "a: b: c\n", "a:\n\t- 1\n", 'a: "\\UFFFFFFFF"\n', "a: 1\na: 2\n", "a: !!python/none x\n"])
+def test_a_text_libyaml_refuses_gets_the_pure_parsers_message(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    import harness.yaml_source as yaml_source
+
+    fast = issue_of(text)
+    monkeypatch.setattr(yaml_source, "_FAST_PARSER", None)
+    assert str(issue_of(text)) == str(fast)

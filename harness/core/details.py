@@ -46,7 +46,46 @@ class RankFits(TypedDict):
     fits: dict[str, dict[str, Any]]
 
 
-DETAILS_KINDS: dict[str, type] = {kind.__name__: kind for kind in (HeadScores, AttentionExamples, PositionCurve, RankFits)}
+class PositionGrid(TypedDict):
+    """A figure per (layer, position): ``grid[layer][position]`` (e.g. residual patching), with the
+    first prompt's tokens as column labels when there are any."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    grid: list[list[float]]
+    tokens_prompt_0: NotRequired[list[str] | None]
+
+
+class NamedPositionAttention(TypedDict):
+    """Mean attention of chosen heads from one named position to each named position:
+    ``by_position["L.H"]["IO"]``, with the ``query`` position named."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    by_position: dict[str, dict[str, float]]
+    query: str
+
+
+class FeatureDirections(TypedDict):
+    """A toy model instance's feature directions: ``directions[i]`` is column i of W (d_hidden numbers),
+    with the ``instance`` and each feature's ``importance``."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    instance: int
+    directions: list[list[float]]
+    importance: list[float]
+
+
+class DimensionalityPoints(TypedDict):
+    """Per toy-model instance: its feature probability ``p[k]`` and every feature's dimensionality ``dims[k]``."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    p: list[float]
+    dims: list[list[float]]
+
+
+DETAILS_KINDS: dict[str, type] = {kind.__name__: kind for kind in (
+    HeadScores, AttentionExamples, PositionCurve, RankFits, FeatureDirections, DimensionalityPoints,
+    PositionGrid, NamedPositionAttention,
+)}
 """Every details kind by name, as the record lists them."""
 
 

@@ -210,6 +210,13 @@ class ModelHandle:
         """Logits [batch, pos, d_vocab] of a forward pass with ``hooks`` (name, function) attached."""
         return self._hooked.run_with_hooks(tokens, fwd_hooks=hooks)
 
+    @torch.inference_mode()
+    def residual_with_hooks(self, tokens: Tensor, hooks: list[tuple[str, Hook]], stop_at_layer: int | None = None) -> Tensor:
+        """The residual stream [batch, pos, d_model] entering block ``stop_at_layer`` (default: after the
+        last block, before the final norm) of a forward pass with ``hooks``; no logits are computed."""
+        stop = self.shape.n_layers if stop_at_layer is None else stop_at_layer
+        return self._hooked.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=stop)
+
     def hook_name(self, kind: str, layer: int | None = None) -> str:
         """The hook point name of activation ``kind`` in ``layer`` (e.g. ``("z", 1)``)."""
         from transformer_lens.utilities import get_act_name  # transformer_lens.utils warns (deprecated)

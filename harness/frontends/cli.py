@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     bless = commands.add_parser("bless", help="write a baseline from a results file (explicit, never automatic)")
     bless.add_argument("results", help="results.json of a run")
     bless.add_argument("baseline", help="baseline file to write")
+    bless.add_argument("--update", action="store_true",
+                       help="keep the baseline's claims from files this run did not measure; replace those from files it did")
     bless.set_defaults(handler=_bless)
     compare = commands.add_parser("diff", help="report verdict flips and metric drift of a run against a baseline")
     compare.add_argument("baseline")
@@ -131,15 +133,17 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _bless(args: argparse.Namespace) -> int:
     from harness.record import to_json, write_atomic
-    from reports.baseline import BaselineError, load_json, make_baseline
+    from reports.baseline import BaselineError, load_baseline, load_json, make_baseline, update_baseline
 
-    try:
-        baseline = make_baseline(load_json(args.results, "results"))
-    except BaselineError as exc:
-        print(f"claims bless: {exc}", file=sys.stderr)
-        return EXIT_INVALID
     if Path(args.baseline).is_dir():
         print(f"claims bless: baseline {args.baseline} is a folder; give the file to write", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        baseline = make_baseline(load_json(args.results, "results"))
+        if args.update:
+            baseline = update_baseline(load_baseline(args.baseline), baseline)
+    except BaselineError as exc:
+        print(f"claims bless: {exc}", file=sys.stderr)
         return EXIT_INVALID
     write_atomic(args.baseline, to_json(baseline))
     print(f"blessed {len(baseline['claims'])} claims into {args.baseline}")

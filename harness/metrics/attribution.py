@@ -11,15 +11,16 @@ needed). ``N`` is the final normalization: the identity for ``normalization_type
 course's attention-only model); for a folded final norm, ``LNPre`` is ``(x - mean(x)) / s`` and
 ``RMSPre`` is ``x / s`` with ``s`` the cached ``ln_final.hook_scale``. ``N`` is linear for a fixed
 ``s``, and ``(x - mean(x)) . u = x . (u - mean(u))``, so each part is ``part . u_eff`` with
-``u_eff = N(W_U[:, c])``. The parts are ``embed``, ``pos`` (standard positions only), one per head
-``"L.H"``, and ``bias`` (``sum_l b_O[l] . u_eff + b_U[c]``); they sum to the logit exactly, up to
-float rounding, and the metric fails closed when they do not (``sum_check``).
+``u_eff = N(W_U[:, c])``. The parts are :mod:`harness.circuits.dla`'s (the same names as the IOI
+attribution): ``embed``, ``pos_embed`` (standard positions only), one per head ``"L.H"``,
+``attn_bias`` (``sum_l b_O[l] . u_eff``) and ``unembed_bias`` (``b_U[c]``); they sum to the logit
+exactly, up to float rounding, and the metric fails closed when they do not (``sum_check``).
 
 Models with MLPs, or with an unfolded final LayerNorm/RMSNorm (weights ``w``, ``b``), are
 rejected with a ``ValueError``: the parts would not be the direct effects.
 
 The direct path (the course's ``direct_attributions``, first column of ``logit_attr``) is the
-embedding read straight by the unembedding: ``direct[b, i] = embed[b, i] + pos[b, i]`` (``pos``
+embedding read straight by the unembedding: ``direct[b, i] = embed[b, i] + pos_embed[b, i]`` (``pos_embed``
 only for "standard" positions; the course's model has shortformer positions, so it is
 ``W_E[t[b, i]] . W_U[:, t[b, i+1]]`` there). ``attribution.direct_by_position`` reports it per
 prediction position ``i`` (the row index of ``logit_attr``: position 0 is BOS predicting the first
@@ -35,6 +36,7 @@ from pydantic import Field
 from torch import Tensor
 
 from harness.context import MetricContext
+from harness.circuits.dla import next_token_parts
 from harness.core.heads import head_names
 from harness.core.measurement import Measurement
 from harness.metrics.loss import Positions, prediction_slice, table
@@ -46,48 +48,15 @@ SUM_CHECK_ATOL = 1e-3
 """The course's ``assert_close(sum, logit, atol=1e-3)``, scaled by ``max(1, max |logit|)``."""
 
 
-def unembed_directions(model: ModelHandle, tokens: Tensor, activations: Activations) -> Tensor:
-    """``u_eff[b, i] = N(W_U[:, t[b, i+1]])`` [batch, pos-1, d_model]; raises for unsupported models."""
-    if not model.attn_only:
-        raise ValueError("direct logit attribution needs an attention-only model: MLP outputs are not attributed")
-    norm = model.normalization_type
-    if norm not in (None, "LNPre", "RMSPre"):
-        raise ValueError(
-            f"direct logit attribution needs normalization_type None or a folded final norm (LNPre/RMSPre, "
-            f"e.g. loaded with fold_ln=True); this model has {norm!r}, whose weights would make the parts wrong"
-        )
-    w_u = model.W_U.float()  # [d_model, d_vocab]
-    directions = w_u.T[tokens[:, 1:].to(w_u.device)]  # [batch, pos-1, d_model]
-    if norm is None:
-        return directions
-    if norm == "LNPre":
-        directions = directions - directions.mean(-1, keepdim=True)
-    scale = activations["ln_final.hook_scale"][:, :-1].float().to(w_u.device)  # [batch, pos-1, 1]
-    return directions / scale
-
-
 def direct_logit_parts(model: ModelHandle, tokens: Tensor, activations: Activations) -> dict[str, Tensor]:
     """Direct contributions to the correct next token's logit, ``{part: [batch, pos-1]}``.
 
-    Parts: ``embed``, ``pos`` (standard positions only), ``"L.H"`` for every head, ``bias``.
+    Parts (:mod:`harness.circuits.dla`): ``embed``, ``pos_embed`` (standard positions only),
+    ``"L.H"`` for every head, ``attn_bias``, ``unembed_bias``. Raises for models with MLPs.
     """
-    u_eff = unembed_directions(model, tokens, activations)  # [batch, n, d_model]
-    device, n = u_eff.device, u_eff.shape[1]
-    tokens = tokens.to(device)
-    parts: dict[str, Tensor] = {"embed": (model.W_E.float()[tokens[:, :-1]] * u_eff).sum(-1)}
-    if model.positional_embedding_type == "standard":
-        parts["pos"] = (model.W_pos.float()[:n] * u_eff).sum(-1)
-    names = iter(head_names(model.shape.n_layers, model.shape.n_heads))
-    w_o = model.W_O.float()  # [layer, head, d_head, d_model]
-    for layer in range(model.shape.n_layers):
-        z = activations["z", layer][:, :-1].float().to(device)  # [batch, n, head, d_head]
-        out_dirs = torch.einsum("hdm,bnm->bnhd", w_o[layer], u_eff)  # W_O[l, h] @ u_eff
-        per_head = (z * out_dirs).sum(-1)  # [batch, n, head]
-        for head in range(model.shape.n_heads):
-            parts[next(names)] = per_head[..., head]
-    b_u = model.b_U.float().to(device)[tokens[:, 1:]]  # [batch, n]
-    parts["bias"] = (u_eff * model.b_O.float().sum(0)).sum(-1) + b_u
-    return {name: part.cpu() for name, part in parts.items()}
+    if not model.attn_only:
+        raise ValueError("direct logit attribution needs an attention-only model: MLP outputs are not attributed")
+    return next_token_parts(model, tokens, activations)
 
 
 def _checked_parts(ctx: MetricContext) -> tuple[dict[str, Tensor], float]:
@@ -105,7 +74,7 @@ def _checked_parts(ctx: MetricContext) -> tuple[dict[str, Tensor], float]:
 
 @metric("attribution.direct_logit", needs_inputs=True, value=Table(either(HEADS, names())))
 def direct_logit(ctx: MetricContext, *, positions: Positions = "all") -> Measurement:
-    """Mean direct contribution of each part (embed, [pos], each head, bias) to the correct token's logit.
+    """Mean direct contribution of each part (embed, [pos_embed], each head, attn_bias, unembed_bias) to the correct token's logit.
 
     Averaged over ``positions`` per sequence, then over the batch (uncertainty: standard error).
     Details: ``sum_check`` (max |sum of parts - logit|) and the per-position embed curve.
@@ -141,8 +110,8 @@ def top_heads(
 
 
 def direct_path(parts: dict[str, Tensor]) -> Tensor:
-    """The direct path's attribution ``embed + pos`` (pos only where present) [batch, pos-1]."""
-    return parts["embed"] + parts["pos"] if "pos" in parts else parts["embed"]
+    """The direct path's attribution ``embed + pos_embed`` (pos_embed only where present) [batch, pos-1]."""
+    return parts["embed"] + parts["pos_embed"] if "pos_embed" in parts else parts["embed"]
 
 
 @metric("attribution.direct_by_position", needs_inputs=True, value=OneOf(Table(POSITIONS), NameSet(POSITIONS)))

@@ -19,7 +19,9 @@ For a fixed ``s``, ``N`` is linear, so with the logit-difference direction
 
 over the parts that sum to ``x``: ``embed``, ``pos_embed`` (standard positions only), each
 head's output ``z[b, P-1, l, h] @ W_O[l, h]`` (``"L.H"``), each MLP's output (``"mlp.L"``) and the
-attention output biases (``attn_bias`` = ``sum_l b_O[l]``). Applying ``N`` with the cached ``s`` to
+attention output biases (``attn_bias`` = ``sum_l b_O[l]``), and ``unembed_bias``
+(``b_U[c_b] - b_U[w_b]``): :mod:`harness.circuits.dla`'s parts, the same names as
+``attribution.direct_logit``'s. Applying ``N`` with the cached ``s`` to
 one part is what ``cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)`` does. Models with an
 unfolded final norm (weights ``w``, ``b``: ``LN``, ``RMS``) are rejected: the parts would be wrong.
 """
@@ -33,6 +35,7 @@ from pydantic import Field
 from torch import Tensor
 
 from harness.context import MetricContext
+from harness.circuits.dla import effective_directions, gather_positions, logit_diff_directions, logit_diff_parts
 from harness.core.heads import head_names
 from harness.core.measurement import Measurement
 from harness.metrics.loss import mean_and_error
@@ -50,82 +53,39 @@ def answer_ids(ctx: MetricContext) -> Tensor:
     """The answers [batch, 2] (correct, incorrect) of ``ioi_prompts`` inputs; raises for other inputs."""
     inputs = ctx.require_inputs()
     if "answers" not in inputs.meta:
-        raise ValueError(f"IOI metrics need inputs: ioi_prompts (answers as token ids), not {inputs.kind}")
+        raise ValueError(f"IOI metrics need inputs: ioi_prompts or ioi_dataset (answers as token ids), not {inputs.kind}")
     return torch.tensor(inputs.meta["answers"], dtype=torch.int64)
 
 
-def final_logit_diff(logits: Tensor, answers: Tensor) -> Tensor:
-    """``LD[b] = logits[b, -1, c_b] - logits[b, -1, w_b]`` [batch] from logits [batch, pos, d_vocab]."""
-    final = logits[:, -1].float().cpu()  # [batch, d_vocab]
+def end_positions(ctx: MetricContext) -> Tensor:
+    """The read position of each prompt [batch]: ``word_idx["end"]`` of ``ioi_dataset``, else the final position."""
+    inputs = ctx.require_inputs()
+    word_idx = inputs.meta.get("word_idx")
+    if word_idx is not None:
+        return torch.tensor(word_idx["end"], dtype=torch.int64)
+    return torch.full((inputs.tokens.shape[0],), inputs.tokens.shape[1] - 1, dtype=torch.int64)
+
+
+def final_logit_diff(logits: Tensor, answers: Tensor, ends: Tensor | None = None) -> Tensor:
+    """``LD[b] = logits[b, e_b, c_b] - logits[b, e_b, w_b]`` [batch] from logits [batch, pos, d_vocab].
+
+    ``e_b = ends[b]`` (default: the final position, ``-1``).
+    """
+    if ends is None:
+        final = logits[:, -1].float().cpu()  # [batch, d_vocab]
+    else:
+        final = logits[torch.arange(logits.shape[0]), ends.to(logits.device)].float().cpu()
     picked = final.gather(-1, answers)  # [batch, 2]
     return picked[:, 0] - picked[:, 1]
-
-
-def logit_diff_directions(model: ModelHandle, answers: Tensor) -> Tensor:
-    """``d_b = W_U[:, c_b] - W_U[:, w_b]`` [batch, d_model] (the course's ``logit_diff_directions``)."""
-    w_u = model.W_U.float().cpu()  # [d_model, d_vocab]
-    return (w_u[:, answers[:, 0]] - w_u[:, answers[:, 1]]).T
-
-
-def final_norm(model: ModelHandle, activations: Activations) -> tuple[bool, Tensor]:
-    """``(centre, s)``: whether ``N`` subtracts the mean, and the cached scale ``s`` [batch, 1] at the final position."""
-    norm = model.normalization_type
-    if norm not in (None, "LNPre", "RMSPre"):
-        raise ValueError(
-            f"IOI attribution needs normalization_type None or a folded final norm (LNPre/RMSPre, "
-            f"fold_ln=True); this model has {norm!r}, whose weights would make the parts wrong"
-        )
-    if norm is None:
-        batch = activations["resid_post", model.shape.n_layers - 1].shape[0]
-        return False, torch.ones(batch, 1)
-    return norm == "LNPre", activations["ln_final.hook_scale"][:, -1].float().cpu()  # [batch, 1]
-
-
-def apply_final_norm(stack: Tensor, centre: bool, scale: Tensor) -> Tensor:
-    """``N(stack)`` with the cached scale: ``(x - mean(x)) / s`` or ``x / s``; stack [..., batch, d_model]."""
-    if centre:
-        stack = stack - stack.mean(-1, keepdim=True)
-    return stack / scale  # scale [batch, 1] broadcasts over the leading dims
-
-
-def residual_parts(model: ModelHandle, activations: Activations) -> dict[str, Tensor]:
-    """The parts [batch, d_model] that sum to the final residual ``resid_post[L-1][:, -1]``."""
-    parts: dict[str, Tensor] = {"embed": activations["embed"][:, -1].float().cpu()}
-    if model.positional_embedding_type == "standard":
-        parts["pos_embed"] = activations["pos_embed"][:, -1].float().cpu()
-    names = iter(head_names(model.shape.n_layers, model.shape.n_heads))
-    w_o = model.W_O.float().cpu()  # [layer, head, d_head, d_model]
-    for layer in range(model.shape.n_layers):
-        z = activations["z", layer][:, -1].float().cpu()  # [batch, head, d_head]
-        per_head = torch.einsum("bhd,hdm->hbm", z, w_o[layer])  # [head, batch, d_model]
-        for head in range(model.shape.n_heads):
-            parts[next(names)] = per_head[head]
-        if not model.attn_only:
-            parts[f"mlp.{layer}"] = activations["mlp_out", layer][:, -1].float().cpu()
-    batch = parts["embed"].shape[0]
-    parts["attn_bias"] = model.b_O.float().cpu().sum(0).expand(batch, -1)
-    return parts
-
-
-def logit_diff_parts(model: ModelHandle, activations: Activations, answers: Tensor) -> dict[str, Tensor]:
-    """Each part's direct contribution ``N(part[b]) . d_b`` [batch], plus ``unembed_bias`` (module docstring)."""
-    centre, scale = final_norm(model, activations)
-    directions = logit_diff_directions(model, answers)  # [batch, d_model]
-    parts = residual_parts(model, activations)
-    stack = torch.stack(list(parts.values()))  # [part, batch, d_model]
-    contributions = (apply_final_norm(stack, centre, scale) * directions).sum(-1)  # [part, batch]
-    result = dict(zip(parts, contributions))
-    b_u = model.b_U.float().cpu()
-    result["unembed_bias"] = b_u[answers[:, 0]] - b_u[answers[:, 1]]
-    return result
 
 
 def checked_parts(ctx: MetricContext) -> tuple[dict[str, Tensor], Tensor, float]:
     """``(parts, LD, sum_check)``; raises unless the parts sum to the logit difference (fail closed)."""
     answers = answer_ids(ctx)
     forward = ctx.forward()
-    parts = logit_diff_parts(ctx.model, forward.activations, answers)
-    actual = final_logit_diff(forward.logits, answers)  # [batch]
+    ends = end_positions(ctx)  # [batch]
+    parts = logit_diff_parts(ctx.model, forward.activations, answers, ends)
+    actual = final_logit_diff(forward.logits, answers, ends)  # [batch]
     sum_check = float((torch.stack(list(parts.values())).sum(0) - actual).abs().max())
     tolerance = SUM_CHECK_ATOL * max(1.0, float(actual.abs().max()))
     if not sum_check <= tolerance:
@@ -142,7 +102,7 @@ def logit_diff(ctx: MetricContext) -> Measurement:
     ``min > 0``); the uncertainty of ``mean`` is the standard error over prompts (none for one
     prompt); single prompts and ``min`` have none (deterministic for these inputs).
     """
-    diffs = final_logit_diff(ctx.forward().logits, answer_ids(ctx))  # [batch]
+    diffs = final_logit_diff(ctx.forward().logits, answer_ids(ctx), end_positions(ctx))  # [batch]
     mean, error = mean_and_error(diffs)
     values = {str(i): float(v) for i, v in enumerate(diffs)}
     values["mean"] = mean
@@ -164,7 +124,7 @@ def answer(
     answers = answer_ids(ctx)
     if prompt >= answers.shape[0]:
         raise ValueError(f"prompt {prompt} is outside the {answers.shape[0]} prompts of the inputs")
-    final = ctx.forward().logits[prompt, -1].float().cpu()  # [d_vocab]
+    final = ctx.forward().logits[prompt, int(end_positions(ctx)[prompt])].float().cpu()  # [d_vocab]
     probs = final.softmax(-1)
     correct = int(answers[prompt, 0])
     best = final.topk(top)
@@ -226,10 +186,11 @@ def residual_reconstruction(ctx: MetricContext) -> Measurement:
     answers = answer_ids(ctx)
     forward = ctx.forward()
     model, activations = ctx.model, forward.activations
-    centre, scale = final_norm(model, activations)
-    final_resid = activations["resid_post", model.shape.n_layers - 1][:, -1].float().cpu()  # [batch, d_model]
-    rebuilt = (apply_final_norm(final_resid, centre, scale) * logit_diff_directions(model, answers)).sum(-1)  # [batch]
-    actual = final_logit_diff(forward.logits, answers)  # [batch]
+    ends = end_positions(ctx)  # [batch]
+    final_resid = gather_positions(activations["resid_post", model.shape.n_layers - 1], ends[:, None])[:, 0]  # [batch, d_model]
+    u_eff = effective_directions(model, activations, logit_diff_directions(model, answers)[:, None], ends[:, None])[:, 0]
+    rebuilt = (final_resid * u_eff).sum(-1)  # [batch]
+    actual = final_logit_diff(forward.logits, answers, ends)  # [batch]
     b_u = model.b_U.float().cpu()
     value = {
         "difference": float(rebuilt.mean() - actual.mean()),

@@ -47,6 +47,7 @@ from pydantic import Field
 from torch import Tensor
 
 from harness.context import MetricContext
+from harness.core.details import PositionGrid
 from harness.core.heads import Head, head_names
 from harness.core.measurement import Measurement
 from harness.metrics.ablation import chunks, copies_per_pass
@@ -258,7 +259,7 @@ def grid_measurement(ctx: MetricContext, kind: str, view: View) -> Measurement:
     return Measurement(grid_view(grid, view), None, details)
 
 
-@metric("patching.resid_pre", needs_inputs=True, value=Table(either(CELLS, LAYERS)))
+@metric("patching.resid_pre", needs_inputs=True, value=Table(either(CELLS, LAYERS)), details=(PositionGrid,))
 def resid_pre(ctx: MetricContext, *, view: View = "cells") -> Measurement:
     """``ioi_metric`` with the clean ``resid_pre[L][:, P]`` patched into the corrupted run, per (L, P).
 
@@ -272,7 +273,7 @@ def resid_pre(ctx: MetricContext, *, view: View = "cells") -> Measurement:
     return grid_measurement(ctx, "resid_pre", view)
 
 
-@metric("patching.block_every", needs_inputs=True, value=Table(either(CELLS, LAYERS)))
+@metric("patching.block_every", needs_inputs=True, value=Table(either(CELLS, LAYERS)), details=(PositionGrid,))
 def block_every(ctx: MetricContext, *, component: Component, view: View = "cells") -> Measurement:
     """``ioi_metric`` with one block component of layer ``L`` patched at position ``P``, per (L, P).
 

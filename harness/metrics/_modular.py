@@ -1,0 +1,153 @@
+"""Shared maths of the modular-addition metrics: Fourier bases over Z_p and the model's activations on all pairs.
+
+Fourier basis (the course's ``make_fourier_basis``): the p x p matrix F whose rows are, in order,
+``const, cos 1, sin 1, ..., cos K, sin K`` (K = (p - 1) / 2 = 56 for p = 113), row i sampled at
+x = 0..p-1 (``cos k`` is ``cos(2 pi k x / p)``) and scaled to unit norm. F is orthogonal
+(F F^T = I), so ``F v`` are the coordinates of v in it and ``F^T (F v) = v``.
+
+2-D: for a grid ``G[x, y, ...]`` the coefficients are ``F G F^T`` (``einsum("xy...,ix,jy->ij...")``);
+entry ``[i, j]`` is the coefficient of ``row_i(x) row_j(y)``.
+
+All-pairs runs: every (x, y) in row-major order (x = n // p, y = n % p), tokens ``[x, y, =]``;
+``number_logits`` are the "=" position's logits over the p numbers (the "=" logit dropped).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fixtures.modular_task import P, all_data, train_mask
+from harness.core.model_handle import ModelHandle
+
+
+def fourier_basis(p: int = P, dtype: torch.dtype = torch.float64) -> Tensor:
+    """F (p, p): orthonormal rows const, cos 1, sin 1, ..., cos K, sin K over Z_p (p odd)."""
+    if p % 2 == 0 or p < 3:
+        raise ValueError(f"the Fourier basis here needs an odd p >= 3, got {p}")
+    x = torch.arange(p, dtype=dtype)
+    rows = [torch.ones(p, dtype=dtype)]
+    for k in range(1, p // 2 + 1):
+        rows += [torch.cos(2 * math.pi * k * x / p), torch.sin(2 * math.pi * k * x / p)]
+    basis = torch.stack(rows)
+    return basis / basis.norm(dim=1, keepdim=True)
+
+
+def basis_names(p: int = P) -> list[str]:
+    """``["const", "cos1", "sin1", ..., "cosK", "sinK"]``."""
+    return ["const"] + [f"{trig}{k}" for k in range(1, p // 2 + 1) for trig in ("cos", "sin")]
+
+
+def fourier_2d(grid: Tensor, basis: Tensor) -> Tensor:
+    """``F G F^T`` over the first two axes of ``grid`` (p, p, ...)."""
+    return torch.einsum("xy...,ix,jy->ij...", grid, basis, basis)
+
+
+def frequency_energy(coords: Tensor) -> Tensor:
+    """(K + 1,) energy per frequency of 1-D Fourier coordinates (p, ...): k = 0 the constant, else cos_k^2 + sin_k^2, summed over the other axes."""
+    sq = coords.pow(2).reshape(coords.shape[0], -1).sum(1)
+    return torch.cat([sq[:1], sq[1::2] + sq[2::2]])
+
+
+def trig_sum_directions(k: int, p: int = P, dtype: torch.dtype = torch.float64) -> Tensor:
+    """(2, p * p): unit vectors cos(w_k (x + y)) and sin(w_k (x + y)) over the row-major (x, y) grid, w_k = 2 pi k / p."""
+    x = torch.arange(p, dtype=dtype)
+    s = (x[:, None] + x[None, :]).flatten() * (2 * math.pi * k / p)
+    out = torch.stack([torch.cos(s), torch.sin(s)])
+    return out / out.norm(dim=1, keepdim=True)
+
+
+@dataclass(frozen=True)
+class AllPairs:
+    """One run of the model on all p^2 pairs: number logits (p^2, p), post-ReLU neurons (p^2, d_mlp), "=" attention (p^2, h, 3)."""
+
+    logits: Tensor
+    neurons: Tensor
+    attention: Tensor
+
+
+def run_all_pairs(model: ModelHandle, p: int = P) -> AllPairs:
+    """Logits, neuron activations and attention of the "=" position on every (x, y)."""
+    data = all_data(p)
+    forward = model.run_with_cache(data.tokens)
+    logits = forward.logits[:, -1, :p].detach().to(torch.float64)
+    neurons = forward.activations[("post", 0)][:, -1].detach().to(torch.float64)
+    attention = forward.activations[("pattern", 0)][:, :, -1, :].detach().to(torch.float64)
+    return AllPairs(logits, neurons, attention)
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> float:
+    """Mean float64 cross-entropy of (batch, p) logits."""
+    logprobs = logits.to(torch.float64).log_softmax(dim=-1)
+    return float(-logprobs.gather(1, labels[:, None]).mean())
+
+
+def labels_all(p: int = P) -> Tensor:
+    """(p^2,) (x + y) mod p over the row-major grid."""
+    return all_data(p).labels
+
+
+def split_loss(logits: Tensor, split: str, p: int = P) -> float:
+    """Float64 loss of all-pairs logits (p^2, p) on ``all``, ``train`` or ``test`` pairs (the paper's split)."""
+    labels = labels_all(p)
+    if split == "all":
+        return cross_entropy(logits, labels)
+    mask = train_mask(p)
+    chosen = mask if split == "train" else ~mask
+    return cross_entropy(logits[chosen], labels[chosen])
+
+
+def project_onto(logits: Tensor, directions: Tensor) -> Tensor:
+    """The projection of each logit column (p^2, p) onto the span of orthonormal ``directions`` (n, p^2)."""
+    return directions.T @ (directions @ logits)
+
+
+def neuron_frequencies(neurons: Tensor, k_max: int, p: int = P) -> tuple[Tensor, Tensor]:
+    """(frequency, fraction explained) of each neuron, frequencies 1..k_max.
+
+    The post-ReLU activations on the (x, y) grid are centred (mean over the grid removed, i.e.
+    the 2-D const-const coefficient zeroed) and taken to the 2-D Fourier basis; for each k, the
+    share of the neuron's energy in the 3 x 3 block of rows {const, cos k, sin k} (const, linear
+    and quadratic terms of k); the neuron's frequency is the k with the largest share. A neuron
+    that is constant on the grid has share 0 for every k.
+    """
+    grid = neurons.reshape(p, p, -1)
+    coeffs = fourier_2d(grid - grid.mean(dim=(0, 1)), fourier_basis(p))
+    total = coeffs.pow(2).sum((0, 1))
+    total = torch.where(total > 0, total, torch.ones_like(total))  # a constant neuron (dead, or always on) is explained by nothing: share 0
+    shares = []
+    for k in range(1, k_max + 1):
+        idx = torch.tensor([0, 2 * k - 1, 2 * k])
+        shares.append(coeffs[idx][:, idx].pow(2).sum((0, 1)) / total)
+    stacked = torch.stack(shares)  # (k_max, d_mlp)
+    frac, arg = stacked.max(0)
+    return arg + 1, frac
+
+
+K_RANGES = {"full": P // 2, "course": P // 2 - 1}  # the course's arrange_by_2d_freqs loops range(1, p // 2): k = 1..55
+
+
+def relu_quadratic_fit(k: int, p: int = P) -> dict[str, float]:
+    """Least squares of ReLU(A + c(x) + c(y)) on unit-norm grid vectors {const, c(x), c(y), c(x) c(y)}.
+
+    c is the unit-norm ``cos k`` row of F, A = 1 / (2 sqrt(p)); regressors are the 2-D basis
+    products const x const, cos k x const, const x cos k, cos k x cos k (unit norm on the p x p
+    grid). Returns the four coefficients, r^2 with and without the quadratic term.
+    """
+    basis = fourier_basis(p)
+    const, c = basis[0], basis[2 * k - 1]
+    target = torch.relu(1 / (2 * math.sqrt(p)) + c[:, None] + c[None, :]).flatten()
+    cols = torch.stack([torch.outer(a, b).flatten() for a, b in ((const, const), (c, const), (const, c), (c, c))], 1)
+
+    def fit(design: Tensor) -> tuple[Tensor, float]:
+        sol = torch.linalg.lstsq(design, target[:, None]).solution[:, 0]
+        resid = target - design @ sol
+        return sol, float(1 - resid.pow(2).sum() / (target - target.mean()).pow(2).sum())
+
+    full, r2 = fit(cols)
+    _, r2_linear = fit(cols[:, :3])
+    return {"const": float(full[0]), "cos_x": float(full[1]), "cos_y": float(full[2]), "cos_x_cos_y": float(full[3]),
+            "r2": r2, "r2_without_quadratic": r2_linear}

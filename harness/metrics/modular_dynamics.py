@@ -1,0 +1,108 @@
+"""Metrics of ARENA 1.5.2 across a training run: a quantity measured on each snapshot of the claim's model.
+
+A model's snapshots are the registry's family ``BASE@epoch=N`` (the reproduction) or
+``BASE@index=I`` (the course's run, epoch 100 I), where BASE is the claim's model name without
+its ``@...`` part. Each snapshot is loaded (sha256 checked) and measured on all p^2 pairs.
+
+Quantities: ``test_loss``, ``train_loss``, ``all_loss`` (float64, :mod:`harness.metrics.modular`),
+``restricted_loss`` (all pairs, the given ``frequencies``, bias-corrected), ``weight_norm``.
+
+- ``modular.snapshot_series``: the quantity at each chosen epoch (``epoch=N``).
+- ``modular.orders_of_magnitude_drop``: ``log10(q(from_epoch) / q(to_epoch))``.
+- ``modular.first_epoch_below``: the first snapshot epoch whose quantity is below ``level``
+  (the last epoch + the spacing, i.e. "not within the run", when none is).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from fixtures.registry import get_model_entry, model_entries
+from harness.context import MetricContext
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelHandle
+from harness.core.value_shape import Scalar, Table, labelled
+from harness.metrics._modular import run_all_pairs, split_loss
+from harness.metrics.modular_logits import Frequency, restricted_logits
+from harness.registry import metric
+
+Quantity = Literal["test_loss", "train_loss", "all_loss", "restricted_loss", "weight_norm"]
+Epoch = Annotated[int, Field(ge=0)]
+
+
+def snapshot_names(model_name: str) -> dict[int, str]:
+    """{epoch: registry name} of every snapshot in the family of ``model_name``."""
+    base = model_name.partition("@")[0]
+    found: dict[int, str] = {}
+    for name in model_entries():
+        stem, at, variant = name.partition("@")
+        key, _, number = variant.partition("=")
+        if stem == base and at and number.isdigit():
+            if key == "epoch":
+                found[int(number)] = name
+            elif key == "index":
+                found[100 * int(number)] = name
+    if not found:
+        raise ValueError(f"model {model_name!r} has no snapshots in the registry (names {base}@epoch=N or {base}@index=I)")
+    return dict(sorted(found.items()))
+
+
+def measure(model: ModelHandle, quantity: str, frequencies: list[int] | None) -> float:
+    """The quantity on one snapshot."""
+    if quantity == "weight_norm":
+        return sum(float(p.double().pow(2).sum()) for _, p in model.named_parameters())
+    logits = run_all_pairs(model).logits
+    if quantity == "restricted_loss":
+        if not frequencies:
+            raise ValueError("quantity restricted_loss needs 'frequencies'")
+        return split_loss(restricted_logits(logits, frequencies, True), "all")
+    return split_loss(logits, quantity.removesuffix("_loss"))
+
+
+def series(model_name: str, quantity: str, frequencies: list[int] | None, epochs: list[int] | None) -> tuple[dict[int, float], dict[int, str]]:
+    """({epoch: quantity}, {epoch: weights sha256}) over the chosen (default: every) snapshot."""
+    names = snapshot_names(model_name)
+    chosen = sorted(names) if epochs is None else epochs
+    missing = [e for e in chosen if e not in names]
+    if missing:
+        raise ValueError(f"no snapshot of {model_name.partition('@')[0]} at epoch(s) {missing}; snapshots: {sorted(names)}")
+    values, shas = {}, {}
+    for epoch in chosen:
+        handle = get_model_entry(names[epoch]).load()
+        values[epoch] = measure(handle, quantity, frequencies)
+        shas[epoch] = handle.identity.weights_sha256 or ""
+    return values, shas
+
+
+@metric("modular.snapshot_series", value=Table(labelled("epoch")))
+def snapshot_series(ctx: MetricContext, *, quantity: Quantity, frequencies: list[Frequency] | None = None,
+                    epochs: list[Epoch] | None = None) -> Measurement:
+    """The quantity on each snapshot of the claim's model (``epochs``: a subset), keyed ``epoch=N``."""
+    values, shas = series(ctx.model.identity.name, quantity, frequencies, epochs)
+    return Measurement({f"epoch={e}": v for e, v in values.items()}, None, {"quantity": quantity, "weights_sha256": {str(e): s for e, s in shas.items()}})
+
+
+@metric("modular.orders_of_magnitude_drop", value=Scalar())
+def orders_of_magnitude_drop(ctx: MetricContext, *, quantity: Quantity, from_epoch: Epoch, to_epoch: Epoch,
+                             frequencies: list[Frequency] | None = None) -> Measurement:
+    """``log10(q(from_epoch) / q(to_epoch))``: how many orders of magnitude the quantity fell between two snapshots."""
+    values, shas = series(ctx.model.identity.name, quantity, frequencies, [from_epoch, to_epoch])
+    a, b = values[from_epoch], values[to_epoch]
+    if a <= 0 or b <= 0:
+        raise ValueError(f"{quantity} is not positive at epoch {from_epoch} ({a}) or {to_epoch} ({b})")
+    return Measurement(math.log10(a / b), None, {"from": a, "to": b, "quantity": quantity})
+
+
+@metric("modular.first_epoch_below", value=Scalar())
+def first_epoch_below(ctx: MetricContext, *, quantity: Quantity, level: Annotated[float, Field(gt=0)],
+                      frequencies: list[Frequency] | None = None, epochs: list[Epoch] | None = None) -> Measurement:
+    """The first snapshot epoch (of ``epochs``, default all) whose quantity is below ``level``; past the last one when none is."""
+    values, _ = series(ctx.model.identity.name, quantity, frequencies, epochs)
+    ordered = sorted(values)
+    below = [e for e in ordered if values[e] < level]
+    step = ordered[-1] - ordered[-2] if len(ordered) > 1 else 1
+    first = below[0] if below else ordered[-1] + step
+    return Measurement(float(first), None, {"series": {str(e): values[e] for e in ordered}, "level": level, "found": bool(below)})

@@ -1,0 +1,106 @@
+"""Toy SAEs (ARENA 1.5.4): dead latents, L0, reconstruction, latent-to-feature matches, shrinkage.
+
+These metrics read a :class:`~harness.core.toy_sae_handle.ToySaeHandle`. They evaluate the SAE on a
+fresh seeded batch of the base model's hidden vectors h = W x (each feature present with the base
+model's probability p, magnitude U[0, 1]) rather than on the training log:
+
+- a latent is **dead** when it is never active (z > 1e-8) on the batch (the course: inactive at every
+  step of the last 500; a 20,000-sample batch holds each feature about 500 times at p = 0.025);
+- **L0**: the mean number of active latents per sample;
+- **FVU** = mean_b mean_{d_in} (h' − h)² / mean_b (‖h‖² / d_in) (the catalogue's form);
+- a feature is **matched** when some latent's decoder direction has cos > 0.95 with W_f; an instance is
+  **fully monosemantic** when every feature is matched;
+- **shrinkage** c = (h'·h) / ‖h‖² on single-feature inputs h = a W_f, a in {0.1, ..., 1.0}, median over
+  features and magnitudes (< 1: the reconstructions are shrunk).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from harness.context import MetricContext
+from harness.core.measurement import Measurement
+from harness.core.toy_sae_handle import ToySaeHandle
+from harness.core.value_shape import Scalar, Table, names
+from harness.registry import metric
+
+MATCH_COS = 0.95
+SaeInstance = Annotated[int, Field(ge=0)]
+EvalBatch = Annotated[int, Field(ge=100, le=200_000)]
+SaeCondition = Literal["fully_monosemantic", "has_dead_latent"]
+SUMMARY = ("dead", "l0", "fvu", "matched_features", "fully_monosemantic", "shrinkage_median")
+
+
+def toy_sae(ctx: MetricContext) -> ToySaeHandle:
+    if not isinstance(ctx.model, ToySaeHandle):
+        raise ValueError(f"model {ctx.model.identity.name!r} is not a toy SAE (toy_sae.* metrics read an SAE on a toy model)")
+    return ctx.model
+
+
+def evaluation_batch(sae: ToySaeHandle, batch: int, seed: int) -> Tensor:
+    """h [batch, n_inst, d_in] from the base model's distribution."""
+    generator = torch.Generator().manual_seed(seed)
+    n_features = sae.base_W.shape[1]
+    magnitude = torch.rand(batch, n_features, generator=generator)
+    present = torch.rand(batch, n_features, generator=generator) <= sae.p
+    h = torch.where(present, magnitude, 0.0) @ sae.base_W.T
+    return h[:, None, :].expand(batch, sae.n_inst, h.shape[-1])
+
+
+def matched_features(sae: ToySaeHandle) -> Tensor:
+    """Matched features per instance [n_inst]: max_j cos(Ŵ_dec[j], W_f) > 0.95."""
+    features = sae.base_W / sae.base_W.norm(dim=0, keepdim=True).clamp_min(1e-8)
+    cos = torch.einsum("ksi,if->ksf", sae.decoder_directions(), features)
+    return (cos.max(dim=1).values > MATCH_COS).sum(dim=1)
+
+
+def shrinkage(sae: ToySaeHandle) -> Tensor:
+    """Median over features and magnitudes of (h'·h)/‖h‖², per instance [n_inst]."""
+    magnitudes = torch.linspace(0.1, 1.0, 10)
+    h = (magnitudes[:, None, None] * sae.base_W.T[None]).reshape(-1, sae.base_W.shape[0])  # [10·n_features, d_in]
+    h = h[:, None, :].expand(h.shape[0], sae.n_inst, h.shape[-1])
+    _, h_hat = sae.forward(h)
+    ratio = (h_hat * h).sum(-1) / (h * h).sum(-1)
+    return ratio.median(dim=0).values
+
+
+def summaries(sae: ToySaeHandle, batch: int, seed: int) -> dict[str, Tensor]:
+    """Every SUMMARY figure per instance [n_inst]."""
+    with torch.no_grad():
+        h = evaluation_batch(sae, batch, seed)
+        z, h_hat = sae.forward(h)
+        active = z > 1e-8
+        matched = matched_features(sae)
+        return {
+            "dead": (~active.any(dim=0)).sum(dim=-1).float(),
+            "l0": active.float().sum(-1).mean(0),
+            "fvu": ((h_hat - h) ** 2).mean(-1).mean(0) / (h ** 2).mean(-1).mean(0).clamp_min(1e-12),
+            "matched_features": matched.float(),
+            "fully_monosemantic": (matched == sae.base_W.shape[1]).float(),
+            "shrinkage_median": shrinkage(sae),
+        }
+
+
+@metric("toy_sae.summary", value=Table(names(*SUMMARY)))
+def summary(ctx: MetricContext, *, instance: SaeInstance = 0, batch: EvalBatch = 20_000, seed: int = 0) -> Measurement:
+    """One SAE instance on a fresh seeded batch: dead latents, L0, FVU, matched features (cos > 0.95),
+    fully monosemantic (1/0), median shrinkage on single-feature inputs."""
+    sae = toy_sae(ctx)
+    sae.check_instance(instance)
+    return Measurement({k: float(v[instance]) for k, v in summaries(sae, batch, seed).items()},
+                       details={"batch": batch, "seed": seed})
+
+
+@metric("toy_sae.count_instances", value=Scalar())
+def count_instances(ctx: MetricContext, *, condition: SaeCondition, batch: EvalBatch = 20_000, seed: int = 0) -> Measurement:
+    """How many SAE instances are fully monosemantic (every feature matched by a latent) or have a dead latent."""
+    sae = toy_sae(ctx)
+    figures = summaries(sae, batch, seed)
+    met = figures["fully_monosemantic"] > 0 if condition == "fully_monosemantic" else figures["dead"] > 0
+    return Measurement(float(met.sum()), details={"met": [int(k) for k in torch.nonzero(met).flatten()],
+                                                  "dead": [float(v) for v in figures["dead"]],
+                                                  "matched": [float(v) for v in figures["matched_features"]]})

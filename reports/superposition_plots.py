@@ -1,0 +1,84 @@
+"""Plots of toy models of superposition (ARENA 1.5.4) for the HTML report.
+
+- :func:`feature_directions`: one instance's feature directions W_i in its 2-D hidden space, as
+  arrows from the origin coloured by importance (the course's ``plot_features_in_2d``); reads
+  :class:`~harness.core.details.FeatureDirections`.
+- :func:`dimensionality_scatter`: every feature's dimensionality D_i against 1/p, one column of
+  points per instance, with the fractions the course marks (1, 3/4, 2/3, 1/2, 2/5, 3/8, 1/3, 3/20)
+  as lines; reads :class:`~harness.core.details.DimensionalityPoints`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from reports.values import as_number
+
+FRACTIONS = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8, 1 / 3, 3 / 20)
+
+
+def _numbers(values: Any) -> list[float] | None:
+    if not isinstance(values, list) or not values:
+        return None
+    numbers = [as_number(v) for v in values]
+    if any(n is None or not math.isfinite(n) for n in numbers):
+        return None
+    return [float(n) for n in numbers]  # type: ignore[arg-type]
+
+
+def feature_directions(entry: dict[str, Any]) -> str | None:
+    """Arrows W_i of a 2-D instance (``None`` when the hidden space is not 2-D)."""
+    from reports.plots import _details, _figure, _svg
+
+    details = _details(entry)
+    directions = details.get("directions")
+    if not isinstance(directions, list) or not directions:
+        return None
+    vectors = [_numbers(v) for v in directions]
+    if any(v is None or len(v) != 2 for v in vectors):
+        return None
+    importance = _numbers(details.get("importance")) or [1.0] * len(vectors)
+    figure, axes = _figure(2.8, 2.8)
+    import matplotlib.cm as cm
+
+    top = max(importance) or 1.0
+    reach = max(1.0, max(math.hypot(*v) for v in vectors)) * 1.15  # type: ignore[misc]
+    for i, (x, y) in enumerate(vectors):  # type: ignore[misc]
+        colour = cm.viridis(importance[i] / top)
+        axes.annotate("", xy=(x, y), xytext=(0, 0), arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 1.5})
+        axes.text(x * 1.08, y * 1.08, f"f{i}", fontsize=7, ha="center", va="center")
+    axes.set_xlim(-reach, reach)
+    axes.set_ylim(-reach, reach)
+    axes.set_aspect("equal")
+    axes.axhline(0, color="0.85", lw=0.5)
+    axes.axvline(0, color="0.85", lw=0.5)
+    p = as_number(details.get("p"))
+    axes.set_title(f"instance {details.get('instance')}" + (f", p = {p:.3g}" if p is not None else ""))
+    return _svg(figure)
+
+
+def dimensionality_scatter(entry: dict[str, Any]) -> str | None:
+    """D_i of every feature against 1/p (log axis), one column per instance."""
+    from reports.plots import _details, _figure, _svg
+
+    details = _details(entry)
+    p = _numbers(details.get("p"))
+    dims = details.get("dims")
+    if p is None or not isinstance(dims, list) or len(dims) != len(p) or any(v <= 0 for v in p):
+        return None
+    figure, axes = _figure(5.0, 2.8)
+    for fraction in FRACTIONS:
+        axes.axhline(fraction, color="0.85", lw=0.6, zorder=0)
+        axes.text(1 / min(p) * 1.05, fraction, f"{fraction:.3g}", fontsize=6, va="center")
+    for prob, values in zip(p, dims):
+        numbers = _numbers(values)
+        if numbers is None:
+            continue
+        axes.scatter([1 / prob] * len(numbers), numbers, s=8, alpha=0.6)
+    axes.set_xscale("log")
+    axes.set_xlabel("1 / feature probability")
+    axes.set_ylabel("dimensionality D_i")
+    axes.set_ylim(-0.05, 1.1)
+    axes.set_title("feature dimensionality per instance")
+    return _svg(figure)

@@ -1,0 +1,72 @@
+"""The grokking reproduction's task, model config and lean training forward pass."""
+
+from __future__ import annotations
+
+import torch
+
+from fixtures.grokking_model import hooked_config, initial_state_dict, lean_logits
+from fixtures.modular_task import P, all_data, split_data, split_pairs, train_mask
+from fixtures.train_grokking import GrokTrainConfig, loss_f64, train
+
+
+def test_split_is_the_papers() -> None:
+    train, test = split_pairs()
+    assert len(train) == 3830 and len(test) == 12769 - 3830
+    assert len(set(train) | set(test)) == P * P
+    # random.seed(0); random.shuffle(row-major pairs): the first pairs of that stream
+    assert train[:3] == [(18, 34), (10, 83), (55, 28)]
+    assert int(train_mask().sum()) == 3830
+
+
+def test_labels_and_equals_token() -> None:
+    data = all_data()
+    assert data.tokens.shape == (P * P, 3)
+    assert bool((data.tokens[:, 2] == P).all())
+    assert bool((data.labels == (data.x + data.y) % P).all())
+    assert int(data.x[P + 5]) == 1 and int(data.y[P + 5]) == 5
+
+
+def test_lean_forward_equals_transformer_lens() -> None:
+    from transformer_lens import HookedTransformer
+
+    torch.manual_seed(1)
+    state = initial_state_dict(0)
+    state = {k: v + 0.05 * torch.randn_like(v) if v.abs().max() == 0 and k.endswith(("b_in", "b_out")) else v for k, v in state.items()}
+    model = HookedTransformer(hooked_config())
+    model.load_state_dict(state, strict=False)
+    data = all_data()
+    with torch.no_grad():
+        ref = model(data.tokens)[:, -1]
+        lean = lean_logits(state, data.x, data.y)
+    assert torch.allclose(ref, lean, atol=2e-6, rtol=1e-5)
+
+
+def test_lean_forward_with_a_trained_scale_model() -> None:
+    """Weights 10x the init scale: attention patterns far from uniform still agree."""
+    from transformer_lens import HookedTransformer
+
+    state = {k: v * 4 for k, v in initial_state_dict(3).items()}
+    model = HookedTransformer(hooked_config())
+    model.load_state_dict(state, strict=False)
+    train, _ = split_data()
+    with torch.no_grad():
+        ref = model(train.tokens)[:, -1]
+        lean = lean_logits(state, train.x, train.y)
+    assert float((ref - lean).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_loss_is_float64_over_number_logits() -> None:
+    logits = torch.zeros(2, P + 1)
+    logits[:, P] = 100.0  # the "=" logit is dropped
+    loss = loss_f64(logits, torch.tensor([0, 5]))
+    assert loss.dtype == torch.float64
+    assert abs(loss.item() - torch.log(torch.tensor(float(P), dtype=torch.float64)).item()) < 1e-12
+
+
+def test_a_few_epochs_are_deterministic_and_reduce_the_loss() -> None:
+    cfg = GrokTrainConfig()
+    a = train(cfg, None, epochs=15)
+    b = train(cfg, None, epochs=15)
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert a["log"]["train_loss"][-1] < a["log"]["train_loss"][0]
+    assert a["state"]["blocks.0.attn.b_Q"].abs().max() == 0 and a["state"]["unembed.b_U"].abs().max() == 0

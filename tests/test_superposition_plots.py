@@ -1,0 +1,25 @@
+"""The toy-model plots draw from their typed details and decline what they cannot draw."""
+
+from __future__ import annotations
+
+from reports.plots import PLOTS, plots_for
+from reports.superposition_plots import dimensionality_scatter, feature_directions
+
+
+def test_feature_directions_draws_2d_and_declines_3d() -> None:
+    entry = {"metric": "superposition.feature_norms", "details_kinds": ["FeatureDirections"],
+             "details": {"instance": 7, "p": 0.02, "directions": [[1.0, 0.0], [0.3, 0.95], [-0.8, 0.6]], "importance": [1, 0.9, 0.81]}}
+    assert feature_directions(entry).startswith("<svg")
+    assert len(plots_for(entry)) == 1
+    entry["details"]["directions"] = [[1.0, 0.0, 0.0]]
+    assert feature_directions(entry) is None
+    entry["details"]["directions"] = [[1.0, "NaN"]]
+    assert feature_directions(entry) is None
+
+
+def test_dimensionality_scatter() -> None:
+    entry = {"metric": "superposition.by_instance", "details_kinds": ["DimensionalityPoints"],
+             "details": {"p": [1.0, 0.1], "dims": [[1.0, 1.0, 0.0], [0.4, 0.4, 0.4]]}}
+    assert dimensionality_scatter(entry).startswith("<svg")
+    assert dimensionality_scatter({"details": {"p": [1.0], "dims": []}}) is None
+    assert PLOTS["dimensionality_scatter"].applies_to(entry) and not PLOTS["feature_directions"].applies_to(entry)
