@@ -129,12 +129,21 @@ def build_record(
 ) -> dict[str, Any]:
     """The whole run's record; ``unmeasured`` counts the spec files' ``conceptual`` and ``pending``
     entries; ``cache`` is the measurement cache's use in this run (``provenance.measurement_cache``)."""
-    results = list(results)
+    entries = [claim_entry(result) for result in results]
+    return record_from_entries(entries, spec_files, models, unmeasured, cache)
+
+
+def record_from_entries(
+    entries: list[dict[str, Any]], spec_files: dict[str, str], models: dict[str, Any],
+    unmeasured: dict[str, int] | None = None, cache: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole run's record from its claim entries (:func:`claim_entry`), e.g. gathered from
+    pytest-xdist workers; the summary counts the entries' verdicts."""
     summary: dict[str, int] = {verdict.value: 0 for verdict in Verdict}
-    for result in results:
-        summary[result.verdict.value] += 1
-    summary["matched"] = sum(r.passed for r in results)
-    summary["mismatched"] = sum(not r.passed and r.verdict is not Verdict.SKIPPED for r in results)
+    for entry in entries:
+        summary[entry["verdict"]] += 1
+    summary["matched"] = sum(bool(entry["matched"]) for entry in entries)
+    summary["mismatched"] = sum(not entry["matched"] and entry["verdict"] != Verdict.SKIPPED.value for entry in entries)
     summary.update({key: (unmeasured or {}).get(key, 0) for key in ("conceptual", "pending")})
     return {
         "schema_version": SCHEMA_VERSION,
@@ -143,7 +152,7 @@ def build_record(
         "provenance": {**provenance(spec_files), "measurement_cache": cache or {"enabled": False}},
         "models": models,
         "summary": summary,
-        "claims": [claim_entry(result) for result in results],
+        "claims": entries,
     }
 
 

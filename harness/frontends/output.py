@@ -43,7 +43,12 @@ def write_outputs(out: Path, results: list[ClaimResult], spec_files: dict[str, s
     """Write ``results.json``, ``report.md`` and ``report.html`` into ``out`` (each atomically); return the record."""
     cache = session.cache.summary() if session.cache is not None else None
     record = build_record(results, spec_files, model_summaries(session), unmeasured_counts(spec_files), cache)
+    write_record(out, record)
+    return record
+
+
+def write_record(out: Path, record: dict) -> None:
+    """Write a built record and its two reports into ``out`` (each atomically)."""
     write_atomic(out / "results.json", to_json(record))
     write_atomic(out / "report.md", render_report(record))
     write_atomic(out / "report.html", render_html(record))
-    return record

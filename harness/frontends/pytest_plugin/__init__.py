@@ -14,11 +14,13 @@ Markers: the model's source (``planted``, ``trained``, ``package``, ``file``, ``
 
 Split by concern, as pytest's own builtin plugins are: :mod:`.options` (command-line options,
 markers, the session's state), :mod:`.collection` (claim files and items), :mod:`.outputs`
-(``--claims-out``), :mod:`.baseline_check` (``--claims-baseline``).
+(``--claims-out``), :mod:`.baseline_check` (``--claims-baseline``), :mod:`.parallel`
+(pytest-xdist: ``-n auto`` groups claims by model and gathers the workers' records).
 """
 
 pytest_plugins = [
     "harness.frontends.pytest_plugin.options",
+    "harness.frontends.pytest_plugin.parallel",
     "harness.frontends.pytest_plugin.collection",
     "harness.frontends.pytest_plugin.outputs",
     "harness.frontends.pytest_plugin.baseline_check",

@@ -75,6 +75,8 @@ class ClaimItem(pytest.Item):
         self.add_marker("arena" if course == "arena" else "project")
         if self.claim.slow:
             self.add_marker("slow")
+        # one worker per model under -n (xdist reads the group after the last "@" of a node id)
+        self.add_marker(pytest.mark.xdist_group((self.model_name or "no-model").replace("@", "%")))
         self.extra_keyword_matches.add(self.model_name)
         self.extra_keyword_matches.add(self.claim.metric)
 

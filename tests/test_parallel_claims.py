@@ -1,0 +1,117 @@
+"""``pytest -n 2`` (pytest-xdist): claims grouped by model, one worker per model; ``--claims-out``
+and ``--claims-baseline`` give the same results.json values and verdicts as a serial run."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("xdist", reason="pytest-xdist is a test extra: pip install -e '.[test]'")
+
+pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.slow  # three pytest processes, each importing torch and TransformerLens
+
+ATTENTION = """\
+source: {course: project}
+model: planted-attn-2l
+claims:
+  - id: prev-score
+    statement: Head 0.0 attends to the previous token.
+    inputs: {repeated_random: {seq_len: 12, batch: 2, seed: 0}}
+    metric: attention.scores
+    params: {pattern: previous}
+    select: "0.0"
+    expect: {">=": THRESHOLD}
+  - id: induction-heads
+    statement: Head 1.0 is the induction head.
+    inputs: {repeated_random: {seq_len: 12, batch: 2, seed: 0}}
+    metric: attention.detect
+    params: {pattern: induction}
+    expect: {equals: ["1.0"]}
+"""
+
+OV = """\
+source: {course: project}
+model: planted-ov-rank
+claims:
+  - id: ov-rank-16-top1
+    statement: Head 0.0 copies a quarter of the tokens.
+    metric: ov.full_circuit_topk
+    params: {heads: ["0.0"], ks: [1, 5]}
+    select: top1
+    expect: {approx: 0.25, abs: 1.0e-9}
+  - id: ov-rank-16-top5
+    statement: Head 0.0's top-5 accuracy is 20/64.
+    metric: ov.full_circuit_topk
+    params: {heads: ["0.0"], ks: [1, 5]}
+    select: top5
+    expect: {approx: 0.3125, abs: 1.0e-9}
+  - id: random-control-copies-less
+    statement: The random control's head 0.0 copies less than the planted head.
+    model: planted-attn-2l-random
+    metric: ov.full_circuit_topk
+    params: {heads: ["0.0"], ks: [1]}
+    select: top1
+    expect: {"<": 0.25}
+"""
+
+
+def write(root: Path, threshold: str = "0.9") -> None:
+    (root / "claims").mkdir(exist_ok=True)
+    (root / "claims" / "attention.yaml").write_text(ATTENTION.replace("THRESHOLD", threshold))
+    (root / "claims" / "ov.yaml").write_text(OV)
+
+
+def untimed(entry: dict) -> dict:
+    """A claim entry without its wall times (``duration_s``, ``details.seconds``)."""
+    details = {k: v for k, v in entry["details"].items() if k != "seconds"}
+    return {**{k: v for k, v in entry.items() if k != "duration_s"}, "details": details}
+
+
+def comparable(path: Path) -> dict:
+    """What must not depend on how the run was scheduled: claim entries (without their times), summary, models."""
+    record = json.loads(path.read_text())
+    return {
+        "claims": [untimed(entry) for entry in record["claims"]],
+        "summary": record["summary"],
+        "models": {name: {k: v for k, v in model.items() if k != "load_seconds"} for name, model in record["models"].items()},
+        "spec_files": record["provenance"]["spec_files"],
+    }
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_xdist_gives_the_serial_record_and_baseline_verdicts(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the subprocesses run this checkout's plugin
+    write(pytester.path)
+    pytester.runpytest_subprocess("claims", "-q", "--claims-out", "serial").assert_outcomes(passed=5)
+    parallel = pytester.runpytest_subprocess("claims", "-v", "-n", "2", "--claims-out", "parallel")
+    parallel.assert_outcomes(passed=5)
+    assert comparable(pytester.path / "parallel" / "results.json") == comparable(pytester.path / "serial" / "results.json")
+    assert "(cached)" not in (pytester.path / "parallel" / "report.md").read_text()
+
+    # grouped by model: every claim of a model ran in one worker
+    model = {"prev-score": "planted-attn-2l", "induction-heads": "planted-attn-2l", "ov-rank-16-top1": "planted-ov-rank",
+             "ov-rank-16-top5": "planted-ov-rank", "random-control-copies-less": "planted-attn-2l-random"}
+    workers: dict[str, set[str]] = {}
+    for worker, claim_id in re.findall(r"\[(gw\d+)\] .*PASSED claims/\S+::(\S+)", parallel.stdout.str()):
+        workers.setdefault(model[claim_id], set()).add(worker)
+    assert set(workers) == set(model.values()) and all(len(w) == 1 for w in workers.values()), workers
+
+    from harness.frontends.cli import main as claims_main
+
+    assert claims_main(["bless", str(pytester.path / "serial/results.json"), str(pytester.path / "baseline.json")]) == 0
+    pytester.runpytest_subprocess("claims", "-q", "-n", "2", "--claims-baseline", "baseline.json").assert_outcomes(passed=5)
+    write(pytester.path, threshold="1.5")  # a flip
+    flipped = pytester.runpytest_subprocess("claims", "-q", "-n", "2", "--claims-baseline", "baseline.json")
+    flipped.assert_outcomes(passed=4, failed=1)
+    write(pytester.path)
+    text = (pytester.path / "claims" / "ov.yaml").read_text()
+    (pytester.path / "claims" / "ov.yaml").write_text(text[: text.index("  - id: random-control-copies-less")])
+    missing = pytester.runpytest_subprocess("claims", "-q", "-n", "2", "--claims-baseline", "baseline.json")
+    assert missing.ret == pytest.ExitCode.TESTS_FAILED
+    assert "MISSING random-control-copies-less" in missing.stdout.str()
