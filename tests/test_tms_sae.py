@@ -192,3 +192,21 @@ def test_resample_advanced_as_coded() -> None:
     assert torch.allclose(p["W_enc"][0, :, 4], torch.tensor([0.0, 0.5 * 5.0 / 4]))  # live columns: norms 5, 0, 0, 0
     assert float(p["b_enc"][0, 4]) == 0.0
     assert torch.equal(p["W_dec"][1], before["W_dec"][1]) and torch.equal(p["W_dec"][0, :4], before["W_dec"][0, :4])
+
+
+def test_l0_history_reads_the_training_log() -> None:
+    from harness.context import MetricContext
+    from harness.core.model_identity import ModelIdentity
+    from harness.core.toy_sae_handle import ToySaeHandle
+    from harness.core.toy_shape import SaeShape
+    from harness.metrics.toy_sae import l0_history
+    from harness.session import Session
+
+    log = torch.full((201, 1), 0.12)
+    log[30, 0] = 0.9  # step 3000: a burst of activity
+    params = {"W_enc": torch.zeros(1, 2, 5), "W_dec": torch.ones(1, 5, 2), "b_enc": torch.zeros(1, 5), "b_dec": torch.zeros(1, 2)}
+    identity = ModelIdentity(name="t-sae", source="toy", weights_sha256=None, config_sha256=None)
+    sae = ToySaeHandle(params, torch.eye(2, 5), 0.025, identity, SaeShape(1, 2, 5), l0_log=log)
+    value = l0_history(MetricContext(sae, None, Session()), instance=0, before_step=10_000, from_step=2000).value
+    assert value["max_l0_before"] == pytest.approx(0.9) and value["excess"] == pytest.approx(0.78)
+    assert l0_history(MetricContext(sae, None, Session()), instance=0, before_step=2900, from_step=2000).value["excess"] == pytest.approx(0.0)

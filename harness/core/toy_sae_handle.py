@@ -20,7 +20,7 @@ class ToySaeHandle:
     """A toy SAE: parameters, the base model's directions, a forward pass."""
 
     def __init__(self, params: dict[str, Tensor], base_W: Tensor, p: float, identity: ModelIdentity, shape: SaeShape,
-                 *, training_activity: Tensor | None = None) -> None:
+                 *, training_activity: Tensor | None = None, l0_log: Tensor | None = None, log_every: int = 100) -> None:
         if tuple(params["W_enc"].shape) != (shape.n_inst, shape.d_in, shape.d_sae) or base_W.shape[0] != shape.d_in:
             raise ValueError(f"toy SAE {identity.name!r}: W_enc {tuple(params['W_enc'].shape)} and base W {tuple(base_W.shape)} do not fit {shape}")
         self.params = {k: params[k].detach().float() for k in ("W_enc", "W_dec", "b_enc", "b_dec")}
@@ -30,6 +30,9 @@ class ToySaeHandle:
         self.shape = shape
         #: Each latent's firing rate [window, n_inst, d_sae] over the last steps of training (None for an untrained SAE).
         self.training_activity = None if training_activity is None else training_activity.detach().float()
+        #: Mean active latents per instance [n_logs, n_inst] every ``log_every`` steps of training (and at its last step).
+        self.l0_log = None if l0_log is None else l0_log.detach().float()
+        self.log_every = log_every
 
     @property
     def n_inst(self) -> int:

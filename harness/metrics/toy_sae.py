@@ -142,3 +142,23 @@ def activity_groups(ctx: MetricContext, *, target: Annotated[float, Field(gt=0, 
     near = ~dead & (rate >= 0.5 * target) & (rate <= 1.2 * target)
     return Measurement({"dead": float(dead.sum()), "above_target": float(above.sum()), "near_target": float(near.sum()),
                         "other": float((~dead & ~above & ~near).sum())}, details={"target": target, "window": int(activity.shape[0])})
+
+
+@metric("toy_sae.l0_history", value=Table(names("max_l0_before", "final_l0", "excess")))
+def l0_history(ctx: MetricContext, *, instance: SaeInstance = 0, before_step: Annotated[int, Field(ge=1)] = 10_000,
+               from_step: Annotated[int, Field(ge=0)] = 1000) -> Measurement:
+    """From the training log of L0 (mean active latents on the training batch every 100 steps): the largest
+    L0 logged at steps ``from_step`` to ``before_step``, the final L0, and ``excess`` = max − final (> 0: the
+    SAE passed through a less sparse solution before its last one)."""
+    sae = toy_sae(ctx)
+    sae.check_instance(instance)
+    if sae.l0_log is None:
+        raise ValueError(f"SAE {sae.identity.name!r} has no L0 log")
+    steps = torch.arange(sae.l0_log.shape[0]) * sae.log_every
+    window = (steps >= from_step) & (steps <= before_step)
+    if not bool(window.any()):
+        raise ValueError(f"no L0 logged between steps {from_step} and {before_step}")
+    top = float(sae.l0_log[window, instance].max())
+    final = float(sae.l0_log[-1, instance])
+    return Measurement({"max_l0_before": top, "final_l0": final, "excess": top - final},
+                       details={"from_step": from_step, "before_step": before_step})
