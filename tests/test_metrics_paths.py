@@ -124,3 +124,14 @@ def test_path_patching_needs_the_clean_dataset(tokenizer: Any) -> None:
     session = Session()
     measure_metric(model, "paths.to_resid", inputs=INPUTS, session=session)
     assert any("paths" in str(key) for key in session._memo)  # one scan per session
+
+
+def test_ioi_metric_2_is_0_on_ioi_and_minus_1_on_abc(tokenizer: Any) -> None:
+    """The course's ioi_metric_2 calibration (1.4.data.metric2_calib): 0 for the clean LDs, -1 for the ABC LDs."""
+    from harness.context import MetricContext
+
+    model = dataset_model(5, tokenizer)
+    session = Session()
+    runs = paths.path_runs(MetricContext(model, session.inputs(model, INPUTS), session))
+    metric = runs.ioi_metric_2(torch.stack([runs.ld_orig, runs.ld_new]))
+    assert metric.tolist() == pytest.approx([0.0, -1.0], abs=1e-9)
