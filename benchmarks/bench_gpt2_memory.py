@@ -21,6 +21,10 @@ Measured on 2 shared CPU cores (load average 5-9; wall times vary with the load,
     1.4-1-ioi.yaml                        2.51 GB -> 2.48 GB   (with its 15 slow claims: 2.67 GB, 25 min)
     1.4-2-ioi-heads.yaml                  7.29 GB -> 2.51 GB
 
+With the IOI dataset, path patching, ablation and logit-lens claims (load average 10-12): 1.4-1's
+non-slow claims 2.60 GB, 192 s; its path patching to the residual stream (144 senders x 25 prompts,
+batched within MAX_PASS_TOKENS, no logits) 1335 s with the peak unchanged at 2.61 GB.
+
 Loading GPT-2 small (TransformerLens' weight processing) peaks at about 2.5 GB by itself; the
 1.4-2 file's 7.29 GB was a forward pass caching every hook on 50 x 101 tokens (see
 ``harness.core.model_handle.Activations``).

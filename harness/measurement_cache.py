@@ -10,8 +10,11 @@ An entry is stored under the sha256 of its key, which holds everything the measu
 - the suite's own source: the sha256 of every ``.py`` file of the packages ``harness``,
   ``fixtures`` and ``reports`` (any edit to the code recomputes);
 - the environment that can change a float: the versions of Python, torch, transformer-lens,
-  numpy, transformers and tokenizers, the machine's architecture, and the variables that pin
-  CPU kernels (``ATEN_CPU_CAPABILITY``, ``MKL_CBWR``, ``OPENBLAS_CORETYPE``).
+  numpy, transformers and tokenizers, the machine's architecture, the CPU (its model name and the
+  vector instruction sets BLAS and ATen choose kernels by), the CPUs this process may use and the
+  variables that pin CPU kernels or thread counts (``ATEN_CPU_CAPABILITY``, ``MKL_CBWR``,
+  ``OPENBLAS_CORETYPE``, ``OMP_NUM_THREADS``, ...): a cache restored on another machine (a CI
+  runner with another CPU) recomputes rather than hide a figure that moves with the CPU.
 
 The stored measurement is the metric's whole value before a claim's ``select``: ``select`` is
 applied after the cache, so claims that select different parts of one measurement share it.
@@ -58,8 +61,12 @@ ENV_OFF = "INTERP_CLAIMS_NO_CACHE"
 tests set it: a test may register or patch a metric under a name another test uses)."""
 PACKAGES = ("torch", "transformer-lens", "numpy", "transformers", "tokenizers")
 """Libraries whose version is part of every key."""
-CPU_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "OPENBLAS_CORETYPE")
-"""Environment variables that select CPU kernels (and so can change the last bits of a float)."""
+CPU_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                 "OPENBLAS_NUM_THREADS")
+"""Environment variables that select CPU kernels or thread counts (and so can change the last bits
+of a float)."""
+CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "avx2", "fma", "avx", "sse4_2", "neon", "asimd")
+"""Instruction sets that kernel dispatch (ATen, MKL, OpenBLAS) chooses between."""
 SOURCE_PACKAGES = ("harness", "fixtures", "reports")
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +118,28 @@ def environment() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             env[name] = None
     env.update({name: os.environ.get(name) for name in CPU_VARIABLES})
+    env.update(cpu_identity())
     return env
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_identity() -> dict[str, str]:
+    """The CPU's model name, the kernel-relevant instruction sets it has, and how many CPUs this
+    process may run on (thread counts change the order of float reductions)."""
+    model, flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "model name" and value.strip():
+                model = value.strip()
+            elif name.strip() in ("flags", "Features"):
+                flags = set(value.split())
+            if model and flags:
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model or "unknown", "cpu_flags": " ".join(f for f in CPU_FLAGS if f in flags), "cpus": str(usable)}
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,10 @@ def dimensionality_scatter(entry: dict[str, Any]) -> str | None:
             continue
         axes.scatter([1 / prob] * len(numbers), numbers, s=8, alpha=0.6)
     axes.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # no mathtext: the report's labels are plain text
+    axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("1 / feature probability")
     axes.set_ylabel("dimensionality D_i")
     axes.set_ylim(-0.05, 1.1)

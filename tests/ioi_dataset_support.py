@@ -14,6 +14,7 @@ from harness.core.model_handle import ModelHandle
 from harness.testing import random_handle
 
 BOS = "<|endoftext|>"
+_TRAINED: list[Path] = []
 
 
 def dataset_corpus() -> list[str]:
@@ -26,7 +27,15 @@ def dataset_corpus() -> list[str]:
 
 
 def train_dataset_tokenizer(where: Path) -> Any:
-    """A byte-level BPE (GPT-2's pre-tokenizer, BOS/EOS/PAD ``<|endoftext|>`` = 0) trained on :func:`dataset_corpus`."""
+    """A byte-level BPE (GPT-2's pre-tokenizer, BOS/EOS/PAD ``<|endoftext|>`` = 0) trained on :func:`dataset_corpus`.
+
+    Trained once per test process (the first caller's folder holds it); later calls load that one.
+    """
+    if _TRAINED:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(_TRAINED[0])
+    _TRAINED.append(where)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 

@@ -3,6 +3,8 @@ measurement depends on recomputes it, a corrupted entry is ignored with a warnin
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 from typing import Any
@@ -265,3 +267,19 @@ def test_an_unwritable_folder_warns_once_and_the_run_goes_on(tmp_path: Path, com
     with pytest.warns(CacheEntryWarning, match="cannot be written"):
         results = run(claims_file(tmp_path), cache)
     assert all(r.passed for r in results) and cache.stored == 0
+
+
+def test_another_cpu_or_thread_count_changes_the_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache restored on a machine with another CPU recomputes: figures may move with the CPU."""
+    base, here = cache_key(**BASE).digest, measurement_cache.cpu_identity()
+    for change in ({"cpu": "Another CPU"}, {"cpu_flags": "avx2 fma avx"}, {"cpus": "64"}):
+        monkeypatch.setattr(measurement_cache, "cpu_identity", lambda change=change: {**here, **change})
+        measurement_cache.environment.cache_clear()  # read once per process
+        assert cache_key(**BASE).digest != base
+        monkeypatch.undo()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1" if os.environ.get("OMP_NUM_THREADS") != "1" else "2")
+    measurement_cache.environment.cache_clear()
+    assert cache_key(**BASE).digest != base
+    monkeypatch.undo()
+    measurement_cache.environment.cache_clear()
+    assert cache_key(**BASE).digest == base

@@ -192,3 +192,22 @@ def test_heads_from_flip_is_a_plain_z_patch(tokenizer: Any) -> None:
     got = measure_metric(model, "ioi.heads_from_flip", inputs=INPUTS, heads=["1.0"], flip="inverted_position")
     assert got.value["patched"] == pytest.approx(expected, abs=1e-5)
     assert got.value["drop"] == pytest.approx(got.value["logit_diff"] - expected, abs=1e-5)
+
+
+@torch.no_grad()
+def test_writing_direction_is_the_course_scatter(tokenizer: Any) -> None:
+    import numpy as np
+
+    model = dataset_model(6, tokenizer)
+    hooked = model._hooked
+    batch = dataset_batch(model, n=8, seed=5)
+    _, cache = hooked.run_with_cache(batch.tokens)
+    idx, answers = batch.meta["word_idx"], torch.tensor(batch.meta["answers"])
+    n = torch.arange(8)
+    out = cache["z", 2][:, :, 1] @ hooked.W_O[2, 1]
+    at_end = out[n, torch.tensor(idx["end"])]
+    xs = np.concatenate([cache["pattern", 2][n, 1, idx["end"], idx[k]].numpy() for k in ("IO", "S1")])
+    ys = np.concatenate([(at_end * hooked.W_U.T[answers[:, c]]).sum(-1).numpy() for c in (0, 1)])
+    got = measure_metric(model, "ioi.writing_direction", inputs=INPUTS, head="2.1")
+    assert got.value["correlation"] == pytest.approx(float(np.corrcoef(xs, ys)[0, 1]), abs=1e-5)
+    assert got.value["slope"] == pytest.approx(float(np.polyfit(xs, ys, 1)[0]), rel=1e-4)

@@ -346,15 +346,17 @@ def test_copy_score_metric_tokenizes_drops_and_averages() -> None:
     vocab = {**one_token, " Aaron": [7], " Adam": [3]}
     wrapped = NamesHandle(model, "random-names", vocab)
     result = measure_metric(wrapped, "copying.name_copy_score", inputs=None, sign="negative", k=2)
-    assert set(result.value) == {"1.0", "1.1", "2.0", "2.1"}
+    assert set(result.value) == {"1.0", "1.1", "2.0", "2.1", "course_average"}
     assert result.details["n_names"] == 40
     assert result.details["dropped_names"] == {name: 2 for name in IOI_NAMES[40:]}
     tokens = [ids[0] for ids in one_token.values()]
-    for name, value in result.value.items():
+    heads = {name: value for name, value in result.value.items() if name != "course_average"}
+    for name, value in heads.items():
         layer, head = map(int, name.split("."))
         assert value == pytest.approx(ref_copy_score(model, tokens, layer, head, -1.0, 2, False, "relu"), abs=1e-9)
-    total = sum(result.value.values())
+    total = sum(heads.values())
     assert result.details["course_average"] == pytest.approx(total / 6)  # 3 layers x 2 heads, layer 0 as zeros
+    assert result.value["course_average"] == result.details["course_average"]
     assert result.details["mean_over_heads"] == pytest.approx(total / 4)
     spaced = measure_metric(wrapped, "copying.name_copy_score", inputs=None, leading_space=True, heads=["2.1"])
     assert spaced.details["n_names"] == 2 and "course_average" not in spaced.details

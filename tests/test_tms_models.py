@@ -136,3 +136,21 @@ def test_instances_train_independently() -> None:
         W.grad = None
         instance_losses(recipe, W, b, x, importance)[k].backward()
         assert torch.allclose(W.grad[k], together[k], atol=1e-7) and float(W.grad[torch.arange(recipe.n_inst) != k].abs().max()) == 0.0
+
+
+SAE_ROWS = json.loads((MANIFEST.parent / "sae-manifest.json").read_text())["models"]
+
+
+@pytest.mark.parametrize("key", sorted(SAE_ROWS))
+def test_committed_saes_load_with_recipe_and_base_hash(key: str) -> None:
+    from fixtures.tms.sae_recipes import SAE_RECIPES, sae_recipe_sha256
+    from harness.core.toy_sae_handle import ToySaeHandle
+
+    row = SAE_ROWS[key]
+    recipe = SAE_RECIPES[row["recipe"]]
+    assert row["recipe_sha256"] == sae_recipe_sha256(recipe, row["seed"])
+    assert row["base_sha256"] == MANIFEST_ROWS[recipe.base]["sha256"]
+    entry = get_model_entry(key)
+    sae = entry.load()
+    assert isinstance(sae, ToySaeHandle) and sae.shape == entry.shape
+    assert sae.identity.weights_sha256 == row["sha256"] and sae.identity.config_sha256 == row["recipe_sha256"]

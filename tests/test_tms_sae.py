@@ -138,3 +138,57 @@ def test_sae_metrics_on_an_ideal_and_a_broken_sae() -> None:
     from harness.metrics.toy_sae import count_instances
 
     assert count_instances(ctx, condition="has_dead_latent", batch=5000, seed=0).value == 1.0
+
+
+def test_small_inputs_zeroed_on_a_thresholding_sae() -> None:
+    """With encoder = decoder = the pentagon and bias -0.35, single-feature inputs below 0.35 give no latent."""
+    from harness.context import MetricContext
+    from harness.metrics.toy_sae import small_inputs_zeroed
+    from harness.session import Session
+
+    _, base = _handle(torch.zeros(5, 2), torch.zeros(2, 5), torch.zeros(5))
+    ideal, _ = _handle(base.T.clone(), base.clone(), torch.full((5,), -0.35))
+    value = small_inputs_zeroed(MetricContext(ideal, None, Session()), instance=0, small=0.2, large=0.6).value
+    assert value == {"zero_fraction_small": 1.0, "zero_fraction_large": 0.0}
+
+
+def test_activity_groups_from_the_training_window() -> None:
+    from harness.context import MetricContext
+    from harness.core.model_identity import ModelIdentity
+    from harness.core.toy_sae_handle import ToySaeHandle
+    from harness.core.toy_shape import SaeShape
+    from harness.metrics.toy_sae import activity_groups
+    from harness.session import Session
+
+    activity = torch.zeros(500, 1, 5)
+    activity[:, 0, 1] = 0.10  # above 3%
+    activity[:, 0, 2] = 0.025  # at the target
+    activity[:, 0, 3] = 0.005  # fires, below half the target
+    activity[-1, 0, 4] = 0.5  # fired once in the window: alive; mean 0.001
+    params = {"W_enc": torch.zeros(1, 2, 5), "W_dec": torch.ones(1, 5, 2), "b_enc": torch.zeros(1, 5), "b_dec": torch.zeros(1, 2)}
+    identity = ModelIdentity(name="t-sae", source="toy", weights_sha256=None, config_sha256=None)
+    sae = ToySaeHandle(params, torch.eye(2, 5), 0.025, identity, SaeShape(1, 2, 5), training_activity=activity)
+    value = activity_groups(MetricContext(sae, None, Session()), target=0.025).value
+    assert value == {"dead": 1.0, "above_target": 1.0, "near_target": 1.0, "other": 2.0}
+
+
+def test_resample_advanced_as_coded() -> None:
+    """SP62: dead latents take the direction of h − b_dec of a badly reconstructed row (one row dominates the
+    L_rec² weights here), W_enc that direction times scale times the live columns' mean norm, b_enc 0; live
+    latents are untouched; an instance reconstructed to within 1e-6 is skipped."""
+    from fixtures.tms.sae import resample_advanced
+
+    p = {k: v.clone() for k, v in params().items()}
+    p["W_enc"][:] = 0.0  # every latent silent: the SAE reconstructs h as b_dec = 0
+    p["W_enc"][0, :, 0] = torch.tensor([3.0, 4.0])  # a live latent of norm 5 in instance 0
+    h = torch.zeros(8, 16, 2)
+    h[3, 0] = torch.tensor([0.0, 2.0])  # the only badly reconstructed row of instance 0
+    activity = torch.ones(500, 16, 5)
+    activity[:, 0, 4] = 0.0
+    activity[:, 1, 2] = 0.0  # dead in instance 1, whose h is all zero: reconstructed exactly, skipped
+    before = {k: v.clone() for k, v in p.items()}
+    resample_advanced(p, activity, h, 0.5, torch.Generator().manual_seed(0))
+    assert torch.allclose(p["W_dec"][0, 4], torch.tensor([0.0, 1.0]))
+    assert torch.allclose(p["W_enc"][0, :, 4], torch.tensor([0.0, 0.5 * 5.0 / 4]))  # live columns: norms 5, 0, 0, 0
+    assert float(p["b_enc"][0, 4]) == 0.0
+    assert torch.equal(p["W_dec"][1], before["W_dec"][1]) and torch.equal(p["W_dec"][0, :4], before["W_dec"][0, :4])

@@ -118,3 +118,21 @@ def logit_diff_parts(model: ModelHandle, activations: Activations, answers: Tens
     bias = (b_u[answers[:, 0]] - b_u[answers[:, 1]])[:, None]  # [batch, 1]
     parts = direct_parts(model, activations, positions.cpu()[:, None], directions, bias)
     return {name: part[:, 0] for name, part in parts.items()}
+
+
+def logit_diff_from_residual(model: ModelHandle, resid: Tensor, answers: Tensor, ends: Tensor) -> Tensor:
+    """LD [copies, batch] from a stacked final residual stream resid [copies*batch, pos, d_model] (before the final norm).
+
+    ``LD = ln_final(x[end]) . (W_U[:, c] - W_U[:, w]) + b_U[c] - b_U[w]`` with the norm recomputed
+    from ``x`` (the run's own scale): the run's logit difference, with only the two answer columns
+    of the unembedding read. answers [batch, 2], ends [batch] (each copy's rows repeat them).
+    """
+    batch = answers.shape[0]
+    copies = resid.shape[0] // batch
+    rows = torch.arange(resid.shape[0])
+    at_end = resid[rows, ends.repeat(copies).to(resid.device)]  # [copies*batch, d_model]
+    normed = model.final_norm(at_end).float().cpu()
+    directions = logit_diff_directions(model, answers).repeat(copies, 1)  # [copies*batch, d_model]
+    b_u = model.b_U.float().cpu()
+    bias = (b_u[answers[:, 0]] - b_u[answers[:, 1]]).repeat(copies)
+    return ((normed * directions).sum(-1) + bias).view(copies, batch)

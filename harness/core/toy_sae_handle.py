@@ -19,7 +19,8 @@ from harness.core.toy_shape import SaeShape
 class ToySaeHandle:
     """A toy SAE: parameters, the base model's directions, a forward pass."""
 
-    def __init__(self, params: dict[str, Tensor], base_W: Tensor, p: float, identity: ModelIdentity, shape: SaeShape) -> None:
+    def __init__(self, params: dict[str, Tensor], base_W: Tensor, p: float, identity: ModelIdentity, shape: SaeShape,
+                 *, training_activity: Tensor | None = None) -> None:
         if tuple(params["W_enc"].shape) != (shape.n_inst, shape.d_in, shape.d_sae) or base_W.shape[0] != shape.d_in:
             raise ValueError(f"toy SAE {identity.name!r}: W_enc {tuple(params['W_enc'].shape)} and base W {tuple(base_W.shape)} do not fit {shape}")
         self.params = {k: params[k].detach().float() for k in ("W_enc", "W_dec", "b_enc", "b_dec")}
@@ -27,6 +28,8 @@ class ToySaeHandle:
         self.p = p
         self.identity = identity
         self.shape = shape
+        #: Each latent's firing rate [window, n_inst, d_sae] over the last steps of training (None for an untrained SAE).
+        self.training_activity = None if training_activity is None else training_activity.detach().float()
 
     @property
     def n_inst(self) -> int:

@@ -43,7 +43,8 @@ from harness.core.heads import Head, HeadName, head_names, sort_heads
 from harness.core.measurement import Measurement
 from harness.core.model_handle import ModelHandle
 from harness.registry import metric
-from harness.core.value_shape import HEADS, Scalar, Table
+from harness.core.value_shape import HEADS, Scalar, Table, either
+from harness.core.value_shape import names as fixed_names
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 ZERO_CIRCUIT_RTOL = 1e-9
@@ -178,7 +179,7 @@ def single_token_names(model: ModelHandle, names: tuple[str, ...], leading_space
     return ids, kept, dropped
 
 
-@metric("copying.name_copy_score", value=Table(HEADS))
+@metric("copying.name_copy_score", value=Table(either(HEADS, fixed_names("course_average"))))
 def name_copy_score(
     ctx: MetricContext,
     *,
@@ -192,6 +193,7 @@ def name_copy_score(
     in the top ``k`` logits of ``ln_final(+/- (W_E + MLP_0) W_V W_O) W_U + b_U`` (see the module).
 
     Value: table per head ``"L.H"`` (every head of layers >= 1, or ``heads``; layer 0 is refused:
+    with all heads, also ``course_average``, below;
     it reads the embedding before MLP 0). Names are tokenized as the course does (no BOS, no
     leading space unless ``leading_space``); names that are not one token are left out and listed
     in ``details.dropped_names`` with their token counts. ``details.course_average`` (all heads
@@ -214,6 +216,7 @@ def name_copy_score(
     if heads is None:
         details["mean_over_heads"] = sum(value.values()) / len(value)
         details["course_average"] = sum(value.values()) / (model.shape.n_layers * model.shape.n_heads)
+        value["course_average"] = details["course_average"]
     return Measurement(value, None, details)
 
 

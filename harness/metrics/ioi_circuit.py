@@ -365,3 +365,42 @@ def heads_from_flip(ctx: MetricContext, *, heads: Annotated[list[HeadName], Fiel
     patched = float(final_logit_diff(logits, answers, ends).mean())
     clean = float(final_logit_diff(ctx.forward().logits, answers, ends).mean())
     return Measurement({"logit_diff": clean, "patched": patched, "drop": clean - patched}, None, {"flip": flip}, unit="logit")
+
+
+# ----------------------------------------------------------------------------------------------
+# the writing direction: attention to a name against the head's output along that name's unembedding
+# ----------------------------------------------------------------------------------------------
+
+
+@metric("ioi.writing_direction", needs_inputs=True, value=Table(names("correlation", "slope")))
+def writing_direction(ctx: MetricContext, *, head: HeadName) -> Measurement:
+    """Pearson correlation, over prompts and the two names, of attention and writing (paper Fig. 3c).
+
+    The course's ``calculate_and_show_scatter_embedding_vs_attn``: for prompt ``b`` and name ``n``
+    in {IO (at ``IO``), S (at ``S1``)}, ``x = pattern[b, h, end_b, pos_n]`` and
+    ``y = (z[b, end_b, h] W_O[h]) . W_U[:, n]`` (the head's output at END projected on the name's
+    unembedding, no final norm). Value: ``correlation`` (Pearson r over the 2B points; positive for
+    a head that copies the name it attends to, negative for one that writes against it) and
+    ``slope`` (least squares ``y`` on ``x``). Details: the points.
+    """
+    chosen = Head.parse(head)
+    positions, answers = named_positions(ctx), answer_ids(ctx)
+    activations = ctx.forward().activations
+    rows = torch.arange(answers.shape[0])
+    end = positions["end"]
+    z = activations["z", chosen.layer][rows, end, chosen.head].float().cpu()  # [batch, d_head]
+    out = z @ ctx.model.W_O[chosen.layer, chosen.head].float().cpu()  # [batch, d_model]
+    w_u = ctx.model.W_U.float().cpu()
+    pattern = activations["pattern", chosen.layer][:, chosen.head].float().cpu()  # [batch, q, k]
+    xs, ys = [], []
+    for column, where in ((0, positions["IO"]), (1, positions["S1"])):
+        xs.append(pattern[rows, end, where])
+        ys.append((out * w_u[:, answers[:, column]].T).sum(-1))
+    x, y = torch.cat(xs).double(), torch.cat(ys).double()
+    xc, yc = x - x.mean(), y - y.mean()
+    denominator = float(xc.norm() * yc.norm())
+    if denominator == 0:
+        raise ValueError(f"head {head}: attention or projection is constant over the prompts; no correlation")
+    value = {"correlation": float((xc * yc).sum()) / denominator, "slope": float((xc * yc).sum() / (xc * xc).sum())}
+    details = {"points": {"attention": [float(v) for v in x], "projection": [float(v) for v in y]}, "head": head}
+    return Measurement(value, None, details)

@@ -33,8 +33,10 @@ before S2 is such a cell.
 
 Each scan runs once per session (``Session.memoised``): claims that differ only in ``view``,
 ``top_k`` or ``select`` share it. Runs are batched: copy ``j`` of the stacked corrupted batch carries patch ``j`` (patches of
-several layers share one pass: each hook touches only its own copies), in chunks whose logits
-stay within :data:`harness.metrics.ablation.MAX_LOGIT_BYTES`.
+several layers share one pass: each hook touches only its own copies), in chunks of at most
+:data:`harness.metrics.paths.MAX_PASS_TOKENS` tokens. No patched pass computes logits: the final
+residual stream at the last position is read through the final norm and the two answers'
+unembedding columns only (:func:`harness.circuits.dla.logit_diff_from_residual`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ from harness.context import MetricContext
 from harness.core.details import PositionGrid
 from harness.core.heads import Head, head_names
 from harness.core.measurement import Measurement
-from harness.metrics.ablation import chunks, copies_per_pass
+from harness.circuits.dla import logit_diff_from_residual
+from harness.metrics.ablation import chunks
+from harness.metrics.paths import MAX_PASS_TOKENS
 from harness.metrics.ioi import Sign, answer_ids, final_logit_diff
 from harness.core.model_handle import Activations
 from harness.registry import metric
@@ -91,6 +95,10 @@ class Runs:
     answers: Tensor
     ld_clean: float
     ld_corrupted: float
+
+    def metric_of(self, lds: Tensor) -> Tensor:
+        """``(mean_b LD - LD(corrupted)) / (LD(clean) - LD(corrupted))`` per copy: lds [copies, batch] -> [copies] (float64)."""
+        return (lds.double().mean(1) - self.ld_corrupted) / (self.ld_clean - self.ld_corrupted)
 
     def ioi_metric(self, logits: Tensor) -> Tensor:
         """``(LD(logits) - LD(corrupted)) / (LD(clean) - LD(corrupted))`` per copy.
@@ -179,8 +187,9 @@ def patch_hook(chunk: list[Patch | None], batch: int, clean: Tensor, n_heads: in
 
 def patched_metrics(ctx: MetricContext, r: Runs, patches: list[Patch]) -> Tensor:
     """``ioi_metric`` of the corrupted run with each patch applied alone: [len(patches)] (float64)."""
-    batch = r.corrupted_tokens.shape[0]
-    size = copies_per_pass(r.corrupted_tokens, ctx.model.shape.d_vocab)
+    batch, pos = r.corrupted_tokens.shape
+    size = max(1, MAX_PASS_TOKENS // (batch * pos))
+    ends = torch.full((batch,), pos - 1, dtype=torch.int64)
     results: list[Tensor] = []
     for chunk in chunks(patches, size):
         points = sorted({(p.kind, p.layer) for p in chunk})
@@ -189,8 +198,8 @@ def patched_metrics(ctx: MetricContext, r: Runs, patches: list[Patch]) -> Tensor
             mine = [p if (p.kind, p.layer) == (kind, layer) else None for p in chunk]
             hook = patch_hook(mine, batch, r.clean[kind, layer], ctx.model.shape.n_heads)
             hooks.append((ctx.model.hook_name(kind, layer), hook))
-        logits = ctx.model.run_with_hooks(r.corrupted_tokens.repeat(len(chunk), 1), hooks)
-        results.append(r.ioi_metric(logits))
+        resid = ctx.model.residual_with_hooks(r.corrupted_tokens.repeat(len(chunk), 1), hooks)  # no logits
+        results.append(r.metric_of(logit_diff_from_residual(ctx.model, resid, r.answers, ends)))
     return torch.cat(results) if results else torch.zeros(0, dtype=torch.float64)
 
 

@@ -24,7 +24,8 @@ Senders are the heads of layers before the last receiver layer, as the course lo
 
 Batching: copy ``j`` of the stacked ``x_orig`` carries sender ``j``; a pass holds at most
 :data:`MAX_PASS_TOKENS` tokens, and no pass computes logits: the residual stream at END goes
-through the final norm and the two answers' unembedding columns only (``logit_diff_at_end``).
+through the final norm and the two answers' unembedding columns only
+(:func:`harness.circuits.dla.logit_diff_from_residual`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from harness.circuits.dla import logit_diff_directions
+from harness.circuits.dla import logit_diff_from_residual
 from harness.context import MetricContext
 from harness.core.details import HeadScores
 from harness.core.heads import Head, HeadName, head_names, sort_heads
@@ -82,22 +83,6 @@ class PathRuns:
         return (ld.double() - self.ld_orig.double()) / self.denominator
 
 
-def logit_diff_at_end(model: ModelHandle, resid: Tensor, answers: Tensor, ends: Tensor) -> Tensor:
-    """LD [copies, batch] from the final residual stream resid [copies*batch, pos, d_model] (before the final norm).
-
-    ``LD = ln_final(x[end]) . (W_U[:, IO] - W_U[:, S]) + b_U[IO] - b_U[S]``: the logit difference of the run.
-    """
-    batch = answers.shape[0]
-    copies = resid.shape[0] // batch
-    rows = torch.arange(resid.shape[0])
-    at_end = resid[rows, ends.repeat(copies).to(resid.device)]  # [copies*batch, d_model]
-    normed = model.final_norm(at_end).float().cpu()
-    directions = logit_diff_directions(model, answers).repeat(copies, 1)  # [copies*batch, d_model]
-    b_u = model.b_U.float().cpu()
-    bias = (b_u[answers[:, 0]] - b_u[answers[:, 1]]).repeat(copies)
-    return ((normed * directions).sum(-1) + bias).view(copies, batch)
-
-
 def new_spec(ctx: MetricContext) -> dict[str, dict[str, Any]]:
     """``{"ioi_dataset": {..., "flip": "abc"}}`` from the claim's clean ``ioi_dataset`` inputs."""
     inputs = ctx.require_inputs()
@@ -111,8 +96,8 @@ def path_runs(ctx: MetricContext) -> PathRuns:
     new_inputs = ctx.session.inputs(ctx.model, new_spec(ctx))
     tokens = ctx.require_inputs().tokens
     answers, ends = answer_ids(ctx), end_positions(ctx)
-    ld_orig = logit_diff_at_end(ctx.model, ctx.model.residual_with_hooks(tokens, []), answers, ends)[0]
-    ld_new = logit_diff_at_end(ctx.model, ctx.model.residual_with_hooks(new_inputs.tokens, []), answers, ends)[0]
+    ld_orig = logit_diff_from_residual(ctx.model, ctx.model.residual_with_hooks(tokens, []), answers, ends)[0]
+    ld_new = logit_diff_from_residual(ctx.model, ctx.model.residual_with_hooks(new_inputs.tokens, []), answers, ends)[0]
     orig, new = ctx.forward().activations, ctx.session.forward(ctx.model, new_inputs).activations
     layers = range(ctx.model.shape.n_layers)
     runs = PathRuns(tokens, orig, [orig["z", l] for l in layers], [new["z", l] for l in layers], answers, ends, ld_orig, ld_new)
@@ -156,7 +141,7 @@ def path_to_resid_lds(model: ModelHandle, runs: PathRuns, senders: list[Head]) -
     for chunk in sender_chunks(runs, senders):
         hooks = freeze_hooks(model, runs, chunk, model.shape.n_layers)
         resid = model.residual_with_hooks(runs.tokens.repeat(len(chunk), 1), hooks)
-        out.append(logit_diff_at_end(model, resid, runs.answers, runs.ends))
+        out.append(logit_diff_from_residual(model, resid, runs.answers, runs.ends))
     return torch.cat(out) if out else torch.zeros(0, runs.tokens.shape[0])
 
 
@@ -200,7 +185,7 @@ def path_to_heads_lds(model: ModelHandle, runs: PathRuns, senders: list[Head], r
         model.residual_with_hooks(stacked, hooks, stop_at_layer=layers[-1] + 1)
         patch = [(model.hook_name(kind, layer), receiver_patch_hook(store[layer], [r.head for r in receivers if r.layer == layer]))
                  for layer in layers]
-        out.append(logit_diff_at_end(model, model.residual_with_hooks(stacked, patch), runs.answers, runs.ends))
+        out.append(logit_diff_from_residual(model, model.residual_with_hooks(stacked, patch), runs.answers, runs.ends))
     return torch.cat(out) if out else torch.zeros(0, runs.tokens.shape[0])
 
 

@@ -319,3 +319,28 @@ def feature_projection(ctx: MetricContext, *, instance: Instance = 0, feature: A
     return Measurement({"on_positive_fraction": float((projection[on] > 0).float().mean()),
                         "off_mean": float(projection[~on].mean()), "on_mean": float(projection[on].mean())},
                        details={"samples": int(len(on)), "on": int(on.sum()), "batch": batch, "seed": seed})
+
+
+@metric("superposition.active_features", value=Table(names("at_most_fraction", "mean_active")))
+def active_features(ctx: MetricContext, *, instance: Instance = 0, at_most: Annotated[int, Field(ge=0)] = 1,
+                    batch: Annotated[int, Field(ge=1, le=100_000)] = 10_000, seed: int = 0) -> Measurement:
+    """On a seeded batch from the recipe's generator for one instance: the fraction of samples with at most
+    ``at_most`` features present, and the mean number present. With independent features at probability p,
+    P(at most 1 of n) = (1 − p)^n + n p (1 − p)^(n − 1)."""
+    model = toy_model(ctx)
+    model.check_instance(instance)
+    if model.recipe is None or model.recipe not in RECIPES:
+        raise ValueError(f"model {model.identity.name!r} has no recipe to draw data from")
+    x = generate_batch(RECIPES[model.recipe], model.feature_probability, batch, torch.Generator().manual_seed(seed))[:, instance]
+    present = (x > 0).sum(dim=1)
+    return Measurement({"at_most_fraction": float((present <= at_most).float().mean()), "mean_active": float(present.float().mean())},
+                       details={"batch": batch, "seed": seed, "at_most": at_most})
+
+
+@metric("superposition.cosines", value=Table(names()))
+def cosines(ctx: MetricContext, *, instance: Instance = 0) -> Measurement:
+    """cos(W_i, W_j) of every pair of features i < j of one instance, keyed ``fI-fJ`` (``f1-f2``)."""
+    _, W = _W(ctx, instance)
+    cos = sp.cosines(W)
+    n = W.shape[1]
+    return Measurement({f"f{i}-f{j}": float(cos[i, j]) for i in range(n) for j in range(i + 1, n)})

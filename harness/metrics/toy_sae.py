@@ -104,3 +104,41 @@ def count_instances(ctx: MetricContext, *, condition: SaeCondition, batch: EvalB
     return Measurement(float(met.sum()), details={"met": [int(k) for k in torch.nonzero(met).flatten()],
                                                   "dead": [float(v) for v in figures["dead"]],
                                                   "matched": [float(v) for v in figures["matched_features"]]})
+
+
+@metric("toy_sae.small_inputs_zeroed", value=Table(names("zero_fraction_small", "zero_fraction_large")))
+def small_inputs_zeroed(ctx: MetricContext, *, instance: SaeInstance = 0, small: Annotated[float, Field(gt=0, lt=1)] = 0.2,
+                        large: Annotated[float, Field(gt=0, lt=1)] = 0.6) -> Measurement:
+    """On single-feature inputs h = a W_f (a on a grid of 100 steps in (0, 1], every feature): the fraction
+    whose latents are all zero (no latent above 1e-8), among a < ``small`` and among a > ``large``."""
+    sae = toy_sae(ctx)
+    sae.check_instance(instance)
+    magnitudes = torch.arange(1, 101) / 100.0
+    h = (magnitudes[:, None, None] * sae.base_W.T[None]).reshape(-1, sae.base_W.shape[0])
+    a = magnitudes.repeat_interleave(sae.base_W.shape[1])
+    with torch.no_grad():
+        z, _ = sae.forward(h[:, None, :].expand(h.shape[0], sae.n_inst, h.shape[-1]))
+    zero = ~(z[:, instance] > 1e-8).any(dim=-1)
+    return Measurement({"zero_fraction_small": float(zero[a < small].float().mean()),
+                        "zero_fraction_large": float(zero[a > large].float().mean())}, details={"small": small, "large": large})
+
+
+GROUPS = ("dead", "above_target", "near_target", "other")
+
+
+@metric("toy_sae.activity_groups", value=Table(names(*GROUPS)))
+def activity_groups(ctx: MetricContext, *, target: Annotated[float, Field(gt=0, lt=1)] = 0.025) -> Measurement:
+    """The course's three groups of latents by their firing rate over the last steps of training (the
+    saved window, 500 steps of batch 1024), counted over all instances: ``dead`` (never fired in the
+    window), ``above_target`` (rate > 1.2·target), ``near_target`` (0.5·target <= rate <= 1.2·target),
+    ``other`` (fired, but below half the target). The target is the base model's feature probability."""
+    sae = toy_sae(ctx)
+    if sae.training_activity is None:
+        raise ValueError(f"SAE {sae.identity.name!r} has no training log (an untrained SAE)")
+    activity = sae.training_activity
+    dead = (activity < 1e-8).all(dim=0)
+    rate = activity.mean(dim=0)
+    above = ~dead & (rate > 1.2 * target)
+    near = ~dead & (rate >= 0.5 * target) & (rate <= 1.2 * target)
+    return Measurement({"dead": float(dead.sum()), "above_target": float(above.sum()), "near_target": float(near.sum()),
+                        "other": float((~dead & ~above & ~near).sum())}, details={"target": target, "window": int(activity.shape[0])})
