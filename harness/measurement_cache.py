@@ -21,9 +21,11 @@ applied after the cache, so claims that select different parts of one measuremen
 
 Never wrong: an entry holds its full key, and a checksum of its measurement; an entry whose
 key or checksum differs, that does not parse, or whose measurement is malformed is ignored with a
-:class:`CacheEntryWarning` and recomputed (then overwritten).  Only plain JSON measurements
-(dicts with string keys, lists, strings, numbers, booleans, ``None``) are stored: they read back
-bit for bit (Python writes floats in their shortest exact form); anything else is recomputed every run.
+:class:`CacheEntryWarning` and recomputed (then overwritten).  A measurement is stored as the
+record would write it (:func:`plain`: tuples as lists, numpy scalars as Python numbers, exactly),
+and JSON reads that back bit for bit (Python writes floats in their shortest exact form), so a run
+from the cache writes the same ``results.json`` values as the run that measured them; a
+measurement holding anything else (an array, an object) is not stored and is recomputed every run.
 Writes are atomic (:func:`harness.core.atomic_write.write_atomic`): concurrent runs (pytest-xdist
 workers, CI jobs sharing a folder) never see half an entry.
 
@@ -229,8 +231,9 @@ class MeasurementCache:
     def put(self, key: CacheKey, measurement: Measurement, seconds: float) -> None:
         """Store ``measurement`` under ``key`` (atomically); a folder that cannot be written is
         warned about once and the run goes on without storing."""
-        fields = _fields(measurement)
-        if not _is_plain(fields):
+        try:
+            fields = plain(_fields(measurement))
+        except NotPlain:
             self.not_storable += 1
             return
         if self._write_failed:
@@ -305,16 +308,33 @@ def _decode_entry(text: str, key: CacheKey) -> Measurement:
     return Measurement(**fields)
 
 
-def _is_plain(data: Any) -> bool:
-    """Only JSON's own types (``bool`` and ``int`` as themselves, finite or not floats): they read
-    back equal, with the same types."""
+class NotPlain(TypeError):
+    """A measurement holds something that is not JSON data (and not a scalar that converts to it)."""
+
+
+def plain(data: Any) -> Any:
+    """``data`` as JSON's own types, converted exactly as the record writes it
+    (:func:`harness.record.to_json`): tuples become lists, numpy/torch scalars their Python value
+    (``.item()``: exact), number and boolean keys strings; NaN and infinity stay floats.  Raises
+    :class:`NotPlain` for anything else (an array, an object): such measurements are not stored."""
     if data is None or type(data) in (str, bool, int, float):
-        return True
-    if type(data) is list:
-        return all(_is_plain(item) for item in data)
+        return data
+    if type(data) in (list, tuple):
+        return [plain(item) for item in data]
     if type(data) is dict:
-        return all(type(k) is str and _is_plain(v) for k, v in data.items())
-    return False
+        return {_plain_key(key): plain(value) for key, value in data.items()}
+    item = getattr(data, "item", None)
+    if callable(item) and getattr(data, "ndim", None) == 0:
+        value = item()
+        if type(value) in (bool, int, float):
+            return value
+    raise NotPlain(f"{type(data).__name__} is not JSON data")
+
+
+def _plain_key(key: Any) -> str:
+    if type(key) in (str, int, float, bool):
+        return str(key)
+    raise NotPlain(f"a key of type {type(key).__name__}")
 
 
 def _canonical(data: Any) -> str:

@@ -185,20 +185,40 @@ def test_a_corrupted_entry_is_ignored_with_a_warning(tmp_path: Path, computed: l
     assert all(r.cached for r in third) and values(third) == values(first)
 
 
-def test_a_measurement_that_is_not_plain_json_is_not_stored(tmp_path: Path) -> None:
+def test_a_measurement_is_stored_as_the_record_writes_it(tmp_path: Path) -> None:
     import numpy as np
+    import torch
+
+    from harness.record import to_json
 
     cache = MeasurementCache(tmp_path)
     key = cache_key(**BASE)
-    cache.put(key, Measurement(np.float64(0.5)), 0.0)
-    cache.put(key, Measurement(0.5, details={"scores": (1.0, 2.0)}), 0.0)
+    cache.put(key, Measurement(0.5, details={"array": np.zeros(3)}), 0.0)
+    cache.put(key, Measurement(0.5, details={object(): 1}), 0.0)
     assert cache.not_storable == 2 and cache.get(key) is None
-    measured = Measurement({"0.0": 0.1 + 0.2, "1.0": float("nan")}, {"0.0": 1e-300, "1.0": None}, {"n": 3, "ok": True}, "frac", "lower")
+    measured = Measurement(
+        [{"label": "rank=1", "top1": np.float32(0.1), "trace": (1, np.int64(2))}],
+        None, {"fits": {1: {"loss": torch.tensor(0.25).double(), "ok": np.bool_(True)}}, "nan": float("nan")}, "frac", "lower")
     cache.put(key, measured, 0.0)
     back = MeasurementCache(tmp_path).get(key)
-    assert back is not None and back.value["0.0"] == 0.1 + 0.2 and back.uncertainty == measured.uncertainty
-    assert back.details == measured.details and back.unit == "frac" and back.bound == "lower"
-    assert type(back.details["n"]) is int and back.value["1.0"] != back.value["1.0"]  # NaN reads back as NaN
+    assert back is not None and back.bound == "lower" and back.unit == "frac"
+    assert back.value == [{"label": "rank=1", "top1": float(np.float32(0.1)), "trace": [1, 2]}]
+    assert back.details["fits"] == {"1": {"loss": 0.25, "ok": True}} and back.details["nan"] != back.details["nan"]
+    assert to_json(_fields(back)) == to_json(_fields(measured))  # the record cannot tell them apart
+
+
+def test_plain_numbers_read_back_bit_for_bit(tmp_path: Path) -> None:
+    cache = MeasurementCache(tmp_path)
+    key = cache_key(**BASE)
+    measured = Measurement({"0.0": 0.1 + 0.2, "1.0": 5e-324}, {"0.0": 1e-300, "1.0": None}, {"n": 3, "ok": True, "inf": float("inf")})
+    cache.put(key, measured, 0.0)
+    back = MeasurementCache(tmp_path).get(key)
+    assert back is not None and back.value == measured.value and back.uncertainty == measured.uncertainty
+    assert back.details == measured.details and type(back.details["n"]) is int and back.bound is None
+
+
+def _fields(measurement: Measurement) -> dict[str, Any]:
+    return {name: getattr(measurement, name) for name in ("value", "uncertainty", "details", "unit", "bound")}
 
 
 def test_cli_no_cache_clear_and_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
