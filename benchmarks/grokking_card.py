@@ -96,7 +96,7 @@ This card is written by `benchmarks/grokking_card.py`.
 
 ## Training
 
-- Epochs: {meta['final_epoch']} (stopped by the rule above).
+- Epochs: {meta['final_epoch']} ({'stopped by the rule above' if meta.get('stopped_by_rule', True) else 'stopped by hand for time before the rule was met; the curves are rebuilt from the snapshots stored every 100 epochs'}).
 - Time: {meta['seconds']:.0f} s ({meta['seconds'] / 60:.1f} min) on {meta['cpu']}, {meta['machine']}; torch {meta['torch']},
   shared 2-core machine with other jobs running (wall time, not CPU time).
 - Memorised (train loss < 1e-2): epoch {lm['train_loss_below_1e-2']}. Test loss < 1: epoch {lm['test_loss_below_1']};
