@@ -14,24 +14,8 @@ pytest.importorskip("xdist", reason="pytest-xdist is a test extra: pip install -
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.slow  # three pytest processes, each importing torch and TransformerLens
 
-ATTENTION = """\
-source: {course: project}
-model: planted-attn-2l
-claims:
-  - id: prev-score
-    statement: Head 0.0 attends to the previous token.
-    inputs: {repeated_random: {seq_len: 12, batch: 2, seed: 0}}
-    metric: attention.scores
-    params: {pattern: previous}
-    select: "0.0"
-    expect: {">=": THRESHOLD}
-  - id: induction-heads
-    statement: Head 1.0 is the induction head.
-    inputs: {repeated_random: {seq_len: 12, batch: 2, seed: 0}}
-    metric: attention.detect
-    params: {pattern: induction}
-    expect: {equals: ["1.0"]}
-"""
+from tests.test_baseline import CLAIMS as ATTENTION  # noqa: E402  (the same two planted claims)
+
 
 OV = """\
 source: {course: project}
