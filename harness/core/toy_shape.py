@@ -15,8 +15,20 @@ ToyKind = Literal["relu_output", "relu_hidden"]
 ReLU(Wᵀ ReLU(W x) + b) (its NeuronModel, a privileged hidden basis)."""
 
 
+class _NoTransformerLayers:
+    """A model without transformer layers or heads: head and layer keys are out of range on it."""
+
+    @property
+    def n_layers(self) -> int:
+        return 0
+
+    @property
+    def n_heads(self) -> int:
+        return 0
+
+
 @dataclass(frozen=True)
-class ToyShape:
+class ToyShape(_NoTransformerLayers):
     """``n_inst`` instances of W [d_hidden, n_features] and b_final [n_features]."""
 
     n_inst: int
@@ -24,29 +36,11 @@ class ToyShape:
     d_hidden: int
     kind: ToyKind = "relu_output"
 
-    @property
-    def n_layers(self) -> int:
-        """No transformer layers: head and layer keys are out of range on a toy model."""
-        return 0
-
-    @property
-    def n_heads(self) -> int:
-        return 0
-
 
 @dataclass(frozen=True)
-class SaeShape:
+class SaeShape(_NoTransformerLayers):
     """A sparse autoencoder on a toy model's hidden space: ``n_inst`` instances of d_in -> d_sae -> d_in."""
 
     n_inst: int
     d_in: int
     d_sae: int
-
-    @property
-    def n_layers(self) -> int:
-        """No transformer layers: head and layer keys are out of range on an SAE."""
-        return 0
-
-    @property
-    def n_heads(self) -> int:
-        return 0
