@@ -47,7 +47,9 @@ def test_epoch_0_is_the_seeded_initialisation() -> None:
     shipped = read_state_dict(REPRO_NAME, REPRO_DIR / "epoch-0.safetensors")
     init = initial_state_dict(meta()["training"]["seed"])
     assert set(shipped) == set(init)
-    assert all(torch.equal(shipped[k], init[k]) for k in init)
+    # torch's normal sampler is vectorised per CPU kind (AVX-512, AVX2, generic): the same seed gives
+    # the same numbers up to float32 rounding (1.4e-7 at most under ATEN_CPU_CAPABILITY=default), not bit for bit.
+    assert all(torch.allclose(shipped[k], init[k], rtol=1e-6, atol=5e-7) for k in init)
 
 
 def test_final_model_has_grokked_by_its_log_and_its_weights() -> None:
@@ -56,7 +58,9 @@ def test_final_model_has_grokked_by_its_log_and_its_weights() -> None:
     _, test = split_data()
     with torch.no_grad():
         test_loss = loss_f64(lean_logits(state, test.x, test.y), test.labels).item()
-    assert test_loss == pytest.approx(info["final_test_loss"], rel=1e-6)
+    # float32 logits of size ~30 carry ~3e-6 of rounding that differs between CPU kernels; at a loss of
+    # ~1e-4 that moves the loss by a few parts in 1e6 (1.7e-6 measured under ATEN_CPU_CAPABILITY=default).
+    assert test_loss == pytest.approx(info["final_test_loss"], rel=1e-5)
     assert test_loss < (info["training"]["stop_test_loss"] if info.get("stopped_by_rule", True) else 1e-3)
 
 
