@@ -1,0 +1,90 @@
+"""Metrics of ARENA 1.5.2 about paths and weights: the neuron path alone, attention's 2-D Fourier
+sparsity, and where the neurons write in the Fourier basis of the logits.
+
+All on the p^2 pairs of the row-major (x, y) grid (:mod:`harness.metrics._modular`), float64.
+
+- ``modular.neuron_path_loss`` (G6): the "=" logits are ``resid_mid W_U + mlp_out W_U`` (one
+  layer, no LayerNorm, b_U zero in these models); with the first term (the direct and attention
+  paths that bypass the neurons) zero-ablated (``ablation: zero``) or replaced by its mean over the
+  grid (``mean``), the loss on ``split`` against the original.
+- ``modular.attention_fourier_sparsity`` (G8): per head, the attention from "=" to position 0
+  as a p x p grid, centred, in the 2-D Fourier basis; ``top_share`` the share of its energy in its
+  ``top`` largest coefficients, ``linear_share`` the share in the terms of x alone or y alone (row
+  or column 0 of the 2-D transform); the mean over heads.
+- ``modular.logit_weight_fourier_share`` (G20): ``W_logit = W_out W_U[:, :p]`` (d_mlp, p) in the
+  Fourier basis over the answer z, ``W_logit F^T`` (column j is basis function j); ``key_share``
+  the share of its squared norm in the cos/sin columns of ``frequencies``; ``own_cluster_share``
+  the smallest, over those frequencies k, share of columns k's squared norm written by the neurons
+  whose frequency is k (:func:`~harness.metrics._modular.neuron_frequencies`, explained > 0.85).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field
+
+from fixtures.modular_task import P
+from harness.context import MetricContext
+from harness.core.measurement import Measurement
+from harness.core.model_handle import ModelHandle
+from harness.core.value_shape import Table, names
+from harness.metrics._modular import fourier_2d, fourier_basis, split_loss
+from harness.metrics.modular import _check_vocab, all_pairs, clusters
+from harness.metrics.modular_logits import Frequency, Split
+from harness.registry import metric
+
+
+def _weights(model: ModelHandle) -> dict[str, torch.Tensor]:
+    """Layer 0's MLP output weights and the unembedding, float64."""
+    params = dict(model.named_parameters())
+    return {k: params[name].detach().to(torch.float64) for k, name in
+            (("W_out", "blocks.0.mlp.W_out"), ("b_out", "blocks.0.mlp.b_out"), ("W_U", "unembed.W_U"))}
+
+
+@metric("modular.neuron_path_loss", value=Table(names("original", "ablated", "ratio")))
+def neuron_path_loss(ctx: MetricContext, *, ablation: Literal["zero", "mean"] = "mean", split: Split = "all") -> Measurement:
+    """Loss with the logits' non-neuron part (resid_mid W_U) zero- or mean-ablated: only ``mlp_out W_U`` (+ the mean) is kept."""
+    _check_vocab(ctx.model)
+    run = all_pairs(ctx.model)
+    w = _weights(ctx.model)
+    neuron_logits = (run.neurons @ w["W_out"] + w["b_out"]) @ w["W_U"][:, :P]  # (p^2, p)
+    rest = run.logits - neuron_logits  # resid_mid W_U (+ b_U, zero here)
+    ablated = neuron_logits + (rest.mean(0, keepdim=True) if ablation == "mean" else 0.0)
+    original, after = split_loss(run.logits, split), split_loss(ablated, split)
+    return Measurement({"original": original, "ablated": after, "ratio": after / original}, None,
+                       {"ablation": ablation, "split": split, "rest_norm_share": float(rest.norm() / run.logits.norm())}, unit="nats")
+
+
+@metric("modular.attention_fourier_sparsity", value=Table(names("top_share", "linear_share")))
+def attention_fourier_sparsity(ctx: MetricContext, *, top: Annotated[int, Field(ge=1, le=12769)] = 8) -> Measurement:  # le: p^2
+    """Mean over heads of the share of the centred "=" -> 0 attention grid's 2-D Fourier energy in its ``top`` largest terms, and in its linear terms."""
+    _check_vocab(ctx.model)
+    grid = all_pairs(ctx.model).attention[:, :, 0].reshape(P, P, -1)  # (x, y, head)
+    coeffs = fourier_2d(grid - grid.mean((0, 1)), fourier_basis()).pow(2)  # (p, p, head)
+    total = coeffs.sum((0, 1)).clamp_min(1e-300)
+    top_share = coeffs.reshape(P * P, -1).sort(0, descending=True).values[:top].sum(0) / total
+    linear_share = (coeffs[0].sum(0) + coeffs[:, 0].sum(0)) / total
+    return Measurement({"top_share": float(top_share.mean()), "linear_share": float(linear_share.mean())}, None,
+                       {"per_head_top_share": [round(float(v), 4) for v in top_share],
+                        "per_head_linear_share": [round(float(v), 4) for v in linear_share], "top": top})
+
+
+@metric("modular.logit_weight_fourier_share", value=Table(names("key_share", "own_cluster_share")))
+def logit_weight_fourier_share(ctx: MetricContext, *, frequencies: list[Frequency]) -> Measurement:
+    """Share of ``W_logit F^T``'s squared norm in the ``frequencies``' cos/sin columns, and the least share of a frequency's columns that its own cluster writes."""
+    _check_vocab(ctx.model)
+    w = _weights(ctx.model)
+    coords = (w["W_out"] @ w["W_U"][:, :P]) @ fourier_basis().T  # (d_mlp, p): column j = basis function j
+    energy = coords.pow(2)
+    columns = {k: [2 * k - 1, 2 * k] for k in frequencies}
+    key_share = float(sum(energy[:, c].sum() for c in columns.values()) / energy.sum())
+    freqs, frac, _sizes = clusters(ctx.model, "full", 0.85)
+    own = {}
+    for k, c in columns.items():
+        in_cluster = (freqs == k) & (frac > 0.85)
+        col_energy = energy[:, c].sum(1)  # (d_mlp,)
+        own[f"k={k}"] = float(col_energy[in_cluster].sum() / col_energy.sum().clamp_min(1e-300))
+    return Measurement({"key_share": key_share, "own_cluster_share": min(own.values())}, None,
+                       {"own_cluster_share_by_k": own, "frequencies": list(frequencies)})
