@@ -57,15 +57,40 @@ def neuron_path_loss(ctx: MetricContext, *, ablation: Literal["zero", "mean"] = 
                        {"ablation": ablation, "split": split, "rest_norm_share": float(rest.norm() / run.logits.norm())}, unit="nats")
 
 
+def grid_fourier_shares(grid: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel of a (p, p, c) grid: share of its centred 2-D Fourier energy in its ``top`` largest terms, and in linear terms.
+
+    Centred: the grid mean (the const x const term) is removed first. Linear terms are the
+    coefficients ``[0, j]`` and ``[i, 0]`` (functions of y alone or x alone). A constant channel has shares 0.
+    """
+    coeffs = fourier_2d(grid - grid.mean((0, 1)), fourier_basis(grid.shape[0])).pow(2)  # (p, p, c)
+    total = coeffs.sum((0, 1))
+    total = torch.where(total > 0, total, torch.full_like(total, float("inf")))
+    top_share = coeffs.reshape(-1, coeffs.shape[-1]).sort(0, descending=True).values[:top].sum(0) / total
+    linear_share = (coeffs[0].sum(0) + coeffs[:, 0].sum(0)) / total
+    return top_share, linear_share
+
+
+def column_shares(coords: torch.Tensor, frequencies: list[int], members: dict[int, torch.Tensor]) -> tuple[float, dict[str, float]]:
+    """Share of ``coords`` (rows, p; column j = basis function j) squared norm in the cos/sin columns of ``frequencies``,
+    and for each k the share of its columns' energy in the rows ``members[k]`` (bool, rows)."""
+    energy = coords.pow(2)
+    columns = {k: [2 * k - 1, 2 * k] for k in frequencies}
+    key_share = float(sum(energy[:, c].sum() for c in columns.values()) / energy.sum())
+    own = {}
+    for k, c in columns.items():
+        col_energy = energy[:, c].sum(1)
+        total = float(col_energy.sum())
+        own[f"k={k}"] = float(col_energy[members[k]].sum()) / total if total > 0 else 0.0
+    return key_share, own
+
+
 @metric("modular.attention_fourier_sparsity", value=Table(names("top_share", "linear_share")))
 def attention_fourier_sparsity(ctx: MetricContext, *, top: Annotated[int, Field(ge=1, le=12769)] = 8) -> Measurement:  # le: p^2
     """Mean over heads of the share of the centred "=" -> 0 attention grid's 2-D Fourier energy in its ``top`` largest terms, and in its linear terms."""
     _check_vocab(ctx.model)
     grid = all_pairs(ctx.model).attention[:, :, 0].reshape(P, P, -1)  # (x, y, head)
-    coeffs = fourier_2d(grid - grid.mean((0, 1)), fourier_basis()).pow(2)  # (p, p, head)
-    total = coeffs.sum((0, 1)).clamp_min(1e-300)
-    top_share = coeffs.reshape(P * P, -1).sort(0, descending=True).values[:top].sum(0) / total
-    linear_share = (coeffs[0].sum(0) + coeffs[:, 0].sum(0)) / total
+    top_share, linear_share = grid_fourier_shares(grid, top)
     return Measurement({"top_share": float(top_share.mean()), "linear_share": float(linear_share.mean())}, None,
                        {"per_head_top_share": [round(float(v), 4) for v in top_share],
                         "per_head_linear_share": [round(float(v), 4) for v in linear_share], "top": top})
@@ -77,14 +102,7 @@ def logit_weight_fourier_share(ctx: MetricContext, *, frequencies: list[Frequenc
     _check_vocab(ctx.model)
     w = _weights(ctx.model)
     coords = (w["W_out"] @ w["W_U"][:, :P]) @ fourier_basis().T  # (d_mlp, p): column j = basis function j
-    energy = coords.pow(2)
-    columns = {k: [2 * k - 1, 2 * k] for k in frequencies}
-    key_share = float(sum(energy[:, c].sum() for c in columns.values()) / energy.sum())
     freqs, frac, _sizes = clusters(ctx.model, "full", 0.85)
-    own = {}
-    for k, c in columns.items():
-        in_cluster = (freqs == k) & (frac > 0.85)
-        col_energy = energy[:, c].sum(1)  # (d_mlp,)
-        own[f"k={k}"] = float(col_energy[in_cluster].sum() / col_energy.sum().clamp_min(1e-300))
+    key_share, own = column_shares(coords, list(frequencies), {k: (freqs == k) & (frac > 0.85) for k in frequencies})
     return Measurement({"key_share": key_share, "own_cluster_share": min(own.values())}, None,
                        {"own_cluster_share_by_k": own, "frequencies": list(frequencies)})
