@@ -63,3 +63,10 @@ def test_logit_weight_share_is_the_fourier_norm_of_w_out_w_u() -> None:
     assert value["key_share"] == pytest.approx(1 - 1 / P, abs=0.02)  # every column but the constant: a random W_logit is flat
     assert 0.0 <= value["own_cluster_share"] <= 1.0
     assert M.fourier_basis().shape == (P, P)
+
+
+def test_fourier_2d_shares_of_a_random_model_leave_dead_neurons_out() -> None:
+    model = handle_of(initial_state_dict(6), "shares-grok")
+    for of in ("attention", "neurons", "logits"):
+        value = modular_paths.fourier_2d_shares(Ctx(model), of=of).value
+        assert 0.0 < value["top_share"] <= 1.0 and value["linear_share"] + value["quadratic_share"] == pytest.approx(1.0)

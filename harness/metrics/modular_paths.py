@@ -7,10 +7,11 @@ All on the p^2 pairs of the row-major (x, y) grid (:mod:`harness.metrics._modula
   layer, no LayerNorm, b_U zero in these models); with the first term (the direct and attention
   paths that bypass the neurons) zero-ablated (``ablation: zero``) or replaced by its mean over the
   grid (``mean``), the loss on ``split`` against the original.
-- ``modular.attention_fourier_sparsity`` (G8): per head, the attention from "=" to position 0
-  as a p x p grid, centred, in the 2-D Fourier basis; ``top_share`` the share of its energy in its
-  ``top`` largest coefficients, ``linear_share`` the share in the terms of x alone or y alone (row
-  or column 0 of the 2-D transform); the mean over heads.
+- ``modular.fourier_2d_shares`` (G8, G19): per channel of a grid over (x, y) (the attention from
+  "=" to position 0 per head, each neuron, each answer's logit), centred, in the 2-D Fourier
+  basis: ``top_share`` the share of its energy in its ``top`` largest coefficients,
+  ``linear_share`` the share in the terms of x alone or y alone (row or column 0 of the 2-D
+  transform), ``quadratic_share`` the rest; the means over channels.
 - ``modular.logit_weight_fourier_share`` (G20): ``W_logit = W_out W_U[:, :p]`` (d_mlp, p) in the
   Fourier basis over the answer z, ``W_logit F^T`` (column j is basis function j); ``key_share``
   the share of its squared norm in the cos/sin columns of ``frequencies``; ``own_cluster_share``
@@ -85,15 +86,29 @@ def column_shares(coords: torch.Tensor, frequencies: list[int], members: dict[in
     return key_share, own
 
 
-@metric("modular.attention_fourier_sparsity", value=Table(names("top_share", "linear_share")))
-def attention_fourier_sparsity(ctx: MetricContext, *, top: Annotated[int, Field(ge=1, le=12769)] = 8) -> Measurement:  # le: p^2
-    """Mean over heads of the share of the centred "=" -> 0 attention grid's 2-D Fourier energy in its ``top`` largest terms, and in its linear terms."""
+@metric("modular.fourier_2d_shares", value=Table(names("top_share", "linear_share", "quadratic_share")))
+def fourier_2d_shares(ctx: MetricContext, *, of: Literal["attention", "neurons", "logits"],
+                      top: Annotated[int, Field(ge=1, le=12769)] = 8) -> Measurement:  # le: p^2
+    """Mean over channels of the share of a centred (x, y) grid's 2-D Fourier energy in its ``top`` largest terms, its linear and its quadratic terms.
+
+    Channels: ``attention`` from "=" to position 0 per head, ``neurons`` post-ReLU per neuron,
+    ``logits`` per answer z. ``quadratic_share`` = 1 - ``linear_share`` (the const x const term is
+    removed by centring).
+    """
     _check_vocab(ctx.model)
-    grid = all_pairs(ctx.model).attention[:, :, 0].reshape(P, P, -1)  # (x, y, head)
-    top_share, linear_share = grid_fourier_shares(grid, top)
-    return Measurement({"top_share": float(top_share.mean()), "linear_share": float(linear_share.mean())}, None,
-                       {"per_head_top_share": [round(float(v), 4) for v in top_share],
-                        "per_head_linear_share": [round(float(v), 4) for v in linear_share], "top": top})
+    run = all_pairs(ctx.model)
+    flat = {"attention": run.attention[:, :, 0], "neurons": run.neurons, "logits": run.logits}[of]
+    top_share, linear_share = grid_fourier_shares(flat.reshape(P, P, -1), top)
+    live = top_share > 0  # a constant channel (dead neuron) has no centred energy: left out of the means
+    if not bool(live.any()):
+        raise ValueError(f"every {of} channel is constant on the grid: no 2-D spectrum to share out")
+    value = {"top_share": float(top_share[live].mean()), "linear_share": float(linear_share[live].mean()),
+             "quadratic_share": float(1 - linear_share[live].mean())}
+    details = {"of": of, "top": top, "channels": int(live.sum()), "constant_channels": int((~live).sum())}
+    if of == "attention":
+        details.update(per_head_top_share=[round(float(v), 4) for v in top_share],
+                       per_head_linear_share=[round(float(v), 4) for v in linear_share])
+    return Measurement(value, None, details)
 
 
 @metric("modular.logit_weight_fourier_share", value=Table(names("key_share", "own_cluster_share")))
