@@ -19,3 +19,17 @@ def test_landmarks_that_never_come_lie_past_the_last_snapshot() -> None:
     marks = window_epochs(stalled, memorised_below=1e-2, start_drop=1.0, end_below=1e-5)
     assert marks["start"] == 5000 and marks["end"] == 5000  # 3000 + the last spacing: not within the run
     assert window_epochs(RUN, memorised_below=1e-9, start_drop=1.0, end_below=1e-5)["memorised"] == 8000
+
+
+def test_one_all_pairs_run_serves_every_quantity_of_a_snapshot() -> None:
+    from fixtures.grokking_model import initial_state_dict
+    from harness.metrics import modular_dynamics as D
+    from harness.metrics._modular import run_all_pairs, split_loss
+    from tests.test_metrics_modular import handle_of
+
+    model = handle_of(initial_state_dict(7), "dyn-grok")
+    test_loss = D.measure(model, "test_loss", None)
+    assert test_loss == split_loss(run_all_pairs(model).logits, "test")
+    held = {q for (key, q, _f) in D._VALUES if key == model.identity.key}
+    assert held == set(D._BASE)
+    assert D.measure(model, "attention_gap", None) == D._VALUES[(model.identity.key, "attention_gap", ())]

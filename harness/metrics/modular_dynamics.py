@@ -29,7 +29,7 @@ from harness.core.details import LossCurves
 from harness.core.measurement import Measurement
 from harness.core.model_handle import ModelHandle
 from harness.core.value_shape import Scalar, Table, labelled, names
-from harness.metrics._modular import run_all_pairs, split_loss
+from harness.metrics._modular import AllPairs, run_all_pairs, split_loss
 from harness.metrics.modular_logits import Frequency, restricted_logits
 from harness.registry import metric
 
@@ -54,20 +54,37 @@ def snapshot_names(model_name: str) -> dict[int, str]:
     return dict(sorted(found.items()))
 
 
-def measure(model: ModelHandle, quantity: str, frequencies: list[int] | None) -> float:
-    """The quantity on one snapshot."""
-    if quantity == "weight_norm":
-        return sum(float(p.double().pow(2).sum()) for _, p in model.named_parameters())
-    run = run_all_pairs(model)
+_BASE = ("train_loss", "test_loss", "all_loss", "attention_gap")
+_VALUES: dict[tuple[str, str, tuple[int, ...]], float] = {}
+"""Quantities already measured on a snapshot, by (model identity key, quantity, frequencies): one all-pairs
+run of a snapshot serves every dynamics claim of a session (a few floats per snapshot). The identity key
+holds the name, the weights' sha256 and the snapshot chosen (the course's snapshots share one file)."""
+
+
+def _from_run(run: AllPairs, quantity: str, frequencies: list[int] | None) -> float:
     if quantity == "attention_gap":
         per_head = run.attention.mean(0)  # (h, 3): mean attention from "=" to each position
         return float((per_head[:, 0] - per_head[:, 1]).abs().max())
-    logits = run.logits
     if quantity == "restricted_loss":
         if not frequencies:
             raise ValueError("quantity restricted_loss needs 'frequencies'")
-        return split_loss(restricted_logits(logits, frequencies, True), "all")
-    return split_loss(logits, quantity.removesuffix("_loss"))
+        return split_loss(restricted_logits(run.logits, frequencies, True), "all")
+    return split_loss(run.logits, quantity.removesuffix("_loss"))
+
+
+def measure(model: ModelHandle, quantity: str, frequencies: list[int] | None) -> float:
+    """The quantity on one snapshot (remembered by its identity with the other all-pairs quantities of the same run)."""
+    if quantity == "weight_norm":
+        return sum(float(p.double().pow(2).sum()) for _, p in model.named_parameters())
+    key = model.identity.key
+    freqs = tuple(frequencies or ()) if quantity == "restricted_loss" else ()
+    if (key, quantity, freqs) in _VALUES:
+        return _VALUES[(key, quantity, freqs)]
+    run = run_all_pairs(model)
+    value = _from_run(run, quantity, frequencies)
+    _VALUES[(key, quantity, freqs)] = value
+    _VALUES.update({(key, q, ()): _from_run(run, q, None) for q in _BASE})
+    return value
 
 
 def series(model_name: str, quantity: str, frequencies: list[int] | None, epochs: list[int] | None) -> tuple[dict[int, float], dict[int, str]]:
@@ -120,8 +137,8 @@ def split_losses(model_name: str) -> dict[int, tuple[float, float]]:
     """{epoch: (train loss, test loss)} of every snapshot, one all-pairs run each."""
     out = {}
     for epoch, name in snapshot_names(model_name).items():
-        logits = run_all_pairs(get_model_entry(name).load()).logits
-        out[epoch] = (split_loss(logits, "train"), split_loss(logits, "test"))
+        handle = get_model_entry(name).load()
+        out[epoch] = (measure(handle, "train_loss", None), measure(handle, "test_loss", None))
     return out
 
 
