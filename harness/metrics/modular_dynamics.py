@@ -29,7 +29,8 @@ from harness.core.details import LossCurves
 from harness.core.measurement import Measurement
 from harness.core.model_handle import ModelHandle
 from harness.core.value_shape import Scalar, Table, labelled, names
-from harness.metrics._modular import AllPairs, run_all_pairs, split_loss
+from harness.metrics._modular import AllPairs, split_loss
+from harness.metrics.modular import all_pairs
 from harness.metrics.modular_logits import Frequency, restricted_logits
 from harness.registry import metric
 
@@ -80,7 +81,7 @@ def measure(model: ModelHandle, quantity: str, frequencies: list[int] | None) ->
     freqs = tuple(frequencies or ()) if quantity == "restricted_loss" else ()
     if (key, quantity, freqs) in _VALUES:
         return _VALUES[(key, quantity, freqs)]
-    run = run_all_pairs(model)
+    run = all_pairs(model)  # shares the snapshot-level metrics' recent runs (e.g. the claim's own model)
     value = _from_run(run, quantity, frequencies)
     _VALUES[(key, quantity, freqs)] = value
     _VALUES.update({(key, q, ()): _from_run(run, q, None) for q in _BASE})
