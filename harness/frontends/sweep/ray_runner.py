@@ -84,11 +84,20 @@ def ray_session(address: str | None, num_cpus: int | None) -> Iterator[Any]:
             ray.init(address=address)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError, TimeoutError: all mean "no cluster"
         where = "start a local Ray instance" if address is None else f"connect to the Ray cluster at {address!r}"
-        raise SweepRayError(f"cannot {where}: {type(exc).__name__}: {exc}") from None
+        raise SweepRayError(f"cannot {where}: {type(exc).__name__}: {exc}{_auth_hint(address)}") from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _auth_hint(address: str | None) -> str:
+    """Ray 2.60's clusters started by ``ray start`` require a token, which a driver sends only with
+    ``RAY_AUTH_MODE=token`` (the token from ``~/.ray/auth_token`` or ``RAY_AUTH_TOKEN``)."""
+    if address is None or os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    return ("; if the cluster uses token authentication (the default of `ray start`), set RAY_AUTH_MODE=token "
+            "with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
