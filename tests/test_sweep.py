@@ -101,7 +101,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def local_ray() -> Iterator[Any]:
     """One local Ray instance for the module (2 CPUs), its workers importing this checkout."""
     ray = pytest.importorskip("ray", reason="the 'sweep' extra (Ray) is not installed")
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": source_root()}})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": source_root()}})
     yield ray
     ray.shutdown()
 

@@ -78,7 +78,8 @@ def ray_session(address: str | None, num_cpus: int | None) -> Iterator[Any]:
     try:
         if address is None:
             path = os.pathsep.join(p for p in (source_root(), os.environ.get("PYTHONPATH", "")) if p)
-            ray.init(num_cpus=num_cpus or usable_cpus(), include_dashboard=False,
+            # "local": a new instance even where `ray start` left one (ray.init() would join that)
+            ray.init(address="local", num_cpus=num_cpus or usable_cpus(), include_dashboard=False,
                      runtime_env={"env_vars": {"PYTHONPATH": path}})
         else:
             ray.init(address=address)
