@@ -104,7 +104,9 @@ class Session:
         if name not in self.models:
             start = time.perf_counter()
             try:
-                self.models[name] = checked_finite(name, get_model_entry(name).load())
+                entry = get_model_entry(name)
+                entry.ensure_available()  # an unavailable model is refused before torch or TransformerLens is imported
+                self.models[name] = checked_finite(name, entry.load())
             except Exception as exc:  # remembered: one failing load, not one per claim
                 self.models[name] = exc
             self.load_seconds[name] = time.perf_counter() - start
