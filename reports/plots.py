@@ -23,6 +23,7 @@ from harness.core.details import (
 )
 from harness.core.heads import HEAD_PATTERN, Head, sort_heads
 from harness.core.named_registry import NamedRegistry
+from reports.plot_cache import PlotCache
 from reports.curves import curve_points, plottable_rank, point_bound, stopped_early
 from reports.values import as_number
 from reports.superposition_plots import dimensionality_scatter, feature_directions
@@ -407,8 +408,8 @@ PLOTS: NamedRegistry[Plot] = NamedRegistry("plot", [
 """Every plot by name, in the order the HTML report shows them."""
 
 
-def plots_for(entry: dict[str, Any]) -> list[str]:
-    """Every plot that applies to a claim entry.
+def plots_for(entry: dict[str, Any], cache: "PlotCache | None" = None) -> list[str]:
+    """Every plot that applies to a claim entry (read from ``cache`` where it holds them).
 
     The plots read what they need defensively (a plot that does not apply is ``None``); should
     one still fail, the failure is shown in its place (escaped) rather than losing the report.
@@ -418,7 +419,7 @@ def plots_for(entry: dict[str, Any]) -> list[str]:
         if not plot.applies_to(entry):
             continue
         try:
-            svg = plot.draw(entry)
+            svg = plot.draw(entry) if cache is None else cache.svg(plot.name, entry, plot.draw)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             svg = f"<p class='plot-error'>plot {plot.name} failed: {html.escape(str(exc))}</p>"
         if svg:
