@@ -8,7 +8,8 @@ Neuron n reads W1[n] (a row, [F]) and writes W2[:, n] (a column, [F]). Definitio
 - f(n) = argmax_i |W1[n,i]|, the neuron's feature; its *exposure* is sign W1[n, f(n)] (positive: the neuron
   computes ReLU(x_f), negative: ReLU(−x_f));
 - its gain g_n = |W1[n, f(n)]| · W2[f(n), n]: since |x| = ReLU(x) + ReLU(−x), a pair of monosemantic neurons
-  of opposite exposure with gain 1 each computes |x_f| exactly;
+  of opposite exposure, both writing positively to f, with gain 1 each computes |x_f| exactly (the gains
+  reported are those of such pair neurons; a lone neuron for a feature has no reason to have gain 1);
 - the asymmetric motif (the page's P:1529-1535): a neuron n and features i ≠ j with |W1[n,i]| ≥ ``min_weight``,
   |W1[n,i]| ≥ ``ratio``·|W1[n,j]| > 0.1, |W2[j,n]| ≥ ``min_weight`` and |W2[j,n]| ≥ ``ratio``·|W2[i,n]|: the
   neuron reads mostly i and writes mostly j.
@@ -41,6 +42,7 @@ class AbsNeurons:
     pair_features: int
     """Features with a monosemantic neuron of each exposure, both with W2[f, n] > 0 (an abs pair)."""
     min_gain: float
+    """The smallest gain of a neuron in an abs pair (0 when there is no pair)."""
     max_gain: float
     motif_neurons: int
     """Neurons that show the asymmetric motif for some i ≠ j."""
@@ -76,18 +78,20 @@ def abs_neurons(W1: Tensor, W2: Tensor, *, threshold: float = 0.9, ratio: float 
     exposure = W1[neurons, feature]
     own_write = W2[feature, neurons]
     mono = (monosemanticity(W1) > threshold) & (W1.norm(dim=1) > ALIVE_NORM)
-    gains = (exposure.abs() * own_write)[mono]
     positive_exposure, negative_exposure, pair_positive, pair_negative = set(), set(), set(), set()
     for n in neurons[mono].tolist():
         f, up, writes = int(feature[n]), bool(exposure[n] > 0), bool(own_write[n] > 0)
         (positive_exposure if up else negative_exposure).add(f)
         if writes:
             (pair_positive if up else pair_negative).add(f)
+    pairs = pair_positive & pair_negative
+    in_pair = mono & (own_write > 0) & torch.tensor([int(f) in pairs for f in feature.tolist()], dtype=torch.bool)
+    gains = (exposure.abs() * own_write)[in_pair]
     return AbsNeurons(
         monosemantic=int(mono.sum()), positive_w2=int((own_write[mono] > 0).sum()),
         features=len(positive_exposure | negative_exposure),
         both_signs_features=len(positive_exposure & negative_exposure),
-        pair_features=len(pair_positive & pair_negative),
+        pair_features=len(pairs),
         min_gain=float(gains.min()) if gains.numel() else 0.0, max_gain=float(gains.max()) if gains.numel() else 0.0,
         motif_neurons=int(motif_neurons(W1, W2, ratio=ratio, min_weight=min_weight).sum()),
     )

@@ -57,7 +57,8 @@ def abs_neurons(ctx: MetricContext, *, instance: Instance = 0, threshold: Fracti
     """The neurons of one instance of an abs model: how many are monosemantic (m_n > threshold) and how many
     of those write positively to their own feature (W2[f(n), n] > 0); the features they serve, those with
     neurons of both exposures (ReLU(x_f) and ReLU(−x_f)) and their fraction, those with such a pair both
-    writing positively; the smallest and largest gain |W1[n,f]|·W2[f,n]; neurons with the asymmetric motif."""
+    writing positively; the smallest and largest gain |W1[n,f]|·W2[f,n] of the neurons in such pairs; neurons with
+    the asymmetric motif."""
     model = abs_model(ctx)
     model.check_instance(instance)
     return Measurement(_abs_row(model, instance, threshold, ratio, min_weight),
@@ -82,13 +83,13 @@ def abs_summary(ctx: MetricContext, *, threshold: Fraction = 0.9, ratio: Ratio =
     """All instances of an abs model at once (:func:`abs_neurons` per instance): how many instances; how many
     have every neuron monosemantic (m_n > threshold); the fewest monosemantic neurons in an instance; the
     fraction of all monosemantic neurons that write positively to their own feature; the fewest abs-pair
-    features in an instance; the smallest and largest gain of a monosemantic neuron; how many instances have a
+    features in an instance; the smallest and largest gain of a neuron in an abs pair; how many instances have a
     neuron with the asymmetric motif (reads mostly feature i with |W1[n,i]| ≥ min_weight and ≥ ratio·|W1[n,j]|
     > 0.1, writes mostly feature j with |W2[j,n]| ≥ min_weight and ≥ ratio·|W2[i,n]|)."""
     model = abs_model(ctx)
     rows = [ac.abs_neurons(model.W[k], model.W2[k], threshold=threshold, ratio=ratio, min_weight=min_weight)
             for k in range(model.n_inst)]
-    mono = [r for r in rows if r.monosemantic]
+    mono = [r for r in rows if r.pair_features]
     monosemantic = sum(r.monosemantic for r in rows)
     return Measurement({
         "instances": float(len(rows)),
