@@ -20,13 +20,14 @@ from typing import Any, Callable
 
 from harness.core.details import (
     AttentionExamples, DimensionalityPoints, FeatureDirections, NamedPositionAttention, PositionCurve, PositionGrid,
+    LatentFeatureCosines,
 )
 from harness.core.heads import HEAD_PATTERN, Head, sort_heads
 from harness.core.named_registry import NamedRegistry
 from reports.plot_cache import PlotCache
 from reports.curves import curve_points, plottable_rank, point_bound, stopped_early
 from reports.values import as_number
-from reports.superposition_plots import dimensionality_scatter, feature_directions
+from reports.superposition_plots import dimensionality_scatter, feature_directions, gram_heatmap, latent_feature_matches
 
 HEAD_KEY = re.compile(HEAD_PATTERN)
 
@@ -400,6 +401,8 @@ PLOTS: NamedRegistry[Plot] = NamedRegistry("plot", [
         # toy models of superposition (reports/superposition_plots.py)
         Plot(feature_directions, reads=FeatureDirections),
         Plot(dimensionality_scatter, reads=DimensionalityPoints),
+        Plot(gram_heatmap, reads=FeatureDirections),
+        Plot(latent_feature_matches, reads=LatentFeatureCosines),
         # indirect object identification (layer x position patching, attention to named positions)
         Plot(position_grid, reads=PositionGrid),
         Plot(named_position_bars, reads=NamedPositionAttention),
