@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from fixtures.input_params import INPUT_PARAMS
 from fixtures.registry import get_model_entry, model_entries
 from harness.core.errors import Location, SpecError, SpecIssue
-from harness.core.heads import Head
+from harness.core.heads import HEAD_PATTERN, Head
 from harness.core.named_registry import did_you_mean, listed
 from harness.core.spec import Claim, ClaimFile, Reference
 from harness.core.value_shape import CELLS, COMPONENT_PAIRS, HEAD_GROUPS, HEAD_PAIRS, ValueShape, select_steps
@@ -224,12 +224,18 @@ def _check_heads(loaded: LoadedFile, where: PathKey, head_params: tuple[str, ...
 
 
 def _named_heads(value: Any, path: PathKey) -> Iterator[tuple[PathKey, str]]:
-    """Each head string in ``value`` (a head, or lists of heads nested to any depth), with its path."""
+    """Each head string in ``value`` (a head, or lists of heads nested to any depth, or mappings
+    whose values hold heads and whose keys may be heads), with its path."""
     if isinstance(value, str):
         yield path, value
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _named_heads(item, path + (index,))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and re.match(HEAD_PATTERN, key):
+                yield path + (key,), key
+            yield from _named_heads(item, path + (key,))
 
 
 def _check_select(loaded: LoadedFile, where: PathKey, select: str | None, model: str, shape: ValueShape | None) -> list[SpecIssue]:
