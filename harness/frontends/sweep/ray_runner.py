@@ -12,6 +12,7 @@ A Ray session already open in this process (``ray.init`` called by the caller) i
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from contextlib import contextmanager
@@ -79,7 +80,7 @@ def ray_session(address: str | None, num_cpus: int | None) -> Iterator[Any]:
         if address is None:
             path = os.pathsep.join(p for p in (source_root(), os.environ.get("PYTHONPATH", "")) if p)
             # "local": a new instance even where `ray start` left one (ray.init() would join that)
-            ray.init(address="local", num_cpus=num_cpus or usable_cpus(), include_dashboard=False,
+            ray.init(address="local", num_cpus=num_cpus or usable_cpus(), include_dashboard=False, logging_level=logging.ERROR,
                      runtime_env={"env_vars": {"PYTHONPATH": path}})
         else:
             ray.init(address=address)
