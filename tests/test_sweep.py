@@ -22,7 +22,8 @@ from harness.frontends.sweep.ray_runner import TaskOutcome, run_on_ray, source_r
 from harness.frontends.sweep.task import TaskOptions
 from harness.loader import load_claim_file
 
-# Two claims on the file's model, one pinned to the untrained control (left out by --models).
+# Two claims on the file's model with one pinned to the untrained control between them (left out
+# by --models): the record keeps the file's order although the claims run in two tasks.
 FAMILY = """\
 source: {course: project, chapter: sweep tests}
 model: tms-5f2d
@@ -33,12 +34,6 @@ claims:
     params: {instance: 0}
     select: frobenius_sq
     expect: {between: [1.9, 2.2]}
-  - id: sparse-more-features
-    statement: The sparsest instance holds more than 2.5 features' worth.
-    metric: superposition.summary
-    params: {instance: 7}
-    select: frobenius_sq
-    expect: {">": 2.5}
   - id: dense-two-dims-untrained
     statement: The untrained model's dense instance holds about two features' worth.
     model: tms-5f2d@step=0
@@ -47,6 +42,12 @@ claims:
     select: frobenius_sq
     expect: {between: [1.9, 2.2]}
     expected_verdict: refuted
+  - id: sparse-more-features
+    statement: The sparsest instance holds more than 2.5 features' worth.
+    metric: superposition.summary
+    params: {instance: 7}
+    select: frobenius_sq
+    expect: {">": 2.5}
 """
 
 # A second file on another model family: two tasks per sweep of both files.
@@ -128,7 +129,7 @@ def test_sweep_writes_the_record_of_a_serial_run(workdir: Path, local_ray: Any, 
     assert main(["sweep", *files, "--out", "swept", "--no-cache"]) == EXIT_OK
     serial, swept = read(workdir / "serial"), read(workdir / "swept")
     assert comparable(swept) == comparable(serial)
-    assert [entry["id"] for entry in swept["claims"]] == ["dense-two-dims", "sparse-more-features", "dense-two-dims-untrained", "seed1-dense-two-dims"]
+    assert [entry["id"] for entry in swept["claims"]] == ["dense-two-dims", "dense-two-dims-untrained", "sparse-more-features", "seed1-dense-two-dims"]
     assert swept["provenance"]["sweep"]["tasks"] == 3  # (tms-5f2d, family), (tms-5f2d@step=0, family), (seed=1, second)
     assert swept["provenance"]["sweep"]["failed_tasks"] == 0
     assert (workdir / "swept" / "report.md").read_text().count("dense-two-dims") >= 2
@@ -190,6 +191,21 @@ def test_results_measured_by_other_source_code_are_refused(workdir: Path) -> Non
     payload = {"entries": [], "files": {}, "models": {}, "cache": None, "missing": [], "suite": "b" * 64}
     with pytest.raises(command.SuiteMismatch, match="install the same interp-claims on every node"):
         command.gather([TaskOutcome(task, payload)], "a" * 64)
+
+
+# --- the plan ----------------------------------------------------------------------------------
+
+
+def test_plan_numbers_claims_in_a_serial_runs_order(workdir: Path) -> None:
+    """Tasks group a file's claims by model; their positions are still the file's order."""
+    loaded = load_claim_file("claims/family.yaml")
+    plan = plan_sweep([loaded], {loaded.path: FAMILY}, None, None)
+    assert [(task.runs_on, task.claims) for task in plan.tasks] == [
+        ("tms-5f2d", ((0, "dense-two-dims"), (2, "sparse-more-features"))), ("tms-5f2d@step=0", ((1, "dense-two-dims-untrained"),))]
+    swept = plan_sweep([loaded], {loaded.path: FAMILY}, ["tms-5f2d@seed=1", "tms-5f2d"], None)
+    assert [(task.model, task.claims) for task in swept.tasks] == [
+        ("tms-5f2d@seed=1", ((0, "dense-two-dims"), (1, "sparse-more-features"))), ("tms-5f2d", ((2, "dense-two-dims"), (3, "sparse-more-features")))]
+    assert swept.pinned == ["dense-two-dims-untrained"]
 
 
 # --- options, checked before Ray is asked for anything -------------------------------------------

@@ -130,26 +130,29 @@ def plan_sweep(files: list[LoadedFile], texts: dict[str, str], models: list[str]
     position = 0
     for loaded in files:
         chosen = [claim for claim in loaded.spec.claims if select is None or select in claim.id]
-        if models is None:
-            groups = _by_model(loaded, chosen)
-        else:
-            groups = _swept(loaded, chosen, models, plan)
-        for model, runs_on, claims in groups:
+        if models is None:  # a serial run's order: the file's, whichever model a claim runs on
+            order = {claim.id: position + index for index, claim in enumerate(chosen)}
+            for runs_on, claims in _by_model(loaded, chosen):
+                numbered = tuple((order[claim.id], claim.id) for claim in claims)
+                plan.tasks.append(SweepTask(loaded.path, texts[loaded.path], loaded.sha256, None, numbered, runs_on))
+            position += len(chosen)
+            continue
+        for model, claims in _swept(loaded, chosen, models, plan):  # each model's claims in turn
             numbered = tuple((position + index, claim.id) for index, claim in enumerate(claims))
             position += len(claims)
-            plan.tasks.append(SweepTask(loaded.path, texts[loaded.path], loaded.sha256, model, numbered, runs_on))
+            plan.tasks.append(SweepTask(loaded.path, texts[loaded.path], loaded.sha256, model, numbered, model))
     return plan
 
 
-def _by_model(loaded: LoadedFile, claims: list[Claim]) -> list[tuple[str | None, str, list[Claim]]]:
+def _by_model(loaded: LoadedFile, claims: list[Claim]) -> list[tuple[str, list[Claim]]]:
     """The file's claims as written, one group per model in order of first use."""
     groups: dict[str, list[Claim]] = {}
     for claim in claims:
         groups.setdefault(loaded.model_of(claim) or "", []).append(claim)
-    return [(None, model, group) for model, group in groups.items()]
+    return list(groups.items())
 
 
-def _swept(loaded: LoadedFile, claims: list[Claim], models: list[str], plan: SweepPlan) -> list[tuple[str | None, str, list[Claim]]]:
+def _swept(loaded: LoadedFile, claims: list[Claim], models: list[str], plan: SweepPlan) -> list[tuple[str, list[Claim]]]:
     """The file's default-model claims once per model of ``models``, each group checked against its model."""
     if loaded.spec.model is None:
         raise SweepOptionError(f"--models: {loaded.path} has no top-level 'model' (each claim names its own), "
@@ -158,11 +161,11 @@ def _swept(loaded: LoadedFile, claims: list[Claim], models: list[str], plan: Swe
     plan.pinned += [claim.id for claim in claims if claim.model is not None]
     swept = [claim for claim in claims if claim.model is None]
     issues: list[SpecIssue] = []
-    groups: list[tuple[str | None, str, list[Claim]]] = []
+    groups: list[tuple[str, list[Claim]]] = []
     for model in models:
         if swept:
             issues += _misfits(loaded, model, {claim.id for claim in swept})
-            groups.append((model, model, swept))
+            groups.append((model, swept))
     if issues:
         raise SpecError(issues)
     return groups
