@@ -21,9 +21,12 @@ runs in parallel; with ``workers`` threads the lock stays below half busy when
 The tile holds ``max(entries_L2, entries_GIL)`` entries (at least 64 x 1024, at most the former
 fixed 512 x 8192), ``block_cols`` a multiple of 1024 (the counting chunk), ``block_rows`` a power
 of two dividing it (so a row block's diagonal lies in one column tile).  Workers: one per usable
-CPU.  Measured on a 2-core AVX-512 Xeon (2 MiB L2 per core; benchmarks/bench_ov_topk.py): tiles of
-256 x 1024 took 18% less CPU time than 512 x 8192.  The counts never depend on the tiles (the
-float64 recheck makes them exact); only the float32 row maximum's last bits can.
+CPU.  The two per-tile constants were measured on one 2-core AVX-512 Xeon; the interpreter-lock
+floor is a model, not yet measured on a many-core CPU.  There (2 MiB L2 per core, 256 x 1024 tiles;
+benchmarks/bench_ov_topk.py, three runs at load average 11-19 on 2 cores): the kernel took 7.8, 8.9
+and 9.8 CPU seconds against 9.5, 10.1 and 9.8 with 512 x 8192 tiles (0-18% less, within the
+machine's noise), the bare products 3.5-4.0 against 4.4-5.1.  The counts never depend on the tiles
+(the float64 recheck makes them exact); only the float32 row maximum's last bits can.
 """
 
 from __future__ import annotations
