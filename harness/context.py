@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from harness.core.input_batch import InputBatch
-from harness.core.model_handle import Forward, ModelHandle
-from harness.core.toy_ddd_handle import DoubleDescentHandle
-from harness.core.toy_handle import ToyModelHandle
-from harness.core.toy_sae_handle import ToySaeHandle
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover  (torch: the CLI imports this before it knows whether anything is computed)
+    from harness.core.model_handle import Forward, ModelHandle
+    from harness.core.toy_ddd_handle import DoubleDescentHandle
+    from harness.core.toy_handle import ToyModelHandle
+    from harness.core.toy_sae_handle import ToySaeHandle
     from harness.session import Session
 
 

@@ -92,10 +92,39 @@ class LatentFeatureCosines(TypedDict):
     threshold: float
 
 
+# --- modular addition (ARENA 1.5.2 grokking) ---
+class FrequencyEnergy(TypedDict):
+    """Energy per Fourier frequency: ``energy[k]`` for k = 0 (the constant) .. K, with the
+    ``key_frequencies`` (k >= 1) the metric picked out."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    energy: list[float]
+    key_frequencies: list[int]
+
+
+class LossCurves(TypedDict):
+    """Train and test loss at each snapshot ``epochs[i]`` of a run, and the grokking ``window``
+    (first and last epoch)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    epochs: list[int]
+    train_loss: list[float]
+    test_loss: list[float]
+    window: list[int]
+
+
+class ClusterSizes(TypedDict):
+    """Neurons per frequency cluster: ``sizes["k=K"]`` and ``sizes["unexplained"]``."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    sizes: dict[str, float]
+
+
 DETAILS_KINDS: dict[str, type] = {kind.__name__: kind for kind in (
     HeadScores, AttentionExamples, PositionCurve, RankFits, FeatureDirections, DimensionalityPoints,
     PositionGrid, NamedPositionAttention,
     LatentFeatureCosines,
+    FrequencyEnergy, LossCurves, ClusterSizes,
 )}
 """Every details kind by name, as the record lists them."""
 
