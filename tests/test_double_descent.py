@@ -97,3 +97,18 @@ def test_a_memorising_sweep_point_is_recognised() -> None:
     assert points[1]["test_loss"] == pytest.approx(1 / recipe.n_features, rel=0.05) and points[1]["data_norm_median"] == 0.0
     peak = ddd_peak(MetricContext(handle, None, Session()), batch=500).value
     assert peak["interior_peak"] == 0.0
+
+
+@pytest.mark.slow
+def test_retraining_reproduces_the_committed_sweep_at_b5() -> None:
+    """Retrain tms-ddd at b = 5 (one thread, about a minute) and compare with the committed weights; the other sizes
+    are retrained by ``python -m fixtures.tms.ddd`` (about 45 minutes of wall time on the shared CPU)."""
+    from safetensors.torch import load_file
+
+    from fixtures.tms.ddd import weights_file
+
+    torch.set_num_threads(1)
+    trained = train(CUT_DOWN, 5, 0)
+    committed = load_file(str(weights_file(CUT_DOWN, 5, 0)))
+    assert torch.allclose(trained["W"], committed["W"], atol=1e-4)
+    assert torch.allclose(trained["b_final"], committed["b_final"], atol=1e-4)

@@ -36,6 +36,8 @@ class DoubleDescentHandle:
         self.shape = shape
         #: The recipe (fixtures.tms.ddd_recipe) whose data distribution the test data is drawn from.
         self.recipe = recipe
+        #: Measurements of the fixed sweep that several metrics share (harness/metrics/double_descent.py).
+        self.curve_memo: dict[tuple, list[dict[str, float]]] = {}
 
     @property
     def n_inst(self) -> int:

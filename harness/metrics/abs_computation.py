@@ -116,11 +116,6 @@ def neuron_trend(ctx: MetricContext, *, threshold: Fraction = 0.99) -> Measureme
                         "largest_rise": float(max([0, *steps]))}, details={"counts": counts})
 
 
-def _reordered(W: Tensor) -> Tensor:
-    """Each instance's rows (neurons) of W [n_inst, d_hidden, n_features] in descending m_n order."""
-    return torch.stack([W_k[ac.monosemanticity_order(W_k)] for W_k in W])
-
-
 @metric("superposition.neuron_reorder", value=Table(names("loss", "w1_only_ratio", "consistent_ratio")))
 def neuron_reorder(ctx: MetricContext, *, batch: Annotated[int, Field(ge=1, le=100_000)] = 10_000, seed: int = 0) -> Measurement:
     """What the course's ``plot_features_in_Nd`` does to a model when it sorts neurons by monosemanticity in

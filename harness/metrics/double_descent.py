@@ -69,13 +69,18 @@ def _point(model: DoubleDescentHandle, index: int, test: Tensor, above: float) -
 
 
 def _curve(model: DoubleDescentHandle, batch: int, seed: int, above: float) -> list[dict[str, float]]:
-    test = unit_batch(DDD_RECIPES[model.recipe], batch, 1, torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return [_point(model, i, test, above) for i in range(len(model.sizes))]
+    """The curve's points, computed once per sweep and arguments (both metrics read it; the sweep's weights are
+    fixed once loaded, so the memo cannot go stale)."""
+    key = (batch, seed, above)
+    if key not in model.curve_memo:
+        test = unit_batch(DDD_RECIPES[model.recipe], batch, 1, torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            model.curve_memo[key] = [_point(model, i, test, above) for i in range(len(model.sizes))]
+    return [dict(point) for point in model.curve_memo[key]]
 
 
 @metric("superposition.ddd_curve", value=Curve(SIZES, CURVE))
-def ddd_curve(ctx: MetricContext, *, batch: TestBatch = 5000, seed: int = 0,
+def ddd_curve(ctx: MetricContext, *, batch: TestBatch = 2000, seed: int = 0,
               above: Annotated[float, Field(gt=0, lt=1)] = 0.3) -> Measurement:
     """Per training-set size (labels b5, b10...): the best instance, its training and test loss, the median
     feature dimensionality, how many features have D > ``above``, the largest feature norm, the mean, median
@@ -89,7 +94,7 @@ PEAK = ("peak_size", "peak_test_loss", "peak_over_smallest", "peak_over_largest"
 
 
 @metric("superposition.ddd_peak", value=Table(names(*PEAK)))
-def ddd_peak(ctx: MetricContext, *, batch: TestBatch = 5000, seed: int = 0) -> Measurement:
+def ddd_peak(ctx: MetricContext, *, batch: TestBatch = 2000, seed: int = 0) -> Measurement:
     """Where the test loss peaks over the sweep: the size, its test loss, its ratio to the test loss at the
     smallest and at the largest size, and 1 if the peak is at neither end (a double descent), else 0."""
     model = sweep(ctx)
