@@ -7,6 +7,8 @@ An entry is stored under the sha256 of its key, which holds everything the measu
   (``fold_ln``, centring, tokenizer...), dtype, device (:class:`~harness.core.model_identity.ModelIdentity`);
 - the metric's name, the sha256 of the file that defines it, its parameters and its inputs
   (canonical JSON);
+- the fingerprints of the other models of the model's family (``BASE@epoch=N`` snapshots of
+  ``BASE``): metrics across a training run load them;
 - the suite's own source: the sha256 of every ``.py`` file of the packages ``harness``,
   ``fixtures`` and ``reports`` (any edit to the code recomputes);
 - the environment that can change a float: the versions of Python, torch, transformer-lens,
@@ -173,11 +175,13 @@ def function_source_hash(function: Any) -> str:
 
 def cache_key(
     model_key: str, metric: str, params: dict[str, Any], inputs: dict[str, Any] | None,
-    metric_function: Any = None, *, metric_file: str | None = None,
+    metric_function: Any = None, *, metric_file: str | None = None, related: str | None = None,
 ) -> CacheKey:
     """The key of metric ``metric`` (computed by ``metric_function``, or defined in the file
     ``metric_file``: the same hash, without importing the metric) with ``params`` on ``inputs``
-    of the model whose identity key is ``model_key``."""
+    of the model whose identity key is ``model_key``; ``related`` names what the model's family
+    (its snapshots, which metrics across a training run load) is made of
+    (:meth:`harness.session.Session.related_models`)."""
     if metric_function is not None:
         metric_source = function_source_hash(metric_function)
     else:
@@ -187,6 +191,7 @@ def cache_key(
         "model": model_key,
         "metric": metric,
         "metric_source": metric_source,
+        "related_models": related or "none",
         "params": _canonical(params),
         "inputs": _canonical(inputs),
         "suite_source": suite_source_hash(),

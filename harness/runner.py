@@ -122,7 +122,8 @@ def _measure(
         disk_key, declared = None, None
         if session.cache is not None:
             declared = metric_declaration(metric)
-            disk_key = cache_key(identity.key, metric, params, inputs, metric_file=declared.source_file)
+            disk_key = cache_key(identity.key, metric, params, inputs, metric_file=declared.source_file,
+                                 related=session.related_models(model_name))
         stored = session.cache.get(disk_key) if disk_key is not None else None
         if stored is not None and declared is not None and declaration_problem(declared, stored) is None:
             session.remember(key, stored, from_cache=True)

@@ -12,6 +12,7 @@ the run is checked against the identity the cache gave (a difference is warned a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
@@ -19,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from fixtures.registry import get_model_entry
+from fixtures.registry import get_model_entry, model_entries
 from harness.core.errors import ModelUnavailable
 from harness.core.input_batch import InputBatch
 from harness.core.measurement import Measurement
@@ -52,6 +53,7 @@ class Session:
     identities: dict[str, ModelIdentity] = field(default_factory=dict)
     """Identities read from the measurement cache of models this run has not loaded."""
     _identity_keys: dict[str, CacheKey | None] = field(default_factory=dict)
+    _related: dict[str, str] = field(default_factory=dict)
 
     def identity(self, name: str) -> ModelIdentity:
         """The identity of model ``name``: the loaded model's, else the one the measurement cache
@@ -79,6 +81,23 @@ class Session:
                     key = None
             self._identity_keys[name] = key
         return self._identity_keys[name]
+
+    def related_models(self, name: str) -> str:
+        """sha256 over the fingerprints of the other models of ``name``'s family (the names
+        ``BASE`` and ``BASE@...`` with ``name``'s ``BASE``: a training run's snapshots, which
+        :mod:`harness.metrics.modular_dynamics` loads), ``"none"`` without any; a member without a
+        fingerprint counts by its name and source (its files are its family's: one Hub file)."""
+        if name not in self._related:
+            base = name.partition("@")[0]
+            family = {}
+            for other, entry in model_entries().items():
+                if other != name and other.partition("@")[0] == base:
+                    try:
+                        family[other] = [entry.source, entry.fingerprint() if entry.fingerprint is not None else None]
+                    except Exception as exc:  # noqa: BLE001  (unreadable: its load says why; the key says it changed)
+                        family[other] = [entry.source, f"unreadable: {type(exc).__name__}"]
+            self._related[name] = hashlib.sha256(json.dumps(family, sort_keys=True).encode()).hexdigest() if family else "none"
+        return self._related[name]
 
     def _stored_identity(self, name: str) -> ModelIdentity | None:
         try:

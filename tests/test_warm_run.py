@@ -155,3 +155,24 @@ def test_a_warm_cli_run_imports_no_torch_and_writes_the_cold_record(tmp_path: Pa
     assert [{k: v for k, v in e.items() if k not in unread} for e in warm["claims"]] == \
            [{k: v for k, v in e.items() if k not in unread} for e in cold["claims"]]
     assert "<svg" in (tmp_path / "warm" / "report.html").read_text()
+
+
+def test_a_changed_snapshot_of_the_family_recomputes(tmp_path: Path, small_model) -> None:
+    """Metrics across a training run load the claim model's snapshots (``BASE@epoch=N``): their
+    files are in the key of every measurement of the family, though the claim's model is unchanged."""
+    weights, config = small_model
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    snap_weights, snap_config = _save_small_model(snapshot, seed=2)
+    register_file_model("warm-small@epoch=1", snap_weights, snap_config, bos_token_id=0)
+    try:
+        path, cache = claims_file(tmp_path, "warm-small"), tmp_path / "cache"
+        run(path, MeasurementCache(cache))
+        again, _ = run(path, MeasurementCache(cache))
+        assert all(r.cached for r in again)
+        _save_small_model(snapshot, seed=3)
+        changed, session = run(path, MeasurementCache(cache))
+        assert not any(r.cached for r in changed)
+        assert set(session.models) == {"warm-small"}  # measured afresh on the unchanged claim model
+    finally:
+        unregister_model("warm-small@epoch=1")
