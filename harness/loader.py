@@ -127,7 +127,16 @@ def _check_names(loaded: LoadedFile) -> list[SpecIssue]:
     issues: list[SpecIssue] = []
     if loaded.spec.model is not None:
         issues += _check_model(loaded, loaded.spec.model, ("model",))
+    return issues + check_claim_names(loaded, {claim.id for claim in loaded.spec.claims})
+
+
+def check_claim_names(loaded: LoadedFile, ids: set[str]) -> list[SpecIssue]:
+    """The name checks (models, metrics, inputs, heads, selections) of the claims ``ids`` of ``loaded``:
+    e.g. those a sweep re-targets to another model (``loaded`` with that top-level model)."""
+    issues: list[SpecIssue] = []
     for index, claim in enumerate(loaded.spec.claims):
+        if claim.id not in ids:
+            continue
         where = ("claims", index)
         model = loaded.model_of(claim)
         if model is None:

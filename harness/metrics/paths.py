@@ -131,16 +131,33 @@ def freeze_hooks(model: ModelHandle, runs: PathRuns, senders: list[Head], layers
 
 
 def sender_chunks(runs: PathRuns, senders: list[Head]) -> list[list[Head]]:
+    """Consecutive senders of one layer, at most :func:`copies_per_pass` per chunk (order kept)."""
     size = copies_per_pass(runs.tokens)
-    return [senders[i : i + size] for i in range(0, len(senders), size)]
+    chunks: list[list[Head]] = []
+    for sender in senders:
+        if chunks and len(chunks[-1]) < size and chunks[-1][0].layer == sender.layer:
+            chunks[-1].append(sender)
+        else:
+            chunks.append([sender])
+    return chunks
+
+
+def orig_from(model: ModelHandle, runs: PathRuns, layer: int, copies: int, hooks: list[tuple[str, Hook]],
+              stop_at_layer: int | None = None) -> Tensor:
+    """The residual stream of ``copies`` stacked ``x_orig`` runs with ``hooks`` that change nothing before
+    block ``layer``: started there from ``x_orig``'s own residual stream (the blocks before it would
+    recompute it exactly as the clean run did: every head frozen at its clean value)."""
+    resid = runs.orig["resid_pre", layer].repeat(copies, 1, 1) if layer > 0 else None
+    return model.residual_from(layer, resid, runs.tokens.repeat(copies, 1), hooks, stop_at_layer=stop_at_layer)
 
 
 def path_to_resid_lds(model: ModelHandle, runs: PathRuns, senders: list[Head]) -> Tensor:
-    """LD [senders, batch] with each sender patched and every other head frozen (module docstring)."""
+    """LD [senders, batch] with each sender patched and every other head frozen (module docstring);
+    a pass holds the senders of one layer and starts at their block (:func:`orig_from`)."""
     out = []
     for chunk in sender_chunks(runs, senders):
         hooks = freeze_hooks(model, runs, chunk, model.shape.n_layers)
-        resid = model.residual_with_hooks(runs.tokens.repeat(len(chunk), 1), hooks)
+        resid = orig_from(model, runs, chunk[0].layer, len(chunk), hooks)
         out.append(logit_diff_from_residual(model, resid, runs.answers, runs.ends))
     return torch.cat(out) if out else torch.zeros(0, runs.tokens.shape[0])
 
@@ -173,19 +190,23 @@ def check_receiver_heads(model: ModelHandle, runs: PathRuns, kind: str) -> None:
 
 
 def path_to_heads_lds(model: ModelHandle, runs: PathRuns, senders: list[Head], receivers: list[Head], kind: str) -> Tensor:
-    """LD [senders, batch] of run (2) for each sender (module docstring)."""
+    """LD [senders, batch] of run (2) for each sender (module docstring). Run (1) starts at the
+    senders' block, run (2) at the first receiver's (before them both runs are ``x_orig``)."""
     check_receiver_heads(model, runs, kind)
     layers = sorted({r.layer for r in receivers})
     out = []
     for chunk in sender_chunks(runs, senders):
-        stacked = runs.tokens.repeat(len(chunk), 1)
+        start, copies = chunk[0].layer, len(chunk)
         store: dict[int, Tensor] = {}
         hooks = freeze_hooks(model, runs, chunk, layers[-1] + 1)
-        hooks += [(model.hook_name(kind, layer), capture_hook(store, layer)) for layer in layers]
-        model.residual_with_hooks(stacked, hooks, stop_at_layer=layers[-1] + 1)
+        hooks += [(model.hook_name(kind, layer), capture_hook(store, layer)) for layer in layers if layer >= start]
+        orig_from(model, runs, start, copies, hooks, stop_at_layer=layers[-1] + 1)
+        for layer in layers:  # a receiver before the senders reads x_orig's own input
+            if layer < start:
+                store[layer] = runs.orig[kind, layer].repeat(copies, 1, 1, 1)
         patch = [(model.hook_name(kind, layer), receiver_patch_hook(store[layer], [r.head for r in receivers if r.layer == layer]))
                  for layer in layers]
-        out.append(logit_diff_from_residual(model, model.residual_with_hooks(stacked, patch), runs.answers, runs.ends))
+        out.append(logit_diff_from_residual(model, orig_from(model, runs, layers[0], copies, patch), runs.answers, runs.ends))
     return torch.cat(out) if out else torch.zeros(0, runs.tokens.shape[0])
 
 
