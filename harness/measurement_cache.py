@@ -7,6 +7,8 @@ An entry is stored under the sha256 of its key, which holds everything the measu
   (``fold_ln``, centring, tokenizer...), dtype, device (:class:`~harness.core.model_identity.ModelIdentity`);
 - the metric's name, the sha256 of the file that defines it, its parameters and its inputs
   (canonical JSON);
+- the fingerprints of the other models of the model's family (``BASE@epoch=N`` snapshots of
+  ``BASE``): metrics across a training run load them;
 - the suite's own source: the sha256 of every ``.py`` file of the packages ``harness``,
   ``fixtures`` and ``reports`` (any edit to the code recomputes);
 - the environment that can change a float: the versions of Python, torch, transformer-lens,
@@ -173,17 +175,42 @@ def function_source_hash(function: Any) -> str:
 
 def cache_key(
     model_key: str, metric: str, params: dict[str, Any], inputs: dict[str, Any] | None,
-    metric_function: Any = None,
+    metric_function: Any = None, *, metric_file: str | None = None, related: str | None = None,
 ) -> CacheKey:
-    """The key of metric ``metric`` (computed by ``metric_function``) with ``params`` on ``inputs``
-    of the model whose identity key is ``model_key``."""
+    """The key of metric ``metric`` (computed by ``metric_function``, or defined in the file
+    ``metric_file``: the same hash, without importing the metric) with ``params`` on ``inputs``
+    of the model whose identity key is ``model_key``; ``related`` names what the model's family
+    (its snapshots, which metrics across a training run load) is made of
+    (:meth:`harness.session.Session.related_models`)."""
+    if metric_function is not None:
+        metric_source = function_source_hash(metric_function)
+    else:
+        metric_source = _file_hash(str(metric_file)) if metric_file is not None else "none"
     return CacheKey({
         "format": str(CACHE_FORMAT),
         "model": model_key,
         "metric": metric,
-        "metric_source": function_source_hash(metric_function) if metric_function is not None else "none",
+        "metric_source": metric_source,
+        "related_models": related or "none",
         "params": _canonical(params),
         "inputs": _canonical(inputs),
+        "suite_source": suite_source_hash(),
+        "environment": _canonical(environment()),
+    })
+
+
+def identity_key(name: str, source: str, fingerprint: dict[str, Any]) -> CacheKey:
+    """The key of model ``name``'s identity: its source's fingerprint (the sha256 of the files it
+    is read from, its config and seed: :attr:`fixtures.model_entry.ModelEntry.fingerprint`), the
+    suite's source (the code that builds it) and the environment (the libraries that build it).
+    The identity stored under it is the one the model had when it was last loaded, so a run
+    whose measurements are all cached never loads the model."""
+    return CacheKey({
+        "format": str(CACHE_FORMAT),
+        "kind": "model_identity",
+        "name": name,
+        "source": source,
+        "fingerprint": _canonical(fingerprint),
         "suite_source": suite_source_hash(),
         "environment": _canonical(environment()),
     })
@@ -251,6 +278,38 @@ class MeasurementCache:
             return
         self.stored += 1
 
+    def identity_path(self, key: CacheKey) -> Path:
+        digest = key.digest
+        return self.folder / "models" / digest[:2] / f"{digest}.json"
+
+    def get_identity(self, key: CacheKey) -> dict[str, Any] | None:
+        """The model identity (``ModelIdentity.as_dict()``) stored under ``key``, or ``None``
+        (not stored; unusable: warned and counted in ``ignored``)."""
+        path = self.identity_path(key)
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return self._ignore(path, f"unreadable ({exc})", miss=False)
+        identity = entry.get("identity") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or entry.get("key") != key.parts:
+            return self._ignore(path, "not a model identity entry filed under its key", miss=False)
+        if not isinstance(identity, dict) or entry.get("checksum") != _sha256(_canonical(identity)):
+            return self._ignore(path, "its checksum does not match its identity", miss=False)
+        return identity
+
+    def put_identity(self, key: CacheKey, identity: dict[str, Any]) -> None:
+        """Store a loaded model's identity under its fingerprint's ``key`` (atomically)."""
+        if self._write_failed:
+            return
+        entry = {"format": CACHE_FORMAT, "key": key.parts, "checksum": _sha256(_canonical(identity)), "identity": identity}
+        try:
+            write_atomic(self.identity_path(key), json.dumps(entry, sort_keys=True) + "\n")
+        except OSError as exc:
+            self._write_failed = True
+            warnings.warn(f"measurement cache {self.root} cannot be written ({exc}); measurements are not stored", CacheEntryWarning, stacklevel=2)
+
     def clear(self) -> int:
         """Remove every entry (all formats); return how many entry files there were."""
         root = Path(self.root)
@@ -270,9 +329,9 @@ class MeasurementCache:
             "stored": self.stored, "ignored": self.ignored, "not_storable": self.not_storable,
         }
 
-    def _ignore(self, path: Path, reason: str) -> None:
+    def _ignore(self, path: Path, reason: str, *, miss: bool = True) -> None:
         self.ignored += 1
-        self.misses += 1
+        self.misses += miss
         warnings.warn(f"ignoring measurement cache entry {path}: {reason}; recomputing", CacheEntryWarning, stacklevel=3)
         return None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -50,6 +51,8 @@ class MetricDeclaration:
     #: ``"source"``: read from the module's text; ``"import"``: from the imported module;
     #: ``"registry"``: registered with ``@metric`` outside ``harness/metrics/``.
     read_from: str = "source"
+    #: The file that defines the metric (its sha256 is part of the measurement cache's key).
+    source_file: str | None = None
 
 
 class _Unreadable(Exception):
@@ -85,13 +88,29 @@ def module_declarations(module: str) -> list[MetricDeclaration]:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             call = _metric_call(node)
             if call is not None:
-                declarations.append(_declaration(node, call, namespace))
+                declarations.append(_declaration(node, call, namespace, _module_path(module)))
     return declarations
+
+
+def metric_declaration(name: str) -> MetricDeclaration:
+    """The declaration of metric ``name`` without importing the metric modules where it can be:
+    the registered metric when its module is already imported (that is the function that would
+    run), else the one read from ``harness/metrics/``, else the registry's after importing the
+    metric modules (:class:`~harness.core.named_registry.UnknownName` if there is none)."""
+    for info in registered_metrics():
+        if info.name == name:
+            return _declaration_of(info, read_from="registry")
+    declared = _source_declarations().get(name)
+    return declared if declared is not None else _imported_declaration(name)
+
+
+def _module_path(module: str) -> Path:
+    return HARNESS_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
 @cache
 def _tree(module: str) -> ast.Module:
-    path = HARNESS_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    path = _module_path(module)
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
@@ -143,7 +162,7 @@ def _metric_call(node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.Call | Non
     return None
 
 
-def _declaration(node: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, namespace: dict[str, Any]) -> MetricDeclaration:
+def _declaration(node: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, namespace: dict[str, Any], path: Path) -> MetricDeclaration:
     name = ast.literal_eval(call.args[0])
     try:
         flags = {keyword.arg: _evaluate(keyword.value, namespace) for keyword in call.keywords if keyword.arg is not None}
@@ -155,7 +174,7 @@ def _declaration(node: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, n
     return MetricDeclaration(
         name=name, params_model=model, needs_inputs=bool(flags.get("needs_inputs", False)), head_params=head_params,
         description=doc.split("\n\n")[0].replace("\n", " "), fitted=bool(flags.get("fitted", False)),
-        value=flags.get("value"), details=tuple(flags.get("details", ())),
+        value=flags.get("value"), details=tuple(flags.get("details", ())), source_file=str(path),
     )
 
 
@@ -194,4 +213,12 @@ def _declaration_of(info: MetricInfo, *, read_from: str) -> MetricDeclaration:
     return MetricDeclaration(
         name=info.name, params_model=info.params_model, needs_inputs=info.needs_inputs, head_params=info.head_params,
         description=info.description, fitted=info.fitted, value=info.value, details=info.details, read_from=read_from,
+        source_file=_source_file(info.function),
     )
+
+
+def _source_file(function: Any) -> str | None:
+    try:
+        return inspect.getsourcefile(function)
+    except TypeError:
+        return None

@@ -34,7 +34,7 @@ from typing import Any, Iterable
 
 from harness.core.atomic_write import write_atomic  # noqa: F401  (re-exported: callers import it from here)
 from harness.core.record_schema import SCHEMA_VERSION
-from harness.registry import get_metric
+from harness.metric_signatures import metric_declaration
 from harness.runner import ClaimResult
 from harness.verdicts import Verdict
 
@@ -59,9 +59,11 @@ def _finite(data: Any) -> Any:
 
 
 def provenance(spec_files: dict[str, str]) -> dict[str, Any]:
-    """Where and with what this run measured: git, versions, device, dtype, threads, spec hashes."""
-    import torch
+    """Where and with what this run measured: git, versions, device, dtype, threads, spec hashes.
 
+    ``device`` and ``torch_threads`` are ``None`` when the run imported no torch (every
+    measurement came from the measurement cache: nothing was computed on any device)."""
+    torch = sys.modules.get("torch")
     commit, dirty = _git_state()
     return {
         "git_commit": commit,
@@ -69,9 +71,9 @@ def provenance(spec_files: dict[str, str]) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "packages": {name: _version(name) for name in PACKAGES},
         "platform": platform.platform(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": None if torch is None else "cuda" if torch.cuda.is_available() else "cpu",
         "dtype": "float32",
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": None if torch is None else torch.get_num_threads(),
         "spec_files": dict(sorted(spec_files.items())),
     }
 
@@ -80,7 +82,7 @@ def declared_details_kinds(metric: str) -> list[str]:
     """The typed details kinds ``metric`` declares (:mod:`harness.core.details`), by name; none
     for a metric that is not registered."""
     try:
-        return [kind.__name__ for kind in get_metric(metric).details]
+        return [kind.__name__ for kind in metric_declaration(metric).details]
     except KeyError:
         return []
 

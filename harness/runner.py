@@ -7,17 +7,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from harness.context import MetricContext
 from harness.core.errors import ModelUnavailable
-from harness.core.model_handle import ModelHandle
 from harness.loader import LoadedFile
 from harness.core.measurement import Measurement, measurement_non_finite_reason
 from harness.core.details import details_problem
 from harness.measurement_cache import cache_key
+from harness.metric_signatures import MetricDeclaration, metric_declaration
 from harness.registry import MetricInfo, get_metric
 from harness.session import Session
 from harness.core.spec import Claim, Reference
 from harness.verdicts import ComparisonError, Verdict, judge
+
+if TYPE_CHECKING:  # pragma: no cover  (torch: imported when a model is loaded)
+    from harness.core.model_handle import ModelHandle
 
 
 @dataclass
@@ -53,8 +58,7 @@ def run_claim(loaded: LoadedFile, claim: Claim, session: Session) -> ClaimResult
     model_name = loaded.model_of(claim) or ""
     result = ClaimResult(loaded.path, claim, model_name, Verdict.ERROR)
     try:
-        model = session.model(model_name)
-        result.model_identity = model.identity.as_dict()
+        result.model_identity = session.identity(model_name).as_dict()
         result.measurement, cached = _measure(session, model_name, claim.metric, claim.params, claim.inputs, claim.select)
         operand = claim.expect.operand
         if isinstance(operand, Reference):
@@ -76,7 +80,7 @@ def run_claim(loaded: LoadedFile, claim: Claim, session: Session) -> ClaimResult
     return result
 
 
-def declaration_problem(info: MetricInfo, measurement: Measurement) -> str | None:
+def declaration_problem(info: MetricInfo | MetricDeclaration, measurement: Measurement) -> str | None:
     """How ``measurement`` differs from what metric ``info`` declares (its value's shape, its
     typed details), ``None`` when it matches. Non-finite numbers are judged separately."""
     if info.value is not None:
@@ -107,18 +111,28 @@ def _measure(
     session: Session, model_name: str, metric: str, params: dict[str, Any],
     inputs: dict[str, dict[str, Any]] | None, select: str | None,
 ) -> tuple[Measurement, bool]:
-    """:func:`measure`, and whether the measurement was read from the cache on disk."""
-    model = session.model(model_name)
-    key = (model.identity.key, metric, json.dumps(params, sort_keys=True), json.dumps(inputs, sort_keys=True))
+    """:func:`measure`, and whether the measurement was read from the cache on disk.
+
+    The model is loaded, and the metric's module imported, only when the measurement is not
+    cached: the cache key names the metric's source file, read without importing it."""
+    identity = session.identity(model_name)
+    key = (identity.key, metric, json.dumps(params, sort_keys=True), json.dumps(inputs, sort_keys=True))
     measurement = session.measurement(key)
     if measurement is None:
-        info = get_metric(metric)
-        disk_key = cache_key(model.identity.key, metric, params, inputs, info.function) if session.cache is not None else None
+        disk_key, declared = None, None
+        if session.cache is not None:
+            declared = metric_declaration(metric)
+            disk_key = cache_key(identity.key, metric, params, inputs, metric_file=declared.source_file,
+                                 related=session.related_models(model_name))
         stored = session.cache.get(disk_key) if disk_key is not None else None
-        if stored is not None and declaration_problem(info, stored) is None:
+        if stored is not None and declared is not None and declaration_problem(declared, stored) is None:
             session.remember(key, stored, from_cache=True)
             measurement = stored
         else:
+            model = session.model(model_name)
+            if model.identity.key != identity.key:  # the cached identity was stale (warned): key by the loaded one
+                return _measure(session, model_name, metric, params, inputs, select)
+            info = get_metric(metric)
             start = time.perf_counter()
             measurement = _compute(session, model, info, metric, params, inputs)
             session.remember(key, measurement)

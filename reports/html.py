@@ -12,21 +12,22 @@ from typing import Any
 
 from reports.context import model_entry, model_text, params_text, run_text, source_text
 from reports.markdown import CACHED_TEXT, VERDICT_MARK, anchors, cached_line, is_mismatch, unmeasured_line
+from reports.plot_cache import PlotCache
 from reports.plots import plots_for
 from reports.values import format_measured
 
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def render_html(record: dict[str, Any]) -> str:
-    """The whole HTML report of a results record."""
+def render_html(record: dict[str, Any], plot_cache: PlotCache | None = None) -> str:
+    """The whole HTML report of a results record (plots read from ``plot_cache`` where it has them)."""
     import jinja2
 
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined,
     )
     entries = record["claims"]
-    claims = [_view(entry, record, slug) for entry, slug in zip(entries, anchors([e["id"] for e in entries]))]
+    claims = [_view(entry, record, slug, plot_cache) for entry, slug in zip(entries, anchors([e["id"] for e in entries]))]
     summary = record.get("summary") or {}
     counts = [(v, summary[v]) for v in VERDICT_MARK if summary.get(v)]
     return environment.get_template("report.html.j2").render(
@@ -37,7 +38,7 @@ def render_html(record: dict[str, Any]) -> str:
     )
 
 
-def _view(entry: dict[str, Any], record: dict[str, Any], slug: str) -> dict[str, Any]:
+def _view(entry: dict[str, Any], record: dict[str, Any], slug: str, plot_cache: PlotCache | None = None) -> dict[str, Any]:
     """What the template shows of one claim entry, every field present (``None`` when absent)."""
     reference = entry.get("reference")
     return {
@@ -61,5 +62,5 @@ def _view(entry: dict[str, Any], record: dict[str, Any], slug: str) -> dict[str,
         "source": source_text(entry.get("source")),
         "notes": entry.get("notes"),
         "rerun": entry["rerun"],
-        "plots": plots_for(entry),
+        "plots": plots_for(entry, plot_cache),
     }

@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from harness.core.details import (
-    AttentionExamples, DimensionalityPoints, FeatureDirections, NamedPositionAttention, PositionCurve, PositionGrid,
+    AttentionExamples, ClusterSizes, DimensionalityPoints, FeatureDirections, FrequencyEnergy, LatentFeatureCosines,
+    LossCurves, NamedPositionAttention, PositionCurve, PositionGrid,
 )
-from harness.core.details import ClusterSizes, FrequencyEnergy, LossCurves
 from harness.core.heads import HEAD_PATTERN, Head, sort_heads
 from harness.core.named_registry import NamedRegistry
+from reports.plot_cache import PlotCache
 from reports.curves import curve_points, plottable_rank, point_bound, stopped_early
 from reports.values import as_number
-from reports.superposition_plots import dimensionality_scatter, feature_directions
+from reports.superposition_plots import dimensionality_scatter, feature_directions, gram_heatmap, latent_feature_matches
 from reports.modular_plots import cluster_size_bars, frequency_energy_bars, grokking_loss_curves
 
 HEAD_KEY = re.compile(HEAD_PATTERN)
@@ -401,6 +402,8 @@ PLOTS: NamedRegistry[Plot] = NamedRegistry("plot", [
         # toy models of superposition (reports/superposition_plots.py)
         Plot(feature_directions, reads=FeatureDirections),
         Plot(dimensionality_scatter, reads=DimensionalityPoints),
+        Plot(gram_heatmap, reads=FeatureDirections),
+        Plot(latent_feature_matches, reads=LatentFeatureCosines),
         # indirect object identification (layer x position patching, attention to named positions)
         Plot(position_grid, reads=PositionGrid),
         Plot(named_position_bars, reads=NamedPositionAttention),
@@ -413,8 +416,8 @@ PLOTS: NamedRegistry[Plot] = NamedRegistry("plot", [
 """Every plot by name, in the order the HTML report shows them."""
 
 
-def plots_for(entry: dict[str, Any]) -> list[str]:
-    """Every plot that applies to a claim entry.
+def plots_for(entry: dict[str, Any], cache: "PlotCache | None" = None) -> list[str]:
+    """Every plot that applies to a claim entry (read from ``cache`` where it holds them).
 
     The plots read what they need defensively (a plot that does not apply is ``None``); should
     one still fail, the failure is shown in its place (escaped) rather than losing the report.
@@ -424,7 +427,7 @@ def plots_for(entry: dict[str, Any]) -> list[str]:
         if not plot.applies_to(entry):
             continue
         try:
-            svg = plot.draw(entry)
+            svg = plot.draw(entry) if cache is None else cache.svg(plot.name, entry, plot.draw)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             svg = f"<p class='plot-error'>plot {plot.name} failed: {html.escape(str(exc))}</p>"
         if svg:

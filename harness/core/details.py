@@ -82,6 +82,16 @@ class DimensionalityPoints(TypedDict):
     dims: list[list[float]]
 
 
+class LatentFeatureCosines(TypedDict):
+    """A toy SAE instance: ``cosines[j][i]`` = cos(decoder row of latent j, true feature direction W_i), with the
+    ``instance`` and the cosine above which a latent ``threshold`` matches a feature."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    instance: int
+    cosines: list[list[float]]
+    threshold: float
+
+
 # --- modular addition (ARENA 1.5.2 grokking) ---
 class FrequencyEnergy(TypedDict):
     """Energy per Fourier frequency: ``energy[k]`` for k = 0 (the constant) .. K, with the
@@ -113,6 +123,7 @@ class ClusterSizes(TypedDict):
 DETAILS_KINDS: dict[str, type] = {kind.__name__: kind for kind in (
     HeadScores, AttentionExamples, PositionCurve, RankFits, FeatureDirections, DimensionalityPoints,
     PositionGrid, NamedPositionAttention,
+    LatentFeatureCosines,
     FrequencyEnergy, LossCurves, ClusterSizes,
 )}
 """Every details kind by name, as the record lists them."""

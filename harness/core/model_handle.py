@@ -217,6 +217,22 @@ class ModelHandle:
         stop = self.shape.n_layers if stop_at_layer is None else stop_at_layer
         return self._hooked.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=stop)
 
+    @torch.inference_mode()
+    def residual_from(
+        self, layer: int, resid: Tensor | None, tokens: Tensor, hooks: list[tuple[str, Hook]], stop_at_layer: int | None = None,
+    ) -> Tensor:
+        """:meth:`residual_with_hooks` of a pass on ``tokens`` [batch, pos] that starts at block ``layer``
+        from ``resid`` [batch, pos, d_model], the residual stream entering that block (``None`` for block 0; a pass whose
+        hooks change nothing before block ``layer`` equals an earlier pass up to there, so its first
+        blocks need not run again). ``tokens`` give the attention mask and positional inputs; hooks
+        on blocks before ``layer`` do not run."""
+        if layer == 0:
+            return self.residual_with_hooks(tokens, hooks, stop_at_layer)
+        stop = self.shape.n_layers if stop_at_layer is None else stop_at_layer
+        _embedded, _tokens, shortformer, mask = self._hooked.input_to_embed(tokens)
+        return self._hooked.run_with_hooks(resid, fwd_hooks=hooks, start_at_layer=layer, stop_at_layer=stop,
+                                           shortformer_pos_embed=shortformer, attention_mask=mask)
+
     def hook_name(self, kind: str, layer: int | None = None) -> str:
         """The hook point name of activation ``kind`` in ``layer`` (e.g. ``("z", 1)``)."""
         from transformer_lens.utilities import get_act_name  # transformer_lens.utils warns (deprecated)

@@ -42,7 +42,7 @@ unembedding columns only (:func:`harness.circuits.dla.logit_diff_from_residual`)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal, TypeVar
 
 import torch
 from pydantic import Field
@@ -58,6 +58,8 @@ from harness.metrics.paths import MAX_PASS_TOKENS
 from harness.metrics.ioi import Sign, answer_ids, final_logit_diff
 from harness.core.model_handle import Activations
 from harness.registry import metric
+
+T = TypeVar("T")
 from harness.core.value_shape import CELLS, HEADS, LAYERS, NameSet, OneOf, Table, either
 
 MIN_DENOMINATOR = 1e-6
@@ -95,6 +97,9 @@ class Runs:
     answers: Tensor
     ld_clean: float
     ld_corrupted: float
+    corrupted: Activations | None = None
+    """The corrupted run's activations: a patched run starts from its residual stream at the first
+    patched layer (``None``: every patched run starts at the embedding)."""
 
     def metric_of(self, lds: Tensor) -> Tensor:
         """``(mean_b LD - LD(corrupted)) / (LD(clean) - LD(corrupted))`` per copy: lds [copies, batch] -> [copies] (float64)."""
@@ -137,7 +142,7 @@ def runs(ctx: MetricContext) -> Runs:
             f"ioi_metric is undefined: LD(clean) = {ld_clean:.6g} and LD(corrupted) = {ld_corrupted:.6g} "
             f"differ by less than {MIN_DENOMINATOR:g}"
         )
-    return Runs(clean_inputs.tokens, corrupted_inputs.tokens, clean.activations, answers, ld_clean, ld_corrupted)
+    return Runs(clean_inputs.tokens, corrupted_inputs.tokens, clean.activations, answers, ld_clean, ld_corrupted, corrupted.activations)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,20 +190,42 @@ def patch_hook(chunk: list[Patch | None], batch: int, clean: Tensor, n_heads: in
     return hook
 
 
+def layer_chunks(items: list[T], size: int, layer: Callable[[T], int]) -> list[list[T]]:
+    """``items`` cut into consecutive runs of at most ``size`` items of one layer each (order kept)."""
+    cut: list[list[T]] = []
+    for item in items:
+        if cut and len(cut[-1]) < size and layer(cut[-1][0]) == layer(item):
+            cut[-1].append(item)
+        else:
+            cut.append([item])
+    return cut
+
+
 def patched_metrics(ctx: MetricContext, r: Runs, patches: list[Patch]) -> Tensor:
-    """``ioi_metric`` of the corrupted run with each patch applied alone: [len(patches)] (float64)."""
+    """``ioi_metric`` of the corrupted run with each patch applied alone: [len(patches)] (float64).
+
+    A patch at layer ``L`` changes nothing before block ``L``: each pass holds the patches of one
+    layer and starts at that block from the corrupted run's residual stream
+    (:meth:`~harness.core.model_handle.ModelHandle.residual_from`), so a deep model's late layers
+    cost a few blocks each instead of a whole pass."""
     batch, pos = r.corrupted_tokens.shape
     size = max(1, MAX_PASS_TOKENS // (batch * pos))
     ends = torch.full((batch,), pos - 1, dtype=torch.int64)
     results: list[Tensor] = []
-    for chunk in chunks(patches, size):
+    by_layer = r.corrupted is not None
+    for chunk in (layer_chunks(patches, size, lambda p: p.layer) if by_layer else chunks(patches, size)):
         points = sorted({(p.kind, p.layer) for p in chunk})
         hooks = []
         for kind, layer in points:
             mine = [p if (p.kind, p.layer) == (kind, layer) else None for p in chunk]
             hook = patch_hook(mine, batch, r.clean[kind, layer], ctx.model.shape.n_heads)
             hooks.append((ctx.model.hook_name(kind, layer), hook))
-        resid = ctx.model.residual_with_hooks(r.corrupted_tokens.repeat(len(chunk), 1), hooks)  # no logits
+        stacked = r.corrupted_tokens.repeat(len(chunk), 1)
+        if by_layer:
+            start = min(p.layer for p in chunk)
+            resid = ctx.model.residual_from(start, r.corrupted["resid_pre", start].repeat(len(chunk), 1, 1), stacked, hooks)
+        else:
+            resid = ctx.model.residual_with_hooks(stacked, hooks)  # no logits
         results.append(r.metric_of(logit_diff_from_residual(ctx.model, resid, r.answers, ends)))
     return torch.cat(results) if results else torch.zeros(0, dtype=torch.float64)
 

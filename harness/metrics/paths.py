@@ -43,7 +43,7 @@ from harness.core.details import HeadScores
 from harness.core.heads import Head, HeadName, head_names, sort_heads
 from harness.core.measurement import Measurement
 from harness.core.model_handle import Activations, Hook, ModelHandle
-from harness.core.value_shape import HEADS, NameSet, OneOf, Table
+from harness.core.value_shape import HEADS, NameSet, OneOf, Table, names
 from harness.metrics.ioi import Sign, answer_ids, end_positions
 from harness.registry import metric
 
@@ -131,16 +131,33 @@ def freeze_hooks(model: ModelHandle, runs: PathRuns, senders: list[Head], layers
 
 
 def sender_chunks(runs: PathRuns, senders: list[Head]) -> list[list[Head]]:
+    """Consecutive senders of one layer, at most :func:`copies_per_pass` per chunk (order kept)."""
     size = copies_per_pass(runs.tokens)
-    return [senders[i : i + size] for i in range(0, len(senders), size)]
+    chunks: list[list[Head]] = []
+    for sender in senders:
+        if chunks and len(chunks[-1]) < size and chunks[-1][0].layer == sender.layer:
+            chunks[-1].append(sender)
+        else:
+            chunks.append([sender])
+    return chunks
+
+
+def orig_from(model: ModelHandle, runs: PathRuns, layer: int, copies: int, hooks: list[tuple[str, Hook]],
+              stop_at_layer: int | None = None) -> Tensor:
+    """The residual stream of ``copies`` stacked ``x_orig`` runs with ``hooks`` that change nothing before
+    block ``layer``: started there from ``x_orig``'s own residual stream (the blocks before it would
+    recompute it exactly as the clean run did: every head frozen at its clean value)."""
+    resid = runs.orig["resid_pre", layer].repeat(copies, 1, 1) if layer > 0 else None
+    return model.residual_from(layer, resid, runs.tokens.repeat(copies, 1), hooks, stop_at_layer=stop_at_layer)
 
 
 def path_to_resid_lds(model: ModelHandle, runs: PathRuns, senders: list[Head]) -> Tensor:
-    """LD [senders, batch] with each sender patched and every other head frozen (module docstring)."""
+    """LD [senders, batch] with each sender patched and every other head frozen (module docstring);
+    a pass holds the senders of one layer and starts at their block (:func:`orig_from`)."""
     out = []
     for chunk in sender_chunks(runs, senders):
         hooks = freeze_hooks(model, runs, chunk, model.shape.n_layers)
-        resid = model.residual_with_hooks(runs.tokens.repeat(len(chunk), 1), hooks)
+        resid = orig_from(model, runs, chunk[0].layer, len(chunk), hooks)
         out.append(logit_diff_from_residual(model, resid, runs.answers, runs.ends))
     return torch.cat(out) if out else torch.zeros(0, runs.tokens.shape[0])
 
@@ -173,19 +190,23 @@ def check_receiver_heads(model: ModelHandle, runs: PathRuns, kind: str) -> None:
 
 
 def path_to_heads_lds(model: ModelHandle, runs: PathRuns, senders: list[Head], receivers: list[Head], kind: str) -> Tensor:
-    """LD [senders, batch] of run (2) for each sender (module docstring)."""
+    """LD [senders, batch] of run (2) for each sender (module docstring). Run (1) starts at the
+    senders' block, run (2) at the first receiver's (before them both runs are ``x_orig``)."""
     check_receiver_heads(model, runs, kind)
     layers = sorted({r.layer for r in receivers})
     out = []
     for chunk in sender_chunks(runs, senders):
-        stacked = runs.tokens.repeat(len(chunk), 1)
+        start, copies = chunk[0].layer, len(chunk)
         store: dict[int, Tensor] = {}
         hooks = freeze_hooks(model, runs, chunk, layers[-1] + 1)
-        hooks += [(model.hook_name(kind, layer), capture_hook(store, layer)) for layer in layers]
-        model.residual_with_hooks(stacked, hooks, stop_at_layer=layers[-1] + 1)
+        hooks += [(model.hook_name(kind, layer), capture_hook(store, layer)) for layer in layers if layer >= start]
+        orig_from(model, runs, start, copies, hooks, stop_at_layer=layers[-1] + 1)
+        for layer in layers:  # a receiver before the senders reads x_orig's own input
+            if layer < start:
+                store[layer] = runs.orig[kind, layer].repeat(copies, 1, 1, 1)
         patch = [(model.hook_name(kind, layer), receiver_patch_hook(store[layer], [r.head for r in receivers if r.layer == layer]))
                  for layer in layers]
-        out.append(logit_diff_from_residual(model, model.residual_with_hooks(stacked, patch), runs.answers, runs.ends))
+        out.append(logit_diff_from_residual(model, orig_from(model, runs, layers[0], copies, patch), runs.answers, runs.ends))
     return torch.cat(out) if out else torch.zeros(0, runs.tokens.shape[0])
 
 
@@ -249,3 +270,32 @@ def to_heads(
     key = ("heads", receiver_input, str(from_layer), *map(str, heads))
     lds = memoised(ctx, key, lambda: path_to_heads_lds(ctx.model, runs, [Head.parse(n) for n in names], heads, receiver_input))
     return scan_measurement(runs, names, lds, top_k, sign, {"receiver": f"{receiver_input} of {', '.join(map(str, heads))}"})
+
+
+@metric("paths.calibration", needs_inputs=True, value=Table(names("ioi", "abc", "frozen")))
+def calibration(ctx: MetricContext) -> Measurement:
+    """``ioi_metric_2`` of the runs path patching normalises by: 0 on ``x_orig``, -1 on ``x_new``.
+
+    The course's calibration (P141:2364-2365), read off the same runs and code path as
+    ``paths.to_resid``: ``ioi`` = the metric of ``x_orig``'s own logit difference (0 by
+    construction), ``abc`` = that of ``x_new`` (-1 by construction), and ``frozen`` = that of a
+    run of ``x_orig`` with every head's ``z`` frozen at its ``x_orig`` value and no sender patched,
+    which is 0 only if freezing reproduces the clean run (up to float rounding). Details: both mean LDs.
+    """
+    runs = path_runs(ctx)
+    model = ctx.model
+    hooks = [(model.hook_name("z", layer), frozen_hook(runs.orig_z[layer])) for layer in range(model.shape.n_layers)]
+    frozen = logit_diff_from_residual(model, model.residual_with_hooks(runs.tokens, hooks), runs.answers, runs.ends)
+    values = runs.ioi_metric_2(torch.stack([runs.ld_orig, runs.ld_new, frozen[0]]))
+    value = {"ioi": float(values[0]), "abc": float(values[1]), "frozen": float(values[2])}
+    return Measurement(value, None, {"ld_orig": float(runs.ld_orig.mean()), "ld_new": float(runs.ld_new.mean())})
+
+
+def frozen_hook(orig_z: Tensor) -> Hook:
+    """Set ``z`` [batch, pos, head, d_head] to its cached ``x_orig`` value."""
+
+    def hook(z: Tensor, hook: Any) -> Tensor:
+        z[:] = orig_z.to(z.device, z.dtype)
+        return z
+
+    return hook
