@@ -70,3 +70,13 @@ def test_a_few_epochs_are_deterministic_and_reduce_the_loss() -> None:
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
     assert a["log"]["train_loss"][-1] < a["log"]["train_loss"][0]
     assert a["state"]["blocks.0.attn.b_Q"].abs().max() == 0 and a["state"]["unembed.b_U"].abs().max() == 0
+
+
+def test_training_leaves_the_callers_torch_settings_as_they_were() -> None:
+    """A run sets one thread and deterministic algorithms for itself only (it ran inside the test
+    session before and left every later test on one thread)."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    cfg = GrokTrainConfig(threads=threads + 1)
+    train(cfg, None, epochs=1)
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
