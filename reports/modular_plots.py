@@ -11,23 +11,12 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
-from reports.values import as_number
+from reports.values import finite_numbers
 
 CLUSTER_KEY = re.compile(r"k=(\d+)")
-
-
-def _finite_list(values: Any) -> list[float] | None:
-    """``values`` as finite floats, ``None`` if it is not a non-empty list of them."""
-    if not isinstance(values, list) or not values:
-        return None
-    numbers = [as_number(v) for v in values]
-    if any(n is None or not math.isfinite(n) for n in numbers):
-        return None
-    return [float(n) for n in numbers]  # type: ignore[arg-type]
 
 
 def frequency_energy_bars(entry: dict[str, Any]) -> str | None:
@@ -35,7 +24,7 @@ def frequency_energy_bars(entry: dict[str, Any]) -> str | None:
     from reports.plots import _details, _figure, _svg
 
     details = _details(entry)
-    energy = _finite_list(details.get("energy"))
+    energy = finite_numbers(details.get("energy"))
     if energy is None:
         return None
     keys = {k for k in details.get("key_frequencies") or [] if isinstance(k, int)}
@@ -56,8 +45,8 @@ def grokking_loss_curves(entry: dict[str, Any]) -> str | None:
     from reports.plots import _details, _figure, _svg
 
     details = _details(entry)
-    epochs = _finite_list(details.get("epochs"))
-    train, test = _finite_list(details.get("train_loss")), _finite_list(details.get("test_loss"))
+    epochs = finite_numbers(details.get("epochs"))
+    train, test = finite_numbers(details.get("train_loss")), finite_numbers(details.get("test_loss"))
     if epochs is None or train is None or test is None or not len(epochs) == len(train) == len(test):
         return None
     if any(v <= 0 for v in train + test):
@@ -65,7 +54,7 @@ def grokking_loss_curves(entry: dict[str, Any]) -> str | None:
     figure, axes = _figure(6.0, 2.8)
     axes.plot(epochs, train, marker=".", label="train")
     axes.plot(epochs, test, marker=".", label="test")
-    window = _finite_list(details.get("window"))
+    window = finite_numbers(details.get("window"))
     if window is not None and len(window) == 2 and window[0] <= window[1]:
         axes.axvspan(window[0], window[1], color="0.85", zorder=0, label="grokking window")
     axes.set_yscale("log")
@@ -85,7 +74,7 @@ def cluster_size_bars(entry: dict[str, Any]) -> str | None:
         return None
     clusters = sorted((int(m.group(1)), key) for key in sizes if (m := CLUSTER_KEY.fullmatch(str(key))))
     labels = [key for _, key in clusters] + (["unexplained"] if "unexplained" in sizes else [])
-    counts = _finite_list([sizes[key] for key in labels])
+    counts = finite_numbers([sizes[key] for key in labels])
     if counts is None:
         return None
     figure, axes = _figure(max(3.0, 0.5 * len(labels) + 1.5), 2.4)

@@ -17,18 +17,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from reports.values import as_number
+from reports.values import as_number, finite_numbers
 
 FRACTIONS = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8, 1 / 3, 3 / 20)
-
-
-def _numbers(values: Any) -> list[float] | None:
-    if not isinstance(values, list) or not values:
-        return None
-    numbers = [as_number(v) for v in values]
-    if any(n is None or not math.isfinite(n) for n in numbers):
-        return None
-    return [float(n) for n in numbers]  # type: ignore[arg-type]
 
 
 def feature_directions(entry: dict[str, Any]) -> str | None:
@@ -39,10 +30,10 @@ def feature_directions(entry: dict[str, Any]) -> str | None:
     directions = details.get("directions")
     if not isinstance(directions, list) or not directions:
         return None
-    vectors = [_numbers(v) for v in directions]
+    vectors = [finite_numbers(v) for v in directions]
     if any(v is None or len(v) != 2 for v in vectors):
         return None
-    importance = _numbers(details.get("importance")) or [1.0] * len(vectors)
+    importance = finite_numbers(details.get("importance")) or [1.0] * len(vectors)
     figure, axes = _figure(2.8, 2.8)
     import matplotlib.cm as cm
 
@@ -67,7 +58,7 @@ def dimensionality_scatter(entry: dict[str, Any]) -> str | None:
     from reports.plots import _details, _figure, _svg
 
     details = _details(entry)
-    p = _numbers(details.get("p"))
+    p = finite_numbers(details.get("p"))
     dims = details.get("dims")
     if p is None or not isinstance(dims, list) or len(dims) != len(p) or any(v <= 0 for v in p):
         return None
@@ -76,7 +67,7 @@ def dimensionality_scatter(entry: dict[str, Any]) -> str | None:
         axes.axhline(fraction, color="0.85", lw=0.6, zorder=0)
         axes.text(1 / min(p) * 1.05, fraction, f"{fraction:.3g}", fontsize=6, va="center")
     for prob, values in zip(p, dims):
-        numbers = _numbers(values)
+        numbers = finite_numbers(values)
         if numbers is None:
             continue
         axes.scatter([1 / prob] * len(numbers), numbers, s=8, alpha=0.6)
@@ -103,7 +94,7 @@ def gram_heatmap(entry: dict[str, Any]) -> str | None:
     directions = details.get("directions")
     if not isinstance(directions, list) or not directions or len(directions) > MAX_GRAM_FEATURES:
         return None
-    vectors = [_numbers(v) for v in directions]
+    vectors = [finite_numbers(v) for v in directions]
     if any(v is None for v in vectors) or len({len(v) for v in vectors}) != 1:  # type: ignore[arg-type]
         return None
     gram = [[sum(a * b for a, b in zip(u, v)) for v in vectors] for u in vectors]  # type: ignore[arg-type]
@@ -125,7 +116,7 @@ def latent_feature_matches(entry: dict[str, Any]) -> str | None:
     threshold = as_number(details.get("threshold"))
     if not isinstance(rows, list) or not rows or threshold is None:
         return None
-    grid = [_numbers(row) for row in rows]
+    grid = [finite_numbers(row) for row in rows]
     if any(row is None for row in grid) or len({len(row) for row in grid}) != 1:  # type: ignore[arg-type]
         return None
     figure, axes = _figure(2.8, 2.6)

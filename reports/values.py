@@ -7,11 +7,13 @@ written before the field existed have no ``bound`` key).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from harness.core.formatting import BOUND_SIGN, NON_FINITE, TABLE_ITEMS_SHOWN, as_number, format_number, format_value
 
-__all__ = ["BOUND_SIGN", "NON_FINITE", "TABLE_ITEMS_SHOWN", "as_number", "bound_of", "format_measured", "format_number"]
+__all__ = ["BOUND_SIGN", "NON_FINITE", "TABLE_ITEMS_SHOWN", "as_number", "bound_of", "finite_numbers", "format_measured",
+           "format_number"]
 
 
 def bound_of(measured: dict[str, Any]) -> str | None:
@@ -23,3 +25,13 @@ def bound_of(measured: dict[str, Any]) -> str | None:
 def format_measured(measured: dict[str, Any]) -> str:
     """The value of a claim entry or reference with its uncertainty and bound (:func:`harness.core.formatting.format_value`)."""
     return format_value(measured.get("value"), measured.get("uncertainty"), bound_of(measured))
+
+
+def finite_numbers(values: Any) -> list[float] | None:
+    """``values`` as finite floats, ``None`` unless it is a non-empty list of finite numbers (a plot's data)."""
+    if not isinstance(values, list) or not values:
+        return None
+    numbers = [as_number(v) for v in values]
+    if any(n is None or not math.isfinite(n) for n in numbers):
+        return None
+    return [float(n) for n in numbers]  # type: ignore[arg-type]
