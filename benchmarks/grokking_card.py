@@ -84,6 +84,8 @@ def main() -> int:
     energy_list = ", ".join(f"{k.split('=')[1]}: {energy[k]:.2f}" for k in sorted(keys, key=lambda k: int(k.split("=")[1])))
     cluster_list = ", ".join(f"{k}: {int(v)}" for k, v in clusters.items() if k.startswith("k="))
     course_list = ", ".join(f"{k}: {int(v)}" for k, v in clusters_course.items() if k.startswith("k="))
+    cpu_time = f", {meta['cpu_seconds']:.0f} s CPU ({meta['cpu_seconds'] / 60:.1f} min, user + sys of the training process)" if meta.get("cpu_seconds") else ""
+    load = f" (load average {meta['load_at_end']:.1f} at the end)" if meta.get("load_at_end") is not None else ""
     card = f"""# grokking-repro: the ARENA 1.5.2 model, trained here
 
 A 1-layer transformer (d_model 128, 4 heads x 32, d_mlp 512, ReLU, n_ctx 3, d_vocab 114, no
@@ -97,8 +99,8 @@ This card is written by `benchmarks/grokking_card.py`.
 ## Training
 
 - Epochs: {meta['final_epoch']} ({'stopped by the rule above' if meta.get('stopped_by_rule', True) else 'stopped by hand for time before the rule was met; the curves are rebuilt from the snapshots stored every 100 epochs'}).
-- Time: {meta['seconds']:.0f} s ({meta['seconds'] / 60:.1f} min) on {meta['cpu']}, {meta['machine']}; torch {meta['torch']},
-  shared 2-core machine with other jobs running (wall time, not CPU time).
+- Time: {meta['seconds']:.0f} s wall ({meta['seconds'] / 60:.1f} min){cpu_time} on {meta['cpu']}, {meta['machine']}; torch {meta['torch']},
+  a shared 2-core machine with other jobs running{load} (the CPU time is what an idle core would take).
 - Memorised (train loss < 1e-2): epoch {lm['train_loss_below_1e-2']}. Test loss < 1: epoch {lm['test_loss_below_1']};
   < 1e-5: epoch {lm['test_loss_below_1e-5']}. Grokking window (shaded, see `fixtures/grokking_pack.py`): {lm['window'][0]}-{lm['window'][1]}.
 - Final float64 loss: train {meta['final_train_loss']:.3e}, test {meta['final_test_loss']:.3e}; all pairs

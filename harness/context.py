@@ -9,6 +9,7 @@ from harness.core.input_batch import InputBatch
 
 if TYPE_CHECKING:  # pragma: no cover  (torch: the CLI imports this before it knows whether anything is computed)
     from harness.core.model_handle import Forward, ModelHandle
+    from harness.core.toy_ddd_handle import DoubleDescentHandle
     from harness.core.toy_handle import ToyModelHandle
     from harness.core.toy_sae_handle import ToySaeHandle
     from harness.session import Session
@@ -19,10 +20,11 @@ class MetricContext:
     """A metric's view of one claim: ``model``, ``inputs`` (if the claim gives any), ``session``.
 
     ``model`` is a transformer's :class:`ModelHandle` or a toy model of superposition's
-    :class:`ToyModelHandle` or a toy SAE's :class:`ToySaeHandle` (``harness/metrics/superposition.py``
-    and ``harness/metrics/toy_sae.py`` read those)."""
+    :class:`ToyModelHandle`, a toy SAE's :class:`ToySaeHandle` or a double descent sweep's
+    :class:`DoubleDescentHandle` (``harness/metrics/superposition.py``, ``toy_sae.py`` and
+    ``double_descent.py`` read those)."""
 
-    model: ModelHandle | ToyModelHandle | ToySaeHandle
+    model: ModelHandle | ToyModelHandle | ToySaeHandle | DoubleDescentHandle
     inputs: InputBatch | None
     session: "Session"
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from fixtures.input_params import INPUT_PARAMS
 from fixtures.registry import get_model_entry, model_entries
 from harness.core.errors import Location, SpecError, SpecIssue
-from harness.core.heads import Head
+from harness.core.heads import HEAD_PATTERN, Head
 from harness.core.named_registry import did_you_mean, listed
 from harness.core.spec import Claim, ClaimFile, Reference
 from harness.core.value_shape import CELLS, COMPONENT_PAIRS, HEAD_GROUPS, HEAD_PAIRS, ValueShape, select_steps
@@ -127,7 +127,16 @@ def _check_names(loaded: LoadedFile) -> list[SpecIssue]:
     issues: list[SpecIssue] = []
     if loaded.spec.model is not None:
         issues += _check_model(loaded, loaded.spec.model, ("model",))
+    return issues + check_claim_names(loaded, {claim.id for claim in loaded.spec.claims})
+
+
+def check_claim_names(loaded: LoadedFile, ids: set[str]) -> list[SpecIssue]:
+    """The name checks (models, metrics, inputs, heads, selections) of the claims ``ids`` of ``loaded``:
+    e.g. those a sweep re-targets to another model (``loaded`` with that top-level model)."""
+    issues: list[SpecIssue] = []
     for index, claim in enumerate(loaded.spec.claims):
+        if claim.id not in ids:
+            continue
         where = ("claims", index)
         model = loaded.model_of(claim)
         if model is None:
@@ -215,12 +224,18 @@ def _check_heads(loaded: LoadedFile, where: PathKey, head_params: tuple[str, ...
 
 
 def _named_heads(value: Any, path: PathKey) -> Iterator[tuple[PathKey, str]]:
-    """Each head string in ``value`` (a head, or lists of heads nested to any depth), with its path."""
+    """Each head string in ``value`` (a head, or lists of heads nested to any depth, or mappings
+    whose values hold heads and whose keys may be heads), with its path."""
     if isinstance(value, str):
         yield path, value
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _named_heads(item, path + (index,))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and re.match(HEAD_PATTERN, key):
+                yield path + (key,), key
+            yield from _named_heads(item, path + (key,))
 
 
 def _check_select(loaded: LoadedFile, where: PathKey, select: str | None, model: str, shape: ValueShape | None) -> list[SpecIssue]:

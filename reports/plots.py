@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from harness.core.details import (
-    AttentionExamples, DimensionalityPoints, FeatureDirections, NamedPositionAttention, PositionCurve, PositionGrid,
+    AttentionExamples, ClusterSizes, DimensionalityPoints, FeatureDirections, FrequencyEnergy, LatentFeatureCosines,
+    LossCurves, NamedPositionAttention, PositionCurve, PositionGrid,
 )
 from harness.core.heads import HEAD_PATTERN, Head, sort_heads
 from harness.core.named_registry import NamedRegistry
 from reports.plot_cache import PlotCache
 from reports.curves import curve_points, plottable_rank, point_bound, stopped_early
 from reports.values import as_number
-from reports.superposition_plots import dimensionality_scatter, feature_directions
+from reports.superposition_plots import dimensionality_scatter, feature_directions, gram_heatmap, latent_feature_matches
+from reports.modular_plots import cluster_size_bars, frequency_energy_bars, grokking_loss_curves
 
 HEAD_KEY = re.compile(HEAD_PATTERN)
 
@@ -400,9 +402,15 @@ PLOTS: NamedRegistry[Plot] = NamedRegistry("plot", [
         # toy models of superposition (reports/superposition_plots.py)
         Plot(feature_directions, reads=FeatureDirections),
         Plot(dimensionality_scatter, reads=DimensionalityPoints),
+        Plot(gram_heatmap, reads=FeatureDirections),
+        Plot(latent_feature_matches, reads=LatentFeatureCosines),
         # indirect object identification (layer x position patching, attention to named positions)
         Plot(position_grid, reads=PositionGrid),
         Plot(named_position_bars, reads=NamedPositionAttention),
+        # modular addition, grokking (reports/modular_plots.py)
+        Plot(frequency_energy_bars, reads=FrequencyEnergy),
+        Plot(grokking_loss_curves, reads=LossCurves),
+        Plot(cluster_size_bars, reads=ClusterSizes),
     )
 ])
 """Every plot by name, in the order the HTML report shows them."""

@@ -3,6 +3,10 @@
 - :func:`feature_directions`: one instance's feature directions W_i in its 2-D hidden space, as
   arrows from the origin coloured by importance (the course's ``plot_features_in_2d``); reads
   :class:`~harness.core.details.FeatureDirections`.
+- :func:`gram_heatmap`: WᵀW of one instance (feature i against feature j, the course's heatmap), for any
+  hidden size; reads :class:`~harness.core.details.FeatureDirections`.
+- :func:`latent_feature_matches`: a toy SAE instance's cos(latent decoder row, true feature) grid, matches
+  (cos > threshold) marked; reads :class:`~harness.core.details.LatentFeatureCosines`.
 - :func:`dimensionality_scatter`: every feature's dimensionality D_i against 1/p, one column of
   points per instance, with the fractions the course marks (1, 3/4, 2/3, 1/2, 2/5, 3/8, 1/3, 3/20)
   as lines; reads :class:`~harness.core.details.DimensionalityPoints`.
@@ -85,4 +89,55 @@ def dimensionality_scatter(entry: dict[str, Any]) -> str | None:
     axes.set_ylabel("dimensionality D_i")
     axes.set_ylim(-0.05, 1.1)
     axes.set_title("feature dimensionality per instance")
+    return _svg(figure)
+
+
+MAX_GRAM_FEATURES = 200
+
+
+def gram_heatmap(entry: dict[str, Any]) -> str | None:
+    """WᵀW [n_features, n_features] of one instance on a red-white-blue scale clipped to [−1, 1]."""
+    from reports.plots import _details, _figure, _svg
+
+    details = _details(entry)
+    directions = details.get("directions")
+    if not isinstance(directions, list) or not directions or len(directions) > MAX_GRAM_FEATURES:
+        return None
+    vectors = [_numbers(v) for v in directions]
+    if any(v is None for v in vectors) or len({len(v) for v in vectors}) != 1:  # type: ignore[arg-type]
+        return None
+    gram = [[sum(a * b for a, b in zip(u, v)) for v in vectors] for u in vectors]  # type: ignore[arg-type]
+    figure, axes = _figure(2.8, 2.6)
+    image = axes.imshow(gram, cmap="RdBu", vmin=-1.0, vmax=1.0, interpolation="nearest")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    axes.set_xlabel("feature j")
+    axes.set_ylabel("feature i")
+    axes.set_title(f"WᵀW, instance {details.get('instance')}")
+    return _svg(figure)
+
+
+def latent_feature_matches(entry: dict[str, Any]) -> str | None:
+    """cos(latent j's decoder row, feature i), latents as rows; cells above the threshold are outlined."""
+    from reports.plots import _details, _figure, _svg
+
+    details = _details(entry)
+    rows = details.get("cosines")
+    threshold = as_number(details.get("threshold"))
+    if not isinstance(rows, list) or not rows or threshold is None:
+        return None
+    grid = [_numbers(row) for row in rows]
+    if any(row is None for row in grid) or len({len(row) for row in grid}) != 1:  # type: ignore[arg-type]
+        return None
+    figure, axes = _figure(2.8, 2.6)
+    image = axes.imshow(grid, cmap="RdBu", vmin=-1.0, vmax=1.0, interpolation="nearest")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    from matplotlib.patches import Rectangle
+
+    for j, row in enumerate(grid):
+        for i, value in enumerate(row):  # type: ignore[arg-type]
+            if value > threshold:
+                axes.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.5))
+    axes.set_xlabel("true feature")
+    axes.set_ylabel("SAE latent")
+    axes.set_title(f"latent-feature cos, instance {details.get('instance')}")
     return _svg(figure)

@@ -9,6 +9,7 @@ names a ``catalogue_id`` must name a row that exists.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -33,10 +34,17 @@ def chapter_ids(chapter: str) -> list[str]:
     return [row["id"] for row in catalogue_rows() if row["id"].startswith(prefix)]
 
 
+@functools.lru_cache(maxsize=1)
+def arena_files() -> tuple[object, ...]:
+    """Every claim file under claims/arena, loaded once per test process (about 0.5-2.5 s of CPU
+    each time); callers only read them."""
+    return tuple(load_claim_files(find_claim_files([ARENA])))
+
+
 def arena_entries() -> tuple[dict[str, object], dict[str, object]]:
     """``(claims, unmeasured)`` of every file under claims/arena, by id: ``unmeasured`` holds the
     ``conceptual`` (cannot be measured) and ``pending`` (not yet encoded) entries."""
-    loaded = load_claim_files(find_claim_files([ARENA]))
+    loaded = arena_files()
     claims = {claim.id: claim for f in loaded for claim in f.spec.claims}
     unmeasured = {entry.id: entry for f in loaded for entry in (*f.spec.conceptual, *f.spec.pending)}
     return claims, unmeasured
@@ -97,7 +105,6 @@ def test_heavy_arena_claims_are_marked_slow() -> None:
 def test_pending_rows_are_not_called_conceptual() -> None:
     """``pending`` is for measurable rows not yet encoded; a ``conceptual`` reason that says what is
     missing to measure it ("not yet implemented") belongs in ``pending``."""
-    loaded = load_claim_files(find_claim_files([ARENA]))
-    misfiled = [entry.id for f in loaded for entry in f.spec.conceptual
+    misfiled = [entry.id for f in arena_files() for entry in f.spec.conceptual
                 if "not yet implemented" in entry.reason and "non-empirical" not in entry.reason and "not a claim about model weights" not in entry.reason]
     assert not misfiled, f"conceptual entries that say they are only not yet implemented (make them pending): {misfiled}"

@@ -18,6 +18,8 @@ from harness.runner import run_claim
 from harness.session import Session
 from harness.verdicts import Verdict
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is 5-10x cheaper in CPU time
+
 PLANTED = "planted-attn-2l"
 POISONED = "planted-attn-2l-poisoned"
 POISONED_PARAMETER = "blocks.1.attn.W_Q"

@@ -25,6 +25,8 @@ from fixtures.inputs import (
 )
 from harness.metrics.loss import prediction_slice
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is 5-10x cheaper in CPU time
+
 BIG_VOCAB = 50_278  # the course model's d_vocab
 SETTINGS = settings(max_examples=40, deadline=None)
 

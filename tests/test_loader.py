@@ -417,7 +417,7 @@ def head_metric():
     @metric_registry.metric("test.heads")
     def heads(
         ctx: MetricContext, *, head: HeadName = "0.0", among: list[HeadName] | None = None,
-        groups: list[list[HeadName]] = [],
+        groups: list[list[HeadName]] = [], sets: dict[HeadName, list[HeadName]] = {},
     ) -> Measurement:
         """Test metric."""
         raise AssertionError("not run")
@@ -445,6 +445,12 @@ def test_heads_in_head_groups_are_range_checked(head_metric):
     issues = issues_of(claim_with("{groups: [['0.0'], ['1.3', '4.0'], ['0.7']]}"))
     assert [(i.key, at(i)) for i in issues] == [("claims[0].params.groups[1][1]", (7, 40)), ("claims[0].params.groups[2][0]", (7, 49))]
     assert "head 4.0 is outside" in issues[0].message and "head 0.7 is outside" in issues[1].message
+
+
+def test_heads_in_mappings_are_range_checked_keys_and_values(head_metric):
+    issues = issues_of(claim_with("{sets: {'1.3': ['0.0', '3.1'], '2.2': []}}"))
+    assert [i.key for i in issues] == ["claims[0].params.sets.1.3[1]", "claims[0].params.sets.2.2"]
+    assert "head 3.1 is outside" in issues[0].message and "head 2.2 is outside" in issues[1].message
 
 
 def test_head_parameter_malformed(head_metric):

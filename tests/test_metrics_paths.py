@@ -135,3 +135,6 @@ def test_ioi_metric_2_is_0_on_ioi_and_minus_1_on_abc(tokenizer: Any) -> None:
     runs = paths.path_runs(MetricContext(model, session.inputs(model, INPUTS), session))
     metric = runs.ioi_metric_2(torch.stack([runs.ld_orig, runs.ld_new]))
     assert metric.tolist() == pytest.approx([0.0, -1.0], abs=1e-9)
+    measured = measure_metric(model, "paths.calibration", inputs=INPUTS, session=session)
+    assert measured.value["ioi"] == pytest.approx(0.0, abs=1e-9) and measured.value["abc"] == pytest.approx(-1.0, abs=1e-9)
+    assert measured.value["frozen"] == pytest.approx(0.0, abs=1e-5)  # freezing every head at x_orig is the clean run

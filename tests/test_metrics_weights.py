@@ -26,6 +26,8 @@ from harness.registry import get_metric
 from harness.session import Session
 from harness.testing import ad_hoc_handle, measure_metric
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is 5-10x cheaper in CPU time
+
 ATTN, RANDOM = "planted-attn-2l", "planted-attn-2l-random"
 COURSE_BASELINE_MEAN = 0.03609  # arena-claims.md 1.2.comp.baseline (IMG plot data, 300 samples)
 COURSE_BASELINE_SAMPLES = 300

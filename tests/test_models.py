@@ -40,6 +40,8 @@ from harness.core.model_handle import ModelIdentity
 from harness.runner import measure
 from harness.session import Session
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is 5-10x cheaper in CPU time
+
 pytest_plugins = ["pytester"]
 
 HUB = "arena-attn-only-2l"

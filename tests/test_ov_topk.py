@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from harness.circuits.ov_topk import TopKResult, effective_factors, full_circuit_topk
 from harness.testing import fast_settings
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is 5-10x cheaper in CPU time
+
 POLICIES = ("pessimistic", "optimistic", "argmax")
 
 

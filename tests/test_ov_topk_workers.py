@@ -51,5 +51,7 @@ def test_fallback_counts_the_same(no_threadpoolctl: None, monkeypatch: pytest.Mo
 
 
 def test_workers_with_threadpoolctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker per usable CPU (the tiles grow with the worker count instead of a cap on it)."""
     monkeypatch.setattr(ov_topk, "_usable_cores", lambda: 16)
-    assert ov_topk._auto_workers() == 8
+    assert ov_topk._auto_workers() == 16
+    assert ov_topk.cpu_plan().workers == 16

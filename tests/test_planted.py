@@ -26,6 +26,8 @@ from fixtures.planted import (
     split_copy_spec,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is 5-10x cheaper in CPU time
+
 NAMES = ["planted-attn-2l", "planted-attn-2l-random", "planted-ov-rank", "planted-split-copy"]
 ATTN = "planted-attn-2l"
 RANDOM = "planted-attn-2l-random"

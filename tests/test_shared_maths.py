@@ -14,6 +14,8 @@ from harness.circuits.factored import FactoredCircuit, as_numpy
 from harness.circuits.ov_topk import effective_factors, full_circuit_topk
 from harness.metrics.composition import argmax_top1
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is 5-10x cheaper in CPU time
+
 SETTINGS = settings(max_examples=25, deadline=None)
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is 5-10x cheaper in CPU time
+
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "weights"
 JSON_PATH = WEIGHTS_DIR / "toy-attn-2l.json"
 

@@ -37,13 +37,14 @@ Speed (CPU, measured; benchmarks/bench_ov_topk.py).  Products: numpy's BLAS into
 tile (torch's matmul was slower on these shapes).  Counting: numpy comparisons into preallocated
 boolean masks, counted by adding mask bytes as uint64 words (8 entries per add; torch's boolean
 sums were about 10x slower).  Worker threads with single-threaded BLAS keep every core busy in
-the counting passes too.  Tiles of 512 x 8192 keep the extra memory near 150 MiB.
+the counting passes too.  Tiles are sized for the CPU's L2 cache and the worker count
+(:mod:`harness.circuits.cpu_layout`): 256 x 1024 (1.5 MiB per worker with its masks) on a core
+with 2 MiB of L2.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from harness.circuits.cpu_layout import KernelPlan, cpu_layout, kernel_plan, usable_cpu_ids
 from harness.circuits.factored import FactoredCircuit, as_numpy
 
 TiePolicy = Literal["argmax", "pessimistic", "optimistic"]
@@ -119,8 +121,8 @@ def full_circuit_topk(
     right: Any,
     W_U: Any,
     *,
-    block_rows: int = 512,
-    block_cols: int = 8192,
+    block_rows: int | None = None,
+    block_cols: int | None = None,
     recheck: bool = True,
     rows: slice | None = None,
     device: Any = None,
@@ -131,12 +133,14 @@ def full_circuit_topk(
 
     Shapes: W_E (V, d), left (d, r), right (r, d), W_U (d, V); torch tensors or numpy arrays.
     ``rows`` restricts the scan to a contiguous range of source rows (step 1).  The CPU path
-    works on tiles of ``block_rows x block_cols`` float32 entries (cache-sized: 16 MiB by default),
-    numpy/BLAS for the products and the counting, in ``workers`` threads (default: one per usable
-    core, at most 8, when threadpoolctl can make BLAS single-threaded; else 1, with a one-time
-    :class:`KernelFallbackWarning` naming the cause); a ``device``
-    ("cuda", or "cpu" to test it) computes the float64 factors and runs the scan with torch there, in
-    blocks of ``block_rows`` full rows (the float64 recheck stays on the CPU).
+    works on tiles of ``block_rows x block_cols`` float32 entries, numpy/BLAS for the products and
+    the counting, in ``workers`` threads (default: one per usable CPU when threadpoolctl can make
+    BLAS single-threaded; else 1, with a one-time :class:`KernelFallbackWarning` naming the cause);
+    tiles left ``None`` are sized for this CPU's L2 cache and the worker count
+    (:func:`harness.circuits.cpu_layout.kernel_plan`); the counts never depend on the tiles.  A
+    ``device`` ("cuda", or "cpu" to test it) computes the float64 factors and runs the scan with
+    torch there, in blocks of ``block_rows`` (default 512) full rows (the float64 recheck stays on
+    the CPU).
     Extra memory: the float64 and float32 factors (24 * (n_rows + V) * r bytes) plus, per worker,
     one tile and two boolean masks (6 bytes per tile entry).  ``margins=False`` skips the row-max
     pass (about a fifth of the counting work on the CPU) and leaves ``margin`` NaN.
@@ -169,10 +173,10 @@ def full_circuit_topk(
     P32, QT32 = P64.astype(np.float32), Q64T.astype(np.float32)
 
     if device is not None:
-        scan = _scan_torch(P32, QT32, T, start, block_rows, device)
+        scan = _scan_torch(P32, QT32, T, start, block_rows or 512, device)
     else:
-        workers = workers or _auto_workers()
-        scan = _scan_numpy(P32, QT32, T, start, block_rows, block_cols, workers, margins)
+        plan = cpu_plan(workers)
+        scan = _scan_numpy(P32, QT32, T, start, block_rows or plan.block_rows, block_cols or plan.block_cols, plan.workers, margins)
     chi, amb_i, amb_j, d32, best32 = scan
 
     above = chi.astype(np.int64)
@@ -422,12 +426,16 @@ _fallback_warned = False
 
 def _usable_cores() -> int:
     """Cores this process may run on (its affinity mask where the OS has one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, cores or 1)
+    return max(1, len(usable_cpu_ids()))
+
+
+def cpu_plan(workers: int | None = None) -> KernelPlan:
+    """The CPU kernel's tiles and workers on this machine (``workers`` given: tiles for that many)."""
+    return kernel_plan(cpu_layout(), workers or _auto_workers())
 
 
 def _auto_workers() -> int:
-    """One worker per usable core (at most 8) if BLAS can be made single-threaded, else 1.
+    """One worker per usable core if BLAS can be made single-threaded, else 1.
 
     Without threadpoolctl the workers' BLAS calls would each start their own threads and fight
     over the cores, so the kernel keeps to one worker: correct, but the counting passes then use
@@ -440,7 +448,7 @@ def _auto_workers() -> int:
         if cores > 1:
             _warn_fallback(cores)
         return 1
-    return min(8, cores)
+    return cores
 
 
 def _warn_fallback(cores: int) -> None:
@@ -450,7 +458,7 @@ def _warn_fallback(cores: int) -> None:
     _fallback_warned = True
     warnings.warn(
         f"full_circuit_topk: threadpoolctl is not installed, so the OV kernel runs 1 worker thread "
-        f"instead of {min(8, cores)} on this {cores}-core CPU (about half the speed on 2 cores); "
+        f"instead of {cores} on this {cores}-core CPU (about half the speed on 2 cores); "
         "install the declared dependency: pip install threadpoolctl",
         KernelFallbackWarning, stacklevel=3,
     )

@@ -82,9 +82,49 @@ class DimensionalityPoints(TypedDict):
     dims: list[list[float]]
 
 
+class LatentFeatureCosines(TypedDict):
+    """A toy SAE instance: ``cosines[j][i]`` = cos(decoder row of latent j, true feature direction W_i), with the
+    ``instance`` and the cosine above which a latent ``threshold`` matches a feature."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    instance: int
+    cosines: list[list[float]]
+    threshold: float
+
+
+# --- modular addition (ARENA 1.5.2 grokking) ---
+class FrequencyEnergy(TypedDict):
+    """Energy per Fourier frequency: ``energy[k]`` for k = 0 (the constant) .. K, with the
+    ``key_frequencies`` (k >= 1) the metric picked out."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    energy: list[float]
+    key_frequencies: list[int]
+
+
+class LossCurves(TypedDict):
+    """Train and test loss at each snapshot ``epochs[i]`` of a run, and the grokking ``window``
+    (first and last epoch)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    epochs: list[int]
+    train_loss: list[float]
+    test_loss: list[float]
+    window: list[int]
+
+
+class ClusterSizes(TypedDict):
+    """Neurons per frequency cluster: ``sizes["k=K"]`` and ``sizes["unexplained"]``."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    sizes: dict[str, float]
+
+
 DETAILS_KINDS: dict[str, type] = {kind.__name__: kind for kind in (
     HeadScores, AttentionExamples, PositionCurve, RankFits, FeatureDirections, DimensionalityPoints,
     PositionGrid, NamedPositionAttention,
+    LatentFeatureCosines,
+    FrequencyEnergy, LossCurves, ClusterSizes,
 )}
 """Every details kind by name, as the record lists them."""
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-ToyKind = Literal["relu_output", "relu_hidden"]
+ToyKind = Literal["relu_output", "relu_hidden", "abs_computation"]
 """``relu_output``: x' = ReLU(Wᵀ W x + b) (the course's ToyModel); ``relu_hidden``: x' =
-ReLU(Wᵀ ReLU(W x) + b) (its NeuronModel, a privileged hidden basis)."""
+ReLU(Wᵀ ReLU(W x) + b) (its NeuronModel, a privileged hidden basis); ``abs_computation``: x' =
+ReLU(W2 ReLU(W1 x) + b) with untied W1 [d_hidden, n_features] and W2 [n_features, d_hidden], trained to
+output |x| (its NeuronComputationModel, computation in superposition)."""
 
 
 class _NoTransformerLayers:

@@ -1,6 +1,8 @@
-"""The ``claims`` command: ``run``, ``validate``, ``list``, ``schema``, ``bless``, ``diff``, ``report``, ``cache``.
+"""The ``claims`` command: ``run``, ``sweep``, ``validate``, ``list``, ``schema``, ``bless``, ``diff``, ``report``, ``cache``.
 
-``run`` measures claims and writes ``results.json``, ``report.md`` and ``report.html``;
+``run`` measures claims and writes ``results.json``, ``report.md`` and ``report.html``; ``sweep``
+does the same on a Ray cluster, one task per (model, claims file), optionally over other models
+(:mod:`harness.frontends.sweep`);
 ``validate`` and ``list`` check and show claim files without importing torch or TransformerLens
 (the engine is imported by ``run`` when it runs); ``schema`` prints the claim files' JSON Schema;
 ``bless`` writes a baseline from a results file, ``diff`` compares a results file with a
@@ -28,6 +30,7 @@ from typing import Sequence
 
 from harness.core.errors import SpecError
 from harness.frontends.preflight import PreflightError
+from harness.frontends.sweep.command import add_sweep_parser
 
 DEFAULT_PATHS = ["claims"]
 EXIT_OK, EXIT_MISMATCH, EXIT_INVALID = 0, 1, 2
@@ -67,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", metavar="DIR", default=None,
                      help="measurement cache folder (default: $INTERP_CLAIMS_MEASUREMENT_CACHE, else $XDG_CACHE_HOME/interp-claims/measurements)")
     run.set_defaults(handler=_run)
+    # --- claims sweep: claims files over models on Ray (harness/frontends/sweep/) ---
+    add_sweep_parser(commands)
+    # --- end claims sweep ---
     cache = commands.add_parser("cache", help="show or clear the measurement cache")
     cache.add_argument("action", choices=("info", "clear"), help="info: where it is and how many entries; clear: remove every entry")
     cache.add_argument("--cache-dir", metavar="DIR", default=None, help="the cache folder (default as for run)")

@@ -307,11 +307,26 @@ def circuit_mean_ablation(ctx: MetricContext, *, keep: dict[NamedPosition, list[
     ``keep`` and the head is in its list. Value (means over prompts): ``logit_diff`` (clean run),
     ``ablated`` and ``ratio = ablated / logit_diff``. Details: how many (head, position) pairs are kept.
     """
+    means = all_template_means(ctx)
+    ablated = float(circuit_logit_diffs(ctx, keep, means).mean())
+    clean = float(final_logit_diff(ctx.forward().logits, answer_ids(ctx), end_positions(ctx)).mean())
+    value = {"logit_diff": clean, "ablated": ablated, "ratio": ablated / clean if clean != 0 else float("nan")}
+    kept_pairs = sum(int(kept_mask(ctx, layer, keep).sum()) for layer in range(ctx.model.shape.n_layers))
+    details = {"kept_pairs": kept_pairs, "kept_heads": {k: list(v) for k, v in keep.items()}}
+    return Measurement(value, None, details, unit="logit")
+
+
+def all_template_means(ctx: MetricContext) -> dict[int, Tensor]:
+    """``{layer: z's ABC template means [batch, pos, head, d_head]}`` for every layer (:func:`abc_template_means`)."""
+    return {layer: abc_template_means(ctx, layer) for layer in range(ctx.model.shape.n_layers)}
+
+
+def circuit_logit_diffs(ctx: MetricContext, keep: dict[str, list[str]], means: dict[int, Tensor]) -> Tensor:
+    """END logit difference [batch] of the run with every ``z[b, p, h]`` replaced by ``means[layer][b, p, h]``
+    except the kept (head, position) pairs (:func:`kept_mask`): the course's ``add_mean_ablation_hook`` run."""
     model, tokens = ctx.model, ctx.require_inputs().tokens
-    answers, ends = answer_ids(ctx), end_positions(ctx)
     layers = range(model.shape.n_layers)
     masks = {layer: kept_mask(ctx, layer, keep) for layer in layers}
-    means = {layer: abc_template_means(ctx, layer) for layer in layers}
 
     def ablate(layer: int) -> Hook:
         def hook(z: Tensor, hook: Any) -> Tensor:
@@ -320,11 +335,7 @@ def circuit_mean_ablation(ctx: MetricContext, *, keep: dict[NamedPosition, list[
         return hook
 
     logits = model.run_with_hooks(tokens, [(model.hook_name("z", layer), ablate(layer)) for layer in layers])
-    ablated = float(final_logit_diff(logits, answers, ends).mean())
-    clean = float(final_logit_diff(ctx.forward().logits, answers, ends).mean())
-    value = {"logit_diff": clean, "ablated": ablated, "ratio": ablated / clean if clean != 0 else float("nan")}
-    details = {"kept_pairs": int(sum(int(m.sum()) for m in masks.values())), "kept_heads": {k: list(v) for k, v in keep.items()}}
-    return Measurement(value, None, details, unit="logit")
+    return final_logit_diff(logits, answer_ids(ctx), end_positions(ctx))
 
 
 # ----------------------------------------------------------------------------------------------

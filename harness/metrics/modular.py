@@ -34,6 +34,7 @@ from pydantic import Field
 from harness.context import MetricContext
 from harness.core.measurement import Measurement
 from harness.core.model_handle import ModelHandle
+from harness.core.details import ClusterSizes, FrequencyEnergy
 from harness.core.value_shape import NameSet, Scalar, Table, either, labelled, names
 from harness.registry import metric
 from harness.metrics._modular import (
@@ -103,12 +104,17 @@ def loss(ctx: MetricContext) -> Measurement:
     return Measurement(value, None, {"accuracy_all": accuracy}, unit="nats")
 
 
-@metric("modular.embed_fourier_energy", value=Table(labelled("k")))
-def embed_fourier_energy(ctx: MetricContext) -> Measurement:
-    """``||(F W_E[:p])_i||^2`` per frequency: ``k=0`` the const row, ``k=K`` the cos K and sin K rows."""
+@metric("modular.embed_fourier_energy", value=Table(labelled("k")), details=(FrequencyEnergy,))
+def embed_fourier_energy(ctx: MetricContext, *, rel_threshold: Fraction = 0.05) -> Measurement:
+    """``||(F W_E[:p])_i||^2`` per frequency: ``k=0`` the const row, ``k=K`` the cos K and sin K rows.
+
+    Details: the energies as a list and the key frequencies (>= ``rel_threshold`` x the largest k >= 1).
+    """
     energy = frequency_energy(embed_coords(ctx.model))
     total = float(energy.sum())
-    return Measurement({f"k={k}": float(e) for k, e in enumerate(energy)}, None, {"total": total})
+    return Measurement({f"k={k}": float(e) for k, e in enumerate(energy)}, None,
+                       {"total": total, "energy": [float(e) for e in energy],
+                        "key_frequencies": key_frequency_list(energy, rel_threshold)})
 
 
 @metric("modular.embed_fourier_rows", value=Table(labelled("row")))
@@ -162,12 +168,12 @@ def neuron_frequencies_metric(ctx: MetricContext, *, k_range: KRange = "full", t
     return Measurement([f"k={k}" for k in chosen], None, {"counts": counts, "k_range": k_range})
 
 
-@metric("modular.neuron_clusters", value=Table(either(labelled("k"), names("unexplained", "n_clusters"))))
+@metric("modular.neuron_clusters", value=Table(either(labelled("k"), names("unexplained", "n_clusters"))), details=(ClusterSizes,))
 def neuron_clusters(ctx: MetricContext, *, k_range: KRange = "full", threshold: Fraction = 0.85) -> Measurement:
     """Cluster sizes: ``k=K`` the neurons of frequency K explained more than ``threshold``, ``unexplained`` the rest; ``n_clusters``."""
     _freqs, _frac, sizes = clusters(ctx.model, k_range, threshold)
     value = dict(sizes, n_clusters=float(len(sizes) - 1))
-    return Measurement(value, None, {"k_range": k_range, "threshold": threshold})
+    return Measurement(value, None, {"k_range": k_range, "threshold": threshold, "sizes": sizes})
 
 
 @metric("modular.neuron_fourier_sparsity", value=Table(names("mean_frac_explained", "frac_neurons_above")))

@@ -5,31 +5,35 @@ A model's snapshots are the registry's family ``BASE@epoch=N`` (the reproduction
 its ``@...`` part. Each snapshot is loaded (sha256 checked) and measured on all p^2 pairs.
 
 Quantities: ``test_loss``, ``train_loss``, ``all_loss`` (float64, :mod:`harness.metrics.modular`),
-``restricted_loss`` (all pairs, the given ``frequencies``, bias-corrected), ``weight_norm``.
+``restricted_loss`` (all pairs, the given ``frequencies``, bias-corrected), ``weight_norm``,
+``attention_gap`` (the largest per-head |mean attention "=" -> 0 minus "=" -> 1|, G26).
 
 - ``modular.snapshot_series``: the quantity at each chosen epoch (``epoch=N``).
 - ``modular.orders_of_magnitude_drop``: ``log10(q(from_epoch) / q(to_epoch))``.
 - ``modular.first_epoch_below``: the first snapshot epoch whose quantity is below ``level``
   (the last epoch + the spacing, i.e. "not within the run", when none is).
+- ``modular.grokking_window``: from the train and test loss of every snapshot, the epoch the
+  train set is memorised, the test loss's peak, the start of its crash and its end.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Callable, Literal
 
 from pydantic import Field
 
 from fixtures.registry import get_model_entry, model_entries
 from harness.context import MetricContext
+from harness.core.details import LossCurves
 from harness.core.measurement import Measurement
 from harness.core.model_handle import ModelHandle
-from harness.core.value_shape import Scalar, Table, labelled
+from harness.core.value_shape import Scalar, Table, labelled, names
 from harness.metrics._modular import run_all_pairs, split_loss
 from harness.metrics.modular_logits import Frequency, restricted_logits
 from harness.registry import metric
 
-Quantity = Literal["test_loss", "train_loss", "all_loss", "restricted_loss", "weight_norm"]
+Quantity = Literal["test_loss", "train_loss", "all_loss", "restricted_loss", "weight_norm", "attention_gap"]
 Epoch = Annotated[int, Field(ge=0)]
 
 
@@ -54,7 +58,11 @@ def measure(model: ModelHandle, quantity: str, frequencies: list[int] | None) ->
     """The quantity on one snapshot."""
     if quantity == "weight_norm":
         return sum(float(p.double().pow(2).sum()) for _, p in model.named_parameters())
-    logits = run_all_pairs(model).logits
+    run = run_all_pairs(model)
+    if quantity == "attention_gap":
+        per_head = run.attention.mean(0)  # (h, 3): mean attention from "=" to each position
+        return float((per_head[:, 0] - per_head[:, 1]).abs().max())
+    logits = run.logits
     if quantity == "restricted_loss":
         if not frequencies:
             raise ValueError("quantity restricted_loss needs 'frequencies'")
@@ -106,3 +114,50 @@ def first_epoch_below(ctx: MetricContext, *, quantity: Quantity, level: Annotate
     step = ordered[-1] - ordered[-2] if len(ordered) > 1 else 1
     first = below[0] if below else ordered[-1] + step
     return Measurement(float(first), None, {"series": {str(e): values[e] for e in ordered}, "level": level, "found": bool(below)})
+
+
+def split_losses(model_name: str) -> dict[int, tuple[float, float]]:
+    """{epoch: (train loss, test loss)} of every snapshot, one all-pairs run each."""
+    out = {}
+    for epoch, name in snapshot_names(model_name).items():
+        logits = run_all_pairs(get_model_entry(name).load()).logits
+        out[epoch] = (split_loss(logits, "train"), split_loss(logits, "test"))
+    return out
+
+
+def window_epochs(losses: dict[int, tuple[float, float]], memorised_below: float, start_drop: float, end_below: float) -> dict[str, int]:
+    """Landmarks of a run from its snapshots' (train, test) losses.
+
+    memorised: the first epoch with train loss < ``memorised_below``; peak: the epoch of the
+    largest test loss from then on; start: the first epoch after the peak with test loss below
+    peak / 10^``start_drop``; end: the first epoch from the start on with test loss < ``end_below``.
+    An epoch that never comes is the last epoch + the last spacing ("not within the run").
+    """
+    epochs = sorted(losses)
+    after = epochs[-1] + (epochs[-1] - epochs[-2] if len(epochs) > 1 else 1)
+
+    def first(candidates: list[int], test: Callable[[int], bool]) -> int:
+        return next((e for e in candidates if test(e)), after)
+
+    memorised = first(epochs, lambda e: losses[e][0] < memorised_below)
+    later = [e for e in epochs if e >= memorised] or epochs[-1:]
+    peak = max(later, key=lambda e: losses[e][1])
+    level = losses[peak][1] / 10 ** start_drop
+    start = first([e for e in epochs if e > peak], lambda e: losses[e][1] < level)
+    end = first([e for e in epochs if e >= start], lambda e: losses[e][1] < end_below)
+    return {"memorised": memorised, "peak": peak, "start": start, "end": end}
+
+
+@metric("modular.grokking_window", value=Table(names("memorised", "peak", "start", "end")), details=(LossCurves,))
+def grokking_window(ctx: MetricContext, *, memorised_below: Annotated[float, Field(gt=0)] = 1e-2,
+                    start_drop: Annotated[float, Field(gt=0)] = 1.0, end_below: Annotated[float, Field(gt=0)] = 1e-5) -> Measurement:
+    """Epochs (snapshots of the claim's model) where the train set is memorised, the test loss peaks, its crash starts and ends.
+
+    See :func:`window_epochs`; the details hold both loss curves over the snapshots and the window [start, end].
+    """
+    losses = split_losses(ctx.model.identity.name)
+    marks = window_epochs(losses, memorised_below, start_drop, end_below)
+    epochs = sorted(losses)
+    details = {"epochs": epochs, "train_loss": [losses[e][0] for e in epochs], "test_loss": [losses[e][1] for e in epochs],
+               "window": [marks["start"], marks["end"]]}
+    return Measurement({k: float(v) for k, v in marks.items()}, None, details, unit="epoch")

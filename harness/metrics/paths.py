@@ -43,7 +43,7 @@ from harness.core.details import HeadScores
 from harness.core.heads import Head, HeadName, head_names, sort_heads
 from harness.core.measurement import Measurement
 from harness.core.model_handle import Activations, Hook, ModelHandle
-from harness.core.value_shape import HEADS, NameSet, OneOf, Table
+from harness.core.value_shape import HEADS, NameSet, OneOf, Table, names
 from harness.metrics.ioi import Sign, answer_ids, end_positions
 from harness.registry import metric
 
@@ -270,3 +270,32 @@ def to_heads(
     key = ("heads", receiver_input, str(from_layer), *map(str, heads))
     lds = memoised(ctx, key, lambda: path_to_heads_lds(ctx.model, runs, [Head.parse(n) for n in names], heads, receiver_input))
     return scan_measurement(runs, names, lds, top_k, sign, {"receiver": f"{receiver_input} of {', '.join(map(str, heads))}"})
+
+
+@metric("paths.calibration", needs_inputs=True, value=Table(names("ioi", "abc", "frozen")))
+def calibration(ctx: MetricContext) -> Measurement:
+    """``ioi_metric_2`` of the runs path patching normalises by: 0 on ``x_orig``, -1 on ``x_new``.
+
+    The course's calibration (P141:2364-2365), read off the same runs and code path as
+    ``paths.to_resid``: ``ioi`` = the metric of ``x_orig``'s own logit difference (0 by
+    construction), ``abc`` = that of ``x_new`` (-1 by construction), and ``frozen`` = that of a
+    run of ``x_orig`` with every head's ``z`` frozen at its ``x_orig`` value and no sender patched,
+    which is 0 only if freezing reproduces the clean run (up to float rounding). Details: both mean LDs.
+    """
+    runs = path_runs(ctx)
+    model = ctx.model
+    hooks = [(model.hook_name("z", layer), frozen_hook(runs.orig_z[layer])) for layer in range(model.shape.n_layers)]
+    frozen = logit_diff_from_residual(model, model.residual_with_hooks(runs.tokens, hooks), runs.answers, runs.ends)
+    values = runs.ioi_metric_2(torch.stack([runs.ld_orig, runs.ld_new, frozen[0]]))
+    value = {"ioi": float(values[0]), "abc": float(values[1]), "frozen": float(values[2])}
+    return Measurement(value, None, {"ld_orig": float(runs.ld_orig.mean()), "ld_new": float(runs.ld_new.mean())})
+
+
+def frozen_hook(orig_z: Tensor) -> Hook:
+    """Set ``z`` [batch, pos, head, d_head] to its cached ``x_orig`` value."""
+
+    def hook(z: Tensor, hook: Any) -> Tensor:
+        z[:] = orig_z.to(z.device, z.dtype)
+        return z
+
+    return hook

@@ -23,6 +23,7 @@ from pydantic import Field
 from torch import Tensor
 
 from harness.context import MetricContext
+from harness.core.details import LatentFeatureCosines
 from harness.core.measurement import Measurement
 from harness.core.toy_sae_handle import ToySaeHandle
 from harness.core.value_shape import Scalar, Table, names
@@ -31,7 +32,9 @@ from harness.registry import metric
 MATCH_COS = 0.95
 SaeInstance = Annotated[int, Field(ge=0)]
 EvalBatch = Annotated[int, Field(ge=100, le=200_000)]
-SaeCondition = Literal["fully_monosemantic", "has_dead_latent"]
+SaeCondition = Literal["fully_monosemantic", "has_dead_latent", "no_shrinkage"]
+NO_SHRINKAGE = (0.9, 1.1)
+"""The median shrinkage ratio c of an instance without shrinkage (the catalogue's sharp form of Fig 15b)."""
 SUMMARY = ("dead", "l0", "fvu", "matched_features", "fully_monosemantic", "shrinkage_median")
 
 
@@ -51,11 +54,15 @@ def evaluation_batch(sae: ToySaeHandle, batch: int, seed: int) -> Tensor:
     return h[:, None, :].expand(batch, sae.n_inst, h.shape[-1])
 
 
+def latent_feature_cosines(sae: ToySaeHandle) -> Tensor:
+    """cos(Ŵ_dec[j], W_f) [n_inst, d_sae, n_features]."""
+    features = sae.base_W / sae.base_W.norm(dim=0, keepdim=True).clamp_min(1e-8)
+    return torch.einsum("ksi,if->ksf", sae.decoder_directions(), features)
+
+
 def matched_features(sae: ToySaeHandle) -> Tensor:
     """Matched features per instance [n_inst]: max_j cos(Ŵ_dec[j], W_f) > 0.95."""
-    features = sae.base_W / sae.base_W.norm(dim=0, keepdim=True).clamp_min(1e-8)
-    cos = torch.einsum("ksi,if->ksf", sae.decoder_directions(), features)
-    return (cos.max(dim=1).values > MATCH_COS).sum(dim=1)
+    return (latent_feature_cosines(sae).max(dim=1).values > MATCH_COS).sum(dim=1)
 
 
 def shrinkage(sae: ToySaeHandle) -> Tensor:
@@ -85,25 +92,35 @@ def summaries(sae: ToySaeHandle, batch: int, seed: int) -> dict[str, Tensor]:
         }
 
 
-@metric("toy_sae.summary", value=Table(names(*SUMMARY)))
+@metric("toy_sae.summary", value=Table(names(*SUMMARY)), details=(LatentFeatureCosines,))
 def summary(ctx: MetricContext, *, instance: SaeInstance = 0, batch: EvalBatch = 20_000, seed: int = 0) -> Measurement:
     """One SAE instance on a fresh seeded batch: dead latents, L0, FVU, matched features (cos > 0.95),
-    fully monosemantic (1/0), median shrinkage on single-feature inputs."""
+    fully monosemantic (1/0), median shrinkage on single-feature inputs. Details: every latent's cosine with
+    every true feature (the latent-to-feature matches figure)."""
     sae = toy_sae(ctx)
     sae.check_instance(instance)
+    cosines = latent_feature_cosines(sae)[instance]
     return Measurement({k: float(v[instance]) for k, v in summaries(sae, batch, seed).items()},
-                       details={"batch": batch, "seed": seed})
+                       details={"batch": batch, "seed": seed, "instance": instance, "threshold": MATCH_COS,
+                                "cosines": [[float(c) for c in row] for row in cosines]})
 
 
 @metric("toy_sae.count_instances", value=Scalar())
 def count_instances(ctx: MetricContext, *, condition: SaeCondition, batch: EvalBatch = 20_000, seed: int = 0) -> Measurement:
-    """How many SAE instances are fully monosemantic (every feature matched by a latent) or have a dead latent."""
+    """How many SAE instances are fully monosemantic (every feature matched by a latent), have a dead latent, or
+    show no shrinkage (median c = (h'·h)/‖h‖² on single-feature inputs within [0.9, 1.1])."""
     sae = toy_sae(ctx)
     figures = summaries(sae, batch, seed)
-    met = figures["fully_monosemantic"] > 0 if condition == "fully_monosemantic" else figures["dead"] > 0
+    if condition == "fully_monosemantic":
+        met = figures["fully_monosemantic"] > 0
+    elif condition == "has_dead_latent":
+        met = figures["dead"] > 0
+    else:
+        met = (figures["shrinkage_median"] >= NO_SHRINKAGE[0]) & (figures["shrinkage_median"] <= NO_SHRINKAGE[1])
     return Measurement(float(met.sum()), details={"met": [int(k) for k in torch.nonzero(met).flatten()],
                                                   "dead": [float(v) for v in figures["dead"]],
-                                                  "matched": [float(v) for v in figures["matched_features"]]})
+                                                  "matched": [float(v) for v in figures["matched_features"]],
+                                                  "shrinkage": [round(float(v), 4) for v in figures["shrinkage_median"]]})
 
 
 @metric("toy_sae.small_inputs_zeroed", value=Table(names("zero_fraction_small", "zero_fraction_large")))
