@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import functools
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +24,9 @@ UNREAD = ("duration_s", "cached")
 """Entry fields no plot reads (they differ between a run and its cached rerun)."""
 
 
+@functools.cache
 def _matplotlib_version() -> str | None:
+    """matplotlib's version, read once (reading a distribution's metadata parses its METADATA file)."""
     try:
         return metadata.version("matplotlib")
     except metadata.PackageNotFoundError:
