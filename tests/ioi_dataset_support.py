@@ -72,3 +72,39 @@ def end_logit_diffs(model: ModelHandle, batch: InputBatch, answers: list[list[in
     logits = model._hooked(batch.tokens)
     ends = batch.meta["word_idx"]["end"]
     return [float(logits[b, e, c] - logits[b, e, w]) for b, (e, (c, w)) in enumerate(zip(ends, answers))]
+
+
+@torch.no_grad()
+def course_mean_ablated_logit_diff(model: ModelHandle, keep: dict[str, list[str]], n: int = 8, seed: int = 5) -> float:
+    """The course's ``add_mean_ablation_hook`` written out with TransformerLens hooks: every head's z is its ABC
+    template mean (per template of the prompt) except at the kept (position name -> heads) pairs, where it keeps its
+    own value; the mean END logit difference IO - S of that run on ``n`` dataset prompts (seed ``seed``)."""
+    hooked = model._hooked
+    orig, abc = dataset_batch(model, n=n, seed=seed), dataset_batch(model, n=n, seed=seed, flip="abc")
+    _, abc_cache = hooked.run_with_cache(abc.tokens)
+    templates = torch.tensor(orig.meta["templates"])
+    idx = orig.meta["word_idx"]
+
+    def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
+        layer = hook.layer()
+        out = torch.empty_like(z)
+        for t in templates.unique():
+            out[templates == t] = abc_cache["z", layer][templates == t].mean(0)
+        for where, heads in keep.items():
+            for name in heads:
+                l, h = map(int, name.split("."))
+                if l == layer:
+                    for b in range(n):
+                        out[b, idx[where][b], h] = z[b, idx[where][b], h]
+        return out
+
+    hooks = [(f"blocks.{l}.attn.hook_z", hook) for l in range(hooked.cfg.n_layers)]
+    return logit_diff_at_end(hooked.run_with_hooks(orig.tokens, fwd_hooks=hooks), orig)
+
+
+def logit_diff_at_end(logits: torch.Tensor, batch: InputBatch) -> float:
+    """Mean over prompts of logit(IO) - logit(S) at each prompt's END position."""
+    rows = torch.arange(logits.shape[0])
+    answers, ends = torch.tensor(batch.meta["answers"]), torch.tensor(batch.meta["word_idx"]["end"])
+    final = logits[rows, ends]
+    return float((final[rows, answers[:, 0]] - final[rows, answers[:, 1]]).mean())

@@ -14,7 +14,9 @@ import torch
 
 from fixtures.ioi_dataset import generate
 from harness.testing import measure_metric
-from tests.ioi_dataset_support import dataset_batch, dataset_model, train_dataset_tokenizer
+from tests.ioi_dataset_support import (
+    course_mean_ablated_logit_diff, dataset_batch, dataset_model, train_dataset_tokenizer,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 INPUTS = {"ioi_dataset": {"n": 8, "seed": 5}}
@@ -124,35 +126,11 @@ def test_ablated_attribution_is_the_course_hook(tokenizer: Any) -> None:
     assert abs(got.value["1.1"]) > 1e-4 and any(abs(got.value[n]) > 1e-5 for n in ("2.0", "2.1"))
 
 
-@torch.no_grad()
 def test_circuit_mean_ablation_keeps_and_ablates(tokenizer: Any) -> None:
     """The course's add_mean_ablation_hook written out: ABC template means everywhere except the kept (head, position) pairs."""
     model = dataset_model(4, tokenizer)
-    hooked = model._hooked
-    orig, abc = dataset_batch(model, n=8, seed=5), dataset_batch(model, n=8, seed=5, flip="abc")
-    _, abc_cache = hooked.run_with_cache(abc.tokens)
-    templates = torch.tensor(orig.meta["templates"])
-    idx = orig.meta["word_idx"]
     keep = {"end": ["2.0", "1.1"], "S2": ["0.1"]}
-
-    def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
-        layer = hook.layer()
-        means = torch.empty_like(z)
-        for t in templates.unique():
-            means[templates == t] = abc_cache["z", layer][templates == t].mean(0)
-        out = means.clone()
-        for where, heads in keep.items():
-            for name in heads:
-                l, h = map(int, name.split("."))
-                if l == layer:
-                    for b in range(8):
-                        out[b, idx[where][b], h] = z[b, idx[where][b], h]
-        return out
-
-    logits = hooked.run_with_hooks(orig.tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook) for l in range(3)])
-    answers, ends = torch.tensor(orig.meta["answers"]), torch.tensor(idx["end"])
-    final = logits[torch.arange(8), ends]
-    expected = float((final[torch.arange(8), answers[:, 0]] - final[torch.arange(8), answers[:, 1]]).mean())
+    expected = course_mean_ablated_logit_diff(model, keep)
     got = measure_metric(model, "ioi.circuit_mean_ablation", inputs=INPUTS, keep=keep)
     assert got.value["ablated"] == pytest.approx(expected, abs=1e-5)
     assert got.details["kept_pairs"] == 8 * 3

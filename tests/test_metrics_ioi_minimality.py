@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from harness.testing import measure_metric
-from tests.ioi_dataset_support import dataset_batch, dataset_model, train_dataset_tokenizer
+from tests.ioi_dataset_support import (
+    course_mean_ablated_logit_diff, dataset_batch, dataset_model, logit_diff_at_end, train_dataset_tokenizer,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 INPUTS = {"ioi_dataset": {"n": 8, "seed": 5}}
@@ -28,40 +30,15 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return train_dataset_tokenizer(tmp_path_factory.mktemp("ioi-minimality-tokenizer"))
 
 
-@torch.no_grad()
 def course_scores(model: Any, keep: dict[str, list[str]], k_sets: dict[str, list[str]]) -> dict[str, float]:
     """The course's algorithm: F(M), then for each v |F(C \\ K) - F(C \\ (K u {v}))| / F(M), one hooked run per F."""
-    hooked = model._hooked
-    orig, abc = dataset_batch(model, n=8, seed=5), dataset_batch(model, n=8, seed=5, flip="abc")
-    _, abc_cache = hooked.run_with_cache(abc.tokens)
-    templates = torch.tensor(orig.meta["templates"])
-    idx = orig.meta["word_idx"]
-    answers, ends, rows = torch.tensor(orig.meta["answers"]), torch.tensor(idx["end"]), torch.arange(8)
-
-    def ld(logits: torch.Tensor) -> float:
-        final = logits[rows, ends]
-        return float((final[rows, answers[:, 0]] - final[rows, answers[:, 1]]).mean())
+    batch = dataset_batch(model, n=8, seed=5)
+    with torch.no_grad():
+        full = logit_diff_at_end(model._hooked(batch.tokens), batch)
 
     def score(removed: set[str]) -> float:
-        circuit = {where: [h for h in heads if h not in removed] for where, heads in keep.items()}
+        return course_mean_ablated_logit_diff(model, {where: [h for h in heads if h not in removed] for where, heads in keep.items()})
 
-        def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
-            layer = hook.layer()
-            out = torch.empty_like(z)
-            for t in templates.unique():
-                out[templates == t] = abc_cache["z", layer][templates == t].mean(0)
-            for where, heads in circuit.items():
-                for name in heads:
-                    l, h = map(int, name.split("."))
-                    if l == layer:
-                        for b in range(8):
-                            out[b, idx[where][b], h] = z[b, idx[where][b], h]
-            return out
-
-        n_layers = hooked.cfg.n_layers
-        return ld(hooked.run_with_hooks(orig.tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook) for l in range(n_layers)]))
-
-    full = ld(hooked(orig.tokens))
     return {v: abs(score(set(k)) - score(set(k) | {v})) / full for v, k in k_sets.items()}
 
 
