@@ -58,7 +58,8 @@ def dead_recovery(ctx: MetricContext, *, min_silent_steps: Annotated[int, Field(
     how many fire at a rate >= ``revived_rate`` (half the base model's 2.5% by default) over the last
     ``end_steps`` of training (``revived``); (dead − revived) / dead (``stayed_dead_share``, 1 when none died);
     the instances with a dead latent. Without resampling a silent latent's encoder gets no gradient while it
-    stays silent; a single sample that crosses its threshold gives it one, which Adam rescales to a full step."""
+    stays silent; a single sample that crosses its threshold gives it one (and Adam, its second-moment estimate
+    decayed over the silent steps, does not scale that step down with the rare gradient)."""
     sae = toy_sae(ctx)
     log = activity_log(sae)
     silent_blocks = -(-min_silent_steps // sae.log_every)
