@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +55,16 @@ import torch
 
 from harness.circuits.cpu_layout import KernelPlan, cpu_layout, kernel_plan, usable_cpu_ids
 from harness.circuits.factored import FactoredCircuit, as_numpy
+from harness.circuits.ov_prune import key_tiles, pruned_scan, tile_width
+from harness.circuits.ov_tiles import (  # noqa: F401  (_CHUNK, _lane_sums: part of this module's interface)
+    _CHUNK,
+    Scan,
+    _cat,
+    _chunks,
+    _lane_sums,
+    _single_threaded_blas,
+    _thresholds,
+)
 
 TiePolicy = Literal["argmax", "pessimistic", "optimistic"]
 """How a tie with the diagonal counts: as ``torch.argmax`` breaks it (the first index wins: the
@@ -76,6 +84,9 @@ class TopKResult:
     (the diagonal itself excluded), ``ties_below[i]`` those of the ties at a lower column index.
     ``margin[i] = M[i, i] - max_{j != i} M[i, j]``: its sign is exact (positive iff the diagonal
     is the strict maximum); its value is within ``2 * tolerance[i]`` of the float64 one.
+    ``k_max`` (a pruned scan): a row with ``above >= k_max`` was settled early; its counts are
+    lower bounds, exact for every question about k <= k_max.  ``scanned``: the fraction of the
+    n_rows x V entries whose products were computed (1.0 without pruning).
     """
 
     n_rows: int
@@ -86,6 +97,14 @@ class TopKResult:
     row_start: int = 0
     tolerance: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n_rechecked: int = 0
+    k_max: int | None = None
+    scanned: float = 1.0
+
+    def _check_k(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if self.k_max is not None and k > self.k_max:
+            raise ValueError(f"k = {k} above k_max = {self.k_max}: rows were settled at k_max (pruned scan)")
 
     def _rank(self, ties: TiePolicy) -> np.ndarray:
         """Rank (0 = first) of the diagonal in its row under a tie policy."""
@@ -99,8 +118,7 @@ class TopKResult:
 
     def correct(self, k: int, ties: TiePolicy = "pessimistic") -> np.ndarray:
         """Boolean per row: the diagonal is among the k largest entries of its row."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        self._check_k(k)
         return self._rank(ties) < k
 
     def accuracy(self, k: int, ties: TiePolicy = "pessimistic") -> float:
@@ -128,6 +146,8 @@ def full_circuit_topk(
     device: Any = None,
     workers: int | None = None,
     margins: bool = True,
+    prune: bool = False,
+    k_max: int | None = None,
 ) -> TopKResult:
     """Count, per row i of M = W_E @ left @ right @ W_U, the entries above and equal to M[i, i].
 
@@ -144,6 +164,12 @@ def full_circuit_topk(
     Extra memory: the float64 and float32 factors (24 * (n_rows + V) * r bytes) plus, per worker,
     one tile and two boolean masks (6 bytes per tile entry).  ``margins=False`` skips the row-max
     pass (about a fifth of the counting work on the CPU) and leaves ``margin`` NaN.
+
+    Exact pruning (CPU, :mod:`harness.circuits.ov_prune`): ``prune=True`` skips the key tiles
+    that a norm bound proves cannot reach a row's rounding band; ``k_max`` stops a row once k_max
+    entries are surely above its diagonal (its accuracy for every k <= k_max is then decided;
+    :meth:`TopKResult.accuracy` refuses larger k).  Counts (below k_max) and accuracies equal the
+    full scan's exactly; ``margin`` is NaN (the row max needs the skipped entries).
     """
     E, L, R, U = (as_numpy(x) for x in (W_E, left, right, W_U))
     V, d = E.shape
@@ -172,7 +198,20 @@ def full_circuit_topk(
     T[zero_rows] = np.nan  # NaN thresholds: the scan counts nothing in these rows
     P32, QT32 = P64.astype(np.float32), Q64T.astype(np.float32)
 
-    if device is not None:
+    if k_max is not None and k_max < 1:
+        raise ValueError(f"k_max must be >= 1, got {k_max}")
+    pruning = prune or k_max is not None
+    if pruning and device is not None:
+        raise ValueError("prune and k_max run on the CPU kernel only (device=None)")
+    if pruning:
+        plan = cpu_plan(workers)
+        tiles = key_tiles(Q64T, tile_width(block_cols or plan.block_cols, V))
+        chi, amb_i, amb_j, d32, computed = pruned_scan(
+            P32, QT32, P64, T, start, tiles, block_rows or plan.block_rows, plan.workers, prune=prune, k_max=k_max
+        )
+        scan = chi, amb_i, amb_j, d32, np.full(n, np.nan, np.float32)
+        margins = False
+    elif device is not None:
         scan = _scan_torch(P32, QT32, T, start, block_rows or 512, device)
     else:
         plan = cpu_plan(workers)
@@ -206,6 +245,8 @@ def full_circuit_topk(
         row_start=start,
         tolerance=T,
         n_rechecked=int(len(local)) if recheck else 0,
+        k_max=k_max,
+        scanned=computed / (n * V) if pruning else 1.0,
     )
 
 
@@ -295,25 +336,6 @@ def _share_duplicate_rows(U: np.ndarray, Q64T: np.ndarray, key_rows: int = 32) -
     Q64T[members[equal]] = Q64T[firsts[equal]]
 
 
-def _round_f32(x: np.ndarray, up: bool) -> np.ndarray:
-    """The float32 nearest x in the given direction (x itself when representable)."""
-    y = x.astype(np.float32)
-    if up:
-        bump = y.astype(np.float64) < x
-        return np.where(bump, np.nextafter(y, np.float32(np.inf)), y)
-    bump = y.astype(np.float64) > x
-    return np.where(bump, np.nextafter(y, np.float32(-np.inf)), y)
-
-
-def _thresholds(d32: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (hi, lo), column vectors: S > hi implies S - d > T, S < lo implies S - d < -T."""
-    d = d32.astype(np.float64)
-    return _round_f32(d + T, up=True)[:, None], _round_f32(d - T, up=False)[:, None]
-
-
-Scan = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
 def _scan_numpy(
     P32: np.ndarray,
     QT32: np.ndarray,
@@ -394,29 +416,6 @@ def _scan_numpy(
     return chi, _cat(amb_i), _cat(amb_j), d32, best
 
 
-_CHUNK = 1024  # columns per counting chunk: 128 words of 8 mask bytes, so byte lanes stay <= 128
-
-
-def _lane_sums(mask: np.ndarray) -> np.ndarray:
-    """Per row and chunk of 1024 columns, the 8 byte-lane sums of a boolean mask: (rows, chunks, 8).
-
-    The mask's bytes are 0 or 1; adding 128 uint64 words never carries between byte lanes, so one
-    integer reduction counts 8 entries per add.  The chunk's count is the sum of its 8 lanes.
-    """
-    rows = mask.shape[0]
-    words = mask.view(np.uint64).reshape(rows, -1, _CHUNK // 8)
-    return np.add.reduce(words, axis=2).view(np.uint8).reshape(rows, -1, 8)
-
-
-def _chunks(mask: np.ndarray, rows: np.ndarray, chunks: np.ndarray) -> np.ndarray:
-    """The mask bytes of the given (row, chunk) pairs, (len(rows), _CHUNK)."""
-    return mask.reshape(mask.shape[0], -1, _CHUNK)[rows, chunks]
-
-
-def _cat(xs: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(xs) if xs else np.zeros(0, np.int64)
-
-
 class KernelFallbackWarning(RuntimeWarning):
     """The kernel runs on fewer worker threads than the CPU offers (a missing dependency)."""
 
@@ -462,18 +461,6 @@ def _warn_fallback(cores: int) -> None:
         "install the declared dependency: pip install threadpoolctl",
         KernelFallbackWarning, stacklevel=3,
     )
-
-
-@contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """One BLAS thread per call while the worker threads share the cores (needs threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # still correct; BLAS's own threads then compete with the workers
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def _scan_torch(
