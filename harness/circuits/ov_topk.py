@@ -56,6 +56,7 @@ import torch
 from harness.circuits.cpu_layout import KernelPlan, cpu_layout, kernel_plan, usable_cpu_ids
 from harness.circuits.factored import FactoredCircuit, as_numpy
 from harness.circuits.ov_prune import key_tiles, pruned_scan, tile_width
+from harness.circuits.ov_topk_device import device_topk
 from harness.circuits.ov_tiles import (  # noqa: F401  (_CHUNK, _lane_sums: part of this module's interface)
     _CHUNK,
     Scan,
@@ -158,9 +159,9 @@ def full_circuit_topk(
     BLAS single-threaded; else 1, with a one-time :class:`KernelFallbackWarning` naming the cause);
     tiles left ``None`` are sized for this CPU's L2 cache and the worker count
     (:func:`harness.circuits.cpu_layout.kernel_plan`); the counts never depend on the tiles.  A
-    ``device`` ("cuda", or "cpu" to test it) computes the float64 factors and runs the scan with
-    torch there, in blocks of ``block_rows`` (default 512) full rows (the float64 recheck stays on
-    the CPU).
+    ``device`` ("cuda", or "cpu" to test it) runs the whole computation with torch there
+    (:mod:`harness.circuits.ov_topk_device`: factors, scan in blocks of ``block_rows`` full rows,
+    default 64 Mi entries per block, float64 recheck), reading the results back once.
     Extra memory: the float64 and float32 factors (24 * (n_rows + V) * r bytes) plus, per worker,
     one tile and two boolean masks (6 bytes per tile entry).  ``margins=False`` skips the row-max
     pass (about a fifth of the counting work on the CPU) and leaves ``margin`` NaN.
@@ -171,12 +172,10 @@ def full_circuit_topk(
     :meth:`TopKResult.accuracy` refuses larger k).  Counts (below k_max) and accuracies equal the
     full scan's exactly; ``margin`` is NaN (the row max needs the skipped entries).
     """
-    E, L, R, U = (as_numpy(x) for x in (W_E, left, right, W_U))
-    V, d = E.shape
-    if L.shape[0] != d or R.shape[1] != d or L.shape[1] != R.shape[0] or U.shape != (d, V):
-        raise ValueError(
-            f"shape mismatch: W_E {E.shape}, left {L.shape}, right {R.shape}, W_U {U.shape}"
-        )
+    E, L, R, U = (tuple(x.shape) for x in (W_E, left, right, W_U))  # shapes; the arrays below
+    V, d = E
+    if L[0] != d or R[1] != d or L[1] != R[0] or U != (d, V):
+        raise ValueError(f"shape mismatch: W_E {E}, left {L}, right {R}, W_U {U}")
     start, stop, step = (rows or slice(None)).indices(V)
     if step != 1:
         raise ValueError("rows must be a contiguous slice (step 1)")
@@ -186,11 +185,18 @@ def full_circuit_topk(
         empty = np.zeros(0, np.int32)
         return TopKResult(0, empty, empty, empty, np.zeros(0), start, np.zeros(0))
 
-    if device is None:
-        P64 = _matmul64_rows(E[start:stop], L)  # (n, r)
-        Q64T = _matmul64_rows(U.T, R.T)  # (V, r): row j is column j of Q = right @ W_U
-    else:
-        P64, Q64T = _factors_torch(W_E, left, right, W_U, start, stop, device)
+    if k_max is not None and k_max < 1:
+        raise ValueError(f"k_max must be >= 1, got {k_max}")
+    pruning = prune or k_max is not None
+    if pruning and device is not None:
+        raise ValueError("prune and k_max run on the CPU kernel only (device=None)")
+    if device is not None:
+        out = device_topk(W_E, left, right, W_U, start, stop, device=device, block_rows=block_rows,
+                          recheck=recheck, margins=margins)
+        return TopKResult(n, out.above, out.ties, out.ties_below, out.margin, start, out.tolerance, out.n_rechecked)
+    E, L, R, U = (as_numpy(x) for x in (W_E, left, right, W_U))
+    P64 = _matmul64_rows(E[start:stop], L)  # (n, r)
+    Q64T = _matmul64_rows(U.T, R.T)  # (V, r): row j is column j of Q = right @ W_U
     _check_finite_and_range(P64, Q64T)
     _share_duplicate_rows(U, Q64T)
     T = circuit_tolerance(P64, Q64T, start) if recheck else np.zeros(n)
@@ -198,11 +204,6 @@ def full_circuit_topk(
     T[zero_rows] = np.nan  # NaN thresholds: the scan counts nothing in these rows
     P32, QT32 = P64.astype(np.float32), Q64T.astype(np.float32)
 
-    if k_max is not None and k_max < 1:
-        raise ValueError(f"k_max must be >= 1, got {k_max}")
-    pruning = prune or k_max is not None
-    if pruning and device is not None:
-        raise ValueError("prune and k_max run on the CPU kernel only (device=None)")
     if pruning:
         plan = cpu_plan(workers)
         tiles = key_tiles(Q64T, tile_width(block_cols or plan.block_cols, V))
@@ -211,8 +212,6 @@ def full_circuit_topk(
         )
         scan = chi, amb_i, amb_j, d32, np.full(n, np.nan, np.float32)
         margins = False
-    elif device is not None:
-        scan = _scan_torch(P32, QT32, T, start, block_rows or 512, device)
     else:
         plan = cpu_plan(workers)
         scan = _scan_numpy(P32, QT32, T, start, block_rows or plan.block_rows, block_cols or plan.block_cols, plan.workers, margins)
@@ -286,22 +285,6 @@ def _matmul64_rows(A: np.ndarray, B: np.ndarray, chunk: int = 4096) -> np.ndarra
     for s in range(0, A.shape[0], chunk):
         np.matmul(A[s : s + chunk].astype(np.float64), B64, out=out[s : s + chunk])
     return out
-
-
-def _factors_torch(
-    W_E: Any, left: Any, right: Any, W_U: Any, start: int, stop: int, device: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """P64 = W_E[start:stop] @ left and Q64T = (right @ W_U).T in float64 with torch on device."""
-    import torch
-
-    dev = torch.device(device)
-
-    def t(x: Any) -> Any:
-        return torch.as_tensor(x).to(dev, torch.float64)
-
-    P = t(W_E)[start:stop] @ t(left)
-    QT = t(W_U).T @ t(right).T
-    return P.cpu().numpy(), QT.cpu().numpy()
 
 
 def _check_finite_and_range(P64: np.ndarray, Q64T: np.ndarray) -> None:
@@ -461,44 +444,6 @@ def _warn_fallback(cores: int) -> None:
         "install the declared dependency: pip install threadpoolctl",
         KernelFallbackWarning, stacklevel=3,
     )
-
-
-def _scan_torch(
-    P32: np.ndarray, QT32: np.ndarray, T: np.ndarray, start: int, bt: int, device: Any
-) -> Scan:
-    """The same float32 pass as ``_scan_numpy`` with torch on ``device``, in full-row blocks."""
-    import torch
-
-    dev = torch.device(device)
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # IEEE float32 products: T assumes them
-    try:
-        P = torch.from_numpy(P32).to(dev)
-        Q = torch.from_numpy(QT32).to(dev).T
-        n = P.shape[0]
-        chi = torch.zeros(n, dtype=torch.int64, device=dev)
-        d32 = torch.empty(n, dtype=torch.float32, device=dev)
-        best = torch.empty(n, dtype=torch.float32, device=dev)
-        amb_i, amb_j = [], []
-        for s in range(0, n, bt):
-            nb = min(bt, n - s)
-            S = P[s : s + nb] @ Q
-            ar = torch.arange(nb, device=dev)
-            dcol = start + s + ar
-            d = S[ar, dcol]
-            d32[s : s + nb] = d
-            S[ar, dcol] = -torch.inf
-            hi_np, lo_np = _thresholds(d.cpu().numpy(), T[s : s + nb])
-            hi, lo = torch.from_numpy(hi_np).to(dev), torch.from_numpy(lo_np).to(dev)
-            chi[s : s + nb] = (S > hi).sum(1)
-            ii, jj = torch.nonzero((S >= lo) & (S <= hi), as_tuple=True)
-            amb_i.append(ii + start + s)
-            amb_j.append(jj)
-            best[s : s + nb] = S.amax(1)
-        cpu = lambda x: x.cpu().numpy()  # noqa: E731
-        return cpu(chi), cpu(torch.cat(amb_i)), cpu(torch.cat(amb_j)), cpu(d32), cpu(best)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 def _row_max(
