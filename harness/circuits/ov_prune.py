@@ -89,6 +89,13 @@ class KeyTiles:
 
 
 def key_tiles(Q64T: np.ndarray, width: int) -> KeyTiles:
+    """:func:`_key_tiles` with single-threaded BLAS (its r x r problems are too small for threads:
+    a threaded OpenBLAS spent 0.1-0.6 s per split waiting on a loaded machine)."""
+    with _single_threaded_blas():
+        return _key_tiles(Q64T, width)
+
+
+def _key_tiles(Q64T: np.ndarray, width: int) -> KeyTiles:
     """Group the keys (rows of Q64T, (V, r)) into tiles of ``width`` by principal-direction splits.
 
     Each set is cut at a multiple of ``width`` near its median along its first principal direction
@@ -106,7 +113,7 @@ def key_tiles(Q64T: np.ndarray, width: int) -> KeyTiles:
         X = Q64T[idx]
         X = X - X.mean(axis=0)
         sample = X[:: max(1, len(idx) // _SAMPLE)]
-        direction = np.linalg.svd(sample, full_matrices=False)[2][0]
+        direction = np.linalg.eigh(sample.T @ sample)[1][:, -1]  # r x r: cheaper than an SVD
         order = np.argsort(X @ direction, kind="stable")
         cut = max(width, (len(idx) // 2 // width) * width)
         stack.append(idx[order[cut:]])  # popped after the first half: the short tile comes last
@@ -178,7 +185,8 @@ def pruned_scan(
     QTp = QT32[tiles.perm]
     d32 = diagonal32(P32, QT32, start)
     hi, lo = _thresholds(d32, T)
-    ub = tile_bounds(P64, tiles)
+    with _single_threaded_blas():  # an (n, r) x (r, n_tiles) product: threads only wait
+        ub = tile_bounds(P64, tiles)
     with np.errstate(invalid="ignore"):
         need = ub + T[:, None] >= lo.astype(np.float64)  # not (2); NaN T: never needed
     if not prune:
