@@ -78,12 +78,13 @@ FAST = fast_settings(120)
 
 
 @FAST
-@given(circuits(), st.sampled_from([None, 1, 2, 5]), st.booleans(), st.integers(1, 64), st.integers(1, 96))
-def test_pruned_equals_full_scan(circuit, k_max, prune, block_rows, block_cols):
+@given(circuits(), st.sampled_from([None, 1, 2, 5]), st.booleans(), st.integers(1, 64), st.integers(1, 96),
+       st.booleans())
+def test_pruned_equals_full_scan(circuit, k_max, prune, block_rows, block_cols, fused):
     E, L, R, U, rows = circuit
     full = full_circuit_topk(E, L, R, U, rows=rows, block_rows=7, block_cols=40)
     pruned = full_circuit_topk(E, L, R, U, rows=rows, block_rows=block_rows, block_cols=block_cols,
-                               prune=prune, k_max=k_max)
+                               prune=prune, k_max=k_max, fused=fused)
     assert_same_answers(full, pruned, k_max)
 
 

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.circuits.ov_tiles import _CHUNK, _cat, _chunks, _lane_sums, _single_threaded_blas, _thresholds
+from harness.circuits.ov_tiles import _CHUNK, _cat, _single_threaded_blas, _thresholds, count_tile, fused_counting
 
 _U64 = float(np.finfo(np.float64).eps) / 2
 _SAMPLE = 4096  # keys per principal-direction estimate
@@ -171,6 +171,7 @@ def pruned_scan(
     *,
     prune: bool,
     k_max: int | None,
+    fused: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """The one-pass scan's counts with the tiles of (2) skipped and rows settled at ``k_max``.
 
@@ -182,6 +183,7 @@ def pruned_scan(
     """
     n, V = P32.shape[0], QT32.shape[0]
     w = -(-tiles.width // _CHUNK) * _CHUNK
+    fused = fused and fused_counting()
     QTp = QT32[tiles.perm]
     d32 = diagonal32(P32, QT32, start)
     hi, lo = _thresholds(d32, T)
@@ -198,8 +200,7 @@ def pruned_scan(
 
     def work(my_blocks: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray], int]:
         S = np.empty((bt, w), np.float32)
-        above_m = np.zeros((bt, w), bool)
-        ge_m = np.zeros((bt, w), bool)
+        masks = (np.zeros((bt, w), bool), np.zeros((bt, w), bool)) if not fused else None
         amb_i: list[np.ndarray] = []
         amb_j: list[np.ndarray] = []
         computed = 0
@@ -216,19 +217,11 @@ def pruned_scan(
                 dcol = tiles.pos[start + sel] - c0
                 hit = np.flatnonzero((dcol >= 0) & (dcol < cw))
                 S[hit, dcol[hit]] = -np.inf  # the diagonal is neither above nor in the band
-                am, gm = above_m[:m], ge_m[:m]
-                am[:, cw:] = False  # padding columns count as neither
-                gm[:, cw:] = False
-                np.greater(S[:m, :cw], hi[sel], out=am[:, :cw])
-                np.greater_equal(S[:m, :cw], lo[sel], out=gm[:, :cw])
-                above_lanes, ge_lanes = _lane_sums(am), _lane_sums(gm)
-                chi[sel] += np.add.reduce(above_lanes.reshape(m, -1), axis=1, dtype=np.int64)
-                br, bc = np.nonzero((ge_lanes != above_lanes).any(axis=2))
-                if br.size:
-                    idx = np.flatnonzero(_chunks(gm, br, bc) != _chunks(am, br, bc))
-                    k = idx // _CHUNK
-                    amb_i.append(start + sel[br[k]])
-                    amb_j.append(tiles.perm[c0 + bc[k] * _CHUNK + idx % _CHUNK])
+                above, bi, bj = count_tile(S, m, cw, hi[sel], lo[sel], masks, fused)
+                chi[sel] += above
+                if bi.size:
+                    amb_i.append(start + sel[bi])
+                    amb_j.append(tiles.perm[c0 + bj])
                 if k_max is not None:
                     act = act[chi[act] < k_max]
                     if act.size == 0:

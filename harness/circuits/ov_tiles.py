@@ -8,7 +8,9 @@ Used by the one-pass scan (:mod:`harness.circuits.ov_topk`) and the pruned scan
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import importlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -66,3 +68,83 @@ def _single_threaded_blas() -> Iterator[None]:
         return
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+def _count_rows(S: np.ndarray, nb: int, cw: int, hi: np.ndarray, lo: np.ndarray, above: np.ndarray, ge: np.ndarray) -> None:
+    """Per row i < nb of the tile S[:, :cw]: above[i] = #{S > hi[i]}, ge[i] = #{S >= lo[i]}.
+
+    One pass over each row while it is in L1 (the tile was just written by the product): two
+    compares and two integer adds per entry, which LLVM turns into SIMD code (measured 0.16-0.21
+    ns per entry on one AVX-512 core, against 0.8-1.0 ns for numpy's two mask passes and byte-lane
+    counts).  Compiled by numba, no GIL held: the kernel's worker threads count in parallel.
+    """
+    for i in range(nb):
+        h = hi[i]
+        lw = lo[i]
+        c = 0
+        g = 0
+        for j in range(cw):
+            v = S[i, j]
+            c += v > h
+            g += v >= lw
+        above[i] = c
+        ge[i] = g
+
+
+@functools.lru_cache(maxsize=1)
+def _fused_loop() -> Callable[..., None] | None:
+    """:func:`_count_rows` compiled by numba (cached on disk), or None without numba.
+
+    Imported on first use, not with this module: numba's import costs about half a second,
+    which processes that never count (most claims runs) should not pay.
+    """
+    try:
+        numba = importlib.import_module("numba")
+    except ImportError:
+        return None
+    return numba.njit(nogil=True, cache=True)(_count_rows)
+
+
+def fused_counting() -> bool:
+    """Whether the compiled counting loop is in use (numba importable)."""
+    return _fused_loop() is not None
+
+
+def count_tile(
+    S: np.ndarray, nb: int, cw: int, hi: np.ndarray, lo: np.ndarray, masks: tuple[np.ndarray, np.ndarray] | None,
+    fused: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count a tile S[:nb, :cw] (S C-contiguous, ``hi``/``lo`` (nb, 1) float32 thresholds).
+
+    Returns (above (nb,) int64: entries > hi, band rows, band columns (local indices): the entries
+    with lo <= S <= hi).  Fused (numba): counts of > hi and >= lo per row in one pass, then only the
+    rows where the two differ are searched for their band entries.  Otherwise numpy: two boolean
+    masks (``masks``, each at least (nb, S.shape[1]) bytes, S.shape[1] a multiple of _CHUNK)
+    counted in byte lanes; the band is found in the chunks where the two lane sums differ.
+    """
+    loop = _fused_loop() if fused else None
+    if loop is not None:
+        above = np.empty(nb, np.int64)
+        ge = np.empty(nb, np.int64)
+        loop(S, nb, cw, hi.ravel(), lo.ravel(), above, ge)
+        rows = np.flatnonzero(ge != above)
+        if rows.size == 0:
+            return above, rows, rows
+        sub = S[rows, :cw]
+        bi, bj = np.nonzero((sub >= lo[rows]) & (sub <= hi[rows]))
+        return above, rows[bi], bj
+    if masks is None:
+        raise ValueError("count_tile: the numpy path needs its two mask buffers")
+    am, gm = masks[0][:nb], masks[1][:nb]
+    am[:, cw:] = False  # padding columns count as neither
+    gm[:, cw:] = False
+    np.greater(S[:nb, :cw], hi, out=am[:, :cw])
+    np.greater_equal(S[:nb, :cw], lo, out=gm[:, :cw])
+    above_lanes, ge_lanes = _lane_sums(am), _lane_sums(gm)
+    above = np.add.reduce(above_lanes.reshape(nb, -1), axis=1, dtype=np.int64)
+    br, bc = np.nonzero((ge_lanes != above_lanes).any(axis=2))
+    if br.size == 0:
+        return above, br, bc
+    idx = np.flatnonzero(_chunks(gm, br, bc) != _chunks(am, br, bc))
+    k = idx // _CHUNK
+    return above, br[k], bc[k] * _CHUNK + idx % _CHUNK

@@ -61,10 +61,11 @@ from harness.circuits.ov_tiles import (  # noqa: F401  (_CHUNK, _lane_sums: part
     _CHUNK,
     Scan,
     _cat,
-    _chunks,
     _lane_sums,
     _single_threaded_blas,
     _thresholds,
+    count_tile,
+    fused_counting,
 )
 
 TiePolicy = Literal["argmax", "pessimistic", "optimistic"]
@@ -149,6 +150,7 @@ def full_circuit_topk(
     margins: bool = True,
     prune: bool = False,
     k_max: int | None = None,
+    fused: bool = True,
 ) -> TopKResult:
     """Count, per row i of M = W_E @ left @ right @ W_U, the entries above and equal to M[i, i].
 
@@ -171,6 +173,7 @@ def full_circuit_topk(
     entries are surely above its diagonal (its accuracy for every k <= k_max is then decided;
     :meth:`TopKResult.accuracy` refuses larger k).  Counts (below k_max) and accuracies equal the
     full scan's exactly; ``margin`` is NaN (the row max needs the skipped entries).
+    ``fused=False`` counts with numpy's mask passes instead of the compiled loop (same counts).
     """
     E, L, R, U = (tuple(x.shape) for x in (W_E, left, right, W_U))  # shapes; the arrays below
     V, d = E
@@ -208,13 +211,14 @@ def full_circuit_topk(
         plan = cpu_plan(workers)
         tiles = key_tiles(Q64T, tile_width(block_cols or plan.block_cols, V))
         chi, amb_i, amb_j, d32, computed = pruned_scan(
-            P32, QT32, P64, T, start, tiles, block_rows or plan.block_rows, plan.workers, prune=prune, k_max=k_max
+            P32, QT32, P64, T, start, tiles, block_rows or plan.block_rows, plan.workers, prune=prune, k_max=k_max,
+            fused=fused,
         )
         scan = chi, amb_i, amb_j, d32, np.full(n, np.nan, np.float32)
         margins = False
     else:
         plan = cpu_plan(workers)
-        scan = _scan_numpy(P32, QT32, T, start, block_rows or plan.block_rows, block_cols or plan.block_cols, plan.workers, margins)
+        scan = _scan_numpy(P32, QT32, T, start, block_rows or plan.block_rows, block_cols or plan.block_cols, plan.workers, margins, fused)
     chi, amb_i, amb_j, d32, best32 = scan
 
     above = chi.astype(np.int64)
@@ -328,6 +332,7 @@ def _scan_numpy(
     w: int,
     workers: int,
     row_max: bool = True,
+    fused: bool = True,
 ) -> Scan:
     """One float32 pass over M's rows in tiles of bt x w entries (numpy + BLAS).
 
@@ -337,8 +342,10 @@ def _scan_numpy(
     column tile, processed first: the diagonal comes from the same product as its row.
     ``workers`` threads take interleaved row blocks, each with single-threaded BLAS (numpy
     releases the GIL in its loops), so that the counting passes use every core too.
-    ``row_max=False`` skips the max (left at -inf).
+    ``row_max=False`` skips the max (left at -inf).  Counting: :func:`ov_tiles.count_tile`, fused
+    (numba) where available and ``fused``, else numpy's mask passes.
     """
+    fused = fused and fused_counting()
     n, V = P32.shape[0], QT32.shape[0]
     bt = max(1, min(bt, V))
     unit = bt * _CHUNK // math.gcd(bt, _CHUNK)  # tiles align with row blocks and count chunks
@@ -351,8 +358,8 @@ def _scan_numpy(
 
     def work(my_blocks: list[tuple[int, int]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         S = np.empty((bt, w), np.float32)
-        above_m = np.zeros((bt, w), bool)
-        ge_m = np.zeros((bt, w), bool)
+        above_m = np.zeros((bt, w) if not fused else (0, w), bool)
+        ge_m = np.zeros((bt, w) if not fused else (0, w), bool)
         amb_i: list[np.ndarray] = []
         amb_j: list[np.ndarray] = []
         for g0, g1 in my_blocks:
@@ -367,25 +374,14 @@ def _scan_numpy(
                     d32[r0 : r0 + nb] = S[ar, dcol]
                     S[ar, dcol] = -np.inf  # the diagonal is neither above nor in the band
                     hi, lo = _thresholds(d32[r0 : r0 + nb], T[r0 : r0 + nb])
-                if cw < w:  # padding columns count as neither
-                    above_m[:nb, cw:] = False
-                    ge_m[:nb, cw:] = False
                 rs = slice(r0, r0 + nb)
-                Sb, am, gm = S[:nb, :cw], above_m[:nb], ge_m[:nb]
-                np.greater(Sb, hi, out=am[:, :cw])
-                np.greater_equal(Sb, lo, out=gm[:, :cw])
-                above_lanes, ge_lanes = _lane_sums(am), _lane_sums(gm)
-                chi[rs] += np.add.reduce(above_lanes.reshape(nb, -1), axis=1, dtype=np.int64)
-                # the chunks that hold band entries (lo <= S <= hi) are where the two sums differ;
-                # only those chunks' mask bytes are compared
-                br, bc = np.nonzero((ge_lanes != above_lanes).any(axis=2))
-                if br.size:
-                    idx = np.flatnonzero(_chunks(gm, br, bc) != _chunks(am, br, bc))
-                    k = idx // _CHUNK
-                    amb_i.append(g0 + br[k])
-                    amb_j.append(c0 + bc[k] * _CHUNK + idx % _CHUNK)
+                above, bi, bj = count_tile(S, nb, cw, hi, lo, (above_m, ge_m), fused)
+                chi[rs] += above
+                if bi.size:
+                    amb_i.append(g0 + bi)
+                    amb_j.append(c0 + bj)
                 if row_max:
-                    np.maximum(best[rs], Sb.max(axis=1), out=best[rs])
+                    np.maximum(best[rs], S[:nb, :cw].max(axis=1), out=best[rs])
         return amb_i, amb_j
 
     workers = max(1, min(workers, len(blocks)))
@@ -424,6 +420,9 @@ def _auto_workers() -> int:
     one core.  That fallback is announced once per process (:class:`KernelFallbackWarning`).
     """
     cores = _usable_cores()
+    if not fused_counting():
+        _warn_once("numba is not installed, so the OV kernel counts with numpy's mask passes "
+                   "(about 1.6x the time of the compiled loop); install the declared dependency: pip install numba")
     try:
         import threadpoolctl  # noqa: F401
     except ImportError:
@@ -431,6 +430,15 @@ def _auto_workers() -> int:
             _warn_fallback(cores)
         return 1
     return cores
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(f"full_circuit_topk: {message}", KernelFallbackWarning, stacklevel=4)
 
 
 def _warn_fallback(cores: int) -> None:
