@@ -100,8 +100,8 @@ def bare_products_numpy(W_E, W_V, W_O, W_U, bt: int, w: int, workers: int = 1) -
     """The kernel's float32 products alone, same tiles, into one preallocated buffer per thread:
     ``workers`` threads with single-threaded BLAS taking interleaved row blocks (the kernel's
     structure), or (``workers=1``) one thread calling BLAS with its own threads."""
-    P = (W_E @ W_V).numpy()
-    QT = np.ascontiguousarray((W_O @ W_U).numpy().T)  # the kernel's layout: row j is column j of Q
+    P = np.matmul(np.asarray(W_E), np.asarray(W_V))  # numpy, as the kernel (torch's threads cost ms at toy size)
+    QT = np.ascontiguousarray(np.matmul(np.asarray(W_O), np.asarray(W_U)).T)  # row j is column j of Q
     V = P.shape[0]
     blocks = list(range(0, V, bt))
 

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness.circuits import ov_tiles
 from harness.circuits.ov_tiles import _CHUNK, count_tile, fused_counting
 from harness.circuits.ov_topk import full_circuit_topk
 from harness.testing import fast_settings
@@ -21,19 +22,25 @@ def test_fused_counting_is_installed():
 
 
 @fast_settings(60)
-@given(st.integers(1, 40), st.integers(1, 2 * _CHUNK), st.integers(0, 2**32 - 1))
-def test_fused_tile_count_equals_numpy(nb, cw, seed):
+@given(st.integers(1, 40), st.integers(1, 2 * _CHUNK), st.integers(0, 2**32 - 1), st.sampled_from([2, 4096]))
+def test_fused_tile_count_equals_numpy(nb, cw, seed, buffer):
     rng = np.random.default_rng(seed)
     w = -(-cw // _CHUNK) * _CHUNK
     S = np.full((nb + 3, w), np.nan, np.float32)  # rows and columns past (nb, cw) must be ignored
     S[:nb, :cw] = rng.integers(-4, 5, (nb, cw)).astype(np.float32) / 4  # many exact hits of the thresholds
     S[:nb, :cw][rng.random((nb, cw)) < 0.05] = -np.inf
+    S[:nb, :cw][rng.random((nb, cw)) < 0.05] = -0.0
     d = rng.integers(-4, 5, nb).astype(np.float32) / 4
     hi, lo = (d + 0.25 * rng.integers(0, 2, nb))[:, None], (d - 0.25 * rng.integers(0, 2, nb))[:, None]
     hi, lo = hi.astype(np.float32), lo.astype(np.float32)
     masks = (np.zeros((nb + 3, w), bool), np.zeros((nb + 3, w), bool))
-    a = count_tile(S, nb, cw, hi, lo, None, fused=True)
-    b = count_tile(S, nb, cw, hi, lo, masks, fused=False)
+    best_a, best_b = np.full(nb, -np.inf, np.float32), np.full(nb, -np.inf, np.float32)
+    with pytest.MonkeyPatch.context() as mp:  # a small band buffer exercises the recount
+        mp.setattr(ov_tiles, "_BAND_BUFFER", buffer)
+        a = count_tile(S, nb, cw, hi, lo, None, fused=True, best=best_a)
+    b = count_tile(S, nb, cw, hi, lo, masks, fused=False, best=best_b)
+    np.testing.assert_array_equal(best_a, S[:nb, :cw].max(axis=1))
+    np.testing.assert_array_equal(best_a, best_b)
     np.testing.assert_array_equal(a[0], (S[:nb, :cw] > hi).sum(1))
     np.testing.assert_array_equal(a[0], b[0])
     band = lambda x: sorted(zip(x[1].tolist(), x[2].tolist()))  # noqa: E731

@@ -375,13 +375,11 @@ def _scan_numpy(
                     S[ar, dcol] = -np.inf  # the diagonal is neither above nor in the band
                     hi, lo = _thresholds(d32[r0 : r0 + nb], T[r0 : r0 + nb])
                 rs = slice(r0, r0 + nb)
-                above, bi, bj = count_tile(S, nb, cw, hi, lo, (above_m, ge_m), fused)
+                above, bi, bj = count_tile(S, nb, cw, hi, lo, (above_m, ge_m), fused, best[rs] if row_max else None)
                 chi[rs] += above
                 if bi.size:
                     amb_i.append(g0 + bi)
                     amb_j.append(c0 + bj)
-                if row_max:
-                    np.maximum(best[rs], S[:nb, :cw].max(axis=1), out=best[rs])
         return amb_i, amb_j
 
     workers = max(1, min(workers, len(blocks)))
