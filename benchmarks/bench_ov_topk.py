@@ -200,7 +200,8 @@ def main() -> None:
     ap.add_argument("--models", action="store_true", help="kernel / bare and pruned / bare on three models")
     ap.add_argument("--model-list", default="course,toy-attn-2l:1.0,smollm2-135m:18.6",
                     help="for --models: comma-separated 'course' or registry-model:head[+head...]")
-    ap.add_argument("--device", default="cpu", help="for --models: cpu or cuda")
+    ap.add_argument("--device", default="cpu",
+                    help="for --models: cpu (the CPU kernel), cuda, or torch-cpu (the device path run on the CPU, to check it)")
     ap.add_argument("--k-max", type=int, default=10, help="for --models: rows settle at this many entries above")
     args = ap.parse_args()
     if args.models:
@@ -304,12 +305,13 @@ def model_weights(spec: str, args: argparse.Namespace) -> tuple[str, tuple[torch
 def model_timings(args: argparse.Namespace) -> None:
     """(b), (c), (p) per model on ``args.device``, ratios beside the targets."""
     cuda = args.device != "cpu"
-    if cuda and not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"--device {args.device}: no CUDA device here, nothing timed")
         return
     target = 2.0 if cuda else 1.5
     plan = ov_topk.cpu_plan(args.workers)
-    print(f"kernel plan: {plan.reason}" if not cuda else f"GPU {torch.cuda.get_device_name()}")
+    print(f"kernel plan: {plan.reason}" if not cuda else
+          f"device {torch.cuda.get_device_name() if args.device.startswith('cuda') else args.device}")
     rows = []
     for spec in args.model_list.split(","):
         label, W = model_weights(spec, args)
@@ -322,6 +324,7 @@ def model_timings(args: argparse.Namespace) -> None:
         bt, w, kw = plan.block_rows, plan.block_cols, {"workers": plan.workers}
         tb, cb, _ = timed(lambda: bare_products_numpy(*W, bt, w, plan.workers), repeat)
         tc, cc, full = timed(lambda: full_circuit_topk(*W, **kw), repeat)
+        tn, cn, _ = timed(lambda: full_circuit_topk(*W, margins=False, **kw), repeat)
         tp, cp, pruned = timed(lambda: full_circuit_topk(*W, prune=True, k_max=args.k_max, **kw), repeat)
         same = all(full.accuracy(k, t) == pruned.accuracy(k, t) for k in range(1, args.k_max + 1)
                    for t in ("argmax", "pessimistic", "optimistic"))
@@ -329,29 +332,33 @@ def model_timings(args: argparse.Namespace) -> None:
         print(f"  (b) bare products   {tb:8.3f} s wall {cb:8.3f} s CPU")
         print(f"  (c) kernel          {tc:8.3f} s wall {cc:8.3f} s CPU   top-1 {full.accuracy(1, 'argmax'):.4f} "
               f"top-10 {full.accuracy(10, 'argmax') if args.k_max >= 10 else float('nan'):.4f}")
+        print(f"  (c') no margins     {tn:8.3f} s wall {cn:8.3f} s CPU   (no row max)")
         print(f"  (p) pruned kernel   {tp:8.3f} s wall {cp:8.3f} s CPU   products computed {pruned.scanned:.3f} "
               f"of the matrix, rows settled at {args.k_max}: {settled:.3f}; accuracies equal (c)'s: {same}")
-        rows.append((label, tc / tb, cc / cb, tp / tb, cp / cb))
+        rows.append((label, tc / tb, cc / cb, tp / tb, cp / cb, cn / cb))
     print(f"\nsummary ({args.device}; target <= {target}); {load()}")
-    for label, c_w, c_c, p_w, p_c in rows:
-        print(f"  {label}\n    kernel / bare = {c_w:.2f} wall, {c_c:.2f} CPU ({verdict(c_c, target)} on CPU time)"
-              + ("" if cuda else f";  pruned / bare = {p_w:.2f} wall, {p_c:.2f} CPU ({verdict(p_c, target)} on CPU time)"))
+    for label, c_w, c_c, p_w, p_c, n_c in rows:
+        ratio = f"{c_w:.2f} wall ({verdict(c_w, target)})" if cuda else \
+            f"{c_w:.2f} wall, {c_c:.2f} CPU ({verdict(c_c, target)} on CPU time)"
+        print(f"  {label}\n    kernel / bare = {ratio}"
+              + ("" if cuda else f";  no margins {n_c:.2f} CPU;  pruned / bare = {p_w:.2f} wall, {p_c:.2f} CPU "
+                 f"({verdict(p_c, target)} on CPU time)"))
 
 
 def device_timings(W: tuple[torch.Tensor, ...], args: argparse.Namespace, repeat: int) -> tuple[float, float, float, float]:
-    """(b) and (c) on the GPU (synchronised wall times): (c)/(b) twice (no CPU-time ratio), no pruning."""
-    dev = torch.device(args.device)
+    """(b) and (c) on the device (synchronised wall times): (c)/(b) twice (no CPU-time ratio), no pruning."""
+    dev = torch.device("cpu" if args.device == "torch-cpu" else args.device)
     Wg = tuple(x.to(dev) for x in W)
-    sync = torch.cuda.synchronize
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     gb = args.gpu_block_rows
     full_circuit_topk(*Wg, device=dev, block_rows=gb)  # warm up
     tc, res = best_of(lambda: full_circuit_topk(*Wg, device=dev, block_rows=gb), repeat, sync)
     tb, _ = best_of(lambda: bare_products_torch(*Wg, gb), repeat, sync)
     ref = full_circuit_topk(*W)
     same = all(np.array_equal(getattr(res, f), getattr(ref, f)) for f in ("above", "ties", "ties_below"))
-    print(f"  (b) GPU bare products {tb:.4f} s;  (c) GPU kernel {tc:.4f} s  top-1 {res.accuracy(1, 'argmax'):.4f}; "
+    print(f"  (b) bare products on {dev} {tb:.4f} s;  (c) kernel on {dev} {tc:.4f} s  top-1 {res.accuracy(1, 'argmax'):.4f}; "
           f"counts equal the CPU kernel's: {same}")
-    return tc / tb, tc / tb, float("nan"), float("nan")
+    return tc / tb, tc / tb, float("nan"), float("nan"), float("nan")
 
 
 if __name__ == "__main__":
