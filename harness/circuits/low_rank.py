@@ -53,6 +53,7 @@ float32 kernels with a fixed thread count; on CUDA up to its matmul determinism)
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -536,6 +537,24 @@ class _Start:
     scale: float
 
 
+_BASES: dict[str, tuple[np.ndarray, ...]] = {}
+
+
+def _bases(W_E: np.ndarray, W_U: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``orthonormal_factor`` of W_E and of W_U^T, kept for the last (W_E, W_U) seen (by the
+    sha256 of their bytes): the fits of a rank curve share them (two float64 eigendecompositions
+    of d x d Gram matrices, each a V d^2 product, per fit otherwise)."""
+    digest = hashlib.sha256()
+    for W in (W_E, W_U):
+        digest.update(repr((W.dtype.str, W.shape)).encode())
+        digest.update(np.ascontiguousarray(W).data)
+    key = digest.hexdigest()
+    if key not in _BASES:
+        _BASES.clear()
+        _BASES[key] = (*orthonormal_factor(W_E), *orthonormal_factor(W_U.T))
+    return _BASES[key]
+
+
 def closed_form_start(
     W_E: np.ndarray, W_U: np.ndarray, rank: int, scale_rows: np.ndarray,
     init: tuple[np.ndarray, np.ndarray] | None = None,
@@ -545,8 +564,7 @@ def closed_form_start(
     ``init = (A, B)`` (d x r, r x d; e.g. an earlier fit's) replaces the closed form: it starts from
     ``A' = T_E A``, ``B' = B T_U^T`` at its own scale (``scale`` 1).
     """
-    QE, TE, TE_pinv = orthonormal_factor(W_E)
-    QU, TU, TU_pinv = orthonormal_factor(W_U.T)
+    QE, TE, TE_pinv, QU, TU, TU_pinv = _bases(W_E, W_U)
     if init is not None:
         A, B = (np.asarray(x, dtype=np.float64) for x in init)
         if A.shape[0] != W_E.shape[1] or B.shape[1] != W_E.shape[1] or A.shape[1] != B.shape[0]:
@@ -715,7 +733,8 @@ def fit_low_rank_copying(
     t_eval = time.perf_counter()
     A_fit = start.TE_pinv @ params[0].astype(np.float64)  # d x r
     B_fit = params[1].astype(np.float64) @ start.TU_pinv.T  # r x d
-    result = full_circuit_topk(E_np, A_fit, B_fit, U_np, device=None if device in (None, "cpu") else device)
+    result = full_circuit_topk(E_np, A_fit, B_fit, U_np, device=None if device in (None, "cpu") else device,
+                               margins=False)  # counts only: the row-max pass is not needed
     losses = [p["loss"] for p in trace if p["loss"] is not None]
     return LowRankFit(
         A=A_fit,

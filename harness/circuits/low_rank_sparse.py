@@ -7,9 +7,10 @@ restricted step keeps one product that forms the logits and one blocked max pass
 rest on b x (K + 1) entries:
 
 - ``L = (E[rows] A')(B' U)`` (b x V), ``d_i = L[i, t_i]`` (t_i: the row's own token);
-- ``N_i`` = the K largest off-diagonal columns of row i (:func:`hard_negatives`: block maxima
-  over blocks of ``BLOCK`` columns, the K best blocks, then the K best entries among their columns:
-  exact, since the blocks holding a row's top-K entries are among its K best blocks);
+- ``N_i`` = the K largest off-diagonal columns of row i (:func:`hard_negatives_numpy`: block
+  maxima over blocks of ``BLOCK`` columns, the K best blocks, then the K best entries among their
+  columns: exact, since the blocks holding a row's top-K entries are among its K best blocks; on a
+  torch device ``torch.topk``);
 - ``"ce"``: the softmax cross-entropy restricted to ``S_i = {t_i} u N_i``:
   ``loss_i = logsumexp_{j in S_i} L[i, j] - d_i`` (the full softmax's gradient with the columns
   outside ``S_i`` left out; they are the ones whose softmax weight is smallest);
@@ -37,30 +38,41 @@ PhaseObjective = Literal["ce", "margin"]
 
 
 def hard_negatives_numpy(L: np.ndarray, cols: np.ndarray, K: int, chunked: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``L`` (b x V, float32, overwritten at ``(i, cols[i])``): the values and columns
-    (b x K, descending) of the K largest entries other than ``L[i, cols[i]]``.
+    """Per row of ``L`` (b x V, float32, row-major; overwritten at ``(i, cols[i])``): the values
+    and columns (b x K, descending) of the K largest entries other than ``L[i, cols[i]]``.
 
-    ``chunked(n, width, work)`` runs ``work(lo, hi)`` over row blocks (the backend's threads).
+    Blocks are strided so that the block maxima are elementwise maxima of BLOCK contiguous slices
+    (one vectorised pass): with ``n = V // BLOCK``, block c holds columns ``c + n t``
+    (t < BLOCK), and the last ``V - n BLOCK`` columns form one more block.  ``chunked(n, width,
+    work)`` runs ``work(lo, hi)`` over row blocks (the backend's threads).
     """
     b, V = L.shape
     K = min(K, V - 1)
-    ar = np.arange(b)
-    L[ar, cols] = -np.inf
-    starts = np.arange(0, V, BLOCK)
-    n_blocks = len(starts)
-    maxima = np.empty((b, n_blocks), np.float32)
+    L[np.arange(b), cols] = -np.inf
+    n = V // BLOCK
+    tail = V - n * BLOCK
+    members = (np.arange(n)[:, None] + n * np.arange(BLOCK)).tolist()  # block c's columns
+    if tail:
+        members.append(list(range(n * BLOCK, V)) + [V - 1] * (BLOCK - tail))  # padded, masked below
+    members_arr = np.asarray(members, np.int64)  # n_blocks x BLOCK
+    maxima = np.empty((b, len(members)), np.float32)
 
     def work(lo: int, hi: int) -> None:
-        maxima[lo:hi] = np.maximum.reduceat(L[lo:hi], starts, axis=1)
+        rows = L[lo:hi]
+        if n:
+            strided = np.lib.stride_tricks.as_strided(rows, shape=(hi - lo, BLOCK, n), strides=(rows.strides[0], n * 4, 4))
+            strided.max(axis=1, out=maxima[lo:hi, :n])
+        if tail:
+            maxima[lo:hi, n] = rows[:, n * BLOCK :].max(axis=1)
 
     chunked(b, V, work)
+    n_blocks = len(members)
     kb = min(K, n_blocks)
     best_blocks = np.argpartition(-maxima, kb - 1, axis=1)[:, :kb] if kb < n_blocks else np.tile(np.arange(n_blocks), (b, 1))
-    cand = (best_blocks[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(b, -1)  # b x kb*BLOCK
-    outside = cand >= V
-    np.minimum(cand, V - 1, out=cand)
+    cand = members_arr[best_blocks].reshape(b, -1)  # b x kb*BLOCK
     vals = np.take_along_axis(L, cand, 1)
-    vals[outside] = -np.inf
+    if tail:
+        vals[(best_blocks == n)[:, :, None].repeat(BLOCK, 2).reshape(b, -1) & (np.arange(kb * BLOCK) % BLOCK >= tail)] = -np.inf
     top = np.argpartition(-vals, K - 1, axis=1)[:, :K] if K < vals.shape[1] else np.argsort(-vals, 1)[:, :K]
     top_vals = np.take_along_axis(vals, top, 1)
     order = np.argsort(-top_vals, axis=1, kind="stable")
