@@ -192,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     from harness.session import Session
     from harness.verdicts import format_value
     from harness.frontends.weights_option import apply_tokenizer_option, apply_weights_option
+    from fixtures.control_weights_cache import cache_disabled
     from harness.measurement_cache import open_cache
 
     for items, apply in ((args.weights, apply_weights_option), (args.tokenizer, apply_tokenizer_option)):
@@ -210,10 +211,11 @@ def _run(args: argparse.Namespace) -> int:
     bar = not args.no_progress and _on_terminal()
     session = Session(progress=bar, cache=open_cache(args.no_cache, args.cache_dir))
     results = []
-    for index, (loaded, claim) in enumerate(_progress(work, disable=not bar), start=1):
-        results.append(run_claim(loaded, claim, session))
-        if not _on_terminal():
-            print(_finished_line(index, len(work), results[-1], format_value), flush=True)
+    with cache_disabled(args.no_cache):  # --no-cache: the untrained controls' weights are drawn afresh too
+        for index, (loaded, claim) in enumerate(_progress(work, disable=not bar), start=1):
+            results.append(run_claim(loaded, claim, session))
+            if not _on_terminal():
+                print(_finished_line(index, len(work), results[-1], format_value), flush=True)
     _print_table(results, format_value)
     record = write_outputs(Path(args.out), results, {f.path: f.sha256 for f in files}, session)
     summary = record["summary"]
