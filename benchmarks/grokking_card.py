@@ -101,6 +101,8 @@ This card is written by `benchmarks/grokking_card.py`.
 - Epochs: {meta['final_epoch']} ({'stopped by the rule above' if meta.get('stopped_by_rule', True) else 'stopped by hand for time before the rule was met; the curves are rebuilt from the snapshots stored every 100 epochs'}).
 - Time: {meta['seconds']:.0f} s wall ({meta['seconds'] / 60:.1f} min){cpu_time} on {meta['cpu']}, {meta['machine']}; torch {meta['torch']},
   a shared 2-core machine with other jobs running{load} (the CPU time is what an idle core would take).
+- Float32 subnormals flushed to zero: {'yes' if tc.get('flush_denormal') else 'no'} (`flush_denormal`; once grokked, subnormal gradients make a step ~3x slower on this CPU;
+  flushing leaves this run's weights unchanged bit for bit, checked against an unflushed run up to epoch 16,800).
 - Memorised (train loss < 1e-2): epoch {lm['train_loss_below_1e-2']}. Test loss < 1: epoch {lm['test_loss_below_1']};
   < 1e-5: epoch {lm['test_loss_below_1e-5']}. Grokking window (shaded, see `fixtures/grokking_pack.py`): {lm['window'][0]}-{lm['window'][1]}.
 - Final float64 loss: train {meta['final_train_loss']:.3e}, test {meta['final_test_loss']:.3e}; all pairs

@@ -64,11 +64,22 @@ def test_final_model_has_grokked_by_its_log_and_its_weights() -> None:
     assert test_loss < (info["training"]["stop_test_loss"] if info.get("stopped_by_rule", True) else 1e-3)
 
 
+def shipped_config() -> GrokTrainConfig:
+    return GrokTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta()["training"].items()})
+
+
+def test_shipped_run_used_the_trainers_default_recipe() -> None:
+    """The committed default (subnormals flushed included) is the recipe of the shipped run, so
+    ``python -m fixtures.train_grokking train`` reproduces it."""
+    assert shipped_config() == GrokTrainConfig()
+    assert meta()["training"]["flush_denormal"] is True
+
+
 @pytest.mark.slow
 def test_retraining_a_prefix_reproduces_the_shipped_snapshot_bitwise() -> None:
-    """Same seed, one thread, deterministic kernels: epoch 300 again, bit for bit (same torch build and CPU kind)."""
-    info = meta()
-    tc = GrokTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["training"].items()})
+    """Same seed, one thread, deterministic kernels, the shipped run's flag for subnormals: epoch 300
+    again, bit for bit (same torch build and CPU kind)."""
+    tc = shipped_config()
     state = train(tc, None, epochs=300)["state"]
     shipped = read_state_dict(REPRO_NAME, REPRO_DIR / "epoch-300.safetensors")
     differing = [k for k in shipped if not torch.equal(shipped[k], state[k])]

@@ -6,7 +6,7 @@ import torch
 
 from fixtures.grokking_model import hooked_config, initial_state_dict, lean_logits
 from fixtures.modular_task import P, all_data, split_data, split_pairs, train_mask
-from fixtures.train_grokking import GrokTrainConfig, loss_f64, train
+from fixtures.train_grokking import GrokTrainConfig, loss_f64, main, train
 
 
 def test_split_is_the_papers() -> None:
@@ -80,3 +80,14 @@ def test_training_leaves_the_callers_torch_settings_as_they_were() -> None:
     train(cfg, None, epochs=1)
     assert torch.get_num_threads() == threads
     assert torch.are_deterministic_algorithms_enabled() == deterministic
+
+
+def test_subnormals_are_flushed_by_default_and_the_cli_can_keep_them(tmp_path) -> None:
+    """``flush_denormal`` is on by default (config and CLI); ``--no-flush-denormal`` turns it off."""
+    import json
+
+    assert GrokTrainConfig().flush_denormal is True
+    for flag, expected in (([], True), (["--no-flush-denormal"], False)):
+        work = tmp_path / str(expected)
+        assert main(["train", "--work", str(work), "--max-epochs", "2", *flag]) == 0
+        assert json.loads((work / "log.json").read_text())["config"]["flush_denormal"] is expected
