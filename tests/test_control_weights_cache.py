@@ -176,3 +176,18 @@ def test_a_concurrent_writer_winning_the_rename_is_no_error(monkeypatch: pytest.
     assert [p.name for p in cache_folder.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
     no_drawing(monkeypatch)
     assert_same(cache.cached_tl_initialised("tiny-random", config(), 3)[0], model)
+
+
+def test_claims_cache_clear_removes_the_controls_too(cache_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.frontends.cli import main as claims_main
+
+    cache.cached_tl_initialised("tiny-random", config(), 3)
+    cache.cached_tl_initialised("tiny-random", config(), 4)
+    (cache_folder / ".half-written.tmp-1").mkdir()  # a writer's temporary folder is no entry
+    assert [p.name.startswith("tiny-random-") for p in cache.entries()] == [True, True]
+    measurements = str(tmp_path / "measurements")
+    assert claims_main(["cache", "info", "--cache-dir", measurements]) == 0
+    assert f"untrained controls' weights {cache_folder}: 2 entries" in capsys.readouterr().out
+    assert claims_main(["cache", "clear", "--cache-dir", measurements]) == 0
+    assert f"removed 2 cached untrained control(s) from {cache_folder}" in capsys.readouterr().out
+    assert cache.entries() == [] and cache.clear() == 0

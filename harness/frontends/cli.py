@@ -73,8 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     # --- claims sweep: claims files over models on Ray (harness/frontends/sweep/) ---
     add_sweep_parser(commands)
     # --- end claims sweep ---
-    cache = commands.add_parser("cache", help="show or clear the measurement cache")
-    cache.add_argument("action", choices=("info", "clear"), help="info: where it is and how many entries; clear: remove every entry")
+    cache = commands.add_parser("cache", help="show or clear the measurement cache and the untrained controls' weights cache")
+    cache.add_argument("action", choices=("info", "clear"), help="info: where they are and how many entries; clear: remove every entry of both")
     cache.add_argument("--cache-dir", metavar="DIR", default=None, help="the cache folder (default as for run)")
     cache.set_defaults(handler=_cache)
     validate = commands.add_parser("validate", help="check claim files without running anything")
@@ -227,15 +227,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
+    from fixtures import control_weights_cache
     from harness.measurement_cache import MeasurementCache, default_cache_dir
 
     cache = MeasurementCache(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir())
     if args.action == "clear":
         print(f"removed {cache.clear()} cached measurement(s) from {cache.root}")
+        print(f"removed {control_weights_cache.clear()} cached untrained control(s) from {control_weights_cache.cache_root()}")
     else:
         entries = cache.entries()
         size = sum(path.stat().st_size for path in entries)
         print(f"measurement cache {cache.root}: {len(entries)} entries, {size / 1e6:.1f} MB")
+        controls = control_weights_cache.entries()
+        size = sum(path.stat().st_size for folder in controls for path in folder.iterdir())
+        print(f"untrained controls' weights {control_weights_cache.cache_root()}: {len(controls)} entries, {size / 1e6:.1f} MB")
     return EXIT_OK
 
 
