@@ -68,10 +68,11 @@ def bench_train(epochs: int) -> None:
 
 def forget_measurements() -> None:
     """Empty the in-process caches of the modular metrics, so each figure pays for its own passes."""
-    from harness.metrics import modular, modular_dynamics
+    from harness.metrics import modular, modular_clusters, modular_dynamics
 
     modular._RUNS.clear()
     modular._FREQS.clear()
+    modular_clusters._LOSSES.clear()
     modular_dynamics._VALUES.clear()
 
 

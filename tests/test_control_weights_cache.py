@@ -152,3 +152,27 @@ def test_state_dict_sha256_hashes_the_bytes_tobytes_gives() -> None:
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
         digest.update(tensor.numpy().tobytes())
     assert state_dict_sha256(tensors) == digest.hexdigest()
+
+
+def test_a_concurrent_writer_winning_the_rename_is_no_error(monkeypatch: pytest.MonkeyPatch, cache_folder: Path) -> None:
+    """Two processes (pytest-xdist workers) drawing the same control: the second rename finds the
+    first one's entry in place and leaves it."""
+    import os
+    import shutil
+    import warnings
+
+    rename = os.rename
+
+    def loses_the_race(source: str, target: str) -> None:
+        shutil.copytree(source, target)  # the other writer's entry, complete
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(cache.os, "rename", loses_the_race)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cache.ControlCacheWarning)
+        model, _ = cache.cached_tl_initialised("tiny-random", config(), 3)
+    monkeypatch.setattr(cache.os, "rename", rename)
+    assert_same(model, tl_initialised(config(), 3))
+    assert [p.name for p in cache_folder.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+    no_drawing(monkeypatch)
+    assert_same(cache.cached_tl_initialised("tiny-random", config(), 3)[0], model)

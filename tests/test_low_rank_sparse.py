@@ -146,7 +146,8 @@ def test_metrics_pass_negatives_to_the_fit() -> None:
     identity = ModelIdentity(name="planted-split-copy", source="planted", weights_sha256=None, config_sha256=None)
     handle = ModelHandle(PLANTED_MODELS["planted-split-copy"].build(), identity, bos_token_id=None)
     info = get_metric("low_rank.rank_curve")
-    params = dict(info.validate_params(dict(ranks=[32], max_steps=300, device="cpu", negatives=8)))
+    params = dict(info.validate_params(dict(ranks=[32], max_steps=300, device="cpu", negatives=8, eval_every=150)))
     m = info.function(MetricContext(handle, None, Session()), **params)
     assert m.details["fits"]["32"]["settings"]["negatives"] == 8
+    assert [p["step"] for p in m.details["fits"]["32"]["trace"]] == [0, 150, 300, 0, 150, 300]
     assert m.select("rank=32/top1").value == 1.0

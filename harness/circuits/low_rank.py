@@ -37,6 +37,17 @@ parameters' RMS, rows sampled without replacement (a permutation per epoch).
 Cost per step with b rows: ``B' Q_U^T`` (r k V) is shared by the b rows, then
 ``(Q_E[rows] A') (B' Q_U^T)`` costs b r V; backward the same again: ``O(r k V + b r V)``, not b d V.
 
+Restricted step (``negatives=K``, :mod:`harness.circuits.low_rank_sparse`).  The full step makes
+about eight passes over the b x V logits; the restricted one forms them once, finds each row's K
+largest off-diagonal entries (one blocked max pass), and computes the loss and its sparse gradient
+on those K + 1 entries: the cross-entropy restricted to them, and the same hinge as the full step
+(K = 1).  Measured on SmolLM2 (V = 49,152, d = 576, 50 steps per phase, K = 32, monitored at
+each phase's ends, seed 0; ``benchmarks/bench_low_rank.py --curve``): exact top-1 49,132 tokens
+at rank 64 (full step 49,126), 28,336 at rank 16 (20,625), 2 at rank 1 (2, the bound), but 328 at
+rank 4 (431: where nearly every row is wrong, the columns outside the K hardest matter), for
+about two thirds of the full step's CPU time.  A curve's fits share the orthonormal bases
+(computed once per (W_E, W_U)).
+
 Stopping (each phase).  Every ``eval_every`` steps the top-1 count is measured on a fixed seeded subset of
 ``eval_rows`` rows against all V columns.  When it has not improved for ``patience`` evaluations
 the learning rate is multiplied by ``lr_decay``; after ``max_decays`` such cuts without an

@@ -34,10 +34,15 @@ counts exactly those of the float64 matrix.  With ``recheck=False`` the counts a
 float32 block product itself (T = 0: the band is the float32 ties).
 
 Speed (CPU, measured; benchmarks/bench_ov_topk.py).  Products: numpy's BLAS into a preallocated
-tile (torch's matmul was slower on these shapes).  Counting: numpy comparisons into preallocated
-boolean masks, counted by adding mask bytes as uint64 words (8 entries per add; torch's boolean
-sums were about 10x slower).  Worker threads with single-threaded BLAS keep every core busy in
-the counting passes too.  Tiles are sized for the CPU's L2 cache and the worker count
+tile (torch's matmul was slower on these shapes).  Counting: one loop per tile row compiled by
+numba while the tile is in cache (:func:`harness.circuits.ov_tiles.count_tile`: the counts, the
+row max and the band's indices in one pass, 0.4 ns per entry against 1.0-1.2 for numpy's mask
+passes; without numba, with a warning, numpy comparisons into boolean masks counted by adding
+mask bytes as uint64 words; torch's boolean sums were about 10x slower).  Worker threads with
+single-threaded BLAS keep every core busy in the counting too.  Course-shaped model on 2 shared
+AVX-512 cores: the kernel's CPU time is 1.75-1.8x the bare products', 1.4-1.5x without margins
+(the float64 factors alone are about 0.13x); exact pruning (:mod:`harness.circuits.ov_prune`)
+brings a top-k question to 0.4x where rows do not copy.  Tiles are sized for the CPU's L2 cache and the worker count
 (:mod:`harness.circuits.cpu_layout`): 256 x 1024 (1.5 MiB per worker with its masks) on a core
 with 2 MiB of L2.
 """
@@ -198,8 +203,9 @@ def full_circuit_topk(
                           recheck=recheck, margins=margins)
         return TopKResult(n, out.above, out.ties, out.ties_below, out.margin, start, out.tolerance, out.n_rechecked)
     E, L, R, U = (as_numpy(x) for x in (W_E, left, right, W_U))
-    P64 = _matmul64_rows(E[start:stop], L)  # (n, r)
-    Q64T = _matmul64_rows(U.T, R.T)  # (V, r): row j is column j of Q = right @ W_U
+    plan = cpu_plan(workers)
+    P64 = _matmul64_rows(E[start:stop], L, workers=plan.workers)  # (n, r)
+    Q64T = _matmul64_rows(U.T, R.T, workers=plan.workers)  # (V, r): row j is column j of Q = right @ W_U
     _check_finite_and_range(P64, Q64T)
     _share_duplicate_rows(U, Q64T)
     T = circuit_tolerance(P64, Q64T, start) if recheck else np.zeros(n)
@@ -208,7 +214,6 @@ def full_circuit_topk(
     P32, QT32 = P64.astype(np.float32), Q64T.astype(np.float32)
 
     if pruning:
-        plan = cpu_plan(workers)
         tiles = key_tiles(Q64T, tile_width(block_cols or plan.block_cols, V))
         chi, amb_i, amb_j, d32, computed = pruned_scan(
             P32, QT32, P64, T, start, tiles, block_rows or plan.block_rows, plan.workers, prune=prune, k_max=k_max,
@@ -217,7 +222,6 @@ def full_circuit_topk(
         scan = chi, amb_i, amb_j, d32, np.full(n, np.nan, np.float32)
         margins = False
     else:
-        plan = cpu_plan(workers)
         scan = _scan_numpy(P32, QT32, T, start, block_rows or plan.block_rows, block_cols or plan.block_cols, plan.workers, margins, fused)
     chi, amb_i, amb_j, d32, best32 = scan
 
@@ -282,12 +286,26 @@ def circuit_tolerance(P64: np.ndarray, Q64T: np.ndarray, start: int = 0) -> np.n
     return T * (1 + 1e-6)  # slack for the float64 rounding of T itself
 
 
-def _matmul64_rows(A: np.ndarray, B: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """A @ B in float64, converting A a chunk of rows at a time (bounded extra memory)."""
+def _matmul64_rows(A: np.ndarray, B: np.ndarray, chunk: int = 4096, workers: int = 1) -> np.ndarray:
+    """A @ B in float64, converting A a chunk of rows at a time (bounded extra memory).
+
+    ``workers`` > 1: the chunks in that many threads with single-threaded BLAS, as the scan (a
+    threaded BLAS on a loaded machine spent about 0.6 s of CPU on the course model's two factors
+    against 0.45 s this way).
+    """
     B64 = B.astype(np.float64)
     out = np.empty((A.shape[0], B.shape[1]))
-    for s in range(0, A.shape[0], chunk):
+
+    def job(s: int) -> None:
         np.matmul(A[s : s + chunk].astype(np.float64), B64, out=out[s : s + chunk])
+
+    starts = range(0, A.shape[0], chunk)
+    if workers <= 1 or len(starts) < 2:
+        for s in starts:
+            job(s)
+        return out
+    with _single_threaded_blas(), ThreadPoolExecutor(min(workers, len(starts))) as pool:
+        list(pool.map(job, starts))
     return out
 
 
