@@ -25,6 +25,17 @@ full-vocabulary evaluation pass 7.3 s.
     python benchmarks/bench_low_rank.py --device cuda
     python benchmarks/bench_low_rank.py --model smollm2-135m  # a real model's own W_E and W_U
 
+The rank curve as the SmolLM2 claim measures it (``claims/toy/smollm2.yaml``), before and after:
+
+    python benchmarks/bench_low_rank.py --model smollm2-135m --curve 1,4,16,64
+
+fits every rank with the full step (every column in each row's softmax, ``--steps`` per phase:
+the old method) and with the restricted step (``--negatives`` hardest columns per row,
+``--new-steps`` per phase, monitored every ``--new-eval-every`` steps), and prints per rank the exact top-1/top-5, wall and CPU seconds
+(user + system of this process, its worker threads included), then the CPU and wall ratios beside
+the 3x target and whether every rank's top-1 is the same or better.  ``--method new`` (or ``old``)
+runs one side only.
+
 ``--model NAME`` takes W_E and W_U from a model of the registry (``fixtures/registry.py``, processing
 flags as the claims use them) instead of random weights; --vocab, --d-model and --coupling are
 then ignored.
@@ -36,7 +47,9 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +140,66 @@ def describe(name: str, fit: LowRankFit) -> dict[str, object]:
     return row
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+TARGET = 3.0  # issue: the rank curve at least 3x faster at the same or better accuracy
+
+
+def curve(W_E: np.ndarray, W_U: np.ndarray, args: argparse.Namespace, method: str) -> list[dict[str, object]]:
+    """One method's rank curve: per rank, the exact accuracies and the wall and CPU seconds."""
+    restricted = method == "new"
+    rows = []
+    for rank in [int(r) for r in args.curve.split(",")]:
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        fit = fit_low_rank_copying(
+            W_E, W_U, rank, seed=args.seed, max_steps=args.new_steps if restricted else args.steps, max_seconds=None,
+            batch_rows=args.batch_rows, lr=args.lr, device=None if args.device == "cpu" else args.device,
+            progress=not args.quiet, negatives=args.negatives if restricted else None,
+            eval_every=args.new_eval_every if restricted else None,
+        )
+        row = {"method": method, "rank": rank, "top1": fit.top1, "top1_tokens": round(fit.top1 * W_E.shape[0]),
+               "top5": fit.top5, "steps": fit.steps, "wall_s": round(time.perf_counter() - wall, 1),
+               "cpu_s": round(cpu_seconds() - cpu, 1), "exact_eval_s": round(fit.eval_seconds, 1),
+               "loadavg_1": round(os.getloadavg()[0], 1)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def compare_curves(old: list[dict[str, object]], new: list[dict[str, object]]) -> dict[str, object]:
+    """Totals, ratios beside the target, and the per-rank accuracy check."""
+    total = lambda rows, key: round(sum(float(r[key]) for r in rows), 1)  # noqa: E731
+    print(f"\n{'rank':>5} {'old top-1':>10} {'new top-1':>10} {'old CPU s':>10} {'new CPU s':>10} {'old wall':>9} {'new wall':>9}")
+    for o, n in zip(old, new):
+        print(f"{o['rank']:>5} {o['top1']:>10.5f} {n['top1']:>10.5f} {o['cpu_s']:>10} {n['cpu_s']:>10} {o['wall_s']:>9} {n['wall_s']:>9}")
+    cpu_ratio = total(old, "cpu_s") / max(total(new, "cpu_s"), 1e-9)
+    wall_ratio = total(old, "wall_s") / max(total(new, "wall_s"), 1e-9)
+    same_or_better = all(n["top1"] >= o["top1"] for o, n in zip(old, new))
+    summary = {"old_cpu_s": total(old, "cpu_s"), "new_cpu_s": total(new, "cpu_s"), "old_wall_s": total(old, "wall_s"),
+               "new_wall_s": total(new, "wall_s"), "cpu_ratio": round(cpu_ratio, 2), "wall_ratio": round(wall_ratio, 2),
+               "target": TARGET, "cpu_target": "met" if cpu_ratio >= TARGET else "MISSED",
+               "top1_same_or_better_every_rank": same_or_better, "loadavg_after": os.getloadavg()}
+    print(f"CPU {summary['old_cpu_s']} s -> {summary['new_cpu_s']} s: {cpu_ratio:.2f}x (target {TARGET}x: "
+          f"{summary['cpu_target']}); wall {wall_ratio:.2f}x (wall depends on the load: {os.getloadavg()[0]:.1f}); "
+          f"top-1 same or better at every rank: {same_or_better}")
+    return summary
+
+
+def main_curve(W_E: np.ndarray, W_U: np.ndarray, args: argparse.Namespace) -> int:
+    """``--curve``: the old and the restricted method's curves, side by side."""
+    methods = ["new", "old"] if args.method == "both" else [args.method]  # the new one first: the shorter
+    results = {method: curve(W_E, W_U, args, method) for method in methods}
+    summary = compare_curves(results["old"], results["new"]) if len(methods) == 2 else {}
+    if args.json is not None:
+        args.json.write_text(json.dumps({"curves": results, "summary": summary, "args": vars(args) | {"json": str(args.json)}},
+                                        indent=1, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="a registry model whose W_E and W_U to fit through (default: random)")
@@ -143,10 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (numpy) or a torch device such as cuda")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures and traces here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--curve", default=None, help="ranks, e.g. 1,4,16,64: the rank curve, old and new method")
+    parser.add_argument("--method", choices=["both", "old", "new"], default="both", help="with --curve")
+    parser.add_argument("--steps", type=int, default=50, help="with --curve: steps per phase of the old method")
+    parser.add_argument("--new-steps", type=int, default=50, help="with --curve: steps per phase of the new method")
+    parser.add_argument("--negatives", type=int, default=32, help="with --curve: hardest columns per row (new method)")
+    parser.add_argument("--new-eval-every", type=int, default=None, help="with --curve: monitor interval of the new method")
     args = parser.parse_args(argv)
 
     W_E, W_U = weights(args)
     print("environment:", json.dumps(environment(args.device)))
+    if args.curve is not None:
+        return main_curve(W_E, W_U, args)
 
     reference = None
     converged = args.converged

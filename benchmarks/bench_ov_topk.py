@@ -4,6 +4,8 @@
     python benchmarks/bench_ov_topk.py --skip-course --block-rows 512 --block-cols 8192   # fixed tiles
     python benchmarks/bench_ov_topk.py --steps    # also numpy against torch for each step of a tile
     python benchmarks/bench_ov_topk.py --gpu      # also the same on the GPU, when there is one
+    python benchmarks/bench_ov_topk.py --models   # kernel / bare and pruned / bare on three models
+    python benchmarks/bench_ov_topk.py --models --device cuda   # the same on the GPU (no pruning there)
 
 (a) the course's way: torch, A = W_E W_V and B = W_O W_U, rows in blocks of 1000: argmax for
     top-1, then a second pass with topk(5) for top-5;
@@ -12,6 +14,13 @@
     multi-threaded BLAS;
 (c) ``full_circuit_topk``: one pass giving top-1 .. top-10 (every k), exact (float64 recheck).
 Weights are seeded random tensors of the course's shapes (V = 50,278, d = 768, r = 64), fp32.
+
+``--models`` instead times, for each of three models (``--model-list``: the course-shaped random
+model, the trained toy ``toy-attn-2l`` head 1.0, SmolLM2-135M head 18.6 from the shipped GGUF), (b)
+the bare products, (c) the kernel and (p) the pruned kernel (``prune=True, k_max=10``: key tiles
+skipped by their norm bound, rows settled at 10 entries surely above; top-1..top-10 exactly (c)'s,
+checked), and prints (c)/(b) and (p)/(b) beside the targets (<= 1.5 on a CPU, <= 2 on a GPU).
+``--device cuda`` runs (b) and (c) on the GPU (the device-resident kernel); pruning is CPU-only.
 Tiles and workers default to the kernel's plan for this CPU (harness/circuits/cpu_layout.py).
 Each figure is the minimum over ``--repeat`` runs of the wall time, with the process CPU time
 (user + sys, all threads) of that run beside it, and the load average before and after: on a
@@ -91,8 +100,8 @@ def bare_products_numpy(W_E, W_V, W_O, W_U, bt: int, w: int, workers: int = 1) -
     """The kernel's float32 products alone, same tiles, into one preallocated buffer per thread:
     ``workers`` threads with single-threaded BLAS taking interleaved row blocks (the kernel's
     structure), or (``workers=1``) one thread calling BLAS with its own threads."""
-    P = (W_E @ W_V).numpy()
-    QT = np.ascontiguousarray((W_O @ W_U).numpy().T)  # the kernel's layout: row j is column j of Q
+    P = np.matmul(np.asarray(W_E), np.asarray(W_V))  # numpy, as the kernel (torch's threads cost ms at toy size)
+    QT = np.ascontiguousarray(np.matmul(np.asarray(W_O), np.asarray(W_U)).T)  # row j is column j of Q
     V = P.shape[0]
     blocks = list(range(0, V, bt))
 
@@ -104,6 +113,7 @@ def bare_products_numpy(W_E, W_V, W_O, W_U, bt: int, w: int, workers: int = 1) -
                 cw = min(w, V - c)
                 np.matmul(Pb, QT[c : c + cw].T, out=S[: len(Pb), :cw])
 
+    workers = min(workers, len(blocks))  # as the kernel: no more threads than row blocks
     if workers == 1:
         work(blocks)
         return
@@ -187,7 +197,17 @@ def main() -> None:
     ap.add_argument("--steps", action="store_true", help="numpy against torch for each step")
     ap.add_argument("--gpu", action="store_true", help="also time (a), (b), (c) on the GPU")
     ap.add_argument("--gpu-block-rows", type=int, default=4096)
+    ap.add_argument("--models", action="store_true", help="kernel / bare and pruned / bare on three models")
+    ap.add_argument("--model-list", default="course,toy-attn-2l:1.0,smollm2-135m:18.6",
+                    help="for --models: comma-separated 'course' or registry-model:head[+head...]")
+    ap.add_argument("--device", default="cpu",
+                    help="for --models: cpu (the CPU kernel), cuda, or torch-cpu (the device path run on the CPU, to check it)")
+    ap.add_argument("--k-max", type=int, default=10, help="for --models: rows settle at this many entries above")
     args = ap.parse_args()
+    if args.models:
+        print(blas_info())
+        model_timings(args)
+        return
 
     print(blas_info())
     W = weights(args.V, args.d, args.r, args.seed)
@@ -263,6 +283,82 @@ def gpu_timings(W: tuple[torch.Tensor, ...], args: argparse.Namespace) -> None:
     print(f"(c) GPU kernel (CPU recheck included): {tcg:.3f} s "
           f"[{rg.accuracy(1):.5f} {rg.accuracy(5):.5f}], counts equal the CPU kernel's: {same}")
     print(f"    (a)/(c) = {tag / tcg:.2f}, (c)/(b) = {tcg / tbg:.2f}")
+
+
+def model_weights(spec: str, args: argparse.Namespace) -> tuple[str, tuple[torch.Tensor, ...]]:
+    """(label, (W_E, left, right, W_U) fp32 CPU tensors) for 'course' or 'model:head[+head]'."""
+    if spec == "course":
+        return f"course-shaped random (V={args.V}, d={args.d}, r={args.r}, seed {args.seed})", weights(
+            args.V, args.d, args.r, args.seed)
+    from harness.circuits.factored import FactoredCircuit
+    from harness.session import Session
+
+    name, heads = spec.split(":")
+    model = Session().model(name)
+    pairs = [tuple(int(x) for x in h.split(".")) for h in heads.split("+")]
+    circuit = FactoredCircuit.ov_of_heads(model.W_V, model.W_O, pairs)
+    W = tuple(x.detach().float().cpu().contiguous() for x in (model.W_E, circuit.left, circuit.right, model.W_U))
+    V, d = W[0].shape
+    return f"{name} heads {heads} (V={V}, d={d}, r={W[1].shape[1]})", W
+
+
+def model_timings(args: argparse.Namespace) -> None:
+    """(b), (c), (p) per model on ``args.device``, ratios beside the targets."""
+    cuda = args.device != "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"--device {args.device}: no CUDA device here, nothing timed")
+        return
+    target = 2.0 if cuda else 1.5
+    plan = ov_topk.cpu_plan(args.workers)
+    print(f"kernel plan: {plan.reason}" if not cuda else
+          f"device {torch.cuda.get_device_name() if args.device.startswith('cuda') else args.device}")
+    rows = []
+    for spec in args.model_list.split(","):
+        label, W = model_weights(spec, args)
+        V = W[0].shape[0]
+        repeat = args.repeat if V > 5000 else max(args.repeat, 20)
+        print(f"\n{label}; {load()}")
+        if cuda:
+            rows.append((label, *device_timings(W, args, repeat)))
+            continue
+        bt, w, kw = plan.block_rows, plan.block_cols, {"workers": plan.workers}
+        tb, cb, _ = timed(lambda: bare_products_numpy(*W, bt, w, plan.workers), repeat)
+        tc, cc, full = timed(lambda: full_circuit_topk(*W, **kw), repeat)
+        tn, cn, _ = timed(lambda: full_circuit_topk(*W, margins=False, **kw), repeat)
+        tp, cp, pruned = timed(lambda: full_circuit_topk(*W, prune=True, k_max=args.k_max, **kw), repeat)
+        same = all(full.accuracy(k, t) == pruned.accuracy(k, t) for k in range(1, args.k_max + 1)
+                   for t in ("argmax", "pessimistic", "optimistic"))
+        settled = float(np.mean(pruned.above >= args.k_max))
+        print(f"  (b) bare products   {tb:8.3f} s wall {cb:8.3f} s CPU")
+        print(f"  (c) kernel          {tc:8.3f} s wall {cc:8.3f} s CPU   top-1 {full.accuracy(1, 'argmax'):.4f} "
+              f"top-10 {full.accuracy(10, 'argmax') if args.k_max >= 10 else float('nan'):.4f}")
+        print(f"  (c') no margins     {tn:8.3f} s wall {cn:8.3f} s CPU   (no row max)")
+        print(f"  (p) pruned kernel   {tp:8.3f} s wall {cp:8.3f} s CPU   products computed {pruned.scanned:.3f} "
+              f"of the matrix, rows settled at {args.k_max}: {settled:.3f}; accuracies equal (c)'s: {same}")
+        rows.append((label, tc / tb, cc / cb, tp / tb, cp / cb, cn / cb))
+    print(f"\nsummary ({args.device}; target <= {target}); {load()}")
+    for label, c_w, c_c, p_w, p_c, n_c in rows:
+        ratio = f"{c_w:.2f} wall ({verdict(c_w, target)})" if cuda else \
+            f"{c_w:.2f} wall, {c_c:.2f} CPU ({verdict(c_c, target)} on CPU time)"
+        print(f"  {label}\n    kernel / bare = {ratio}"
+              + ("" if cuda else f";  no margins {n_c:.2f} CPU;  pruned / bare = {p_w:.2f} wall, {p_c:.2f} CPU "
+                 f"({verdict(p_c, target)} on CPU time)"))
+
+
+def device_timings(W: tuple[torch.Tensor, ...], args: argparse.Namespace, repeat: int) -> tuple[float, float, float, float]:
+    """(b) and (c) on the device (synchronised wall times): (c)/(b) twice (no CPU-time ratio), no pruning."""
+    dev = torch.device("cpu" if args.device == "torch-cpu" else args.device)
+    Wg = tuple(x.to(dev) for x in W)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    gb = args.gpu_block_rows
+    full_circuit_topk(*Wg, device=dev, block_rows=gb)  # warm up
+    tc, res = best_of(lambda: full_circuit_topk(*Wg, device=dev, block_rows=gb), repeat, sync)
+    tb, _ = best_of(lambda: bare_products_torch(*Wg, gb), repeat, sync)
+    ref = full_circuit_topk(*W)
+    same = all(np.array_equal(getattr(res, f), getattr(ref, f)) for f in ("above", "ties", "ties_below"))
+    print(f"  (b) bare products on {dev} {tb:.4f} s;  (c) kernel on {dev} {tc:.4f} s  top-1 {res.accuracy(1, 'argmax'):.4f}; "
+          f"counts equal the CPU kernel's: {same}")
+    return tc / tb, tc / tb, float("nan"), float("nan"), float("nan")
 
 
 if __name__ == "__main__":

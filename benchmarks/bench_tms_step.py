@@ -1,6 +1,6 @@
 """Where a toy-model training step spends its time: drawing the batch, forward + backward, the Adam update.
 
-    python benchmarks/bench_tms_step.py                    # E8, tms-200f20d (the recipe not trained here)
+    python benchmarks/bench_tms_step.py                    # E8, tms-200f20d (about an hour of training here)
     python benchmarks/bench_tms_step.py tms-100f20d --steps 10
 
 One thread, the recipe's batch; each part timed over ``--steps`` steps after one warm-up step, with the CPU

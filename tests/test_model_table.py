@@ -55,6 +55,17 @@ def test_a_miss_without_a_close_name_lists_the_names() -> None:
         registry["zzz"]
 
 
+def test_membership_and_get_build_no_miss_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``in`` and ``get`` answer from the entries: a miss there is no error, so no "did you mean"
+    (difflib over every name) is computed; loading the claim files asks thousands of times."""
+    from harness.core import named_registry
+
+    registry = NamedRegistry("widget", [("alpha", 1), ("beta", 2)])
+    monkeypatch.setattr(named_registry, "did_you_mean", lambda *args: pytest.fail("a miss message was built"))
+    assert "alpha" in registry and "alphb" not in registry
+    assert registry.get("beta") == 2 and registry.get("zzz") is None and registry.get("zzz", 3) == 3
+
+
 def test_a_name_is_registered_once() -> None:
     registry = NamedRegistry("widget", [("alpha", 1)])
     with pytest.raises(ValueError, match="registered twice"):

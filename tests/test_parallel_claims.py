@@ -4,6 +4,7 @@ and ``--claims-baseline`` give the same results.json values and verdicts as a se
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,7 +13,6 @@ import pytest
 pytest.importorskip("xdist", reason="pytest-xdist is a test extra: pip install -e '.[test]'")
 
 pytest_plugins = ["pytester"]
-pytestmark = pytest.mark.slow  # three pytest processes, each importing torch and TransformerLens
 
 from tests.test_baseline import CLAIMS as ATTENTION  # noqa: E402  (the same two planted claims)
 
@@ -69,6 +69,7 @@ def comparable(path: Path) -> dict:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # several pytest processes, each importing torch and TransformerLens
 def test_xdist_gives_the_serial_record_and_baseline_verdicts(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the subprocesses run this checkout's plugin
     write(pytester.path)
@@ -76,6 +77,11 @@ def test_xdist_gives_the_serial_record_and_baseline_verdicts(pytester: pytest.Py
     parallel = pytester.runpytest_subprocess("claims", "-v", "-n", "2", "--claims-out", "parallel")
     parallel.assert_outcomes(passed=5)
     assert comparable(pytester.path / "parallel" / "results.json") == comparable(pytester.path / "serial" / "results.json")
+    from harness.frontends.pytest_plugin.parallel import worker_threads
+
+    cpus = len(os.sched_getaffinity(0))
+    threads = json.loads((pytester.path / "parallel" / "results.json").read_text())["provenance"]["torch_threads"]
+    assert threads == worker_threads(2, cpus) == max(1, cpus // 2)  # each worker on its share of the CPUs
     assert "(cached)" not in (pytester.path / "parallel" / "report.md").read_text()
 
     # grouped by model: every claim of a model ran in one worker
@@ -99,3 +105,10 @@ def test_xdist_gives_the_serial_record_and_baseline_verdicts(pytester: pytest.Py
     missing = pytester.runpytest_subprocess("claims", "-q", "-n", "2", "--claims-baseline", "baseline.json")
     assert missing.ret == pytest.ExitCode.TESTS_FAILED
     assert "MISSING random-control-copies-less" in missing.stdout.str()
+
+
+@pytest.mark.parametrize(("workers", "cpus", "threads"), [(2, 2, 1), (2, 16, 8), (3, 16, 5), (4, 2, 1), (1, 2, 2), (0, 2, 2)])
+def test_each_worker_gets_its_share_of_the_cpus(workers: int, cpus: int, threads: int) -> None:
+    from harness.frontends.pytest_plugin.parallel import worker_threads
+
+    assert worker_threads(workers, cpus) == threads

@@ -107,6 +107,16 @@ def logit_diff_directions(model: ModelHandle, answers: Tensor) -> Tensor:
     return (w_u[:, answers[:, 0]] - w_u[:, answers[:, 1]]).T
 
 
+def part_hooks(model: ModelHandle) -> list[str]:
+    """The hook points :func:`direct_parts` reads: embeddings, every ``z`` and ``mlp_out``, the final-norm scale."""
+    names = ["hook_embed"] + (["hook_pos_embed"] if model.positional_embedding_type == "standard" else [])
+    names += ["ln_final.hook_scale"] if model.normalization_type is not None else []
+    names += [model.hook_name("z", layer) for layer in range(model.shape.n_layers)]
+    if not model.attn_only:
+        names += [model.hook_name("mlp_out", layer) for layer in range(model.shape.n_layers)]
+    return names
+
+
 def logit_diff_parts(model: ModelHandle, activations: Activations, answers: Tensor, positions: Tensor) -> dict[str, Tensor]:
     """Direct parts of ``logit[c_b] - logit[w_b]`` at ``positions[b]``, ``{part: [batch]}``.
 

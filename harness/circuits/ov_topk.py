@@ -34,10 +34,15 @@ counts exactly those of the float64 matrix.  With ``recheck=False`` the counts a
 float32 block product itself (T = 0: the band is the float32 ties).
 
 Speed (CPU, measured; benchmarks/bench_ov_topk.py).  Products: numpy's BLAS into a preallocated
-tile (torch's matmul was slower on these shapes).  Counting: numpy comparisons into preallocated
-boolean masks, counted by adding mask bytes as uint64 words (8 entries per add; torch's boolean
-sums were about 10x slower).  Worker threads with single-threaded BLAS keep every core busy in
-the counting passes too.  Tiles are sized for the CPU's L2 cache and the worker count
+tile (torch's matmul was slower on these shapes).  Counting: one loop per tile row compiled by
+numba while the tile is in cache (:func:`harness.circuits.ov_tiles.count_tile`: the counts, the
+row max and the band's indices in one pass, 0.4 ns per entry against 1.0-1.2 for numpy's mask
+passes; without numba, with a warning, numpy comparisons into boolean masks counted by adding
+mask bytes as uint64 words; torch's boolean sums were about 10x slower).  Worker threads with
+single-threaded BLAS keep every core busy in the counting too.  Course-shaped model on 2 shared
+AVX-512 cores: the kernel's CPU time is 1.75-1.8x the bare products', 1.4-1.5x without margins
+(the float64 factors alone are about 0.13x); exact pruning (:mod:`harness.circuits.ov_prune`)
+brings a top-k question to 0.4x where rows do not copy.  Tiles are sized for the CPU's L2 cache and the worker count
 (:mod:`harness.circuits.cpu_layout`): 256 x 1024 (1.5 MiB per worker with its masks) on a core
 with 2 MiB of L2.
 """
@@ -46,9 +51,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +60,18 @@ import torch
 
 from harness.circuits.cpu_layout import KernelPlan, cpu_layout, kernel_plan, usable_cpu_ids
 from harness.circuits.factored import FactoredCircuit, as_numpy
+from harness.circuits.ov_prune import key_tiles, pruned_scan, tile_width
+from harness.circuits.ov_topk_device import device_topk
+from harness.circuits.ov_tiles import (  # noqa: F401  (_CHUNK, _lane_sums: part of this module's interface)
+    _CHUNK,
+    Scan,
+    _cat,
+    _lane_sums,
+    _single_threaded_blas,
+    _thresholds,
+    count_tile,
+    fused_counting,
+)
 
 TiePolicy = Literal["argmax", "pessimistic", "optimistic"]
 """How a tie with the diagonal counts: as ``torch.argmax`` breaks it (the first index wins: the
@@ -76,6 +91,9 @@ class TopKResult:
     (the diagonal itself excluded), ``ties_below[i]`` those of the ties at a lower column index.
     ``margin[i] = M[i, i] - max_{j != i} M[i, j]``: its sign is exact (positive iff the diagonal
     is the strict maximum); its value is within ``2 * tolerance[i]`` of the float64 one.
+    ``k_max`` (a pruned scan): a row with ``above >= k_max`` was settled early; its counts are
+    lower bounds, exact for every question about k <= k_max.  ``scanned``: the fraction of the
+    n_rows x V entries whose products were computed (1.0 without pruning).
     """
 
     n_rows: int
@@ -86,6 +104,14 @@ class TopKResult:
     row_start: int = 0
     tolerance: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n_rechecked: int = 0
+    k_max: int | None = None
+    scanned: float = 1.0
+
+    def _check_k(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if self.k_max is not None and k > self.k_max:
+            raise ValueError(f"k = {k} above k_max = {self.k_max}: rows were settled at k_max (pruned scan)")
 
     def _rank(self, ties: TiePolicy) -> np.ndarray:
         """Rank (0 = first) of the diagonal in its row under a tie policy."""
@@ -99,8 +125,7 @@ class TopKResult:
 
     def correct(self, k: int, ties: TiePolicy = "pessimistic") -> np.ndarray:
         """Boolean per row: the diagonal is among the k largest entries of its row."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        self._check_k(k)
         return self._rank(ties) < k
 
     def accuracy(self, k: int, ties: TiePolicy = "pessimistic") -> float:
@@ -128,6 +153,9 @@ def full_circuit_topk(
     device: Any = None,
     workers: int | None = None,
     margins: bool = True,
+    prune: bool = False,
+    k_max: int | None = None,
+    fused: bool = True,
 ) -> TopKResult:
     """Count, per row i of M = W_E @ left @ right @ W_U, the entries above and equal to M[i, i].
 
@@ -138,19 +166,24 @@ def full_circuit_topk(
     BLAS single-threaded; else 1, with a one-time :class:`KernelFallbackWarning` naming the cause);
     tiles left ``None`` are sized for this CPU's L2 cache and the worker count
     (:func:`harness.circuits.cpu_layout.kernel_plan`); the counts never depend on the tiles.  A
-    ``device`` ("cuda", or "cpu" to test it) computes the float64 factors and runs the scan with
-    torch there, in blocks of ``block_rows`` (default 512) full rows (the float64 recheck stays on
-    the CPU).
+    ``device`` ("cuda", or "cpu" to test it) runs the whole computation with torch there
+    (:mod:`harness.circuits.ov_topk_device`: factors, scan in blocks of ``block_rows`` full rows,
+    default 64 Mi entries per block, float64 recheck), reading the results back once.
     Extra memory: the float64 and float32 factors (24 * (n_rows + V) * r bytes) plus, per worker,
     one tile and two boolean masks (6 bytes per tile entry).  ``margins=False`` skips the row-max
     pass (about a fifth of the counting work on the CPU) and leaves ``margin`` NaN.
+
+    Exact pruning (CPU, :mod:`harness.circuits.ov_prune`): ``prune=True`` skips the key tiles
+    that a norm bound proves cannot reach a row's rounding band; ``k_max`` stops a row once k_max
+    entries are surely above its diagonal (its accuracy for every k <= k_max is then decided;
+    :meth:`TopKResult.accuracy` refuses larger k).  Counts (below k_max) and accuracies equal the
+    full scan's exactly; ``margin`` is NaN (the row max needs the skipped entries).
+    ``fused=False`` counts with numpy's mask passes instead of the compiled loop (same counts).
     """
-    E, L, R, U = (as_numpy(x) for x in (W_E, left, right, W_U))
-    V, d = E.shape
-    if L.shape[0] != d or R.shape[1] != d or L.shape[1] != R.shape[0] or U.shape != (d, V):
-        raise ValueError(
-            f"shape mismatch: W_E {E.shape}, left {L.shape}, right {R.shape}, W_U {U.shape}"
-        )
+    E, L, R, U = (tuple(x.shape) for x in (W_E, left, right, W_U))  # shapes; the arrays below
+    V, d = E
+    if L[0] != d or R[1] != d or L[1] != R[0] or U != (d, V):
+        raise ValueError(f"shape mismatch: W_E {E}, left {L}, right {R}, W_U {U}")
     start, stop, step = (rows or slice(None)).indices(V)
     if step != 1:
         raise ValueError("rows must be a contiguous slice (step 1)")
@@ -160,11 +193,19 @@ def full_circuit_topk(
         empty = np.zeros(0, np.int32)
         return TopKResult(0, empty, empty, empty, np.zeros(0), start, np.zeros(0))
 
-    if device is None:
-        P64 = _matmul64_rows(E[start:stop], L)  # (n, r)
-        Q64T = _matmul64_rows(U.T, R.T)  # (V, r): row j is column j of Q = right @ W_U
-    else:
-        P64, Q64T = _factors_torch(W_E, left, right, W_U, start, stop, device)
+    if k_max is not None and k_max < 1:
+        raise ValueError(f"k_max must be >= 1, got {k_max}")
+    pruning = prune or k_max is not None
+    if pruning and device is not None:
+        raise ValueError("prune and k_max run on the CPU kernel only (device=None)")
+    if device is not None:
+        out = device_topk(W_E, left, right, W_U, start, stop, device=device, block_rows=block_rows,
+                          recheck=recheck, margins=margins)
+        return TopKResult(n, out.above, out.ties, out.ties_below, out.margin, start, out.tolerance, out.n_rechecked)
+    E, L, R, U = (as_numpy(x) for x in (W_E, left, right, W_U))
+    plan = cpu_plan(workers)
+    P64 = _matmul64_rows(E[start:stop], L, workers=plan.workers)  # (n, r)
+    Q64T = _matmul64_rows(U.T, R.T, workers=plan.workers)  # (V, r): row j is column j of Q = right @ W_U
     _check_finite_and_range(P64, Q64T)
     _share_duplicate_rows(U, Q64T)
     T = circuit_tolerance(P64, Q64T, start) if recheck else np.zeros(n)
@@ -172,11 +213,16 @@ def full_circuit_topk(
     T[zero_rows] = np.nan  # NaN thresholds: the scan counts nothing in these rows
     P32, QT32 = P64.astype(np.float32), Q64T.astype(np.float32)
 
-    if device is not None:
-        scan = _scan_torch(P32, QT32, T, start, block_rows or 512, device)
+    if pruning:
+        tiles = key_tiles(Q64T, tile_width(block_cols or plan.block_cols, V))
+        chi, amb_i, amb_j, d32, computed = pruned_scan(
+            P32, QT32, P64, T, start, tiles, block_rows or plan.block_rows, plan.workers, prune=prune, k_max=k_max,
+            fused=fused,
+        )
+        scan = chi, amb_i, amb_j, d32, np.full(n, np.nan, np.float32)
+        margins = False
     else:
-        plan = cpu_plan(workers)
-        scan = _scan_numpy(P32, QT32, T, start, block_rows or plan.block_rows, block_cols or plan.block_cols, plan.workers, margins)
+        scan = _scan_numpy(P32, QT32, T, start, block_rows or plan.block_rows, block_cols or plan.block_cols, plan.workers, margins, fused)
     chi, amb_i, amb_j, d32, best32 = scan
 
     above = chi.astype(np.int64)
@@ -206,6 +252,8 @@ def full_circuit_topk(
         row_start=start,
         tolerance=T,
         n_rechecked=int(len(local)) if recheck else 0,
+        k_max=k_max,
+        scanned=computed / (n * V) if pruning else 1.0,
     )
 
 
@@ -238,29 +286,27 @@ def circuit_tolerance(P64: np.ndarray, Q64T: np.ndarray, start: int = 0) -> np.n
     return T * (1 + 1e-6)  # slack for the float64 rounding of T itself
 
 
-def _matmul64_rows(A: np.ndarray, B: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """A @ B in float64, converting A a chunk of rows at a time (bounded extra memory)."""
+def _matmul64_rows(A: np.ndarray, B: np.ndarray, chunk: int = 4096, workers: int = 1) -> np.ndarray:
+    """A @ B in float64, converting A a chunk of rows at a time (bounded extra memory).
+
+    ``workers`` > 1: the chunks in that many threads with single-threaded BLAS, as the scan (a
+    threaded BLAS on a loaded machine spent about 0.6 s of CPU on the course model's two factors
+    against 0.45 s this way).
+    """
     B64 = B.astype(np.float64)
     out = np.empty((A.shape[0], B.shape[1]))
-    for s in range(0, A.shape[0], chunk):
+
+    def job(s: int) -> None:
         np.matmul(A[s : s + chunk].astype(np.float64), B64, out=out[s : s + chunk])
+
+    starts = range(0, A.shape[0], chunk)
+    if workers <= 1 or len(starts) < 2:
+        for s in starts:
+            job(s)
+        return out
+    with _single_threaded_blas(), ThreadPoolExecutor(min(workers, len(starts))) as pool:
+        list(pool.map(job, starts))
     return out
-
-
-def _factors_torch(
-    W_E: Any, left: Any, right: Any, W_U: Any, start: int, stop: int, device: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """P64 = W_E[start:stop] @ left and Q64T = (right @ W_U).T in float64 with torch on device."""
-    import torch
-
-    dev = torch.device(device)
-
-    def t(x: Any) -> Any:
-        return torch.as_tensor(x).to(dev, torch.float64)
-
-    P = t(W_E)[start:stop] @ t(left)
-    QT = t(W_U).T @ t(right).T
-    return P.cpu().numpy(), QT.cpu().numpy()
 
 
 def _check_finite_and_range(P64: np.ndarray, Q64T: np.ndarray) -> None:
@@ -295,25 +341,6 @@ def _share_duplicate_rows(U: np.ndarray, Q64T: np.ndarray, key_rows: int = 32) -
     Q64T[members[equal]] = Q64T[firsts[equal]]
 
 
-def _round_f32(x: np.ndarray, up: bool) -> np.ndarray:
-    """The float32 nearest x in the given direction (x itself when representable)."""
-    y = x.astype(np.float32)
-    if up:
-        bump = y.astype(np.float64) < x
-        return np.where(bump, np.nextafter(y, np.float32(np.inf)), y)
-    bump = y.astype(np.float64) > x
-    return np.where(bump, np.nextafter(y, np.float32(-np.inf)), y)
-
-
-def _thresholds(d32: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (hi, lo), column vectors: S > hi implies S - d > T, S < lo implies S - d < -T."""
-    d = d32.astype(np.float64)
-    return _round_f32(d + T, up=True)[:, None], _round_f32(d - T, up=False)[:, None]
-
-
-Scan = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
 def _scan_numpy(
     P32: np.ndarray,
     QT32: np.ndarray,
@@ -323,6 +350,7 @@ def _scan_numpy(
     w: int,
     workers: int,
     row_max: bool = True,
+    fused: bool = True,
 ) -> Scan:
     """One float32 pass over M's rows in tiles of bt x w entries (numpy + BLAS).
 
@@ -332,8 +360,10 @@ def _scan_numpy(
     column tile, processed first: the diagonal comes from the same product as its row.
     ``workers`` threads take interleaved row blocks, each with single-threaded BLAS (numpy
     releases the GIL in its loops), so that the counting passes use every core too.
-    ``row_max=False`` skips the max (left at -inf).
+    ``row_max=False`` skips the max (left at -inf).  Counting: :func:`ov_tiles.count_tile`, fused
+    (numba) where available and ``fused``, else numpy's mask passes.
     """
+    fused = fused and fused_counting()
     n, V = P32.shape[0], QT32.shape[0]
     bt = max(1, min(bt, V))
     unit = bt * _CHUNK // math.gcd(bt, _CHUNK)  # tiles align with row blocks and count chunks
@@ -346,8 +376,8 @@ def _scan_numpy(
 
     def work(my_blocks: list[tuple[int, int]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         S = np.empty((bt, w), np.float32)
-        above_m = np.zeros((bt, w), bool)
-        ge_m = np.zeros((bt, w), bool)
+        above_m = np.zeros((bt, w) if not fused else (0, w), bool)
+        ge_m = np.zeros((bt, w) if not fused else (0, w), bool)
         amb_i: list[np.ndarray] = []
         amb_j: list[np.ndarray] = []
         for g0, g1 in my_blocks:
@@ -362,25 +392,12 @@ def _scan_numpy(
                     d32[r0 : r0 + nb] = S[ar, dcol]
                     S[ar, dcol] = -np.inf  # the diagonal is neither above nor in the band
                     hi, lo = _thresholds(d32[r0 : r0 + nb], T[r0 : r0 + nb])
-                if cw < w:  # padding columns count as neither
-                    above_m[:nb, cw:] = False
-                    ge_m[:nb, cw:] = False
                 rs = slice(r0, r0 + nb)
-                Sb, am, gm = S[:nb, :cw], above_m[:nb], ge_m[:nb]
-                np.greater(Sb, hi, out=am[:, :cw])
-                np.greater_equal(Sb, lo, out=gm[:, :cw])
-                above_lanes, ge_lanes = _lane_sums(am), _lane_sums(gm)
-                chi[rs] += np.add.reduce(above_lanes.reshape(nb, -1), axis=1, dtype=np.int64)
-                # the chunks that hold band entries (lo <= S <= hi) are where the two sums differ;
-                # only those chunks' mask bytes are compared
-                br, bc = np.nonzero((ge_lanes != above_lanes).any(axis=2))
-                if br.size:
-                    idx = np.flatnonzero(_chunks(gm, br, bc) != _chunks(am, br, bc))
-                    k = idx // _CHUNK
-                    amb_i.append(g0 + br[k])
-                    amb_j.append(c0 + bc[k] * _CHUNK + idx % _CHUNK)
-                if row_max:
-                    np.maximum(best[rs], Sb.max(axis=1), out=best[rs])
+                above, bi, bj = count_tile(S, nb, cw, hi, lo, (above_m, ge_m), fused, best[rs] if row_max else None)
+                chi[rs] += above
+                if bi.size:
+                    amb_i.append(g0 + bi)
+                    amb_j.append(c0 + bj)
         return amb_i, amb_j
 
     workers = max(1, min(workers, len(blocks)))
@@ -392,29 +409,6 @@ def _scan_numpy(
     amb_i = [x for p in parts for x in p[0]]
     amb_j = [x for p in parts for x in p[1]]
     return chi, _cat(amb_i), _cat(amb_j), d32, best
-
-
-_CHUNK = 1024  # columns per counting chunk: 128 words of 8 mask bytes, so byte lanes stay <= 128
-
-
-def _lane_sums(mask: np.ndarray) -> np.ndarray:
-    """Per row and chunk of 1024 columns, the 8 byte-lane sums of a boolean mask: (rows, chunks, 8).
-
-    The mask's bytes are 0 or 1; adding 128 uint64 words never carries between byte lanes, so one
-    integer reduction counts 8 entries per add.  The chunk's count is the sum of its 8 lanes.
-    """
-    rows = mask.shape[0]
-    words = mask.view(np.uint64).reshape(rows, -1, _CHUNK // 8)
-    return np.add.reduce(words, axis=2).view(np.uint8).reshape(rows, -1, 8)
-
-
-def _chunks(mask: np.ndarray, rows: np.ndarray, chunks: np.ndarray) -> np.ndarray:
-    """The mask bytes of the given (row, chunk) pairs, (len(rows), _CHUNK)."""
-    return mask.reshape(mask.shape[0], -1, _CHUNK)[rows, chunks]
-
-
-def _cat(xs: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(xs) if xs else np.zeros(0, np.int64)
 
 
 class KernelFallbackWarning(RuntimeWarning):
@@ -442,6 +436,9 @@ def _auto_workers() -> int:
     one core.  That fallback is announced once per process (:class:`KernelFallbackWarning`).
     """
     cores = _usable_cores()
+    if not fused_counting():
+        _warn_once("numba is not installed, so the OV kernel counts with numpy's mask passes "
+                   "(about 1.6x the time of the compiled loop); install the declared dependency: pip install numba")
     try:
         import threadpoolctl  # noqa: F401
     except ImportError:
@@ -449,6 +446,15 @@ def _auto_workers() -> int:
             _warn_fallback(cores)
         return 1
     return cores
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(f"full_circuit_topk: {message}", KernelFallbackWarning, stacklevel=4)
 
 
 def _warn_fallback(cores: int) -> None:
@@ -462,56 +468,6 @@ def _warn_fallback(cores: int) -> None:
         "install the declared dependency: pip install threadpoolctl",
         KernelFallbackWarning, stacklevel=3,
     )
-
-
-@contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """One BLAS thread per call while the worker threads share the cores (needs threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # still correct; BLAS's own threads then compete with the workers
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-def _scan_torch(
-    P32: np.ndarray, QT32: np.ndarray, T: np.ndarray, start: int, bt: int, device: Any
-) -> Scan:
-    """The same float32 pass as ``_scan_numpy`` with torch on ``device``, in full-row blocks."""
-    import torch
-
-    dev = torch.device(device)
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # IEEE float32 products: T assumes them
-    try:
-        P = torch.from_numpy(P32).to(dev)
-        Q = torch.from_numpy(QT32).to(dev).T
-        n = P.shape[0]
-        chi = torch.zeros(n, dtype=torch.int64, device=dev)
-        d32 = torch.empty(n, dtype=torch.float32, device=dev)
-        best = torch.empty(n, dtype=torch.float32, device=dev)
-        amb_i, amb_j = [], []
-        for s in range(0, n, bt):
-            nb = min(bt, n - s)
-            S = P[s : s + nb] @ Q
-            ar = torch.arange(nb, device=dev)
-            dcol = start + s + ar
-            d = S[ar, dcol]
-            d32[s : s + nb] = d
-            S[ar, dcol] = -torch.inf
-            hi_np, lo_np = _thresholds(d.cpu().numpy(), T[s : s + nb])
-            hi, lo = torch.from_numpy(hi_np).to(dev), torch.from_numpy(lo_np).to(dev)
-            chi[s : s + nb] = (S > hi).sum(1)
-            ii, jj = torch.nonzero((S >= lo) & (S <= hi), as_tuple=True)
-            amb_i.append(ii + start + s)
-            amb_j.append(jj)
-            best[s : s + nb] = S.amax(1)
-        cpu = lambda x: x.cpu().numpy()  # noqa: E731
-        return cpu(chi), cpu(torch.cat(amb_i)), cpu(torch.cat(amb_j)), cpu(d32), cpu(best)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 def _row_max(

@@ -71,6 +71,10 @@ class Activations:
         """The hook names computed so far."""
         return frozenset(self._store)
 
+    def hold(self, captured: dict[str, Tensor]) -> None:
+        """Keep activations captured by a pass of the same tokens (:meth:`Forward.prefetch`)."""
+        self._store.update(captured)
+
     def __contains__(self, key: tuple[Any, ...] | str) -> bool:
         try:
             self[key]
@@ -113,6 +117,33 @@ class Forward:
             if reason is not None:
                 raise NonFiniteModelError(self._model_name, reason)
         return self._logits
+
+    def prefetch(self, names: Iterable[str], *, logits: bool = False) -> None:
+        """Compute the hook points ``names`` (full hook names) not held yet, and with ``logits`` the
+        logits, in one checked pass instead of one pass per kind of activation and one for the logits.
+
+        A metric that reads several kinds (direct attribution reads the embeddings, every ``z``,
+        every ``mlp_out``, the final-norm scale and the logits) calls it first. Hooks that store an
+        activation change nothing in the pass, so every value equals the one its own pass gives.
+        """
+        wanted = frozenset(name for name in names if name not in self.activations.held)
+        wants_logits = logits and self._logits is None
+        if not wanted:
+            if wants_logits:
+                self.logits
+            return
+        captured: dict[str, Tensor] = {}
+
+        def store(activation: Tensor, hook: Any) -> None:
+            captured[hook.name] = activation.detach()
+
+        out = self._checked_pass(return_type="logits" if wants_logits else None, extra_hooks=[(lambda name: name in wanted, store)])
+        if wants_logits:
+            reason = first_non_finite_activation(out, [])
+            if reason is not None:
+                raise NonFiniteModelError(self._model_name, reason)
+            self._logits = out
+        self.activations.hold(captured)
 
     def _capture(self, names_filter: Callable[[str], bool]) -> dict[str, Tensor]:
         """The activations of the hook points ``names_filter`` accepts, from one checked pass."""

@@ -86,6 +86,13 @@ class NamedRegistry(MutableMapping[str, T], Generic[T]):
         except KeyError:
             raise UnknownName(self.what, name, self._entries) from None
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's default goes through __getitem__, which builds the "did you mean" message of a miss.
+        return name in self._entries
+
+    def get(self, name: str, default: T | None = None) -> T | None:  # type: ignore[override]
+        return self._entries.get(name, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 

@@ -35,7 +35,7 @@ class ToySaeHandle:
 
     def __init__(self, params: dict[str, Tensor], base_W: Tensor, p: float, identity: ModelIdentity, shape: SaeShape,
                  *, training_activity: Tensor | None = None, l0_log: Tensor | None = None, log_every: int = 100,
-                 architecture: Architecture = "standard") -> None:
+                 architecture: Architecture = "standard", activity_log: Tensor | None = None) -> None:
         if architecture not in PARAMS:
             raise ValueError(f"toy SAE {identity.name!r}: architecture {architecture!r} is not one of {sorted(PARAMS)}")
         missing = [k for k in PARAMS[architecture] if k not in params]
@@ -55,6 +55,9 @@ class ToySaeHandle:
         #: Mean active latents per instance [n_logs, n_inst] every ``log_every`` steps of training (and at its last step).
         self.l0_log = None if l0_log is None else l0_log.detach().float()
         self.log_every = log_every
+        #: Each latent's firing rate [n_blocks, n_inst, d_sae] over every block of ``log_every`` training steps
+        #: (exactly 0 when it fired on no sample of the block); None for an SAE trained before the log existed.
+        self.activity_log = None if activity_log is None else activity_log.detach().float()
 
     @property
     def n_inst(self) -> int:

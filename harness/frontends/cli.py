@@ -73,8 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     # --- claims sweep: claims files over models on Ray (harness/frontends/sweep/) ---
     add_sweep_parser(commands)
     # --- end claims sweep ---
-    cache = commands.add_parser("cache", help="show or clear the measurement cache")
-    cache.add_argument("action", choices=("info", "clear"), help="info: where it is and how many entries; clear: remove every entry")
+    cache = commands.add_parser("cache", help="show or clear the measurement cache and the untrained controls' weights cache")
+    cache.add_argument("action", choices=("info", "clear"), help="info: where they are and how many entries; clear: remove every entry of both")
     cache.add_argument("--cache-dir", metavar="DIR", default=None, help="the cache folder (default as for run)")
     cache.set_defaults(handler=_cache)
     validate = commands.add_parser("validate", help="check claim files without running anything")
@@ -192,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     from harness.session import Session
     from harness.verdicts import format_value
     from harness.frontends.weights_option import apply_tokenizer_option, apply_weights_option
+    from fixtures.control_weights_cache import cache_disabled
     from harness.measurement_cache import open_cache
 
     for items, apply in ((args.weights, apply_weights_option), (args.tokenizer, apply_tokenizer_option)):
@@ -210,10 +211,11 @@ def _run(args: argparse.Namespace) -> int:
     bar = not args.no_progress and _on_terminal()
     session = Session(progress=bar, cache=open_cache(args.no_cache, args.cache_dir))
     results = []
-    for index, (loaded, claim) in enumerate(_progress(work, disable=not bar), start=1):
-        results.append(run_claim(loaded, claim, session))
-        if not _on_terminal():
-            print(_finished_line(index, len(work), results[-1], format_value), flush=True)
+    with cache_disabled(args.no_cache):  # --no-cache: the untrained controls' weights are drawn afresh too
+        for index, (loaded, claim) in enumerate(_progress(work, disable=not bar), start=1):
+            results.append(run_claim(loaded, claim, session))
+            if not _on_terminal():
+                print(_finished_line(index, len(work), results[-1], format_value), flush=True)
     _print_table(results, format_value)
     record = write_outputs(Path(args.out), results, {f.path: f.sha256 for f in files}, session)
     summary = record["summary"]
@@ -225,15 +227,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
+    from fixtures import control_weights_cache
     from harness.measurement_cache import MeasurementCache, default_cache_dir
 
     cache = MeasurementCache(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir())
     if args.action == "clear":
         print(f"removed {cache.clear()} cached measurement(s) from {cache.root}")
+        print(f"removed {control_weights_cache.clear()} cached untrained control(s) from {control_weights_cache.cache_root()}")
     else:
         entries = cache.entries()
         size = sum(path.stat().st_size for path in entries)
         print(f"measurement cache {cache.root}: {len(entries)} entries, {size / 1e6:.1f} MB")
+        controls = control_weights_cache.entries()
+        size = sum(path.stat().st_size for folder in controls for path in folder.iterdir())
+        print(f"untrained controls' weights {control_weights_cache.cache_root()}: {len(controls)} entries, {size / 1e6:.1f} MB")
     return EXIT_OK
 
 

@@ -35,7 +35,7 @@ from pydantic import Field
 from torch import Tensor
 
 from harness.context import MetricContext
-from harness.circuits.dla import effective_directions, gather_positions, logit_diff_directions, logit_diff_parts
+from harness.circuits.dla import effective_directions, gather_positions, logit_diff_directions, logit_diff_parts, part_hooks
 from harness.core.heads import head_names
 from harness.core.measurement import Measurement
 from harness.metrics.loss import mean_and_error
@@ -84,6 +84,7 @@ def checked_parts(ctx: MetricContext) -> tuple[dict[str, Tensor], Tensor, float]
     answers = answer_ids(ctx)
     forward = ctx.forward()
     ends = end_positions(ctx)  # [batch]
+    forward.prefetch(part_hooks(ctx.model), logits=True)  # one pass, not one per kind of activation and one for the logits
     parts = logit_diff_parts(ctx.model, forward.activations, answers, ends)
     actual = final_logit_diff(forward.logits, answers, ends)  # [batch]
     sum_check = float((torch.stack(list(parts.values())).sum(0) - actual).abs().max())

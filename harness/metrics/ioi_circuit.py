@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from harness.circuits.dla import effective_directions, gather_positions, logit_diff_directions, logit_diff_parts
+from harness.circuits.dla import effective_directions, gather_positions, logit_diff_directions, logit_diff_parts, part_hooks
 from harness.context import MetricContext
 from harness.core.details import HeadScores, NamedPositionAttention
 from harness.core.heads import Head, HeadName, head_names, sort_heads
@@ -198,13 +198,8 @@ def abc_template_means(ctx: MetricContext, layer: int) -> Tensor:
 
 
 def captured_names(model: ModelHandle) -> list[str]:
-    """The hook points :func:`harness.circuits.dla.direct_parts` reads: embeddings, every ``z`` and ``mlp_out``, the final-norm scale."""
-    names = ["hook_embed"] + (["hook_pos_embed"] if model.positional_embedding_type == "standard" else [])
-    names += ["ln_final.hook_scale"] if model.normalization_type is not None else []
-    names += [model.hook_name("z", layer) for layer in range(model.shape.n_layers)]
-    if not model.attn_only:
-        names += [model.hook_name("mlp_out", layer) for layer in range(model.shape.n_layers)]
-    return names
+    """The hook points :func:`harness.circuits.dla.direct_parts` reads (:func:`harness.circuits.dla.part_hooks`)."""
+    return part_hooks(model)
 
 
 def ablated_activations(ctx: MetricContext, heads: list[Head], where: Tensor) -> tuple[Activations, Tensor]:
@@ -253,6 +248,7 @@ def ablated_attribution(ctx: MetricContext, *, ablate: Annotated[list[HeadName],
     answers, ends = answer_ids(ctx), end_positions(ctx)
     where = named_positions(ctx)[at]
     model = ctx.model
+    ctx.forward().prefetch(part_hooks(model), logits=True)  # the clean run's parts and logits: one pass
     clean = logit_diff_parts(model, ctx.forward().activations, answers, ends)
     activations, ablated_ld = ablated_activations(ctx, heads, where)
     after = logit_diff_parts(model, activations, answers, ends)

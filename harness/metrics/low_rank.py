@@ -43,6 +43,8 @@ HeadGroup = Annotated[list[HeadName], Field(min_length=1)]
 DEFAULT_RANKS = [1, 2, 4, 8, 16, 32, 64, 128]
 Rank = Annotated[int, Field(ge=1, le=4096)]
 Seconds = Annotated[float, Field(gt=0, le=86400)]
+Negatives = Annotated[int, Field(ge=1)]
+EvalEvery = Annotated[int, Field(ge=1)]
 
 
 def _device(device: Device) -> str | None:
@@ -53,11 +55,15 @@ def _device(device: Device) -> str | None:
 
 def _fit(
     ctx: MetricContext, rank: int, *, seed: int, max_steps: int | None, max_seconds: float | None,
-    batch_rows: int, lr: float, margin_lr: float, objective: Objective, device: Device,
+    batch_rows: int, lr: float, margin_lr: float, objective: Objective, device: Device, negatives: int | None = None,
+    eval_every: int | None = None,
 ) -> LowRankFit:
     """The fit of these settings, trained once per session (a curve and a single-rank claim share it)."""
     settings = dict(rank=rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds, batch_rows=batch_rows,
                     lr=lr, margin_lr=margin_lr, objective=objective, device=_device(device))
+    for name, value in (("negatives", negatives), ("eval_every", eval_every)):
+        if value is not None:  # absent otherwise: the key of every fit without it is unchanged
+            settings[name] = value
     key = (ctx.model.identity.key, "low_rank.fit", json.dumps(settings, sort_keys=True))
     return ctx.session.memoised(key, lambda: fit_low_rank_copying(
         ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, **settings))
@@ -76,6 +82,8 @@ def achievable_accuracy(
     margin_lr: Annotated[float, Field(gt=0)] = 0.01,
     objective: Objective = "ce+margin",
     device: Device = "auto",
+    negatives: Negatives | None = None,
+    eval_every: EvalEvery | None = None,
 ) -> Measurement:
     """Top-1/top-5 copying accuracy of the best rank-``rank`` matrix found for W_E A B W_U.
 
@@ -86,9 +94,15 @@ def achievable_accuracy(
     reach (``bound="lower"``).  Details: the loss, steps, stopping reason, settings, timings and the
     convergence trace.
     Weights only.  Give ``max_steps`` for a result that does not depend on the machine's speed.
+    ``negatives``: K, train each row against its K hardest columns only (the restricted step of
+    :mod:`harness.circuits.low_rank_sparse`, several times cheaper per step on a large vocabulary);
+    the figure is still the exact full-vocabulary count.  ``eval_every``: steps between the
+    monitor's evaluations (8,192 rows against every column; default half an epoch): with a small
+    ``max_steps``, ``eval_every = max_steps`` monitors only each phase's start and end.
     """
-    fit = _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds,
-               batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=device)
+    fit = _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds, batch_rows=batch_rows,
+               lr=lr, margin_lr=margin_lr, objective=objective, device=device, negatives=negatives,
+               eval_every=eval_every)
     return Measurement({"top1": fit.top1, "top5": fit.top5}, None, fit.summary(), bound="lower")
 
 
@@ -128,6 +142,8 @@ def rank_curve(
     margin_lr: Annotated[float, Field(gt=0)] = 0.01,
     objective: Objective = "ce+margin",
     device: Device = "auto",
+    negatives: Negatives | None = None,
+    eval_every: EvalEvery | None = None,
 ) -> Measurement:
     """Copying accuracy against rank: trained rank-r matrices, and the model's heads as points.
 
@@ -137,7 +153,8 @@ def rank_curve(
     effective circuit).  A claim picks one figure with ``select: "rank=64/top1"`` or
     ``select: "1.4+1.10/top1"``.  Ranks above what
     W_E and W_U allow are fitted at the largest possible rank (``details.effective_rank``).
-    Details: each trained fit's summary (steps, loss, stopping reason, trace).
+    Details: each trained fit's summary (steps, loss, stopping reason, trace).  ``negatives``: as
+    for ``low_rank.achievable_accuracy``, and ``eval_every``.
     """
     for group in heads:
         for name in group:
@@ -145,8 +162,9 @@ def rank_curve(
     points: list[dict[str, object]] = []
     fits: dict[str, dict[str, object]] = {}
     for rank in sorted(set(ranks)):
-        fit = _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds_per_rank,
-                   batch_rows=batch_rows, lr=lr, margin_lr=margin_lr, objective=objective, device=device)
+        fit = _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds_per_rank, batch_rows=batch_rows,
+                   lr=lr, margin_lr=margin_lr, objective=objective, device=device, negatives=negatives,
+                   eval_every=eval_every)
         points.append({"label": rank_label(rank), "rank": rank, "top1": fit.top1, "top5": fit.top5,
                        "kind": "trained", "heads": [], "bound": "lower"})
         fits[str(rank)] = fit.summary()

@@ -4,9 +4,12 @@ markers ``-m`` selects on."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+
+from fixtures.control_weights_cache import cache_disabled
 
 from harness.frontends.output import OUTPUT_FILES
 from harness.frontends.preflight import PreflightError, claim_folders_without_files, writable_out
@@ -14,6 +17,8 @@ from harness.frontends.pytest_plugin.state import FILES_KEY, IDS_KEY, RESULTS_KE
 from harness.frontends.weights_option import apply_tokenizer_option, apply_weights_option
 from harness.measurement_cache import open_cache
 from harness.session import Session
+
+NO_WEIGHTS_CACHE_KEY = pytest.StashKey[ExitStack]()
 
 MARKERS = {
     "planted": "claims on models built in code with known mechanisms",
@@ -55,8 +60,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {text}")
     # transformer-lens 3.9 warns on every HookedTransformer built; -W error must not break runs.
     config.addinivalue_line("filterwarnings", "ignore:HookedTransformer is deprecated:DeprecationWarning")
-    config.stash[SESSION_KEY] = Session(cache=open_cache(
-        config.getoption("--claims-no-cache", default=False), config.getoption("--claims-cache-dir", default=None)))
+    no_cache = config.getoption("--claims-no-cache", default=False)
+    config.stash[SESSION_KEY] = Session(cache=open_cache(no_cache, config.getoption("--claims-cache-dir", default=None)))
+    config.stash[NO_WEIGHTS_CACHE_KEY] = ExitStack()
+    config.stash[NO_WEIGHTS_CACHE_KEY].enter_context(cache_disabled(no_cache))  # the controls' weights are drawn afresh too
     config.stash[RESULTS_KEY] = []
     config.stash[IDS_KEY] = {}
     config.stash[FILES_KEY] = {}
@@ -67,6 +74,11 @@ def pytest_configure(config: pytest.Config) -> None:
             except ValueError as exc:
                 raise pytest.UsageError(str(exc)) from None
     _check_paths(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if NO_WEIGHTS_CACHE_KEY in config.stash:
+        config.stash[NO_WEIGHTS_CACHE_KEY].close()
 
 
 def _check_paths(config: pytest.Config) -> None:

@@ -23,6 +23,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         entries = gathered.ordered_entries()
         if entries:
             record = record_from_entries(entries, gathered.files, gathered.models, unmeasured_counts(gathered.files), gathered.cache)
+            if gathered.torch_threads:  # the workers measured, each on its share of the CPUs
+                record["provenance"]["torch_threads"] = max(gathered.torch_threads)
             write_record(Path(out), record)
         return
     results = config.stash.get(RESULTS_KEY, [])

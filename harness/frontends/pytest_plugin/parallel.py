@@ -14,6 +14,8 @@ differences of a claim are judged in its worker, as in a serial run.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,9 @@ class Gathered:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache: dict[str, Any] | None = None
     missing: list[str] = field(default_factory=list)
+    #: The workers' torch thread counts (the record's ``provenance.torch_threads``: the workers
+    #: measured, not the controller).
+    torch_threads: set[int] = field(default_factory=set)
 
     def add(self, payload: dict[str, Any]) -> None:
         self.entries += [(position, entry) for position, entry in payload["entries"]]
@@ -46,6 +51,8 @@ class Gathered:
             self.models.setdefault(name, model)
         self.cache = _add_counts(self.cache, payload["cache"])
         self.missing += [claim_id for claim_id in payload["missing"] if claim_id not in self.missing]
+        if payload.get("torch_threads") is not None:
+            self.torch_threads.add(payload["torch_threads"])
 
     def ordered_entries(self) -> list[dict[str, Any]]:
         """The claim entries in collection order (a serial run's order)."""
@@ -68,6 +75,27 @@ def is_controller(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): claims on one model run in one pytest-xdist worker")
     config.stash[GATHERED_KEY] = Gathered()
+    if is_worker(config):
+        share_cpus(int(config.workerinput.get("workercount", 1)))  # type: ignore[attr-defined]
+
+
+def worker_threads(workers: int, cpus: int) -> int:
+    """Torch threads for each of ``workers`` workers on ``cpus`` CPUs: an equal share, at least one."""
+    return max(1, cpus // max(1, workers))
+
+
+def share_cpus(workers: int) -> None:
+    """Give this worker its share of the CPUs this process may use (torch's intra-op threads).
+
+    torch starts one thread per CPU in every process: ``-n 2`` on two cores would run four threads
+    on two cores, and a small model's operations cost several times more CPU on threads that wait
+    for a core (the toy's evaluation loss: 23.5 s of CPU on two threads, 3.9 s on one, on a loaded
+    2-core machine).  The thread count changes no claim's verdict; values move by float rounding
+    at most, which the baseline's tolerances hold (serial runs of the claims on one thread pass it).
+    """
+    import torch
+
+    torch.set_num_threads(worker_threads(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -154,6 +182,7 @@ def _payload(session: pytest.Session) -> str:
         "models": model_summaries(state),
         "cache": state.cache.summary() if state.cache is not None else None,
         "missing": list(config.stash.get(MISSING_KEY, [])),
+        "torch_threads": torch.get_num_threads() if (torch := sys.modules.get("torch")) is not None else None,
     })
 
 
