@@ -51,12 +51,11 @@ every entry) and the entry (i, i) is masked out of whichever tile holds it.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from harness.circuits.ov_tiles import _CHUNK, _cat, _single_threaded_blas, _thresholds, count_tile, fused_counting
+from harness.circuits.ov_tiles import _CHUNK, _cat, _single_threaded_blas, _thresholds, count_tile, fused_counting, map_blocks
 
 _U64 = float(np.finfo(np.float64).eps) / 2
 _SAMPLE = 4096  # keys per principal-direction estimate
@@ -228,12 +227,7 @@ def pruned_scan(
                         break
         return amb_i, amb_j, computed
 
-    workers = max(1, min(workers, len(blocks)))
-    if workers == 1:
-        parts = [work(blocks)]
-    else:
-        with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(work, [blocks[k::workers] for k in range(workers)]))
+    parts = map_blocks(work, blocks, workers)
     amb_i = _cat([x for p in parts for x in p[0]])
     amb_j = _cat([x for p in parts for x in p[1]])
     return chi, amb_i, amb_j, d32, sum(p[2] for p in parts)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 
@@ -68,6 +70,21 @@ def _single_threaded_blas() -> Iterator[None]:
         return
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+_Block = TypeVar("_Block")
+_Part = TypeVar("_Part")
+
+
+def map_blocks(work: Callable[[list[_Block]], _Part], blocks: list[_Block], workers: int) -> list[_Part]:
+    """``work`` over ``blocks`` dealt round-robin to at most ``workers`` threads (block k to thread
+    k mod workers, so neighbouring blocks of similar cost spread out), one BLAS thread each; one
+    result per thread, in thread order. One worker (or one block) runs in the calling thread."""
+    workers = max(1, min(workers, len(blocks)))
+    if workers == 1:
+        return [work(blocks)]
+    with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(work, [blocks[k::workers] for k in range(workers)]))
 
 
 def _count_rows(

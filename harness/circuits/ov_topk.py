@@ -71,6 +71,7 @@ from harness.circuits.ov_tiles import (  # noqa: F401  (_CHUNK, _lane_sums: part
     _thresholds,
     count_tile,
     fused_counting,
+    map_blocks,
 )
 
 TiePolicy = Literal["argmax", "pessimistic", "optimistic"]
@@ -400,12 +401,7 @@ def _scan_numpy(
                     amb_j.append(c0 + bj)
         return amb_i, amb_j
 
-    workers = max(1, min(workers, len(blocks)))
-    if workers == 1:
-        parts = [work(blocks)]
-    else:
-        with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(work, [blocks[k::workers] for k in range(workers)]))
+    parts = map_blocks(work, blocks, workers)
     amb_i = [x for p in parts for x in p[0]]
     amb_j = [x for p in parts for x in p[1]]
     return chi, _cat(amb_i), _cat(amb_j), d32, best
