@@ -31,14 +31,7 @@ from harness.testing import fast_settings
 
 FAST = fast_settings(8)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems run faster on one thread on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small problems run faster on one thread
 
 
 def unit_rows(V: int, d: int, seed: int) -> np.ndarray:

@@ -28,13 +28,7 @@ from harness.testing import fast_settings
 
 FAST = fast_settings(20)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small problems run faster on one thread
 
 
 def dense_top1(W_E: np.ndarray, A: np.ndarray, B: np.ndarray, W_U: np.ndarray) -> float:
