@@ -23,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("INTERP_CLAIMS_CACHE", str(tmp_path))
     monkeypatch.delenv(cache.ENV_OFF, raising=False)
+    monkeypatch.setattr(cache, "_DISABLED", [])  # on even when this test session runs with --claims-no-cache
     return tmp_path / "random-controls"
 
 
