@@ -21,6 +21,12 @@ def test_landmarks_that_never_come_lie_past_the_last_snapshot() -> None:
     assert window_epochs(RUN, memorised_below=1e-9, start_drop=1.0, end_below=1e-5)["memorised"] == 8000
 
 
+def torch_equal(a: object, b: object) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
 def test_one_all_pairs_pass_serves_every_quantity_of_a_snapshot() -> None:
     from fixtures.grokking_model import initial_state_dict
     from harness.metrics import modular_dynamics as D
@@ -36,6 +42,12 @@ def test_one_all_pairs_pass_serves_every_quantity_of_a_snapshot() -> None:
     for freqs in ([14, 35], [1, 3, 4, 5, 6]):  # any frequency set, from the summary alone, as from the logits
         assert D.measure(model, "restricted_loss", freqs) == split_loss(restricted_logits(run.logits, freqs, True), "all")
     assert D._SUMMARIES[(model.identity.key, True)] is summary  # nothing run again
+    from harness.metrics._modular import trig_energy, trig_ratio
+
+    with_pre = run_all_pairs(model, pre=True)
+    assert torch_equal(with_pre.logits, run.logits)
+    for quantity, tensor in (("neuron_pre", with_pre.neurons_pre), ("neuron_post", run.neurons), ("logit", run.logits)):
+        assert D.measure(model, f"{quantity}_trig_ratio", [5, 9]) == trig_ratio(*trig_energy(tensor), [5, 9])
 
 
 def test_the_one_pass_all_pairs_run_equals_a_pass_per_kind() -> None:

@@ -91,24 +91,47 @@ def restricted_from_coords(coords: Tensor, column_mean: Tensor, frequencies: lis
     return kept
 
 
+def trig_energy(tensor: Tensor, p: int = P) -> tuple[Tensor, Tensor]:
+    """(energy (K, n), variance (n,)) of each column of a grid tensor (p^2, n), centred over the grid:
+    ``energy[k - 1]`` = (c_k . t)^2 + (s_k . t)^2 of the centred column t, ``variance`` = ||t||^2."""
+    centred = tensor - tensor.mean(0, keepdim=True)
+    coords = all_trig_sum_directions(p) @ centred
+    return coords[0::2].pow(2) + coords[1::2].pow(2), centred.pow(2).sum(0)
+
+
+def trig_ratio(energy: Tensor, variance: Tensor, frequencies: list[int]) -> float:
+    """The course's ``tensor_trig_ratio``: the mean over columns of the share of a column's centred
+    variance along cos/sin(w_k (x + y)) of ``frequencies``; constant columns (variance 0, e.g. dead
+    neurons, whose share is 0 / 0) are left out of the mean."""
+    live = variance > 0
+    if not bool(live.any()):
+        raise ValueError("every column is constant on the grid: no variance to explain")
+    explained = energy[[k - 1 for k in frequencies]].sum(0)
+    return float((explained[live] / variance[live]).mean())
+
+
 @dataclass(frozen=True)
 class AllPairs:
-    """One run of the model on all p^2 pairs: number logits (p^2, p), post-ReLU neurons (p^2, d_mlp), "=" attention (p^2, h, 3)."""
+    """One run of the model on all p^2 pairs: number logits (p^2, p), post-ReLU neurons (p^2, d_mlp), "=" attention (p^2, h, 3),
+    and where asked the pre-ReLU neurons (p^2, d_mlp)."""
 
     logits: Tensor
     neurons: Tensor
     attention: Tensor
+    neurons_pre: Tensor | None = None
 
 
-def run_all_pairs(model: ModelHandle, p: int = P) -> AllPairs:
-    """Logits, neuron activations and attention of the "=" position on every (x, y), from one forward pass."""
+def run_all_pairs(model: ModelHandle, p: int = P, *, pre: bool = False) -> AllPairs:
+    """Logits, neuron activations (with ``pre`` the pre-ReLU ones too) and attention of the "=" position on every (x, y), from one forward pass."""
     data = all_data(p)
     forward = model.run_with_cache(data.tokens)
-    forward.prefetch([model.hook_name("post", 0), model.hook_name("pattern", 0)], logits=True)
+    hooks = [model.hook_name("post", 0), model.hook_name("pattern", 0)] + ([model.hook_name("pre", 0)] if pre else [])
+    forward.prefetch(hooks, logits=True)
     logits = forward.logits[:, -1, :p].detach().to(torch.float64)
     neurons = forward.activations[("post", 0)][:, -1].detach().to(torch.float64)
     attention = forward.activations[("pattern", 0)][:, :, -1, :].detach().to(torch.float64)
-    return AllPairs(logits, neurons, attention)
+    neurons_pre = forward.activations[("pre", 0)][:, -1].detach().to(torch.float64) if pre else None
+    return AllPairs(logits, neurons, attention, neurons_pre)
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> float:

@@ -3,12 +3,16 @@
 A model's snapshots are the registry's family ``BASE@epoch=N`` (the reproduction) or
 ``BASE@index=I`` (the course's run, epoch 100 I), where BASE is the claim's model name without
 its ``@...`` part. Each snapshot is loaded (sha256 checked) and run once on all p^2 pairs, and what every quantity
-needs of it is kept (:class:`SnapshotSummary`, a few kB): every dynamics claim of a process shares it,
+needs of it is kept (:class:`SnapshotSummary`, about 0.5 MB): every dynamics claim of a process shares it,
 and a snapshot whose weights file is unchanged is not loaded again.
 
 Quantities: ``test_loss``, ``train_loss``, ``all_loss`` (float64, :mod:`harness.metrics.modular`),
 ``restricted_loss`` (all pairs, the given ``frequencies``, bias-corrected), ``weight_norm``,
-``attention_gap`` (the largest per-head |mean attention "=" -> 0 minus "=" -> 1|, G26).
+``attention_gap`` (the largest per-head |mean attention "=" -> 0 minus "=" -> 1|, G26),
+``logit_trig_ratio``, ``neuron_pre_trig_ratio``, ``neuron_post_trig_ratio`` (G25: the course's
+``tensor_trig_ratio`` of the given ``frequencies``, :func:`~harness.metrics._modular.trig_ratio`).
+
+- ``modular.trig_ratio``: that ratio on the claim's model itself.
 
 - ``modular.snapshot_series``: the quantity at each chosen epoch (``epoch=N``).
 - ``modular.orders_of_magnitude_drop``: ``log10(q(from_epoch) / q(to_epoch))``.
@@ -34,12 +38,17 @@ from harness.core.details import LossCurves
 from harness.core.measurement import Measurement
 from harness.core.model_handle import ModelHandle
 from harness.core.value_shape import Scalar, Table, labelled, names
-from harness.metrics._modular import restricted_from_coords, run_all_pairs, split_loss, trig_sum_coords
+from harness.metrics._modular import (
+    restricted_from_coords, run_all_pairs, split_loss, trig_energy, trig_ratio, trig_sum_coords,
+)
 from harness.metrics.modular import recent_run
 from harness.metrics.modular_logits import Frequency, check_frequencies
 from harness.registry import metric
 
-Quantity = Literal["test_loss", "train_loss", "all_loss", "restricted_loss", "weight_norm", "attention_gap"]
+Quantity = Literal["test_loss", "train_loss", "all_loss", "restricted_loss", "weight_norm", "attention_gap",
+                   "logit_trig_ratio", "neuron_pre_trig_ratio", "neuron_post_trig_ratio"]
+TrigOf = Literal["logit", "neuron_pre", "neuron_post"]
+_WITH_FREQUENCIES = ("restricted_loss", "logit_trig_ratio", "neuron_pre_trig_ratio", "neuron_post_trig_ratio")
 Epoch = Annotated[int, Field(ge=0)]
 
 
@@ -62,13 +71,15 @@ def snapshot_names(model_name: str) -> dict[int, str]:
 
 @dataclass(frozen=True)
 class SnapshotSummary:
-    """What the quantities need of one snapshot: one all-pairs pass (a few kB kept; the run's logits are dropped), or only its weights.
+    """What the quantities need of one snapshot: one all-pairs pass (about 0.5 MB kept; the activations are dropped), or only its weights.
 
     ``losses``: float64 loss on train, test and all pairs; ``attention_gap``: the largest per-head
     |mean attention "=" -> 0 minus "=" -> 1|; ``trig_coords`` (2 K, p): D L, the logits'
     coordinates along every c_k, s_k and ``column_mean`` (p,): mean(L) per answer, from which the
     restricted loss of any frequency set follows (:func:`~harness.metrics._modular.restricted_from_coords`).
-    ``weight_norm``: the sum of squares of every parameter. A summary of the weights alone
+    ``trig_energy``: for the logits and the pre- and post-ReLU neurons, each column's centred energy
+    along every frequency's cos/sin(w_k (x + y)) and its variance (:func:`~harness.metrics._modular.trig_energy`),
+    from which the course's trig ratio of any frequency set follows. ``weight_norm``: the sum of squares of every parameter. A summary of the weights alone
     (``of_pass`` false) holds only the weight norm: a claim that reads no more runs nothing.
     """
 
@@ -79,18 +90,22 @@ class SnapshotSummary:
     attention_gap: float = math.nan
     trig_coords: Tensor | None = None
     column_mean: Tensor | None = None
+    trig_energy: dict[str, tuple[Tensor, Tensor]] | None = None
 
     def quantity(self, quantity: str, frequencies: list[int] | None) -> float:
-        """The named quantity (``restricted_loss`` with ``frequencies``)."""
+        """The named quantity (``restricted_loss`` and the trig ratios with ``frequencies``)."""
         if quantity == "weight_norm":
             return self.weight_norm
         if not self.of_pass:
             raise ValueError(f"quantity {quantity} needs the snapshot's all-pairs pass, and this summary is of its weights only")
-        if quantity == "restricted_loss":
+        if quantity in _WITH_FREQUENCIES:
             if not frequencies:
-                raise ValueError("quantity restricted_loss needs 'frequencies'")
+                raise ValueError(f"quantity {quantity} needs 'frequencies'")
             check_frequencies(frequencies)
+        if quantity == "restricted_loss":
             return split_loss(restricted_from_coords(self.trig_coords, self.column_mean, frequencies, True), "all")
+        if quantity.endswith("_trig_ratio"):
+            return trig_ratio(*self.trig_energy[quantity.removesuffix("_trig_ratio")], frequencies)
         if quantity == "attention_gap":
             return self.attention_gap
         return self.losses[quantity.removesuffix("_loss")]
@@ -116,12 +131,15 @@ def summarise(model: ModelHandle, of_pass: bool = True) -> SnapshotSummary:
         if not of_pass:
             _SUMMARIES[key] = SnapshotSummary(sha, norm)
         else:
-            run = recent_run(model) or run_all_pairs(model)
+            recent = recent_run(model)
+            run = recent if recent is not None and recent.neurons_pre is not None else run_all_pairs(model, pre=True)
             per_head = run.attention.mean(0)  # (h, 3): mean attention from "=" to each position
             _SUMMARIES[key] = SnapshotSummary(
                 sha, norm, True, losses={split: split_loss(run.logits, split) for split in ("train", "test", "all")},
                 attention_gap=float((per_head[:, 0] - per_head[:, 1]).abs().max()),
-                trig_coords=trig_sum_coords(run.logits), column_mean=run.logits.mean(0))
+                trig_coords=trig_sum_coords(run.logits), column_mean=run.logits.mean(0),
+                trig_energy={"logit": trig_energy(run.logits), "neuron_pre": trig_energy(run.neurons_pre),
+                             "neuron_post": trig_energy(run.neurons)})
     return _SUMMARIES[key]
 
 
@@ -167,6 +185,15 @@ def series(model_name: str, quantity: str, frequencies: list[int] | None, epochs
         values[epoch] = summary.quantity(quantity, frequencies)
         shas[epoch] = summary.weights_sha256
     return values, shas
+
+
+@metric("modular.trig_ratio", value=Scalar())
+def trig_ratio_metric(ctx: MetricContext, *, of: TrigOf, frequencies: list[Frequency]) -> Measurement:
+    """The course's ``tensor_trig_ratio`` on the claim's model: the mean over columns (answers, or
+    neurons) of the share of each column's centred variance over the grid along cos/sin(w_k (x + y))
+    of ``frequencies`` (constant columns left out)."""
+    value = measure(ctx.model, f"{of}_trig_ratio", list(frequencies))
+    return Measurement(value, None, {"of": of, "frequencies": list(frequencies)})
 
 
 @metric("modular.snapshot_series", value=Table(labelled("epoch")))
