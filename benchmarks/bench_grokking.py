@@ -38,7 +38,8 @@ from harness.runner import run_claim  # noqa: E402
 from harness.session import Session  # noqa: E402
 
 CLAIMS = ROOT / "claims" / "toy" / "grokking.yaml"
-DYNAMICS = {"modular.snapshot_series", "modular.orders_of_magnitude_drop", "modular.first_epoch_below", "modular.grokking_window"}
+DYNAMICS = {"modular.snapshot_series", "modular.orders_of_magnitude_drop", "modular.first_epoch_below", "modular.grokking_window",
+            "modular.series_rise"}
 TARGETS = {"train": 20 * 60.0, "snapshot": 5.0, "dynamics": 60.0}
 
 
