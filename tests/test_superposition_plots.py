@@ -40,3 +40,14 @@ def test_latent_feature_matches() -> None:
     assert latent_feature_matches(entry).startswith("<svg")
     assert PLOTS["latent_feature_matches"].applies_to(entry) and not PLOTS["gram_heatmap"].applies_to(entry)
     assert latent_feature_matches({"details": {"cosines": [[0.5]]}}) is None
+
+
+def test_a_picture_shared_by_several_claims_is_drawn_once() -> None:
+    """Plots read the details alone: claims with equal details get the same SVG (the same string, not redrawn);
+    different details a new one."""
+    details = {"p": [1.0, 0.2], "dims": [[1.0, 0.5], [0.5, 0.5]]}
+    first = dimensionality_scatter({"id": "a", "details": dict(details)})
+    again = dimensionality_scatter({"id": "b", "expect": {">=": 1}, "details": dict(details)})
+    assert first is again and first.startswith("<svg")
+    other = dimensionality_scatter({"id": "c", "details": {**details, "p": [1.0, 0.1]}})
+    assert other is not first and other != first

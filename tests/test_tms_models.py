@@ -108,9 +108,11 @@ def test_superposition_metric_refuses_an_instance_outside_the_model() -> None:
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_retraining_reproduces_committed_weights(name: str) -> None:
     """Retrain each recipe's seed 0 (one thread) and compare every committed tensor (W, b_final, and W2
-    of the |x| models) with the retrained one: equal to float32 noise. Most recipes take 1-3 minutes on an
-    idle core; ``tms-100f20d`` about 8, ``tms-abs-100f40d`` about 5-10, ``tms-200f20d`` (E8) about 20 CPU-minutes.
-    The other seeds are retrained by ``python -m fixtures.tms.train RECIPE --seeds S``."""
+    of the |x| models) with the retrained one: equal to float32 noise (bit for bit on the CPU kernels that
+    trained them). With the fast step (``benchmarks/bench_tms_step.py``) the small recipes take seconds of CPU
+    each, ``tms-100f20d``, ``tms-abs-100f40d`` and ``tms-200f20d`` (E8) minutes; ``tms-5f2d`` also runs in the
+    default tests (``tests/test_tms_fast_step.py``). The other seeds are retrained by
+    ``python -m fixtures.tms.train RECIPE --seeds S``."""
     from safetensors.torch import load_file
 
     torch.set_num_threads(1)
