@@ -67,3 +67,10 @@ def test_trig_ratio_equals_the_courses_loop_and_a_planted_answer() -> None:
     assert trig_ratio(energy, variance, [13, 15]) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="constant"):
         trig_ratio(*trig_energy(planted[:, 2:]), [14])
+
+
+def test_frequencies_for_a_quantity_that_takes_none_are_refused() -> None:
+    from harness.metrics.modular_dynamics import series
+
+    with pytest.raises(ValueError, match="takes no 'frequencies'"):
+        series("grokking-repro", "test_loss", [9, 14], [0, 10])

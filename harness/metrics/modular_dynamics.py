@@ -174,6 +174,8 @@ def snapshot_summary(name: str, of_pass: bool = True) -> SnapshotSummary:
 
 def series(model_name: str, quantity: str, frequencies: list[int] | None, epochs: list[int] | None) -> tuple[dict[int, float], dict[int, str]]:
     """({epoch: quantity}, {epoch: weights sha256}) over the chosen (default: every) snapshot."""
+    if frequencies and quantity not in _WITH_FREQUENCIES:
+        raise ValueError(f"quantity {quantity} takes no 'frequencies' (only {', '.join(_WITH_FREQUENCIES)} do)")
     names = snapshot_names(model_name)
     chosen = sorted(names) if epochs is None else epochs
     missing = [e for e in chosen if e not in names]
