@@ -7,6 +7,9 @@
   grokking window shaded; reads :class:`~harness.core.details.LossCurves`.
 - :func:`cluster_size_bars`: neurons per frequency cluster and the unexplained ones; reads
   :class:`~harness.core.details.ClusterSizes`.
+- :func:`snapshot_series_curve`: a quantity over a run's snapshots on its scale, the epoch the
+  claim reads its share of the rise at marked and the steepest interval shaded; reads
+  :class:`~harness.core.details.SnapshotSeries`.
 """
 
 from __future__ import annotations
@@ -84,4 +87,32 @@ def cluster_size_bars(entry: dict[str, Any]) -> str | None:
         axes.text(i, n, f"{n:g}", ha="center", va="bottom", fontsize=7)
     axes.set_ylabel("neurons")
     axes.set_title(f"{entry.get('model', '?')}: neuron clusters by frequency")
+    return _svg(figure)
+
+
+def snapshot_series_curve(entry: dict[str, Any]) -> str | None:
+    """The quantity at each snapshot (log or linear axis), ``until_epoch`` dashed, the steepest interval shaded."""
+    from reports.plots import _details, _figure, _svg
+
+    details = _details(entry)
+    epochs, values = finite_numbers(details.get("epochs")), finite_numbers(details.get("values"))
+    if epochs is None or values is None or len(epochs) != len(values) or len(epochs) < 2:
+        return None
+    log = details.get("scale") == "log"
+    if log and any(v <= 0 for v in values):
+        return None  # a log axis cannot draw a zero or negative value
+    figure, axes = _figure(6.0, 2.8)
+    axes.plot(epochs, values, marker=".", label=str(details.get("quantity", "quantity")))
+    peak = finite_numbers(details.get("peak_interval"))
+    if peak is not None and len(peak) == 2 and peak[0] < peak[1]:
+        axes.axvspan(peak[0], peak[1], color="0.85", zorder=0, label="steepest interval")
+    until = finite_numbers([details.get("until_epoch")])
+    if until is not None:
+        axes.axvline(until[0], color="0.4", linestyle="--", linewidth=0.8, label="until_epoch")
+    if log:
+        axes.set_yscale("log")
+    axes.set_xlabel("epoch (snapshots)")
+    axes.set_ylabel(str(details.get("quantity", "")))
+    axes.legend(loc="upper left", fontsize=7)
+    axes.set_title(f"{entry.get('model', '?')}: {details.get('quantity', '?')} over training")
     return _svg(figure)

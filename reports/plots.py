@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from harness.core.details import (
     AttentionExamples, ClusterSizes, DimensionalityPoints, FeatureDirections, FrequencyEnergy, LatentFeatureCosines,
-    LossCurves, NamedPositionAttention, PositionCurve, PositionGrid,
+    LossCurves, NamedPositionAttention, PositionCurve, PositionGrid, SnapshotSeries,
 )
 from harness.core.heads import HEAD_PATTERN, Head, sort_heads
 from harness.core.named_registry import NamedRegistry
@@ -28,7 +28,7 @@ from reports.plot_cache import PlotCache
 from reports.curves import curve_points, plottable_rank, point_bound, stopped_early
 from reports.values import as_number
 from reports.superposition_plots import dimensionality_scatter, feature_directions, gram_heatmap, latent_feature_matches
-from reports.modular_plots import cluster_size_bars, frequency_energy_bars, grokking_loss_curves
+from reports.modular_plots import cluster_size_bars, frequency_energy_bars, grokking_loss_curves, snapshot_series_curve
 
 HEAD_KEY = re.compile(HEAD_PATTERN)
 
@@ -411,6 +411,7 @@ PLOTS: NamedRegistry[Plot] = NamedRegistry("plot", [
         Plot(frequency_energy_bars, reads=FrequencyEnergy),
         Plot(grokking_loss_curves, reads=LossCurves),
         Plot(cluster_size_bars, reads=ClusterSizes),
+        Plot(snapshot_series_curve, reads=SnapshotSeries),
     )
 ])
 """Every plot by name, in the order the HTML report shows them."""

@@ -33,3 +33,17 @@ def test_cluster_size_bars_order_clusters_by_frequency() -> None:
     assert svg.startswith("<svg") and svg.index("k=9") < svg.index("k=26") < svg.index("unexplained")
     assert cluster_size_bars({"details": {"sizes": {}}}) is None
     assert not PLOTS["cluster_size_bars"].applies_to({"details_kinds": ["FrequencyEnergy"]})
+
+
+def test_snapshot_series_curve_marks_the_reading_and_declines_bad_data() -> None:
+    from reports.modular_plots import snapshot_series_curve
+
+    details = {"epochs": [1000, 3000, 14400, 17600], "values": [0.009, 0.016, 0.58, 0.98], "quantity": "logit_trig_ratio",
+               "scale": "log", "until_epoch": 14400, "peak_interval": [3000, 14400]}
+    entry = {"metric": "modular.series_rise", "model": "m", "details_kinds": ["SnapshotSeries"], "details": details}
+    svg = snapshot_series_curve(entry)
+    assert svg.startswith("<svg") and "steepest interval" in svg and "until_epoch" in svg
+    assert len(plots_for(entry)) == 1
+    assert snapshot_series_curve({"details": dict(details, values=[0.0, 0.1, 0.5, 0.9])}) is None  # no log of 0
+    assert snapshot_series_curve({"details": dict(details, values=[0.0, 0.1, 0.5, 0.9], scale="linear")}).startswith("<svg")
+    assert snapshot_series_curve({"details": dict(details, values=[0.1])}) is None  # lengths differ

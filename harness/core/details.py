@@ -113,6 +113,19 @@ class LossCurves(TypedDict):
     window: list[int]
 
 
+class SnapshotSeries(TypedDict):
+    """A quantity at each snapshot ``epochs[i]`` of a run (``values[i]``), read on ``scale`` (``log``
+    or ``linear``); ``until_epoch`` and the steepest interval ``peak_interval`` (first and last epoch)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    epochs: list[int]
+    values: list[float]
+    quantity: str
+    scale: str
+    until_epoch: int
+    peak_interval: list[int]
+
+
 class ClusterSizes(TypedDict):
     """Neurons per frequency cluster: ``sizes["k=K"]`` and ``sizes["unexplained"]``."""
 
@@ -125,6 +138,7 @@ DETAILS_KINDS: dict[str, type] = {kind.__name__: kind for kind in (
     PositionGrid, NamedPositionAttention,
     LatentFeatureCosines,
     FrequencyEnergy, LossCurves, ClusterSizes,
+    SnapshotSeries,
 )}
 """Every details kind by name, as the record lists them."""
 

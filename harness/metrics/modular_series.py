@@ -26,6 +26,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from harness.context import MetricContext
+from harness.core.details import SnapshotSeries
 from harness.core.measurement import Measurement
 from harness.core.value_shape import Table, names
 from harness.metrics.modular_dynamics import Epoch, Quantity, series
@@ -57,7 +58,7 @@ def rise_profile(values: dict[int, float], until_epoch: int, scale: str) -> dict
     return {"reached_by": (f[until_epoch] - f[epochs[0]]) / rise, "peak_rate": rates[steepest], "peak_at": float(epochs[steepest + 1])}
 
 
-@metric("modular.series_rise", value=Table(names("reached_by", "peak_rate", "peak_at")))
+@metric("modular.series_rise", value=Table(names("reached_by", "peak_rate", "peak_at")), details=(SnapshotSeries,))
 def series_rise(ctx: MetricContext, *, quantity: Quantity, until_epoch: Epoch, scale: Scale = "log",
                 frequencies: list[Frequency] | None = None, epochs: list[Epoch] | None = None) -> Measurement:
     """How early and how abruptly the quantity rises over the snapshots (``epochs``, default all) of the claim's model: see the module docstring."""
@@ -65,4 +66,9 @@ def series_rise(ctx: MetricContext, *, quantity: Quantity, until_epoch: Epoch, s
         raise ValueError(f"give 'epochs' in increasing order, each once: {epochs}")
     values, _shas = series(ctx.model.identity.name, quantity, frequencies, epochs)
     value = rise_profile(values, until_epoch, scale)
-    return Measurement(value, None, {"series": {str(e): values[e] for e in sorted(values)}, "scale": scale, "quantity": quantity})
+    ordered = sorted(values)
+    peak_end = int(value["peak_at"])
+    details = {"epochs": ordered, "values": [values[e] for e in ordered], "quantity": quantity, "scale": scale,
+               "until_epoch": until_epoch, "peak_interval": [ordered[ordered.index(peak_end) - 1], peak_end],
+               "frequencies": list(frequencies or [])}
+    return Measurement(value, None, details)
