@@ -74,13 +74,16 @@ from typing import Any, Literal
 import numpy as np
 
 from harness.circuits.factored import as_numpy
-from harness.circuits.low_rank_sparse import hard_negatives_numpy, hard_negatives_torch, restricted_grads
+from harness.circuits.low_rank_sparse import (
+    hard_negatives_compiled, hard_negatives_torch, hardest_from_factors, restricted_grads,
+)
+from harness.circuits.ov_tiles import map_blocks
 from harness.circuits.ov_topk import full_circuit_topk
 
 PhaseObjective = Literal["ce", "margin"]
 Objective = Literal["ce", "margin", "ce+margin"]
 PHASES: dict[str, tuple[PhaseObjective, ...]] = {"ce": ("ce",), "margin": ("margin",), "ce+margin": ("ce", "margin")}
-StoppedBy = Literal["converged", "budget", "steps"]
+StoppedBy = Literal["converged", "budget", "steps", "bound"]
 
 EIG_RTOL = 1e-10  # eigenvalues of a Gram matrix below rtol * max are treated as 0 (sigma: 1e-5)
 MAX_INIT_SPREAD = 40.0  # the init scale never makes a row's logit spread exceed this
@@ -109,6 +112,9 @@ class FitSettings:
     device: str
     threads: int | None
     negatives: int | None = None
+    bulk: int | None = None
+    bulk_weight: float = 1.0
+    stop_at_bound: bool = False
 
 
 @dataclass
@@ -310,8 +316,14 @@ class _Numpy:
         return np.asarray(x)
 
     # the restricted step's kernels (harness/circuits/low_rank_sparse.py)
-    def hard_negatives(self, L: np.ndarray, cols: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
-        return hard_negatives_numpy(L, cols, K, self._chunked)
+    def hardest(self, P: np.ndarray, Qm: np.ndarray, cols: np.ndarray, K: int) -> tuple[np.ndarray, ...]:
+        """Own entries and the K hardest columns of ``L = P Qm``: tiled at small rank, else from L."""
+        tiled = hardest_from_factors(P, Qm, cols, K, self.threads, map_blocks)
+        if tiled is not None:
+            return tiled
+        L = self.logits(P, Qm)
+        diag = L[np.arange(len(cols)), cols]  # a copy
+        return (diag, *hard_negatives_compiled(L, cols, K, self._chunked))
 
     def cat(self, parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts, axis=1)
@@ -328,6 +340,15 @@ class _Numpy:
 
     def unique(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.unique(x, return_inverse=True)
+
+    def float_(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float32)
+
+    def clip_min(self, x: np.ndarray, low: float) -> np.ndarray:
+        return np.maximum(x, np.float32(low))
+
+    def log(self, x: np.ndarray) -> np.ndarray:
+        return np.log(x)
 
     def scatter_rows(self, n: int, index: np.ndarray, values: np.ndarray) -> np.ndarray:
         """``out[index[t]] += values[t]`` into an n x width zero array."""
@@ -384,8 +405,10 @@ class _Torch:
         return x.detach().cpu().numpy()
 
     # the restricted step's kernels (harness/circuits/low_rank_sparse.py)
-    def hard_negatives(self, L: Any, cols: Any, K: int) -> tuple[Any, Any]:
-        return hard_negatives_torch(L, cols, K)
+    def hardest(self, P: Any, Qm: Any, cols: Any, K: int) -> tuple[Any, ...]:
+        L = P @ Qm
+        diag = L[self.t.arange(len(cols), device=self.device), cols].clone()
+        return (diag, *hard_negatives_torch(L, cols, K))
 
     def cat(self, parts: list[Any]) -> Any:
         return self.t.cat(parts, dim=1)
@@ -398,6 +421,15 @@ class _Torch:
 
     def unique(self, x: Any) -> tuple[Any, Any]:
         return self.t.unique(x, return_inverse=True)
+
+    def float_(self, x: Any) -> Any:
+        return x.to(self.t.float32)
+
+    def clip_min(self, x: Any, low: float) -> Any:
+        return self.t.clamp(x, min=low)
+
+    def log(self, x: Any) -> Any:
+        return self.t.log(x)
 
     def scatter_rows(self, n: int, index: Any, values: Any) -> Any:
         return self.t.zeros((n, values.shape[1]), dtype=values.dtype, device=values.device).index_add_(0, index, values)
@@ -601,17 +633,20 @@ class _Phase:
 def _train_phase(
     ops: Any, E: Any, U: Any, params: tuple[np.ndarray, np.ndarray], sampler: RowSampler,
     monitor_rows: np.ndarray, objective: PhaseObjective, lr: float, settings: FitSettings,
-    deadline: float | None, t0: float, bar: Any, QU: Any = None,
+    deadline: float | None, t0: float, bar: Any, QU: Any = None, bulk_rng: np.random.Generator | None = None,
+    start_counts: tuple[int, int] | None = None,
 ) -> _Phase:
     """Adam on ``objective`` from ``params`` (A', B') until the plateau rule, ``settings.max_steps``
     or the ``deadline`` (perf_counter seconds); returns the best monitored parameters.  With
-    ``settings.negatives`` each step is the restricted one (:mod:`low_rank_sparse`; ``QU``: Q_U)."""
+    ``settings.negatives`` each step is the restricted one (:mod:`low_rank_sparse`; ``QU``: Q_U),
+    with ``settings.bulk`` columns drawn from ``bulk_rng`` per cross-entropy step.  ``start_counts``:
+    the monitor's counts of ``params`` when already known (the previous phase's best point)."""
     A, B = ops.asarray(params[0]), ops.asarray(params[1])
     rms = _rms(*params)
     opt = Adam(ops, [A, B], lr * rms, settings.adam_betas, eps=1e-12 * rms)
     n_mon = len(monitor_rows)
     monitor = lambda: monitor_topk(ops, E, U, A, B, monitor_rows, settings.batch_rows)  # noqa: E731
-    n1, n5 = monitor()
+    n1, n5 = monitor() if start_counts is None else start_counts
     point = lambda step, losses, top1s: {  # noqa: E731
         "phase": objective, "step": step, "seconds": round(time.perf_counter() - t0, 3), "lr": opt.lr / rms,
         "loss": float(np.mean(losses)) if losses else None,
@@ -633,7 +668,9 @@ def _train_phase(
             if settings.negatives is None:
                 row_loss, rank_b, dA, dB = loss_and_grads(ops, E, U, A, B, rows, objective)
             else:
-                row_loss, rank_b, dA, dB = restricted_grads(ops, E, U, QU, A, B, rows, objective, settings.negatives)
+                bulk = None if bulk_rng is None else np.sort(bulk_rng.choice(sampler.V, settings.bulk, replace=False))
+                row_loss, rank_b, dA, dB = restricted_grads(ops, E, U, QU, A, B, rows, objective, settings.negatives,
+                                                            bulk, settings.bulk_weight)
             opt.step([dA, dB])
             step += 1
             losses.append(float(row_loss.mean()))
@@ -658,6 +695,12 @@ def _train_phase(
     return _Phase(best, trace, step, stopped or "steps")
 
 
+def _best_counts(phase: _Phase, n_monitor: int) -> tuple[int, int]:
+    """The monitor's (top-1, top-5) counts of a phase's kept parameters (its best point)."""
+    best = max(phase.trace, key=lambda p: (p["monitor_top1"], p["monitor_top5"]))
+    return round(best["monitor_top1"] * n_monitor), round(best["monitor_top5"] * n_monitor)
+
+
 def fit_low_rank_copying(
     W_E: Any,
     W_U: Any,
@@ -680,6 +723,9 @@ def fit_low_rank_copying(
     progress: bool = False,
     init: tuple[np.ndarray, np.ndarray] | None = None,
     negatives: int | None = None,
+    bulk: int | None = None,
+    bulk_weight: float = 1.0,
+    stop_at_bound: bool = False,
 ) -> LowRankFit:
     """Find ``A`` (d x r), ``B`` (r x d) maximising the top-1 copying accuracy of ``W_E A B W_U``.
 
@@ -691,7 +737,11 @@ def fit_low_rank_copying(
     steps).  ``device``: None/"cpu" (numpy) or a torch device ("cuda").  ``init``: start from these
     factors (A d x r, B r x d) instead of the closed form.  ``negatives``: K, each step's loss over
     each row's K hardest columns only (:mod:`harness.circuits.low_rank_sparse`; the margin phase
-    is the same loss either way); None, over all V columns.
+    is the same loss either way); None, over all V columns.  ``bulk``: m, with ``negatives``, the
+    cross-entropy's softmax also holds m uniformly sampled columns standing for the rest of the row
+    (:func:`harness.circuits.low_rank_sparse.bulk_logits`; a fresh sample per step, seeded).
+    ``stop_at_bound``: a rank-1 fit whose closed-form start already reaches the most any rank-1
+    matrix can (:func:`copy_bound`, counted exactly) is not trained (``stopped_by: "bound"``).
     """
     t0 = time.perf_counter()
     E_np, U_np = _finite_numpy(W_E), _finite_numpy(W_U)
@@ -706,19 +756,28 @@ def fit_low_rank_copying(
         raise ValueError(f"unknown objective {objective!r}: one of {', '.join(PHASES)}")
     if negatives is not None and negatives < 1:
         raise ValueError(f"negatives must be >= 1 (or None for every column), got {negatives}")
+    if bulk is not None and (negatives is None or bulk < 1):
+        raise ValueError(f"bulk needs negatives and must be >= 1, got bulk={bulk}, negatives={negatives}")
     batch = min(batch_rows, V)
     settings = FitSettings(
         rank, seed, objective, batch, lr, margin_lr, lr_decay, max_decays, patience,
         eval_every or max(10, math.ceil(V / batch / 2)), min(eval_rows, V), max_steps, max_seconds, adam_betas,
-        device or "cpu", _threads(), negatives,
+        device or "cpu", _threads(), negatives, None if bulk is None else min(bulk, V), bulk_weight,
+        stop_at_bound,
     )
     rng = np.random.default_rng(seed)
     monitor_rows = np.sort(rng.permutation(V)[: settings.eval_rows])
     start = closed_form_start(E_np, U_np, rank, monitor_rows[: min(SCALE_ROWS, len(monitor_rows))], init)
+    if stop_at_bound:
+        reached = _at_bound(E_np, U_np, start, device)
+        if reached is not None:  # the exact count was the set-up: no training, no second count
+            now = time.perf_counter()
+            return _fit_result(start, reached, settings, [], [], 0, t0, now, now, "bound")
     ops: Any = _Numpy() if device in (None, "cpu") else _Torch(device)
     E, U = ops.asarray(start.QE), ops.asarray(start.QU.T)
     QU = None if negatives is None else ops.asarray(start.QU)
     sampler = RowSampler(V, batch, rng)
+    bulk_rng = None if settings.bulk is None else np.random.default_rng([seed, 1])  # its own stream
     setup = time.perf_counter() - t0
 
     t_probe = time.perf_counter()
@@ -727,10 +786,12 @@ def fit_low_rank_copying(
     reserve = probe * (1 + 1.5 * V / len(monitor_rows))  # a last monitor pass + the exact pass
     deadline = None if max_seconds is None else t0 + max_seconds - reserve
     bar = _progress_bar(progress, rank, None if max_steps is None else max_steps * len(PHASES[objective]), max_seconds)
-    params, trace, steps, phases = (start.A0, start.B0), [], 0, []
+    params, trace, steps, phases, known = (start.A0, start.B0), [], 0, [], None
     for phase_objective in PHASES[objective]:
         phase = _train_phase(ops, E, U, params, sampler, monitor_rows, phase_objective,
-                             lr if phase_objective == "ce" else margin_lr, settings, deadline, t0, bar, QU)
+                             lr if phase_objective == "ce" else margin_lr, settings, deadline, t0, bar, QU, bulk_rng,
+                             known)
+        known = _best_counts(phase, len(monitor_rows))  # the next phase starts there: not counted again
         params, steps = phase.best, steps + phase.steps
         trace += phase.trace
         phases.append({"objective": phase_objective, "steps": phase.steps, "stopped_by": phase.stopped_by,
@@ -739,14 +800,54 @@ def fit_low_rank_copying(
             break
     if bar is not None:
         bar.close()
-    train_seconds = time.perf_counter() - t0 - setup
+    train_end = time.perf_counter()
+    exact = _exact_count(E_np, U_np, start, params, device)
+    return _fit_result(start, exact, settings, phases, trace, steps, t0, t0 + setup, train_end,
+                       phases[-1]["stopped_by"])
 
-    t_eval = time.perf_counter()
+
+def copy_bound(rank: int, V: int) -> int:
+    """The most rows (of V) that any rank-``rank`` matrix ``M = W_E A B W_U`` can copy (strict top-1).
+
+    Rank 1: ``M[i, j] = u_i w_j`` (u = W_E A, w = B W_U), so row i is right only when u_i > 0 and
+    w_i is the strict maximum of w, or u_i < 0 and w_i is its strict minimum: at most one row
+    each, so ``min(2, V)``.  No bound below V is used for higher ranks.
+    """
+    return min(2, V) if rank == 1 else V
+
+
+_Exact = tuple[np.ndarray, np.ndarray, Any]  # A (d x r), B (r x d), the OV kernel's count
+
+
+def _exact_count(E_np: np.ndarray, U_np: np.ndarray, start: _Start, params: tuple[np.ndarray, np.ndarray],
+                 device: str | None) -> _Exact:
+    """The fitted map back in the model's coordinates (float64) and its exact full-vocabulary count."""
     A_fit = start.TE_pinv @ params[0].astype(np.float64)  # d x r
     B_fit = params[1].astype(np.float64) @ start.TU_pinv.T  # r x d
     result = full_circuit_topk(E_np, A_fit, B_fit, U_np, device=None if device in (None, "cpu") else device,
                                margins=False)  # counts only: the row-max pass is not needed
+    return A_fit, B_fit, result
+
+
+def _at_bound(E_np: np.ndarray, U_np: np.ndarray, start: _Start, device: str | None) -> _Exact | None:
+    """The start's exact count when it already reaches :func:`copy_bound` (only rank 1 has one
+    below V), else None (then nothing was counted)."""
+    rank, V = start.A0.shape[1], E_np.shape[0]
+    if copy_bound(rank, V) >= V:
+        return None
+    exact = _exact_count(E_np, U_np, start, (start.A0, start.B0), device)
+    top1_rows = round(exact[2].accuracy(1, "pessimistic") * V)
+    return exact if top1_rows >= copy_bound(rank, V) else None
+
+
+def _fit_result(start: _Start, exact: _Exact, settings: FitSettings, phases: list[dict[str, Any]],
+                trace: list[dict[str, Any]], steps: int, t0: float, setup_end: float, train_end: float,
+                stopped_by: StoppedBy) -> LowRankFit:
+    """The fit's record from its exact count and timings (perf_counter seconds)."""
+    A_fit, B_fit, result = exact
     losses = [p["loss"] for p in trace if p["loss"] is not None]
+    now = time.perf_counter()
+    train_seconds = train_end - setup_end
     return LowRankFit(
         A=A_fit,
         B=B_fit,
@@ -755,16 +856,16 @@ def fit_low_rank_copying(
         tie_rows=result.n_tie_rows(1),
         loss=losses[-1] if losses else float("nan"),
         steps=steps,
-        stopped_by=phases[-1]["stopped_by"],
+        stopped_by=stopped_by,
         settings=settings,
         effective_rank=start.A0.shape[1],
         init_scale=start.scale,
         phases=phases,
         trace=trace,
-        setup_seconds=setup,
+        setup_seconds=setup_end - t0,
         train_seconds=train_seconds,
-        eval_seconds=time.perf_counter() - t_eval,
-        wall_seconds=time.perf_counter() - t0,
+        eval_seconds=now - train_end,
+        wall_seconds=now - t0,
         seconds_per_step=train_seconds / steps if steps else float("nan"),
     )
 

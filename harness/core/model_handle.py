@@ -19,8 +19,9 @@ from torch import Tensor
 from harness.core.errors import TokenizerUnavailable
 from harness.core.finite import NonFiniteModelError, first_non_finite_activation
 from harness.core.model_identity import ModelIdentity, ModelShape
+from harness.core.weight_layout import store_as_multiplied
 
-__all__ = ["Activations", "Forward", "Hook", "ModelHandle", "ModelIdentity", "ModelShape", "same_hook_in_every_layer"]
+__all__ = ["Activations", "Forward", "Hook", "KeyValuePrefix", "ModelHandle", "ModelIdentity", "ModelShape", "same_hook_in_every_layer"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -172,10 +173,32 @@ class Forward:
         return self._hooked.run_with_hooks(self._tokens, return_type=return_type, fwd_hooks=hooks)
 
 
+class KeyValuePrefix:
+    """Every block's attention keys and values of the first ``position`` positions of a run on
+    ``batch`` prompts (:meth:`ModelHandle.key_value_prefix`): what a pass that starts at
+    ``position`` (:meth:`ModelHandle.residual_from`) reads of the positions before it."""
+
+    def __init__(self, position: int, batch: int, blocks: list[tuple[Tensor, Tensor]]) -> None:
+        self.position = position
+        self.batch = batch
+        self._blocks = blocks  # per block: keys, values [batch, position, kv_heads, d_head]
+
+    def cache(self, copies: int) -> Any:
+        """A frozen TransformerLens key/value cache holding the prefix for ``copies`` stacked copies of the batch (copy-major rows)."""
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+        entries = [TransformerLensKeyValueCacheEntry(k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1), frozen=True)
+                   for k, v in self._blocks]
+        mask = torch.ones(self.batch * copies, self.position, dtype=torch.int)
+        return TransformerLensKeyValueCache(entries, mask, frozen=True)
+
+
 class ModelHandle:
     """A loaded model as metrics see it."""
 
     def __init__(self, hooked: "HookedTransformer", identity: ModelIdentity, *, bos_token_id: int | None) -> None:
+        store_as_multiplied(hooked)  # same values; no weight copies in every block of every pass
         self._hooked = hooked
         self.identity = identity
         self.bos_token_id = bos_token_id
@@ -228,8 +251,9 @@ class ModelHandle:
         return self._hooked.W_O.detach()
 
     def named_parameters(self) -> Iterator[tuple[str, Tensor]]:
-        """Every parameter with its TransformerLens name (``blocks.0.attn.W_Q``), detached."""
-        return ((name, parameter.detach()) for name, parameter in self._hooked.named_parameters())
+        """Every parameter with its TransformerLens name (``blocks.0.attn.W_Q``), detached and contiguous
+        (:mod:`~harness.core.weight_layout` stores some transposed)."""
+        return ((name, parameter.detach().contiguous()) for name, parameter in self._hooked.named_parameters())
 
     # --- running -----------------------------------------------------------------------
     def run_with_cache(self, tokens: Tensor) -> Forward:
@@ -251,18 +275,70 @@ class ModelHandle:
     @torch.inference_mode()
     def residual_from(
         self, layer: int, resid: Tensor | None, tokens: Tensor, hooks: list[tuple[str, Hook]], stop_at_layer: int | None = None,
+        prefix: "KeyValuePrefix | None" = None,
     ) -> Tensor:
         """:meth:`residual_with_hooks` of a pass on ``tokens`` [batch, pos] that starts at block ``layer``
         from ``resid`` [batch, pos, d_model], the residual stream entering that block (``None`` for block 0; a pass whose
         hooks change nothing before block ``layer`` equals an earlier pass up to there, so its first
         blocks need not run again). ``tokens`` give the attention mask and positional inputs; hooks
-        on blocks before ``layer`` do not run."""
+        on blocks before ``layer`` do not run.
+
+        With a ``prefix`` (:meth:`key_value_prefix` of a run of the same tokens' first ``P =
+        prefix.position`` positions), the pass also starts at position ``P``: ``resid`` is
+        [batch, pos - P, d_model] (positions ``P ..``), every block's attention reads the prefix's
+        keys and values for positions ``< P``, hooks see positions ``P ..`` only (an attention
+        pattern [batch, head, pos - P, pos]) and the stream of positions ``P ..`` is returned. The
+        model is causal, so a pass whose hooks change nothing at positions before ``P`` equals the
+        prefix's run there; the positions before ``P`` need not run again.
+        """
+        stop = self.shape.n_layers if stop_at_layer is None else stop_at_layer
+        if prefix is not None:
+            if resid is None:
+                raise ValueError("a pass that starts after a prefix needs the residual stream of its positions")
+            copies = resid.shape[0] // prefix.batch
+            _embedded, _tokens, shortformer, mask = self._hooked.input_to_embed(tokens)
+            if shortformer is not None:
+                shortformer = shortformer[:, prefix.position :]
+            return self._hooked.run_with_hooks(resid, fwd_hooks=hooks, start_at_layer=layer, stop_at_layer=stop,
+                                               shortformer_pos_embed=shortformer, attention_mask=mask,
+                                               past_kv_cache=prefix.cache(copies))
         if layer == 0:
             return self.residual_with_hooks(tokens, hooks, stop_at_layer)
-        stop = self.shape.n_layers if stop_at_layer is None else stop_at_layer
         _embedded, _tokens, shortformer, mask = self._hooked.input_to_embed(tokens)
         return self._hooked.run_with_hooks(resid, fwd_hooks=hooks, start_at_layer=layer, stop_at_layer=stop,
                                            shortformer_pos_embed=shortformer, attention_mask=mask)
+
+    @torch.inference_mode()
+    def positionwise_from(self, layer: int, resid: Tensor, hooks: list[tuple[str, Hook]], stop_at_layer: int | None = None) -> Tensor:
+        """Blocks ``layer .. stop_at_layer - 1`` (default: to the end, before the final norm) on residual
+        vectors resid [batch, n, d_model], each row's positions read as a sequence of their own
+        (positions ``0 .. n-1``, no mask).
+
+        Only for passes in which every attention head's output is set by ``hooks`` (path patching's
+        frozen heads): then no block mixes positions (norms and MLPs act on each position alone,
+        and attention's output does not depend on its pattern), so any positions of a run, e.g.
+        one per prompt, give the values the whole run gives there."""
+        stop = self.shape.n_layers if stop_at_layer is None else stop_at_layer
+        return self._hooked.run_with_hooks(resid, fwd_hooks=hooks, start_at_layer=layer, stop_at_layer=stop)
+
+    @torch.inference_mode()
+    def key_value_prefix(self, tokens: Tensor, position: int) -> "KeyValuePrefix":
+        """Every block's attention keys and values [batch, position, kv_heads, d_head] at positions
+        ``< position`` (``0 < position < pos``) of a plain pass on ``tokens`` [batch, pos], for
+        :meth:`residual_from`'s ``prefix``: those TransformerLens's attention appends to a cache as
+        it runs (after any key norm). The pass runs every position, as the plain pass does, so the
+        keys and values are bit for bit the plain pass's (a matrix product over fewer rows may
+        round differently)."""
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        if not 0 < position < tokens.shape[1]:
+            raise ValueError(f"a key/value prefix needs 0 < position < {tokens.shape[1]}, not {position}")
+        embedded, _tokens, shortformer, mask = self._hooked.input_to_embed(tokens)
+        cache = TransformerLensKeyValueCache.init_cache(self._hooked.cfg, embedded.device, tokens.shape[0])
+        self._hooked(embedded, start_at_layer=0, return_type=None, past_kv_cache=cache,
+                     shortformer_pos_embed=shortformer, attention_mask=mask)
+        blocks = [(e.past_keys[:, :position], e.past_values[:, :position]) for e in cache.entries]
+        return KeyValuePrefix(position, tokens.shape[0], blocks)
 
     def hook_name(self, kind: str, layer: int | None = None) -> str:
         """The hook point name of activation ``kind`` in ``layer`` (e.g. ``("z", 1)``)."""

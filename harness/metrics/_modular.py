@@ -14,6 +14,7 @@ All-pairs runs: every (x, y) in row-major order (x = n // p, y = n % p), tokens 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -60,23 +61,77 @@ def trig_sum_directions(k: int, p: int = P, dtype: torch.dtype = torch.float64) 
     return out / out.norm(dim=1, keepdim=True)
 
 
+@functools.lru_cache(maxsize=2)
+def all_trig_sum_directions(p: int = P) -> Tensor:
+    """(2 K, p * p), K = (p - 1) / 2: rows c_1, s_1, ..., c_K, s_K of :func:`trig_sum_directions` (row 2 k - 2 is c_k)."""
+    return torch.cat([trig_sum_directions(k, p) for k in range(1, p // 2 + 1)])
+
+
+def trig_sum_rows(frequencies: list[int]) -> list[int]:
+    """The rows of :func:`all_trig_sum_directions` holding c_k and s_k of each frequency, in order."""
+    return [row for k in frequencies for row in (2 * k - 2, 2 * k - 1)]
+
+
+def trig_sum_coords(logits: Tensor, p: int = P) -> Tensor:
+    """(2 K, p): the coordinates ``D L`` of each logit column (p^2, p) along every c_k and s_k (D of :func:`all_trig_sum_directions`)."""
+    return all_trig_sum_directions(p) @ logits
+
+
+def restricted_from_coords(coords: Tensor, column_mean: Tensor, frequencies: list[int], bias_correction: bool, p: int = P) -> Tensor:
+    """(p^2, p): the logits L kept along c_k, s_k of ``frequencies`` only, from ``coords`` = D L (2 K, p) and ``column_mean`` (p,) of L.
+
+    ``kept = D_S^T (D_S L)`` with D_S the rows of the chosen frequencies; with ``bias_correction``
+    plus the grid mean of what was removed, ``mean(L) - mean(kept)`` per column (the course's
+    correction). Needs only D L and mean(L), so a run's logits can be dropped once those are kept.
+    """
+    rows = trig_sum_rows(frequencies)
+    kept = all_trig_sum_directions(p)[rows].T @ coords[rows]
+    if bias_correction:
+        kept = kept + (column_mean - kept.mean(0, keepdim=True))
+    return kept
+
+
+def trig_energy(tensor: Tensor, p: int = P) -> tuple[Tensor, Tensor]:
+    """(energy (K, n), variance (n,)) of each column of a grid tensor (p^2, n), centred over the grid:
+    ``energy[k - 1]`` = (c_k . t)^2 + (s_k . t)^2 of the centred column t, ``variance`` = ||t||^2."""
+    centred = tensor - tensor.mean(0, keepdim=True)
+    coords = all_trig_sum_directions(p) @ centred
+    return coords[0::2].pow(2) + coords[1::2].pow(2), centred.pow(2).sum(0)
+
+
+def trig_ratio(energy: Tensor, variance: Tensor, frequencies: list[int]) -> float:
+    """The course's ``tensor_trig_ratio``: the mean over columns of the share of a column's centred
+    variance along cos/sin(w_k (x + y)) of ``frequencies``; constant columns (variance 0, e.g. dead
+    neurons, whose share is 0 / 0) are left out of the mean."""
+    live = variance > 0
+    if not bool(live.any()):
+        raise ValueError("every column is constant on the grid: no variance to explain")
+    explained = energy[[k - 1 for k in frequencies]].sum(0)
+    return float((explained[live] / variance[live]).mean())
+
+
 @dataclass(frozen=True)
 class AllPairs:
-    """One run of the model on all p^2 pairs: number logits (p^2, p), post-ReLU neurons (p^2, d_mlp), "=" attention (p^2, h, 3)."""
+    """One run of the model on all p^2 pairs: number logits (p^2, p), post-ReLU neurons (p^2, d_mlp), "=" attention (p^2, h, 3),
+    and where asked the pre-ReLU neurons (p^2, d_mlp)."""
 
     logits: Tensor
     neurons: Tensor
     attention: Tensor
+    neurons_pre: Tensor | None = None
 
 
-def run_all_pairs(model: ModelHandle, p: int = P) -> AllPairs:
-    """Logits, neuron activations and attention of the "=" position on every (x, y)."""
+def run_all_pairs(model: ModelHandle, p: int = P, *, pre: bool = False) -> AllPairs:
+    """Logits, neuron activations (with ``pre`` the pre-ReLU ones too) and attention of the "=" position on every (x, y), from one forward pass."""
     data = all_data(p)
     forward = model.run_with_cache(data.tokens)
+    hooks = [model.hook_name("post", 0), model.hook_name("pattern", 0)] + ([model.hook_name("pre", 0)] if pre else [])
+    forward.prefetch(hooks, logits=True)
     logits = forward.logits[:, -1, :p].detach().to(torch.float64)
     neurons = forward.activations[("post", 0)][:, -1].detach().to(torch.float64)
     attention = forward.activations[("pattern", 0)][:, :, -1, :].detach().to(torch.float64)
-    return AllPairs(logits, neurons, attention)
+    neurons_pre = forward.activations[("pre", 0)][:, -1].detach().to(torch.float64) if pre else None
+    return AllPairs(logits, neurons, attention, neurons_pre)
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> float:

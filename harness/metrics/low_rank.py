@@ -45,6 +45,8 @@ Rank = Annotated[int, Field(ge=1, le=4096)]
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 Negatives = Annotated[int, Field(ge=1)]
 EvalEvery = Annotated[int, Field(ge=1)]
+Bulk = Annotated[int, Field(ge=1)]
+BulkWeight = Annotated[float, Field(gt=0, le=1)]
 
 
 def _device(device: Device) -> str | None:
@@ -56,12 +58,15 @@ def _device(device: Device) -> str | None:
 def _fit(
     ctx: MetricContext, rank: int, *, seed: int, max_steps: int | None, max_seconds: float | None,
     batch_rows: int, lr: float, margin_lr: float, objective: Objective, device: Device, negatives: int | None = None,
-    eval_every: int | None = None,
+    eval_every: int | None = None, bulk: int | None = None, bulk_weight: float | None = None,
+    stop_at_bound: bool = False,
 ) -> LowRankFit:
     """The fit of these settings, trained once per session (a curve and a single-rank claim share it)."""
     settings = dict(rank=rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds, batch_rows=batch_rows,
                     lr=lr, margin_lr=margin_lr, objective=objective, device=_device(device))
-    for name, value in (("negatives", negatives), ("eval_every", eval_every)):
+    optional = (("negatives", negatives), ("eval_every", eval_every), ("bulk", bulk), ("bulk_weight", bulk_weight),
+                ("stop_at_bound", stop_at_bound or None))
+    for name, value in optional:
         if value is not None:  # absent otherwise: the key of every fit without it is unchanged
             settings[name] = value
     key = (ctx.model.identity.key, "low_rank.fit", json.dumps(settings, sort_keys=True))
@@ -84,6 +89,9 @@ def achievable_accuracy(
     device: Device = "auto",
     negatives: Negatives | None = None,
     eval_every: EvalEvery | None = None,
+    bulk: Bulk | None = None,
+    bulk_weight: BulkWeight | None = None,
+    stop_at_bound: bool = False,
 ) -> Measurement:
     """Top-1/top-5 copying accuracy of the best rank-``rank`` matrix found for W_E A B W_U.
 
@@ -99,10 +107,15 @@ def achievable_accuracy(
     the figure is still the exact full-vocabulary count.  ``eval_every``: steps between the
     monitor's evaluations (8,192 rows against every column; default half an epoch): with a small
     ``max_steps``, ``eval_every = max_steps`` monitors only each phase's start and end.
+    ``bulk``: m, with ``negatives``, the cross-entropy also holds m uniformly sampled columns per
+    step standing for the rest of each row's softmax, weighted by ``bulk_weight`` (1: an unbiased
+    estimate of the full softmax; smaller: between it and the hardest columns alone).
+    ``stop_at_bound``: a rank-1 fit whose start already reaches the rank-1 bound (2 rows, counted
+    exactly) is not trained (``stopped_by: "bound"``).
     """
     fit = _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds, batch_rows=batch_rows,
                lr=lr, margin_lr=margin_lr, objective=objective, device=device, negatives=negatives,
-               eval_every=eval_every)
+               eval_every=eval_every, bulk=bulk, bulk_weight=bulk_weight, stop_at_bound=stop_at_bound)
     return Measurement({"top1": fit.top1, "top5": fit.top5}, None, fit.summary(), bound="lower")
 
 
@@ -144,6 +157,9 @@ def rank_curve(
     device: Device = "auto",
     negatives: Negatives | None = None,
     eval_every: EvalEvery | None = None,
+    bulk: Bulk | None = None,
+    bulk_weight: BulkWeight | None = None,
+    stop_at_bound: bool = False,
 ) -> Measurement:
     """Copying accuracy against rank: trained rank-r matrices, and the model's heads as points.
 
@@ -153,8 +169,8 @@ def rank_curve(
     effective circuit).  A claim picks one figure with ``select: "rank=64/top1"`` or
     ``select: "1.4+1.10/top1"``.  Ranks above what
     W_E and W_U allow are fitted at the largest possible rank (``details.effective_rank``).
-    Details: each trained fit's summary (steps, loss, stopping reason, trace).  ``negatives``: as
-    for ``low_rank.achievable_accuracy``, and ``eval_every``.
+    Details: each trained fit's summary (steps, loss, stopping reason, trace).  ``negatives``,
+    ``eval_every``, ``bulk``, ``bulk_weight``, ``stop_at_bound``: as for ``low_rank.achievable_accuracy``.
     """
     for group in heads:
         for name in group:
@@ -164,7 +180,7 @@ def rank_curve(
     for rank in sorted(set(ranks)):
         fit = _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds_per_rank, batch_rows=batch_rows,
                    lr=lr, margin_lr=margin_lr, objective=objective, device=device, negatives=negatives,
-                   eval_every=eval_every)
+                   eval_every=eval_every, bulk=bulk, bulk_weight=bulk_weight, stop_at_bound=stop_at_bound)
         points.append({"label": rank_label(rank), "rank": rank, "top1": fit.top1, "top5": fit.top5,
                        "kind": "trained", "heads": [], "bound": "lower"})
         fits[str(rank)] = fit.summary()

@@ -2,11 +2,17 @@
 
 A model's snapshots are the registry's family ``BASE@epoch=N`` (the reproduction) or
 ``BASE@index=I`` (the course's run, epoch 100 I), where BASE is the claim's model name without
-its ``@...`` part. Each snapshot is loaded (sha256 checked) and measured on all p^2 pairs.
+its ``@...`` part. Each snapshot is loaded (sha256 checked) and run once on all p^2 pairs, and what every quantity
+needs of it is kept (:class:`SnapshotSummary`, about 0.5 MB): every dynamics claim of a process shares it,
+and a snapshot whose weights file is unchanged is not loaded again.
 
 Quantities: ``test_loss``, ``train_loss``, ``all_loss`` (float64, :mod:`harness.metrics.modular`),
 ``restricted_loss`` (all pairs, the given ``frequencies``, bias-corrected), ``weight_norm``,
-``attention_gap`` (the largest per-head |mean attention "=" -> 0 minus "=" -> 1|, G26).
+``attention_gap`` (the largest per-head |mean attention "=" -> 0 minus "=" -> 1|, G26),
+``logit_trig_ratio``, ``neuron_pre_trig_ratio``, ``neuron_post_trig_ratio`` (G25: the course's
+``tensor_trig_ratio`` of the given ``frequencies``, :func:`~harness.metrics._modular.trig_ratio`).
+
+- ``modular.trig_ratio``: that ratio on the claim's model itself.
 
 - ``modular.snapshot_series``: the quantity at each chosen epoch (``epoch=N``).
 - ``modular.orders_of_magnitude_drop``: ``log10(q(from_epoch) / q(to_epoch))``.
@@ -18,10 +24,13 @@ Quantities: ``test_loss``, ``train_loss``, ``all_loss`` (float64, :mod:`harness.
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
 from typing import Annotated, Callable, Literal
 
 from pydantic import Field
+from torch import Tensor
 
 from fixtures.registry import get_model_entry, model_entries
 from harness.context import MetricContext
@@ -29,12 +38,17 @@ from harness.core.details import LossCurves
 from harness.core.measurement import Measurement
 from harness.core.model_handle import ModelHandle
 from harness.core.value_shape import Scalar, Table, labelled, names
-from harness.metrics._modular import AllPairs, split_loss
-from harness.metrics.modular import all_pairs
-from harness.metrics.modular_logits import Frequency, restricted_logits
+from harness.metrics._modular import (
+    restricted_from_coords, run_all_pairs, split_loss, trig_energy, trig_ratio, trig_sum_coords,
+)
+from harness.metrics.modular import recent_run
+from harness.metrics.modular_logits import Frequency, check_frequencies
 from harness.registry import metric
 
-Quantity = Literal["test_loss", "train_loss", "all_loss", "restricted_loss", "weight_norm", "attention_gap"]
+Quantity = Literal["test_loss", "train_loss", "all_loss", "restricted_loss", "weight_norm", "attention_gap",
+                   "logit_trig_ratio", "neuron_pre_trig_ratio", "neuron_post_trig_ratio"]
+TrigOf = Literal["logit", "neuron_pre", "neuron_post"]
+_WITH_FREQUENCIES = ("restricted_loss", "logit_trig_ratio", "neuron_pre_trig_ratio", "neuron_post_trig_ratio")
 Epoch = Annotated[int, Field(ge=0)]
 
 
@@ -55,37 +69,107 @@ def snapshot_names(model_name: str) -> dict[int, str]:
     return dict(sorted(found.items()))
 
 
-_BASE = ("train_loss", "test_loss", "all_loss", "attention_gap")
-_VALUES: dict[tuple[str, str, tuple[int, ...]], float] = {}
-"""Quantities already measured on a snapshot, by (model identity key, quantity, frequencies): one all-pairs
-run of a snapshot serves every dynamics claim of a session (a few floats per snapshot). The identity key
-holds the name, the weights' sha256 and the snapshot chosen (the course's snapshots share one file)."""
+@dataclass(frozen=True)
+class SnapshotSummary:
+    """What the quantities need of one snapshot: one all-pairs pass (about 0.5 MB kept; the activations are dropped), or only its weights.
+
+    ``losses``: float64 loss on train, test and all pairs; ``attention_gap``: the largest per-head
+    |mean attention "=" -> 0 minus "=" -> 1|; ``trig_coords`` (2 K, p): D L, the logits'
+    coordinates along every c_k, s_k and ``column_mean`` (p,): mean(L) per answer, from which the
+    restricted loss of any frequency set follows (:func:`~harness.metrics._modular.restricted_from_coords`).
+    ``trig_energy``: for the logits and the pre- and post-ReLU neurons, each column's centred energy
+    along every frequency's cos/sin(w_k (x + y)) and its variance (:func:`~harness.metrics._modular.trig_energy`),
+    from which the course's trig ratio of any frequency set follows. ``weight_norm``: the sum of squares of every parameter. A summary of the weights alone
+    (``of_pass`` false) holds only the weight norm: a claim that reads no more runs nothing.
+    """
+
+    weights_sha256: str
+    weight_norm: float
+    of_pass: bool = False
+    losses: dict[str, float] | None = None
+    attention_gap: float = math.nan
+    trig_coords: Tensor | None = None
+    column_mean: Tensor | None = None
+    trig_energy: dict[str, tuple[Tensor, Tensor]] | None = None
+
+    def quantity(self, quantity: str, frequencies: list[int] | None) -> float:
+        """The named quantity (``restricted_loss`` and the trig ratios with ``frequencies``)."""
+        if quantity == "weight_norm":
+            return self.weight_norm
+        if not self.of_pass:
+            raise ValueError(f"quantity {quantity} needs the snapshot's all-pairs pass, and this summary is of its weights only")
+        if quantity in _WITH_FREQUENCIES:
+            if not frequencies:
+                raise ValueError(f"quantity {quantity} needs 'frequencies'")
+            check_frequencies(frequencies)
+        if quantity == "restricted_loss":
+            return split_loss(restricted_from_coords(self.trig_coords, self.column_mean, frequencies, True), "all")
+        if quantity.endswith("_trig_ratio"):
+            return trig_ratio(*self.trig_energy[quantity.removesuffix("_trig_ratio")], frequencies)
+        if quantity == "attention_gap":
+            return self.attention_gap
+        return self.losses[quantity.removesuffix("_loss")]
 
 
-def _from_run(run: AllPairs, quantity: str, frequencies: list[int] | None) -> float:
-    if quantity == "attention_gap":
-        per_head = run.attention.mean(0)  # (h, 3): mean attention from "=" to each position
-        return float((per_head[:, 0] - per_head[:, 1]).abs().max())
-    if quantity == "restricted_loss":
-        if not frequencies:
-            raise ValueError("quantity restricted_loss needs 'frequencies'")
-        return split_loss(restricted_logits(run.logits, frequencies, True), "all")
-    return split_loss(run.logits, quantity.removesuffix("_loss"))
+_SUMMARIES: dict[tuple[str, bool], SnapshotSummary] = {}
+"""Snapshot summaries by (model identity key, of a pass), and for a snapshot loaded from a file by a key of
+its fingerprint (the file's sha256 among it) too, so that a later claim finds it without loading the file.
+One all-pairs pass per snapshot serves every dynamics claim of a process."""
+
+
+def _weight_norm(model: ModelHandle) -> float:
+    return sum(float(p.double().pow(2).sum()) for _, p in model.named_parameters())
+
+
+def summarise(model: ModelHandle, of_pass: bool = True) -> SnapshotSummary:
+    """The :class:`SnapshotSummary` of a loaded snapshot (its all-pairs run reused when a snapshot-level metric made it)."""
+    key = (model.identity.key, of_pass)
+    if key not in _SUMMARIES and (model.identity.key, True) in _SUMMARIES:
+        return _SUMMARIES[(model.identity.key, True)]  # a pass's summary holds the weight norm too
+    if key not in _SUMMARIES:
+        sha, norm = model.identity.weights_sha256 or "", _weight_norm(model)
+        if not of_pass:
+            _SUMMARIES[key] = SnapshotSummary(sha, norm)
+        else:
+            recent = recent_run(model)
+            run = recent if recent is not None and recent.neurons_pre is not None else run_all_pairs(model, pre=True)
+            per_head = run.attention.mean(0)  # (h, 3): mean attention from "=" to each position
+            _SUMMARIES[key] = SnapshotSummary(
+                sha, norm, True, losses={split: split_loss(run.logits, split) for split in ("train", "test", "all")},
+                attention_gap=float((per_head[:, 0] - per_head[:, 1]).abs().max()),
+                trig_coords=trig_sum_coords(run.logits), column_mean=run.logits.mean(0),
+                trig_energy={"logit": trig_energy(run.logits), "neuron_pre": trig_energy(run.neurons_pre),
+                             "neuron_post": trig_energy(run.neurons)})
+    return _SUMMARIES[key]
 
 
 def measure(model: ModelHandle, quantity: str, frequencies: list[int] | None) -> float:
-    """The quantity on one snapshot (remembered by its identity with the other all-pairs quantities of the same run)."""
-    if quantity == "weight_norm":
-        return sum(float(p.double().pow(2).sum()) for _, p in model.named_parameters())
-    key = model.identity.key
-    freqs = tuple(frequencies or ()) if quantity == "restricted_loss" else ()
-    if (key, quantity, freqs) in _VALUES:
-        return _VALUES[(key, quantity, freqs)]
-    run = all_pairs(model)  # shares the snapshot-level metrics' recent runs (e.g. the claim's own model)
-    value = _from_run(run, quantity, frequencies)
-    _VALUES[(key, quantity, freqs)] = value
-    _VALUES.update({(key, q, ()): _from_run(run, q, None) for q in _BASE})
-    return value
+    """The quantity on one loaded snapshot (from its summary)."""
+    return summarise(model, quantity != "weight_norm").quantity(quantity, frequencies)
+
+
+def _fingerprint_key(name: str) -> str | None:
+    """A key of the snapshot's fingerprint (the weights file's sha256 among it), or ``None`` where it has none or it cannot be read."""
+    entry = get_model_entry(name)
+    if entry.fingerprint is None:
+        return None
+    try:
+        return "fingerprint:" + json.dumps([name, entry.source, entry.fingerprint()], sort_keys=True)
+    except Exception:  # noqa: BLE001  (unreadable: loading says what is wrong)
+        return None
+
+
+def snapshot_summary(name: str, of_pass: bool = True) -> SnapshotSummary:
+    """The summary of snapshot ``name``: kept from earlier in the process when its fingerprint is unchanged, else loaded (and run)."""
+    cheap = _fingerprint_key(name)
+    if cheap is not None:
+        for held in ((True, False) if not of_pass else (True,)):
+            if (cheap, held) in _SUMMARIES:
+                return _SUMMARIES[(cheap, held)]
+    summary = summarise(get_model_entry(name).load(), of_pass)
+    if cheap is not None:
+        _SUMMARIES[(cheap, summary.of_pass)] = summary
+    return summary
 
 
 def series(model_name: str, quantity: str, frequencies: list[int] | None, epochs: list[int] | None) -> tuple[dict[int, float], dict[int, str]]:
@@ -97,10 +181,19 @@ def series(model_name: str, quantity: str, frequencies: list[int] | None, epochs
         raise ValueError(f"no snapshot of {model_name.partition('@')[0]} at epoch(s) {missing}; snapshots: {sorted(names)}")
     values, shas = {}, {}
     for epoch in chosen:
-        handle = get_model_entry(names[epoch]).load()
-        values[epoch] = measure(handle, quantity, frequencies)
-        shas[epoch] = handle.identity.weights_sha256 or ""
+        summary = snapshot_summary(names[epoch], quantity != "weight_norm")
+        values[epoch] = summary.quantity(quantity, frequencies)
+        shas[epoch] = summary.weights_sha256
     return values, shas
+
+
+@metric("modular.trig_ratio", value=Scalar())
+def trig_ratio_metric(ctx: MetricContext, *, of: TrigOf, frequencies: list[Frequency]) -> Measurement:
+    """The course's ``tensor_trig_ratio`` on the claim's model: the mean over columns (answers, or
+    neurons) of the share of each column's centred variance over the grid along cos/sin(w_k (x + y))
+    of ``frequencies`` (constant columns left out)."""
+    value = measure(ctx.model, f"{of}_trig_ratio", list(frequencies))
+    return Measurement(value, None, {"of": of, "frequencies": list(frequencies)})
 
 
 @metric("modular.snapshot_series", value=Table(labelled("epoch")))
@@ -136,11 +229,8 @@ def first_epoch_below(ctx: MetricContext, *, quantity: Quantity, level: Annotate
 
 def split_losses(model_name: str) -> dict[int, tuple[float, float]]:
     """{epoch: (train loss, test loss)} of every snapshot, one all-pairs run each."""
-    out = {}
-    for epoch, name in snapshot_names(model_name).items():
-        handle = get_model_entry(name).load()
-        out[epoch] = (measure(handle, "train_loss", None), measure(handle, "test_loss", None))
-    return out
+    summaries = {epoch: snapshot_summary(name) for epoch, name in snapshot_names(model_name).items()}
+    return {epoch: (s.losses["train"], s.losses["test"]) for epoch, s in summaries.items()}
 
 
 def window_epochs(losses: dict[int, tuple[float, float]], memorised_below: float, start_drop: float, end_below: float) -> dict[str, int]:

@@ -26,7 +26,9 @@ from fixtures.modular_task import P
 from harness.context import MetricContext
 from harness.core.measurement import Measurement
 from harness.core.value_shape import Table, either, labelled, names
-from harness.metrics._modular import project_onto, relu_quadratic_fit as fit_relu, split_loss, trig_sum_directions
+from harness.metrics._modular import (
+    project_onto, relu_quadratic_fit as fit_relu, restricted_from_coords, split_loss, trig_sum_coords, trig_sum_directions,
+)
 from harness.metrics.modular import all_pairs, _check_vocab
 from harness.registry import metric
 
@@ -34,19 +36,23 @@ Frequency = Annotated[int, Field(ge=1, le=56)]  # 1..(p - 1) / 2 for p = 113
 Split = Literal["all", "train", "test"]
 
 
-def trig_directions(frequencies: list[int]) -> torch.Tensor:
-    """(2 n, p^2): c_k and s_k of each frequency (orthonormal for distinct k in 1..(p-1)/2)."""
+def check_frequencies(frequencies: list[int]) -> None:
+    """Refuse an empty list or a repeated frequency (the directions would not be orthonormal)."""
     if len(set(frequencies)) != len(frequencies) or not frequencies:
         raise ValueError(f"give distinct frequencies, got {frequencies}")
+
+
+def trig_directions(frequencies: list[int]) -> torch.Tensor:
+    """(2 n, p^2): c_k and s_k of each frequency (orthonormal for distinct k in 1..(p-1)/2)."""
+    check_frequencies(frequencies)
     return torch.cat([trig_sum_directions(k) for k in frequencies])
 
 
 def restricted_logits(logits: torch.Tensor, frequencies: list[int], bias_correction: bool) -> torch.Tensor:
-    """L projected onto the trig directions (+ the per-column grid mean of the removed part)."""
-    kept = project_onto(logits, trig_directions(frequencies))
-    if bias_correction:
-        kept = kept + (logits - kept).mean(0, keepdim=True)
-    return kept
+    """L projected onto the trig directions (+ the per-column grid mean of the removed part); see
+    :func:`~harness.metrics._modular.restricted_from_coords`, which a run's snapshots share (it needs only D L and mean(L))."""
+    check_frequencies(frequencies)
+    return restricted_from_coords(trig_sum_coords(logits), logits.mean(0), frequencies, bias_correction)
 
 
 @metric("modular.restricted_loss", value=Table(names("original", "restricted", "ratio")))

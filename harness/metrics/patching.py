@@ -41,7 +41,7 @@ unembedding columns only (:func:`harness.circuits.dla.logit_diff_from_residual`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Literal, TypeVar
 
 import torch
@@ -56,7 +56,7 @@ from harness.circuits.dla import logit_diff_from_residual
 from harness.metrics.ablation import chunks
 from harness.metrics.paths import MAX_PASS_TOKENS
 from harness.metrics.ioi import Sign, answer_ids, final_logit_diff
-from harness.core.model_handle import Activations
+from harness.core.model_handle import Activations, KeyValuePrefix
 from harness.registry import metric
 
 T = TypeVar("T")
@@ -100,6 +100,17 @@ class Runs:
     corrupted: Activations | None = None
     """The corrupted run's activations: a patched run starts from its residual stream at the first
     patched layer (``None``: every patched run starts at the embedding)."""
+
+    prefixes: dict[int, KeyValuePrefix] = field(default_factory=dict, compare=False, repr=False)
+    """The corrupted run's keys and values before each position a patched pass started at (built once)."""
+
+    def prefix(self, ctx: MetricContext, position: int) -> KeyValuePrefix | None:
+        """The corrupted run's :class:`~harness.core.model_handle.KeyValuePrefix` before ``position`` (``None`` at 0)."""
+        if position == 0:
+            return None
+        if position not in self.prefixes:
+            self.prefixes[position] = ctx.model.key_value_prefix(self.corrupted_tokens, position)
+        return self.prefixes[position]
 
     def metric_of(self, lds: Tensor) -> Tensor:
         """``(mean_b LD - LD(corrupted)) / (LD(clean) - LD(corrupted))`` per copy: lds [copies, batch] -> [copies] (float64)."""
@@ -159,22 +170,39 @@ class Patch:
     position: int | None = None
     head: int | None = None
 
-    def write(self, act: Tensor, rows: slice, clean: Tensor) -> None:
-        """``act[rows][index] = clean[index]`` in place; act [copies*batch, ...], clean [batch, ...] (heads on :func:`head_axis`)."""
+    def write(self, act: Tensor, rows: slice, clean: Tensor, offset: int = 0) -> None:
+        """``act[rows][index] = clean[index]`` in place; act [copies*batch, ...], clean [batch, ...] (heads on :func:`head_axis`).
+
+        Both hold positions ``offset ..`` (a pass started at position ``offset``: :func:`from_position`)."""
         if self.head is not None:
             between = (slice(None),) * (head_axis(self.kind) - 1)  # pattern: [:, H]; z/q/k/v: [:, :, H]
             act[(rows, *between, self.head)] = clean[(slice(None), *between, self.head)].to(act.dtype)
         elif self.position is not None:
-            act[rows, self.position] = clean[:, self.position].to(act.dtype)
+            act[rows, self.position - offset] = clean[:, self.position - offset].to(act.dtype)
         else:
             act[rows] = clean.to(act.dtype)
 
+    def first_position(self, r: "Runs") -> int:
+        """The first position this patch changes: its ``position``, else the first where the clean and
+        corrupted tokens differ (:func:`first_difference`: before it both runs' activations are equal)."""
+        return first_difference(r) if self.position is None else self.position
 
-def patch_hook(chunk: list[Patch | None], batch: int, clean: Tensor, n_heads: int) -> Callable[[Tensor, Any], Tensor]:
+
+POSITION_AXIS: dict[str, int] = {"pattern": 2}
+"""The (query) position axis of an activation: 2 for ``pattern`` [batch, head, q_pos, k_pos], else 1."""
+
+
+def from_position(act: Tensor, kind: str, position: int) -> Tensor:
+    """``act`` [batch, pos, ...] at positions ``position ..`` (a pattern's query positions; all its keys)."""
+    return act.narrow(POSITION_AXIS.get(kind, 1), position, act.shape[POSITION_AXIS.get(kind, 1)] - position)
+
+
+def patch_hook(chunk: list[Patch | None], batch: int, clean: Tensor, n_heads: int, offset: int = 0) -> Callable[[Tensor, Any], Tensor]:
     """A hook writing, for each copy ``j`` whose patch is at this hook point, ``chunk[j]`` into rows of copy ``j``.
 
     ``chunk[j]`` is copy ``j``'s patch if it is at this hook point, else ``None``; ``clean`` is
-    the clean activation [batch, pos, ...] of that hook point.
+    the clean activation [batch, pos, ...] of that hook point, at positions ``offset ..`` where the
+    pass starts at position ``offset`` (:func:`from_position`).
     """
 
     def hook(act: Tensor, hook: Any) -> Tensor:
@@ -184,7 +212,7 @@ def patch_hook(chunk: list[Patch | None], batch: int, clean: Tensor, n_heads: in
             if patch.head is not None and act.shape[head_axis(patch.kind)] != n_heads:
                 heads = act.shape[head_axis(patch.kind)]
                 raise ValueError(f"{hook.name} has {heads} heads, not {n_heads}: cannot patch one head there")
-            patch.write(act, slice(j * batch, (j + 1) * batch), clean)
+            patch.write(act, slice(j * batch, (j + 1) * batch), clean, offset)
         return act
 
     return hook
@@ -204,28 +232,34 @@ def layer_chunks(items: list[T], size: int, layer: Callable[[T], int]) -> list[l
 def patched_metrics(ctx: MetricContext, r: Runs, patches: list[Patch]) -> Tensor:
     """``ioi_metric`` of the corrupted run with each patch applied alone: [len(patches)] (float64).
 
-    A patch at layer ``L`` changes nothing before block ``L``: each pass holds the patches of one
-    layer and starts at that block from the corrupted run's residual stream
-    (:meth:`~harness.core.model_handle.ModelHandle.residual_from`), so a deep model's late layers
-    cost a few blocks each instead of a whole pass."""
+    A patch at layer ``L`` changes nothing before block ``L``, and (the model is causal) nothing
+    before the first position it changes (:meth:`Patch.first_position`): each pass holds the
+    patches of one layer and starts at that block and the chunk's first such position ``P``, from
+    the corrupted run's residual stream there, its attention reading the corrupted run's keys and
+    values before ``P`` (:meth:`~harness.core.model_handle.ModelHandle.residual_from`). On the
+    course's prompts (S2 = 10 of 15 positions) a pass runs a third of the positions, and a deep
+    model's late layers a few blocks each."""
     batch, pos = r.corrupted_tokens.shape
     size = max(1, MAX_PASS_TOKENS // (batch * pos))
-    ends = torch.full((batch,), pos - 1, dtype=torch.int64)
     results: list[Tensor] = []
     by_layer = r.corrupted is not None
     for chunk in (layer_chunks(patches, size, lambda p: p.layer) if by_layer else chunks(patches, size)):
+        start = min(p.layer for p in chunk)
+        offset = min(p.first_position(r) for p in chunk) if by_layer and pos > 1 else 0
+        offset = min(offset, pos - 1)  # the final position is read
         points = sorted({(p.kind, p.layer) for p in chunk})
         hooks = []
         for kind, layer in points:
             mine = [p if (p.kind, p.layer) == (kind, layer) else None for p in chunk]
-            hook = patch_hook(mine, batch, r.clean[kind, layer], ctx.model.shape.n_heads)
+            hook = patch_hook(mine, batch, from_position(r.clean[kind, layer], kind, offset), ctx.model.shape.n_heads, offset)
             hooks.append((ctx.model.hook_name(kind, layer), hook))
         stacked = r.corrupted_tokens.repeat(len(chunk), 1)
         if by_layer:
-            start = min(p.layer for p in chunk)
-            resid = ctx.model.residual_from(start, r.corrupted["resid_pre", start].repeat(len(chunk), 1, 1), stacked, hooks)
+            resid_in = r.corrupted["resid_pre", start][:, offset:].repeat(len(chunk), 1, 1)
+            resid = ctx.model.residual_from(start, resid_in, stacked, hooks, prefix=r.prefix(ctx, offset))
         else:
             resid = ctx.model.residual_with_hooks(stacked, hooks)  # no logits
+        ends = torch.full((batch,), pos - 1 - offset, dtype=torch.int64)
         results.append(r.metric_of(logit_diff_from_residual(ctx.model, resid, r.answers, ends)))
     return torch.cat(results) if results else torch.zeros(0, dtype=torch.float64)
 

@@ -111,23 +111,26 @@ def copies_per_pass(tokens: Tensor) -> int:
     return max(1, MAX_PASS_TOKENS // tokens.numel())
 
 
-def freeze_hook(runs: PathRuns, layer: int, senders: list[Head]) -> Hook:
-    """``z`` of ``layer``: every head frozen at ``x_orig``, except copy ``j``'s sender, taken from ``x_new``."""
-    batch = runs.tokens.shape[0]
+def freeze_hook(orig_z: Tensor, new_z: Tensor, layer: int, senders: list[Head]) -> Hook:
+    """``z`` of ``layer``: every head frozen at ``x_orig``'s ``orig_z``, except copy ``j``'s sender, taken
+    from ``x_new``'s ``new_z`` (both [batch, pos, head, d_head], at the positions the pass runs)."""
+    batch = orig_z.shape[0]
 
     def hook(z: Tensor, hook: Any) -> Tensor:
-        z[:] = runs.orig_z[layer].to(z.device, z.dtype).repeat(len(senders), 1, 1, 1)
+        z[:] = orig_z.to(z.device, z.dtype).repeat(len(senders), 1, 1, 1)
         for j, sender in enumerate(senders):
             if sender.layer == layer:
-                z[j * batch : (j + 1) * batch, :, sender.head] = runs.new_z[layer][:, :, sender.head].to(z.dtype)
+                z[j * batch : (j + 1) * batch, :, sender.head] = new_z[:, :, sender.head].to(z.dtype)
         return z
 
     return hook
 
 
-def freeze_hooks(model: ModelHandle, runs: PathRuns, senders: list[Head], layers: int) -> list[tuple[str, Hook]]:
-    """:func:`freeze_hook` on ``z`` of layers ``0 .. layers-1``."""
-    return [(model.hook_name("z", layer), freeze_hook(runs, layer, senders)) for layer in range(layers)]
+def freeze_hooks(model: ModelHandle, runs: PathRuns, senders: list[Head], layers: range,
+                 at: Callable[[Tensor], Tensor] = lambda z: z) -> list[tuple[str, Hook]]:
+    """:func:`freeze_hook` on ``z`` of ``layers``, both runs' ``z`` read at the positions ``at`` picks."""
+    return [(model.hook_name("z", layer), freeze_hook(at(runs.orig_z[layer]), at(runs.new_z[layer]), layer, senders))
+            for layer in layers]
 
 
 def sender_chunks(runs: PathRuns, senders: list[Head]) -> list[list[Head]]:
@@ -142,24 +145,29 @@ def sender_chunks(runs: PathRuns, senders: list[Head]) -> list[list[Head]]:
     return chunks
 
 
-def orig_from(model: ModelHandle, runs: PathRuns, layer: int, copies: int, hooks: list[tuple[str, Hook]],
-              stop_at_layer: int | None = None) -> Tensor:
-    """The residual stream of ``copies`` stacked ``x_orig`` runs with ``hooks`` that change nothing before
-    block ``layer``: started there from ``x_orig``'s own residual stream (the blocks before it would
-    recompute it exactly as the clean run did: every head frozen at its clean value)."""
-    resid = runs.orig["resid_pre", layer].repeat(copies, 1, 1) if layer > 0 else None
-    return model.residual_from(layer, resid, runs.tokens.repeat(copies, 1), hooks, stop_at_layer=stop_at_layer)
+def at_end(runs: PathRuns) -> Callable[[Tensor], Tensor]:
+    """act [batch, pos, ...] -> act at each prompt's END [batch, 1, ...]."""
+    rows = torch.arange(runs.tokens.shape[0])
+    return lambda act: act[rows, runs.ends.to(act.device)].unsqueeze(1)
 
 
 def path_to_resid_lds(model: ModelHandle, runs: PathRuns, senders: list[Head]) -> Tensor:
-    """LD [senders, batch] with each sender patched and every other head frozen (module docstring);
-    a pass holds the senders of one layer and starts at their block (:func:`orig_from`)."""
+    """LD [senders, batch] with each sender patched and every other head frozen (module docstring).
+
+    With every head's ``z`` fixed, no block mixes positions (norms and MLPs act on each position
+    alone; attention's output is ``z W_O + b_O``): END's final residual stream is a function of
+    END's residual stream entering the sender's block and the heads' ``z`` at END. So each pass
+    runs one position per prompt, from the sender's block on
+    (:meth:`~harness.core.model_handle.ModelHandle.positionwise_from`), and holds the senders of one layer."""
+    end = at_end(runs)
+    batch = runs.tokens.shape[0]
     out = []
     for chunk in sender_chunks(runs, senders):
-        hooks = freeze_hooks(model, runs, chunk, model.shape.n_layers)
-        resid = orig_from(model, runs, chunk[0].layer, len(chunk), hooks)
-        out.append(logit_diff_from_residual(model, resid, runs.answers, runs.ends))
-    return torch.cat(out) if out else torch.zeros(0, runs.tokens.shape[0])
+        layer = chunk[0].layer
+        hooks = freeze_hooks(model, runs, chunk, range(layer, model.shape.n_layers), at=end)
+        resid = model.positionwise_from(layer, end(runs.orig["resid_pre", layer]).repeat(len(chunk), 1, 1), hooks)
+        out.append(logit_diff_from_residual(model, resid, runs.answers, torch.zeros(batch, dtype=torch.int64)))
+    return torch.cat(out) if out else torch.zeros(0, batch)
 
 
 def capture_hook(store: dict[int, Tensor], layer: int) -> Hook:
@@ -189,24 +197,43 @@ def check_receiver_heads(model: ModelHandle, runs: PathRuns, kind: str) -> None:
         )
 
 
-def path_to_heads_lds(model: ModelHandle, runs: PathRuns, senders: list[Head], receivers: list[Head], kind: str) -> Tensor:
-    """LD [senders, batch] of run (2) for each sender (module docstring). Run (1) starts at the
-    senders' block, run (2) at the first receiver's (before them both runs are ``x_orig``)."""
+def first_difference(runs: PathRuns, new_tokens: Tensor) -> int:
+    """The first position where some prompt of ``x_orig`` and of ``x_new`` differ (at most the first END,
+    which is read): before it every activation of both runs, and of any patched run of them, is ``x_orig``'s."""
+    differs = (runs.tokens != new_tokens).any(0)  # [pos]
+    first = int(differs.nonzero()[0]) if differs.any() else runs.tokens.shape[1]
+    return min(first, int(runs.ends.min()))  # every END is read
+
+
+def path_to_heads_lds(model: ModelHandle, runs: PathRuns, senders: list[Head], receivers: list[Head], kind: str,
+                      new_tokens: Tensor) -> Tensor:
+    """LD [senders, batch] of run (2) for each sender (module docstring).
+
+    Both runs change nothing before the first position ``P`` where ``x_orig`` and ``x_new`` differ
+    (:func:`first_difference`) nor before their first block. Run (1), every head frozen, mixes no
+    positions (:func:`path_to_resid_lds`): it runs positions ``P ..`` from the senders' block
+    (:meth:`~harness.core.model_handle.ModelHandle.positionwise_from`); run (2) starts at the first
+    receiver's block and position ``P``, its attention reading ``x_orig``'s keys and values before ``P``."""
     check_receiver_heads(model, runs, kind)
     layers = sorted({r.layer for r in receivers})
+    first = first_difference(runs, new_tokens)
+    tail = lambda act: act[:, first:]  # noqa: E731  [batch, pos - P, ...]
+    prefix = model.key_value_prefix(runs.tokens, first) if first > 0 else None
     out = []
     for chunk in sender_chunks(runs, senders):
         start, copies = chunk[0].layer, len(chunk)
         store: dict[int, Tensor] = {}
-        hooks = freeze_hooks(model, runs, chunk, layers[-1] + 1)
+        hooks = freeze_hooks(model, runs, chunk, range(start, layers[-1] + 1), at=tail)
         hooks += [(model.hook_name(kind, layer), capture_hook(store, layer)) for layer in layers if layer >= start]
-        orig_from(model, runs, start, copies, hooks, stop_at_layer=layers[-1] + 1)
+        model.positionwise_from(start, tail(runs.orig["resid_pre", start]).repeat(copies, 1, 1), hooks, stop_at_layer=layers[-1] + 1)
         for layer in layers:  # a receiver before the senders reads x_orig's own input
             if layer < start:
-                store[layer] = runs.orig[kind, layer].repeat(copies, 1, 1, 1)
+                store[layer] = tail(runs.orig[kind, layer]).repeat(copies, 1, 1, 1)
         patch = [(model.hook_name(kind, layer), receiver_patch_hook(store[layer], [r.head for r in receivers if r.layer == layer]))
                  for layer in layers]
-        out.append(logit_diff_from_residual(model, orig_from(model, runs, layers[0], copies, patch), runs.answers, runs.ends))
+        resid_in = tail(runs.orig["resid_pre", layers[0]]).repeat(copies, 1, 1)
+        resid = model.residual_from(layers[0], resid_in, runs.tokens.repeat(copies, 1), patch, prefix=prefix)
+        out.append(logit_diff_from_residual(model, resid, runs.answers, runs.ends - first))
     return torch.cat(out) if out else torch.zeros(0, runs.tokens.shape[0])
 
 
@@ -268,7 +295,8 @@ def to_heads(
     if not names:
         raise ValueError(f"no sender heads: from_layer {from_layer} is not before the last receiver layer {last}")
     key = ("heads", receiver_input, str(from_layer), *map(str, heads))
-    lds = memoised(ctx, key, lambda: path_to_heads_lds(ctx.model, runs, [Head.parse(n) for n in names], heads, receiver_input))
+    new_tokens = ctx.session.inputs(ctx.model, new_spec(ctx)).tokens
+    lds = memoised(ctx, key, lambda: path_to_heads_lds(ctx.model, runs, [Head.parse(n) for n in names], heads, receiver_input, new_tokens))
     return scan_measurement(runs, names, lds, top_k, sign, {"receiver": f"{receiver_input} of {', '.join(map(str, heads))}"})
 
 

@@ -1,0 +1,190 @@
+"""The rank fit's cheaper pieces: the compiled top-K pass, the sampled bulk of the restricted
+cross-entropy, and the rank-1 bound stop (harness/circuits/low_rank.py, low_rank_sparse.py).
+
+- the compiled one-pass top-K equals a brute-force top-K (values; its columns hold them; never the
+  row's own column), ties included, and leaves the logits unchanged;
+- the sampled bulk is what it says: with every column sampled and weight 1 the restricted step's
+  loss and gradients are the full softmax's (those of ``loss_and_grads``); its gradients are
+  autograd's on the sampled loss; a weight w adds log w to the bulk's logits;
+- the bound stop never stops early wrongly: a fit it stops is at the proven rank-1 bound (two rows,
+  counted exactly), untrained; a fit whose start is below the bound is trained exactly as without
+  the flag; ranks above 1 are never stopped by it;
+- a fit with the bulk is the same for the same seed; the metrics pass the new settings on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fixtures.planted import PLANTED_MODELS
+from harness.circuits import low_rank as lr
+from harness.circuits import low_rank_sparse as ls
+from harness.circuits.low_rank import copy_bound, fit_low_rank_copying
+from harness.context import MetricContext
+from harness.core.model_handle import ModelHandle, ModelIdentity
+from harness.registry import get_metric
+from harness.session import Session
+from harness.testing import fast_settings
+
+FAST = fast_settings(20)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@given(b=st.integers(1, 6), V=st.integers(2, 300), K=st.integers(1, 80), seed=st.integers(0, 10_000),
+       ties=st.booleans())
+@FAST
+def test_compiled_top_k_is_the_brute_force_top_k(b: int, V: int, K: int, seed: int, ties: bool) -> None:
+    rng = np.random.default_rng(seed)
+    L = rng.standard_normal((b, V)).astype(np.float32)
+    if ties:
+        L = np.round(L * 2).astype(np.float32)
+    cols = rng.integers(0, V, b)
+    before = L.copy()
+    off = L.copy()
+    off[np.arange(b), cols] = -np.inf
+    expected = -np.sort(-off, axis=1)[:, : min(K, V - 1)]
+    vals, found = ls.hard_negatives_compiled(L, cols, K, lr._Numpy(2)._chunked)
+    np.testing.assert_array_equal(vals, expected)
+    np.testing.assert_array_equal(np.take_along_axis(off, found, 1), vals)
+    assert not (found == cols[:, None]).any()
+    assert all(len(set(row)) == len(row) for row in found.tolist())
+    np.testing.assert_array_equal(L, before)  # read only
+
+
+def _factors(V: int = 300, k: int = 6, r: int = 3, seed: int = 5) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((V, k)), rng.standard_normal((k, V)), rng.standard_normal((k, r)), rng.standard_normal((r, k))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_bulk_of_every_column_is_the_full_softmax(backend: str) -> None:
+    E, U, A, B = _factors()
+    V, b, K = E.shape[0], 9, 5
+    rows = np.random.default_rng(1).permutation(V)[:b]
+    ops = lr._Numpy(1) if backend == "numpy" else lr._Torch("cpu")
+    args = [ops.asarray(x) for x in (E, U, U.T, A, B)]
+    loss, _, dA, dB = ls.restricted_grads(ops, *args, rows, "ce", K, np.arange(V))
+    full_loss, _, full_dA, full_dB = lr.loss_and_grads(ops, args[0], args[1], args[3], args[4], rows, "ce")
+    np.testing.assert_allclose(loss, full_loss, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ops.to_numpy(dA), ops.to_numpy(full_dA), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(ops.to_numpy(dB), ops.to_numpy(full_dB), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.25])
+def test_bulk_gradients_match_autograd(weight: float) -> None:
+    E, U, A, B = _factors()
+    V, b, K, m = E.shape[0], 7, 5, 40
+    rng = np.random.default_rng(3)
+    rows, S = rng.permutation(V)[:b], np.sort(rng.choice(V, m, replace=False))
+    ops = lr._Numpy(1)
+    loss, _, dA, dB = ls.restricted_grads(ops, *(ops.asarray(x) for x in (E, U, U.T, A, B)), rows, "ce", K, S, weight)
+
+    At, Bt = (torch.tensor(x, requires_grad=True) for x in (A, B))
+    L = torch.tensor(E[rows]) @ At @ Bt @ torch.tensor(U)
+    ar, own = torch.arange(b), torch.tensor(rows)
+    diag = L[ar, own]
+    off = L.detach().clone()
+    off[ar, own] = -torch.inf
+    top = torch.topk(off, K, 1)
+    Ls = L[:, torch.tensor(S)]
+    mask = (Ls.detach() >= top.values[:, -1:]) | (torch.tensor(S)[None, :] == own[:, None])
+    kept = (~mask).sum(1).clamp(min=1).double()
+    bulk = torch.where(mask, -torch.inf, Ls + torch.log(weight * (V - 1 - K) / kept)[:, None])
+    per_row = torch.logsumexp(torch.cat([diag[:, None], L.gather(1, top.indices), bulk], 1), 1) - diag
+    per_row.mean().backward()
+    np.testing.assert_allclose(loss, per_row.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dA, At.grad.numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(dB, Bt.grad.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def _problem(V: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    E = rng.standard_normal((V, d)).astype(np.float32)
+    return E, (0.5 * E + 0.866 * rng.standard_normal((V, d)).astype(np.float32)).T
+
+
+def test_copy_bound() -> None:
+    assert copy_bound(1, 1000) == 2 and copy_bound(1, 1) == 1 and copy_bound(2, 1000) == 1000
+
+
+@given(V=st.integers(3, 120), d=st.integers(1, 6), seed=st.integers(0, 10_000))
+@fast_settings(12)
+def test_bound_stop_never_stops_early_wrongly(V: int, d: int, seed: int) -> None:
+    E, U = _problem(V, d, seed)
+    kw = dict(seed=0, max_steps=6, max_seconds=None, batch_rows=32, eval_every=3)
+    fit = fit_low_rank_copying(E, U, 1, stop_at_bound=True, **kw)
+    if fit.stopped_by == "bound":  # untrained, and exactly at the most any rank-1 matrix reaches
+        assert fit.steps == 0 and fit.trace == [] and round(fit.top1 * V) == copy_bound(1, V) == 2
+    else:  # below the bound at the start: trained exactly as without the flag
+        plain = fit_low_rank_copying(E, U, 1, **kw)
+        np.testing.assert_array_equal(fit.A, plain.A)
+        assert fit.top1 == plain.top1 and fit.steps == plain.steps > 0
+    two = fit_low_rank_copying(E, U, 2, stop_at_bound=True, **kw)  # rank 2 has no bound below V ...
+    assert (two.stopped_by == "bound") == (d == 1 and fit.stopped_by == "bound")  # ... unless d = 1 makes it rank 1
+
+
+def test_bound_stop_happens() -> None:
+    """The stop is not vacuous: on small coupled problems the rank-1 least-squares start often
+    reaches the bound (as on SmolLM2), and each stopped fit is exactly at it, untrained."""
+    stopped = []
+    for seed in range(12):
+        E, U = _problem(60, 4, seed)
+        fit = fit_low_rank_copying(E, U, 1, seed=0, max_steps=5, max_seconds=None, batch_rows=16, stop_at_bound=True)
+        if fit.stopped_by == "bound":
+            assert fit.steps == 0 and round(fit.top1 * 60) == 2
+            stopped.append(seed)
+    assert stopped
+
+
+def test_same_seed_same_fit_with_a_bulk() -> None:
+    E, U = _problem(300, 8, 2)
+    kw = dict(max_steps=40, max_seconds=None, batch_rows=64, negatives=8, bulk=50, bulk_weight=0.5)
+    fits = [fit_low_rank_copying(E, U, 4, seed=7, **kw) for _ in range(2)]
+    np.testing.assert_array_equal(fits[0].A, fits[1].A)
+    assert fits[0].settings.bulk == 50 and fits[0].settings.bulk_weight == 0.5
+    assert not np.array_equal(fit_low_rank_copying(E, U, 4, seed=8, **kw).A, fits[0].A)
+    with pytest.raises(ValueError, match="bulk needs negatives"):
+        fit_low_rank_copying(E, U, 2, max_steps=1, max_seconds=None, bulk=5)
+
+
+def test_metrics_pass_the_bulk_and_the_bound_stop() -> None:
+    identity = ModelIdentity(name="planted-split-copy", source="planted", weights_sha256=None, config_sha256=None)
+    handle = ModelHandle(PLANTED_MODELS["planted-split-copy"].build(), identity, bos_token_id=None)
+    info = get_metric("low_rank.rank_curve")
+    params = dict(info.validate_params(dict(ranks=[1, 32], max_steps=300, device="cpu", negatives=8, eval_every=150,
+                                            bulk=64, bulk_weight=0.5, stop_at_bound=True)))
+    m = info.function(MetricContext(handle, None, Session()), **params)
+    settings = m.details["fits"]["32"]["settings"]
+    assert (settings["bulk"], settings["bulk_weight"], settings["stop_at_bound"]) == (64, 0.5, True)
+    assert m.select("rank=32/top1").value == 1.0
+    assert m.details["fits"]["1"]["stopped_by"] in ("bound", "steps", "converged")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tiled_hardest_columns_equal_the_whole_product(workers: int) -> None:
+    """More rows and columns than one tile (and ragged last tiles): the tiled pass gives the whole
+    product's own entries and top-K values (same single-threaded products, whatever the workers)."""
+    rng = np.random.default_rng(4)
+    b, r, V, K = ls.TILE_ROWS + 7, 5, ls.TILE_COLS + 901, 16
+    P, Qm = rng.standard_normal((b, r), dtype=np.float32), rng.standard_normal((r, V), dtype=np.float32)
+    cols = rng.choice(V, b, replace=False)
+    tiled = ls.hardest_from_factors(P, Qm, cols, K, workers, lr.map_blocks)
+    assert tiled is not None
+    diag, vals, found = tiled
+    L = P.astype(np.float64) @ Qm.astype(np.float64)
+    np.testing.assert_allclose(diag, L[np.arange(b), cols], rtol=1e-5, atol=1e-5)
+    off = L.copy()
+    off[np.arange(b), cols] = -np.inf
+    np.testing.assert_allclose(vals, -np.sort(-off, axis=1)[:, :K], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(off, found, 1), vals, rtol=1e-5, atol=1e-5)
+    assert not (found == cols[:, None]).any()
+    again = ls.hardest_from_factors(P, Qm, cols, K, 3 - workers, lr.map_blocks)
+    assert again is not None and all(np.array_equal(x, y) for x, y in zip(tiled, again))
+    assert ls.hardest_from_factors(rng.standard_normal((4, ls.TILE_MAX_RANK + 1), dtype=np.float32),
+                                   rng.standard_normal((ls.TILE_MAX_RANK + 1, 50), dtype=np.float32),
+                                   np.arange(4), 3, 1, lr.map_blocks) is None  # larger ranks: the whole product
