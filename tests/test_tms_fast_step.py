@@ -92,10 +92,14 @@ def test_retraining_tms_5f2d_reproduces_its_committed_weights() -> None:
     from harness.runner import run_claim
     from harness.session import Session
 
-    torch.set_num_threads(1)
     recipe = RECIPES["tms-5f2d"]
     row = json.loads(MANIFEST.read_text())["models"]["tms-5f2d@seed=0"]
-    trained = train(recipe, 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(row["threads"])  # as trained (1); the worker's setting is restored after
+    try:
+        trained = train(recipe, 0)
+    finally:
+        torch.set_num_threads(threads)
     committed = load_file(str(weights_file(recipe, 0)))
     same_kernels = all(row.get(key) == value for key, value in kernels().items())
     for key, tensor in committed.items():
