@@ -38,21 +38,32 @@ Cost per step with b rows: ``B' Q_U^T`` (r k V) is shared by the b rows, then
 ``(Q_E[rows] A') (B' Q_U^T)`` costs b r V; backward the same again: ``O(r k V + b r V)``, not b d V.
 
 Restricted step (``negatives=K``, :mod:`harness.circuits.low_rank_sparse`).  The full step makes
-about eight passes over the b x V logits; the restricted one forms them once, finds each row's K
-largest off-diagonal entries (one blocked max pass), and computes the loss and its sparse gradient
-on those K + 1 entries: the cross-entropy restricted to them, and the same hinge as the full step
-(K = 1).  Measured on SmolLM2 (V = 49,152, d = 576, 50 steps per phase, K = 32, monitored at
-each phase's ends, seed 0; ``benchmarks/bench_low_rank.py --curve``): exact top-1 49,132 tokens
-at rank 64 (full step 49,126), 28,336 at rank 16 (20,625), 2 at rank 1 (2, the bound), but 328 at
-rank 4 (431: where nearly every row is wrong, the columns outside the K hardest matter), for
-about two thirds of the full step's CPU time.  A curve's fits share the orthonormal bases
-(computed once per (W_E, W_U)).
+about eight passes over the b x V logits; the restricted one finds each row's K largest
+off-diagonal entries in one compiled read pass (at ranks <= 32 fused with the logits product, tile
+by tile, so that the b x V logits are never written whole) and computes the loss and its sparse
+gradient on those K + 1 entries: the cross-entropy restricted to them, and the same hinge as the
+full step (K = 1).  Sampled bulk (``bulk=m``, ``bulk_weight=w``): where nearly every row is wrong
+(low ranks) the columns outside the K hardest hold most of each row's softmax mass; m columns drawn
+uniformly per step stand for them, each with logit ``L[i, s] + log(w (V - 1 - K) / m_i)`` (the
+log-Q correction of sampled softmax; w = 1 estimates the full softmax, w < 1 leans towards the
+hardest columns).  Measured on SmolLM2 (V = 49,152, d = 576, seed 0, 50 steps per phase, monitored
+at each phase's ends; ``benchmarks/bench_low_rank.py --curve``), exact top-1 tokens: K = 32 alone 328 / 28,336
+/ 49,132 at ranks 4 / 16 / 64 (the full step: 431 / 20,625 / 49,126): better at 16 and 64, worse
+at 4; with a bulk of m = 2048 at w = 1: 460 / 20,594 / 49,127; w = 0.25: - / 21,872 / -; w = 0.1:
+575 / 22,868 / 49,128, the SmolLM2 claim's settings (same or better than the full step at every
+rank, for about a third of its CPU time).  A curve's fits share the orthonormal bases (computed
+once per (W_E, W_U)).
+
+Rank 1 (``stop_at_bound``).  Any rank-1 map copies at most two rows (:func:`copy_bound`); a
+rank-1 fit whose closed-form start already copies two, counted exactly, cannot improve and is
+not trained (``stopped_by: "bound"``; SmolLM2's start does).
 
 Stopping (each phase).  Every ``eval_every`` steps the top-1 count is measured on a fixed seeded subset of
 ``eval_rows`` rows against all V columns.  When it has not improved for ``patience`` evaluations
 the learning rate is multiplied by ``lr_decay``; after ``max_decays`` such cuts without an
 improvement the fit has ``"converged"``.  Otherwise it stops on ``max_steps`` (``"steps"``) or the
 hard wall-clock ``max_seconds`` (``"budget"``, which reserves the time of the final evaluation).
+A phase that starts where the previous one kept its best parameters reuses that point's counts.
 The parameters with the best monitored top-1 are kept; the final top-1/top-5 are exact over the
 whole V x V circuit (:func:`harness.circuits.ov_topk.full_circuit_topk`, pessimistic ties: a tie
 with the diagonal counts as wrong).
@@ -89,6 +100,8 @@ EIG_RTOL = 1e-10  # eigenvalues of a Gram matrix below rtol * max are treated as
 MAX_INIT_SPREAD = 40.0  # the init scale never makes a row's logit spread exceed this
 CHUNK_FLOATS = 1 << 18  # row blocks of 1 MiB (the L2 cache of a core here) for the fused passes
 SCALE_ROWS = 128  # rows (of the monitor subset) that set the init scale
+TOP_K = 5  # the largest k reported (top-1 and top-5): the exact count may settle a row at TOP_K entries above
+SETTLE_BELOW = 0.5  # ... which pays where more than half the monitored rows are wrong at top-5
 
 
 @dataclass(frozen=True)
@@ -341,6 +354,9 @@ class _Numpy:
     def unique(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.unique(x, return_inverse=True)
 
+    def contiguous(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x)
+
     def float_(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float32)
 
@@ -421,6 +437,9 @@ class _Torch:
 
     def unique(self, x: Any) -> tuple[Any, Any]:
         return self.t.unique(x, return_inverse=True)
+
+    def contiguous(self, x: Any) -> Any:
+        return x.contiguous()
 
     def float_(self, x: Any) -> Any:
         return x.to(self.t.float32)
@@ -801,7 +820,8 @@ def fit_low_rank_copying(
     if bar is not None:
         bar.close()
     train_end = time.perf_counter()
-    exact = _exact_count(E_np, U_np, start, params, device)
+    mostly_wrong = max(p["monitor_top5"] for p in trace) < SETTLE_BELOW
+    exact = _exact_count(E_np, U_np, start, params, device, settle=mostly_wrong)
     return _fit_result(start, exact, settings, phases, trace, steps, t0, t0 + setup, train_end,
                        phases[-1]["stopped_by"])
 
@@ -820,12 +840,20 @@ _Exact = tuple[np.ndarray, np.ndarray, Any]  # A (d x r), B (r x d), the OV kern
 
 
 def _exact_count(E_np: np.ndarray, U_np: np.ndarray, start: _Start, params: tuple[np.ndarray, np.ndarray],
-                 device: str | None) -> _Exact:
-    """The fitted map back in the model's coordinates (float64) and its exact full-vocabulary count."""
+                 device: str | None, settle: bool) -> _Exact:
+    """The fitted map back in the model's coordinates (float64) and its exact full-vocabulary count.
+
+    Counts only (``margins=False``: the row-max pass is not needed).  ``settle`` (CPU): a row is
+    settled once TOP_K entries are surely above its diagonal (the OV kernel's ``k_max``): top-1,
+    top-5 and the tie rows are exactly the full scan's, and where most rows are wrong most rows
+    stop early (measured on SmolLM2's rank-1 and rank-4 maps: 4-14x less CPU; on its rank-64 map,
+    where nearly every row is right, 1.3x more, hence only where the monitor saw most rows wrong).
+    """
     A_fit = start.TE_pinv @ params[0].astype(np.float64)  # d x r
     B_fit = params[1].astype(np.float64) @ start.TU_pinv.T  # r x d
-    result = full_circuit_topk(E_np, A_fit, B_fit, U_np, device=None if device in (None, "cpu") else device,
-                               margins=False)  # counts only: the row-max pass is not needed
+    on_cpu = device in (None, "cpu")
+    result = full_circuit_topk(E_np, A_fit, B_fit, U_np, device=None if on_cpu else device, margins=False,
+                               k_max=TOP_K if settle and on_cpu else None)
     return A_fit, B_fit, result
 
 
@@ -835,7 +863,7 @@ def _at_bound(E_np: np.ndarray, U_np: np.ndarray, start: _Start, device: str | N
     rank, V = start.A0.shape[1], E_np.shape[0]
     if copy_bound(rank, V) >= V:
         return None
-    exact = _exact_count(E_np, U_np, start, (start.A0, start.B0), device)
+    exact = _exact_count(E_np, U_np, start, (start.A0, start.B0), device, settle=True)  # rank 1: nearly all wrong
     top1_rows = round(exact[2].accuracy(1, "pessimistic") * V)
     return exact if top1_rows >= copy_bound(rank, V) else None
 

@@ -7,13 +7,16 @@ restricted step keeps one product that forms the logits and one blocked max pass
 rest on b x (K + 1) entries:
 
 - ``L = (E[rows] A')(B' U)`` (b x V), ``d_i = L[i, t_i]`` (t_i: the row's own token);
-- ``N_i`` = the K largest off-diagonal columns of row i (:func:`hard_negatives_numpy`: block
+- ``N_i`` = the K largest off-diagonal columns of row i (:func:`hardest_from_factors` /
+  :func:`hard_negatives_compiled`: one compiled read pass keeping a running top-K list, tile by
+  tile with the logits product at small rank; without numba :func:`hard_negatives_numpy`: block
   maxima over blocks of ``BLOCK`` columns, the K best blocks, then the K best entries among their
   columns: exact, since the blocks holding a row's top-K entries are among its K best blocks; on a
   torch device ``torch.topk``);
 - ``"ce"``: the softmax cross-entropy restricted to ``S_i = {t_i} u N_i``:
   ``loss_i = logsumexp_{j in S_i} L[i, j] - d_i`` (the full softmax's gradient with the columns
-  outside ``S_i`` left out; they are the ones whose softmax weight is smallest);
+  outside ``S_i`` left out; they are the ones whose softmax weight is smallest), optionally with
+  a uniformly sampled bulk standing for those columns (:func:`bulk_logits`);
   ``"margin"``: the hinge against the strongest competitor, ``max(0, 1 - (d_i - max_j L[i, j]))``:
   the same loss as the full step (K = 1), with its two-entries-per-row gradient kept sparse.
 - With ``G`` the gradient of the mean loss in L, nonzero on ``S_i`` only (column index ``C``,
@@ -227,7 +230,7 @@ def restricted_grads(
         C = ops.cat([idx[:, None], cols[:, :1]])
     else:
         raise ValueError(f"unknown objective {objective!r}: 'ce' or 'margin'")
-    QmT = Qm.T  # V x r (a view)
+    QmT = ops.contiguous(Qm.T)  # V x r, row-major: the gathers below read whole rows
     dP = (G[:, :, None] * QmT[C]).sum(1)  # b x r
     dA = Er.T @ dP
     flat = C.reshape(-1)

@@ -124,7 +124,9 @@ def head_point(model: ModelHandle, group: list[str], device: Device) -> dict[str
     parsed = [_parse_head(model, name) for name in group]
     circuit = FactoredCircuit.ov_of_heads(model.W_V, model.W_O, [(h.layer, h.head) for h in parsed]).double()
     rank = circuit.numerical_rank()  # of the d x d OV matrix itself
-    result = full_circuit_topk(model.W_E, circuit.left, circuit.right, model.W_U, device=_device(device))
+    on = _device(device)  # top-1 and top-5 only: on the CPU a row is settled at 5 entries above its diagonal
+    result = full_circuit_topk(model.W_E, circuit.left, circuit.right, model.W_U, device=on,
+                               margins=False, k_max=None if on is not None else 5)
     names = [str(h) for h in parsed]
     return {"label": group_label(names), "rank": rank, "top1": result.accuracy(1, "pessimistic"),
             "top5": result.accuracy(5, "pessimistic"), "kind": "head", "heads": names}
