@@ -157,7 +157,7 @@ def ioi_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def whole_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every patched pass from the embedding, every position (the plain way)."""
-    monkeypatch.setattr(patching.Patch, "first_position", lambda self, r: 0)
+    monkeypatch.setattr(patching, "first_changed", lambda patch, first: 0)
     monkeypatch.setattr(ModelHandle, "residual_from",
                         lambda self, layer, resid, tokens, hooks, stop_at_layer=None, prefix=None:
                         self.residual_with_hooks(tokens, hooks, stop_at_layer))

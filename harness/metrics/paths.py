@@ -92,7 +92,12 @@ def new_spec(ctx: MetricContext) -> dict[str, dict[str, Any]]:
 
 
 def path_runs(ctx: MetricContext) -> PathRuns:
-    """Both runs' activations (session-cached) and their per-prompt END logit differences."""
+    """Both runs' activations (session-cached) and their per-prompt END logit differences, once per
+    (model, inputs) and session: every path patching claim on them shares one."""
+    return ctx.session.memoised((ctx.model.identity.key, ctx.require_inputs().key, "paths", "runs"), lambda: _path_runs(ctx))
+
+
+def _path_runs(ctx: MetricContext) -> PathRuns:
     new_inputs = ctx.session.inputs(ctx.model, new_spec(ctx))
     tokens = ctx.require_inputs().tokens
     answers, ends = answer_ids(ctx), end_positions(ctx)
