@@ -36,7 +36,9 @@ Each scan runs once per session (``Session.memoised``): claims that differ only 
 several layers share one pass: each hook touches only its own copies), in chunks of at most
 :data:`harness.metrics.paths.MAX_PASS_TOKENS` tokens. No patched pass computes logits: the final
 residual stream at the last position is read through the final norm and the two answers'
-unembedding columns only (:func:`harness.circuits.dla.logit_diff_from_residual`).
+unembedding columns only (:func:`harness.circuits.dla.logit_diff_from_residual`). A pass starts at
+the block of its patches and at the first position they change, reading the corrupted run's
+residual stream there and its keys and values before it (:func:`patched_metrics`).
 """
 
 from __future__ import annotations

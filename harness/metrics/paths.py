@@ -25,7 +25,10 @@ Senders are the heads of layers before the last receiver layer, as the course lo
 Batching: copy ``j`` of the stacked ``x_orig`` carries sender ``j``; a pass holds at most
 :data:`MAX_PASS_TOKENS` tokens, and no pass computes logits: the residual stream at END goes
 through the final norm and the two answers' unembedding columns only
-(:func:`harness.circuits.dla.logit_diff_from_residual`).
+(:func:`harness.circuits.dla.logit_diff_from_residual`). Passes skip what they cannot change: a
+pass starts at its senders' block; with every head frozen no block mixes positions, so a path to
+the residual runs END alone and run (1) runs position-wise; run (2) starts at the first position
+where ``x_orig`` and ``x_new`` differ (:func:`path_to_resid_lds`, :func:`path_to_heads_lds`).
 """
 
 from __future__ import annotations
