@@ -25,7 +25,10 @@ Senders are the heads of layers before the last receiver layer, as the course lo
 Batching: copy ``j`` of the stacked ``x_orig`` carries sender ``j``; a pass holds at most
 :data:`MAX_PASS_TOKENS` tokens, and no pass computes logits: the residual stream at END goes
 through the final norm and the two answers' unembedding columns only
-(:func:`harness.circuits.dla.logit_diff_from_residual`).
+(:func:`harness.circuits.dla.logit_diff_from_residual`). Passes skip what they cannot change: a
+pass starts at its senders' block; with every head frozen no block mixes positions, so a path to
+the residual runs END alone and run (1) runs position-wise; run (2) starts at the first position
+where ``x_orig`` and ``x_new`` differ (:func:`path_to_resid_lds`, :func:`path_to_heads_lds`).
 """
 
 from __future__ import annotations
@@ -92,7 +95,12 @@ def new_spec(ctx: MetricContext) -> dict[str, dict[str, Any]]:
 
 
 def path_runs(ctx: MetricContext) -> PathRuns:
-    """Both runs' activations (session-cached) and their per-prompt END logit differences."""
+    """Both runs' activations (session-cached) and their per-prompt END logit differences, once per
+    (model, inputs) and session: every path patching claim on them shares one."""
+    return ctx.session.memoised((ctx.model.identity.key, ctx.require_inputs().key, "paths", "runs"), lambda: _path_runs(ctx))
+
+
+def _path_runs(ctx: MetricContext) -> PathRuns:
     new_inputs = ctx.session.inputs(ctx.model, new_spec(ctx))
     tokens = ctx.require_inputs().tokens
     answers, ends = answer_ids(ctx), end_positions(ctx)
