@@ -51,7 +51,7 @@ ends; ``benchmarks/bench_low_rank.py --curve``), exact top-1 tokens: K = 32 alon
 49,132 at ranks 4 / 16 / 64 (the full step: 431 / 20,625 / 49,126): better at 16 and 64, worse at 4;
 with a bulk of m = 2048 at w = 1: 460 / 20,594 / 49,127; w = 0.25: - / 21,872 / -; w = 0.1: 575 /
 22,868 / 49,128, the SmolLM2 claim's settings (same or better than the full step at every rank; on
-two threads 192 s of CPU for the four fits against the full step's 388 s, separate runs). A curve's
+two threads 174.5 s of CPU for the four fits against the full step's 371.8 s, same process). A curve's
 fits share the orthonormal bases (computed once per (W_E, W_U)).
 
 Rank 1 (``stop_at_bound``).  Any rank-1 map copies at most two rows (:func:`copy_bound`); a
