@@ -37,22 +37,22 @@ parameters' RMS, rows sampled without replacement (a permutation per epoch).
 Cost per step with b rows: ``B' Q_U^T`` (r k V) is shared by the b rows, then
 ``(Q_E[rows] A') (B' Q_U^T)`` costs b r V; backward the same again: ``O(r k V + b r V)``, not b d V.
 
-Restricted step (``negatives=K``, :mod:`harness.circuits.low_rank_sparse`).  The full step makes
-about eight passes over the b x V logits; the restricted one finds each row's K largest
-off-diagonal entries in one compiled read pass (at ranks <= 32 fused with the logits product, tile
-by tile, so that the b x V logits are never written whole) and computes the loss and its sparse
-gradient on those K + 1 entries: the cross-entropy restricted to them, and the same hinge as the
-full step (K = 1).  Sampled bulk (``bulk=m``, ``bulk_weight=w``): where nearly every row is wrong
-(low ranks) the columns outside the K hardest hold most of each row's softmax mass; m columns drawn
-uniformly per step stand for them, each with logit ``L[i, s] + log(w (V - 1 - K) / m_i)`` (the
-log-Q correction of sampled softmax; w = 1 estimates the full softmax, w < 1 leans towards the
-hardest columns).  Measured on SmolLM2 (V = 49,152, d = 576, seed 0, 50 steps per phase, monitored
-at each phase's ends; ``benchmarks/bench_low_rank.py --curve``), exact top-1 tokens: K = 32 alone 328 / 28,336
-/ 49,132 at ranks 4 / 16 / 64 (the full step: 431 / 20,625 / 49,126): better at 16 and 64, worse
-at 4; with a bulk of m = 2048 at w = 1: 460 / 20,594 / 49,127; w = 0.25: - / 21,872 / -; w = 0.1:
-575 / 22,868 / 49,128, the SmolLM2 claim's settings (same or better than the full step at every
-rank, for about a third of its CPU time).  A curve's fits share the orthonormal bases (computed
-once per (W_E, W_U)).
+Restricted step (``negatives=K``, :mod:`harness.circuits.low_rank_sparse`). The full step makes
+about eight passes over the b x V logits; the restricted one finds each row's K largest off-diagonal
+entries in one compiled read pass (at ranks <= 32 fused with the logits product, tile by tile, so
+that the b x V logits are never written whole) and computes the loss and its sparse gradient on
+those K + 1 entries: the cross-entropy restricted to them, and the same hinge as the full step
+(K = 1). Sampled bulk (``bulk=m``, ``bulk_weight=w``): where nearly every row is wrong (low ranks) the
+columns outside the K hardest hold most of each row's softmax mass; m columns drawn uniformly per
+step stand for them, each with logit ``L[i, s] + log(w (V - 1 - K) / m_i)`` (the log-Q correction of
+sampled softmax; w = 1 estimates the full softmax, w < 1 leans towards the hardest columns).
+Measured on SmolLM2 (V = 49,152, d = 576, seed 0, 50 steps per phase, monitored at each phase's
+ends; ``benchmarks/bench_low_rank.py --curve``), exact top-1 tokens: K = 32 alone 328 / 28,336 /
+49,132 at ranks 4 / 16 / 64 (the full step: 431 / 20,625 / 49,126): better at 16 and 64, worse at 4;
+with a bulk of m = 2048 at w = 1: 460 / 20,594 / 49,127; w = 0.25: - / 21,872 / -; w = 0.1: 575 /
+22,868 / 49,128, the SmolLM2 claim's settings (same or better than the full step at every rank; on
+two threads 174.5 s of CPU for the four fits against the full step's 371.8 s, same process). A curve's
+fits share the orthonormal bases (computed once per (W_E, W_U)).
 
 Rank 1 (``stop_at_bound``).  Any rank-1 map copies at most two rows (:func:`copy_bound`); a
 rank-1 fit whose closed-form start already copies two, counted exactly, cannot improve and is
