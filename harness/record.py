@@ -5,6 +5,7 @@ Schema (``schema_version`` 1; documented in ``docs/record.md``)::
     {"schema_version": 1, "tool": "interp-claims", "created": ISO-8601,
      "provenance": {git_commit, git_dirty, python, packages{torch, transformer_lens, numpy, ...},
                     platform, device, dtype, torch_threads, spec_files{path: sha256},
+                    spec_claim_ids{path: [claim id, ...]},
                     measurement_cache{enabled, dir, hits, misses, stored, ignored, not_storable}},
      "models": {name: {identity..., load_seconds}},
      "summary": {verdict: count, "matched": n, "mismatched": n, "skipped": n,
@@ -127,17 +128,17 @@ def claim_entry(result: ClaimResult) -> dict[str, Any]:
 
 def build_record(
     results: Iterable[ClaimResult], spec_files: dict[str, str], models: dict[str, Any],
-    unmeasured: dict[str, int] | None = None, cache: dict[str, Any] | None = None,
+    unmeasured: dict[str, Any] | None = None, cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole run's record; ``unmeasured`` counts the spec files' ``conceptual`` and ``pending``
-    entries; ``cache`` is the measurement cache's use in this run (``provenance.measurement_cache``)."""
+    entries and lists each file's claim ids (``claim_ids``, recorded as ``provenance.spec_claim_ids``); ``cache`` is the measurement cache's use in this run (``provenance.measurement_cache``)."""
     entries = [claim_entry(result) for result in results]
     return record_from_entries(entries, spec_files, models, unmeasured, cache)
 
 
 def record_from_entries(
     entries: list[dict[str, Any]], spec_files: dict[str, str], models: dict[str, Any],
-    unmeasured: dict[str, int] | None = None, cache: dict[str, Any] | None = None,
+    unmeasured: dict[str, Any] | None = None, cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole run's record from its claim entries (:func:`claim_entry`), e.g. gathered from
     pytest-xdist workers; the summary counts the entries' verdicts."""
@@ -151,7 +152,8 @@ def record_from_entries(
         "schema_version": SCHEMA_VERSION,
         "tool": "interp-claims",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "provenance": {**provenance(spec_files), "measurement_cache": cache or {"enabled": False}},
+        "provenance": {**provenance(spec_files), "spec_claim_ids": (unmeasured or {}).get("claim_ids"),
+                       "measurement_cache": cache or {"enabled": False}},
         "models": models,
         "summary": summary,
         "claims": entries,

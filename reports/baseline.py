@@ -103,14 +103,31 @@ def make_baseline(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def update_baseline(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``new`` merged into ``old`` by claim file: every claim from a file that ``new`` measured comes
-    from ``new`` (so a claim deleted from a re-run file leaves the baseline), every claim from a file
-    it did not measure stays as ``old`` had it. Lets one claims file be re-blessed without re-running
-    the rest of the suite."""
+def update_baseline(
+    old: dict[str, Any], new: dict[str, Any], claim_ids: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """``new`` merged into ``old`` by claim file, so one claims file can be re-blessed without
+    re-running the rest of the suite: every claim ``new`` measured comes from ``new``; a claim of a
+    file ``new`` did not measure stays as ``old`` had it.  A claim ``old`` holds from a file ``new``
+    measured stays unless that file no longer has it: ``claim_ids`` (the run's
+    ``provenance.spec_claim_ids``, each file's claim ids when it ran) tells a claim deleted from the
+    file (it leaves the baseline) from one a filtered run (``-k``, ``-m "not slow"``) left out (it
+    stays).  A record without ``claim_ids`` (written before they were recorded) replaces each file
+    it measured whole."""
+    if claim_ids is not None and not (
+        isinstance(claim_ids, dict) and all(isinstance(ids, list) for ids in claim_ids.values())
+    ):
+        raise BaselineError("results: key 'provenance.spec_claim_ids' must map each claim file to a list of claim ids")
     measured_files = {entry.get("file") for entry in new["claims"].values()}
-    kept = {claim_id: entry for claim_id, entry in old["claims"].items() if entry.get("file") not in measured_files}
-    return {**new, "claims": dict(sorted({**kept, **new["claims"]}.items()))}
+
+    def kept(claim_id: str, entry: dict[str, Any]) -> bool:
+        file = entry.get("file")
+        if file not in measured_files:
+            return True
+        return claim_ids is not None and claim_id in claim_ids.get(file, ())
+
+    carried = {claim_id: entry for claim_id, entry in old["claims"].items() if kept(claim_id, entry)}
+    return {**new, "claims": dict(sorted({**carried, **new["claims"]}.items()))}
 
 
 def load_json(path: str | Path, what: str) -> dict[str, Any]:

@@ -243,3 +243,34 @@ def test_bless_update_replaces_only_the_files_the_run_measured(workdir: Path, bl
     assert "deleted-from-this-file" not in updated
     assert {k: v for k, v in updated.items() if k != "other-file-claim"} == blessed["claims"]
     assert list(updated) == sorted(updated)
+
+
+def test_bless_update_from_a_filtered_run_keeps_the_files_other_claims(workdir: Path, blessed: dict) -> None:
+    """A run filtered to one claim (``-k``) re-blesses that claim and loses none of its file's others."""
+    stale = {**blessed["claims"]["prev-score"], "value": -1.0}
+    (workdir / "baseline.json").write_text(json.dumps({**blessed, "claims": {**blessed["claims"], "prev-score": stale}}))
+    assert claims_main(["run", "claims", "-k", "prev-score", "--out", "k", "--no-progress"]) == 0
+    record = json.loads((workdir / "k" / "results.json").read_text())
+    assert [e["id"] for e in record["claims"]] == ["prev-score"]
+    assert record["provenance"]["spec_claim_ids"] == {"claims/demo.yaml": ["prev-score", "induction-heads"]}
+    assert claims_main(["bless", "--update", "k/results.json", "baseline.json"]) == 0
+    assert json.loads((workdir / "baseline.json").read_text())["claims"] == blessed["claims"]
+
+
+def test_bless_update_without_claim_ids_replaces_each_measured_file_whole(workdir: Path, blessed: dict) -> None:
+    record = json.loads((workdir / "a" / "results.json").read_text())
+    record["claims"] = [e for e in record["claims"] if e["id"] == "prev-score"]
+    del record["provenance"]["spec_claim_ids"]
+    (workdir / "old.json").write_text(json.dumps(record))
+    assert claims_main(["bless", "--update", "old.json", "baseline.json"]) == 0
+    assert list(json.loads((workdir / "baseline.json").read_text())["claims"]) == ["prev-score"]
+
+
+def test_bless_update_refuses_malformed_claim_ids(workdir: Path, blessed: dict, capsys) -> None:
+    record = json.loads((workdir / "a" / "results.json").read_text())
+    record["provenance"]["spec_claim_ids"] = {"claims/demo.yaml": "prev-score"}
+    (workdir / "bad.json").write_text(json.dumps(record))
+    before = (workdir / "baseline.json").read_bytes()
+    assert claims_main(["bless", "--update", "bad.json", "baseline.json"]) == 2
+    assert "key 'provenance.spec_claim_ids' must map each claim file to a list" in capsys.readouterr().err
+    assert (workdir / "baseline.json").read_bytes() == before

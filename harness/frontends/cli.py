@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     bless.add_argument("results", help="results.json of a run")
     bless.add_argument("baseline", help="baseline file to write")
     bless.add_argument("--update", action="store_true",
-                       help="keep the baseline's claims from files this run did not measure; replace those from files it did")
+                       help="replace the claims this run measured; keep the others unless deleted from a file this run read")
     bless.set_defaults(handler=_bless)
     compare = commands.add_parser("diff", help="report verdict flips and metric drift of a run against a baseline")
     compare.add_argument("baseline")
@@ -145,9 +145,11 @@ def _bless(args: argparse.Namespace) -> int:
         print(f"claims bless: baseline {args.baseline} is a folder; give the file to write", file=sys.stderr)
         return EXIT_INVALID
     try:
-        baseline = make_baseline(load_json(args.results, "results"))
+        record = load_json(args.results, "results")
+        baseline = make_baseline(record)
         if args.update:
-            baseline = update_baseline(load_baseline(args.baseline), baseline)
+            claim_ids = (record.get("provenance") or {}).get("spec_claim_ids")
+            baseline = update_baseline(load_baseline(args.baseline), baseline, claim_ids)
     except BaselineError as exc:
         print(f"claims bless: {exc}", file=sys.stderr)
         return EXIT_INVALID

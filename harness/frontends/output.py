@@ -36,20 +36,24 @@ OUTPUT_FILES = ("results.json", "report.md", "report.html")
 """The files a run writes into its output folder."""
 
 
-def unmeasured_counts(spec_files: dict[str, str]) -> dict[str, int]:
-    """How many ``conceptual`` (cannot be measured) and ``pending`` (not yet encoded) entries the spec files hold."""
-    counts = {"conceptual": 0, "pending": 0}
+def spec_inventory(spec_files: dict[str, str]) -> dict:
+    """What the spec files hold besides the measured entries: how many ``conceptual`` (cannot be
+    measured) and ``pending`` (not yet encoded) entries, and ``claim_ids``, each file's claim ids
+    (so ``claims bless --update`` can tell a claim deleted from a file from one a filtered run
+    left out)."""
+    inventory: dict = {"conceptual": 0, "pending": 0, "claim_ids": {}}
     for path in spec_files:
         spec = load_claim_file(path, check_names=False).spec
-        counts["conceptual"] += len(spec.conceptual)
-        counts["pending"] += len(spec.pending)
-    return counts
+        inventory["conceptual"] += len(spec.conceptual)
+        inventory["pending"] += len(spec.pending)
+        inventory["claim_ids"][path] = [claim.id for claim in spec.claims]
+    return inventory
 
 
 def write_outputs(out: Path, results: list[ClaimResult], spec_files: dict[str, str], session: Session) -> dict:
     """Write ``results.json``, ``report.md`` and ``report.html`` into ``out`` (each atomically); return the record."""
     cache = session.cache.summary() if session.cache is not None else None
-    record = build_record(results, spec_files, model_summaries(session), unmeasured_counts(spec_files), cache)
+    record = build_record(results, spec_files, model_summaries(session), spec_inventory(spec_files), cache)
     write_record(out, record, plot_cache(session.cache))
     return record
 

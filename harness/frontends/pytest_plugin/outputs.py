@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.frontends.output import unmeasured_counts, write_outputs, write_record
+from harness.frontends.output import spec_inventory, write_outputs, write_record
 from harness.frontends.pytest_plugin.parallel import GATHERED_KEY, is_controller, is_worker
 from harness.frontends.pytest_plugin.state import FILES_KEY, RESULTS_KEY, SESSION_KEY
 from harness.record import record_from_entries
@@ -22,7 +22,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         gathered = config.stash[GATHERED_KEY]
         entries = gathered.ordered_entries()
         if entries:
-            record = record_from_entries(entries, gathered.files, gathered.models, unmeasured_counts(gathered.files), gathered.cache)
+            record = record_from_entries(entries, gathered.files, gathered.models, spec_inventory(gathered.files), gathered.cache)
             if gathered.torch_threads:  # the workers measured, each on its share of the CPUs
                 record["provenance"]["torch_threads"] = max(gathered.torch_threads)
             write_record(Path(out), record)

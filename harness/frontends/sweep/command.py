@@ -75,7 +75,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from harness.frontends.output import OUTPUT_FILES, unmeasured_counts, write_record
+    from harness.frontends.output import OUTPUT_FILES, spec_inventory, write_record
     from harness.frontends.preflight import claim_files, writable_out
     from harness.frontends.sweep.plan import plan_sweep, resolve_models
     from harness.frontends.sweep.ray_runner import import_ray, run_on_ray
@@ -104,7 +104,7 @@ def _sweep(args: argparse.Namespace) -> int:
     outcomes = run_on_ray(plan.tasks, options, address=args.address, num_cpus=args.num_cpus,
                           cpus_per_task=args.cpus_per_task, on_done=progress)
     gathered = gather(outcomes, suite_source_hash())
-    record = record_from_entries(gathered.ordered_entries(), plan.files, gathered.models, unmeasured_counts(plan.files), gathered.cache)
+    record = record_from_entries(gathered.ordered_entries(), plan.files, gathered.models, spec_inventory(plan.files), gathered.cache)
     record["provenance"]["sweep"] = {"ray": ray.__version__, "address": args.address or "local", "tasks": len(plan.tasks),
                                      "failed_tasks": sum(o.error is not None for o in outcomes), "models": models,
                                      "seconds": round(time.perf_counter() - start, 3)}
