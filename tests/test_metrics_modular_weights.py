@@ -118,3 +118,20 @@ def test_logit_direction_metric_runs_on_a_model() -> None:
     value = W.logit_direction_fourier(Ctx(model), frequencies=[5, 9]).value
     assert set(value) == {"k=5", "k=9", "min_share", "sign_pattern", "max_magnitude_gap"}
     assert 0.0 <= value["min_share"] < 0.5  # an untrained model: no trig algorithm
+
+
+@pytest.mark.parametrize("noise", [1e-17, -1e-17, 0.0])
+def test_a_coefficient_at_rounding_level_has_no_sign(noise: float) -> None:
+    """A 2-D coefficient that is zero but for rounding fails its sign check whatever its sign, so the
+    verdict does not depend on which kernels rounded it (sin x sin y's coefficient planted at +-1e-17)."""
+    k = 14
+    data = all_data()
+    wx, wy = 2 * math.pi * k * data.x.double() / P, 2 * math.pi * k * data.y.double() / P
+    basis = torch.stack([torch.cos(wx) * torch.cos(wy), torch.sin(wx) * torch.sin(wy), torch.sin(wx + wy)], 1)
+    scale = (basis[:, 1] @ basis[:, 1]).item()
+    neurons = torch.stack([basis[:, 0] + noise / scale * basis[:, 1], basis[:, 2]], 1)  # (p^2, 2)
+    us = torch.zeros(2, P, dtype=torch.float64)
+    us[0, 2 * k - 1], us[1, 2 * k] = 1.0, 1.0
+    value, details = W.logit_direction_checks(neurons, us, [k])
+    assert value["sign_pattern"] == 0.5  # the sin pair holds; the cos pair has one coefficient at zero
+    assert abs(details["coefficients"][f"k={k} cos"][1]) < 1e-15

@@ -25,7 +25,9 @@ All float64, on the token axis ``t = 0..p-1`` (the "=" token dropped) or the row
   prediction holds up to a constant); in the 2-D basis (``G = F g F^T``) the prediction is
   ``G[cos, cos] = -G[sin, sin]`` and ``G[cos, sin] = G[sin, cos]`` (both ``C_k / sqrt 2``):
   ``sign_pattern`` is the fraction of the 2 x n sign checks that hold, ``max_magnitude_gap`` the
-  largest ``||a| - |b|| / (|a| + |b|)`` over those pairs.
+  largest ``||a| - |b|| / (|a| + |b|)`` over those pairs. A coefficient within ``SIGN_FLOOR_ULPS``
+  units of rounding of the grid's largest is zero and has no sign: a check with it fails (the
+  prediction has both at ``C_k / sqrt 2 != 0``), so no verdict rests on the sign of rounding noise.
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ def embed_svd_fourier_alignment(ctx: MetricContext, *, frequencies: list[Frequen
     return Measurement(value, None, {"frequencies": list(frequencies), "rank": 2 * len(frequencies)})
 
 
+SIGN_FLOOR_ULPS = 1e3
+"""A 2-D coefficient at most this many machine epsilons of the grid's largest counts as zero (no sign)."""
+
+
 def logit_direction_checks(neurons: Tensor, us: Tensor, frequencies: list[int], p: int = P) -> tuple[dict[str, float], dict[str, object]]:
     """G21 on neurons (p^2, d_mlp) and ``US = W_logit F^T`` (d_mlp, p): ({"k=K": share, ...}, details); see the module docstring."""
     check_frequencies(frequencies)
@@ -137,7 +143,8 @@ def logit_direction_checks(neurons: Tensor, us: Tensor, frequencies: list[int], 
             grid = fourier_2d(g.reshape(p, p), basis)
             c, s = 2 * k - 1, 2 * k
             a, b = (float(grid[c, c]), float(grid[s, s])) if col == c else (float(grid[c, s]), float(grid[s, c]))
-            signs.append(a * b < 0 if col == c else a * b > 0)
+            floor = SIGN_FLOOR_ULPS * torch.finfo(grid.dtype).eps * float(grid.abs().max())
+            signs.append(min(abs(a), abs(b)) > floor and (a * b < 0 if col == c else a * b > 0))
             gaps.append(abs(abs(a) - abs(b)) / (abs(a) + abs(b)) if abs(a) + abs(b) > 0 else 1.0)
             coeffs[f"k={k} {'cos' if col == c else 'sin'}"] = [a, b]
         value[f"k={k}"] = min(shares)
