@@ -196,8 +196,8 @@ def dataset_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
 DATASET = {"ioi_dataset": {"n": 6, "seed": 2}}
 
 
-def plain_to_resid(model: ModelHandle, runs: paths.PathRuns, sender: tuple[int, int]) -> torch.Tensor:
-    """LD [batch] of one sender's path to the residual: a whole pass, every head's z frozen, the sender's from x_new."""
+def frozen_z_hooks(model: ModelHandle, runs: paths.PathRuns, sender: tuple[int, int]) -> list[tuple[str, Any]]:
+    """Hooks that set every head's z to its x_orig value, but ``sender``'s to its x_new value."""
     layer_s, head_s = sender
 
     def freeze(layer: int):
@@ -208,7 +208,12 @@ def plain_to_resid(model: ModelHandle, runs: paths.PathRuns, sender: tuple[int, 
             return z
         return hook
 
-    hooks = [(model.hook_name("z", layer), freeze(layer)) for layer in range(model.shape.n_layers)]
+    return [(model.hook_name("z", layer), freeze(layer)) for layer in range(model.shape.n_layers)]
+
+
+def plain_to_resid(model: ModelHandle, runs: paths.PathRuns, sender: tuple[int, int]) -> torch.Tensor:
+    """LD [batch] of one sender's path to the residual: a whole pass, every head's z frozen, the sender's from x_new."""
+    hooks = frozen_z_hooks(model, runs, sender)
     return logit_diff_from_residual(model, model.residual_with_hooks(runs.tokens, hooks), runs.answers, runs.ends)[0]
 
 
@@ -230,22 +235,13 @@ def plain_to_heads(model: ModelHandle, runs: paths.PathRuns, sender: tuple[int, 
                    kind: str) -> torch.Tensor:
     """LD [batch] of one sender's path to the receivers' ``kind``: run (1) a whole pass with every head
     frozen (the sender from x_new) keeping the receivers' input; run (2) a whole pass with only that patched."""
-    layer_s, head_s = sender
     kept: dict[int, torch.Tensor] = {}
-
-    def freeze(layer: int):
-        def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
-            z[:] = runs.orig_z[layer]
-            if layer == layer_s:
-                z[:, :, head_s] = runs.new_z[layer][:, :, head_s]
-            return z
-        return hook
 
     def keep(layer: int):
         return lambda act, hook: kept.__setitem__(layer, act.clone())
 
     layers = sorted({layer for layer, _ in receivers})
-    hooks = [(model.hook_name("z", layer), freeze(layer)) for layer in range(model.shape.n_layers)]
+    hooks = frozen_z_hooks(model, runs, sender)
     model.residual_with_hooks(runs.tokens, hooks + [(model.hook_name(kind, layer), keep(layer)) for layer in layers])
 
     def patch(layer: int):

@@ -20,15 +20,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fixtures.planted import PLANTED_MODELS
 from harness.circuits import low_rank as lr
 from harness.circuits import low_rank_sparse as ls
 from harness.circuits.low_rank import copy_bound, fit_low_rank_copying
-from harness.context import MetricContext
-from harness.core.model_handle import ModelHandle, ModelIdentity
-from harness.registry import get_metric
-from harness.session import Session
 from harness.testing import fast_settings
+from tests.low_rank_support import assert_hardest_columns, autograd_rows, logit_rows, rank_curve_on_split_copier
 
 FAST = fast_settings(20)
 
@@ -39,20 +35,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
        ties=st.booleans())
 @FAST
 def test_compiled_top_k_is_the_brute_force_top_k(b: int, V: int, K: int, seed: int, ties: bool) -> None:
-    rng = np.random.default_rng(seed)
-    L = rng.standard_normal((b, V)).astype(np.float32)
-    if ties:
-        L = np.round(L * 2).astype(np.float32)
-    cols = rng.integers(0, V, b)
+    L, cols, off = logit_rows(b, V, seed, ties)
     before = L.copy()
-    off = L.copy()
-    off[np.arange(b), cols] = -np.inf
-    expected = -np.sort(-off, axis=1)[:, : min(K, V - 1)]
     vals, found = ls.hard_negatives_compiled(L, cols, K, lr._Numpy(2)._chunked)
-    np.testing.assert_array_equal(vals, expected)
-    np.testing.assert_array_equal(np.take_along_axis(off, found, 1), vals)
-    assert not (found == cols[:, None]).any()
-    assert all(len(set(row)) == len(row) for row in found.tolist())
+    assert_hardest_columns(off, cols, K, vals, found)
     np.testing.assert_array_equal(L, before)  # read only
 
 
@@ -84,12 +70,8 @@ def test_bulk_gradients_match_autograd(weight: float) -> None:
     ops = lr._Numpy(1)
     loss, _, dA, dB = ls.restricted_grads(ops, *(ops.asarray(x) for x in (E, U, U.T, A, B)), rows, "ce", K, S, weight)
 
-    At, Bt = (torch.tensor(x, requires_grad=True) for x in (A, B))
-    L = torch.tensor(E[rows]) @ At @ Bt @ torch.tensor(U)
-    ar, own = torch.arange(b), torch.tensor(rows)
-    diag = L[ar, own]
-    off = L.detach().clone()
-    off[ar, own] = -torch.inf
+    ref = autograd_rows(E, U, A, B, rows)
+    At, Bt, L, own, diag, off = (ref[key] for key in ("A", "B", "L", "own", "diag", "off"))
     top = torch.topk(off, K, 1)
     Ls = L[:, torch.tensor(S)]
     mask = (Ls.detach() >= top.values[:, -1:]) | (torch.tensor(S)[None, :] == own[:, None])
@@ -153,12 +135,8 @@ def test_same_seed_same_fit_with_a_bulk() -> None:
 
 
 def test_metrics_pass_the_bulk_and_the_bound_stop() -> None:
-    identity = ModelIdentity(name="planted-split-copy", source="planted", weights_sha256=None, config_sha256=None)
-    handle = ModelHandle(PLANTED_MODELS["planted-split-copy"].build(), identity, bos_token_id=None)
-    info = get_metric("low_rank.rank_curve")
-    params = dict(info.validate_params(dict(ranks=[1, 32], max_steps=300, device="cpu", negatives=8, eval_every=150,
-                                            bulk=64, bulk_weight=0.5, stop_at_bound=True)))
-    m = info.function(MetricContext(handle, None, Session()), **params)
+    m = rank_curve_on_split_copier(ranks=[1, 32], max_steps=300, device="cpu", negatives=8, eval_every=150,
+                                   bulk=64, bulk_weight=0.5, stop_at_bound=True)
     settings = m.details["fits"]["32"]["settings"]
     assert (settings["bulk"], settings["bulk_weight"], settings["stop_at_bound"]) == (64, 0.5, True)
     assert m.select("rank=32/top1").value == 1.0

@@ -15,16 +15,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fixtures.planted import PLANTED_MODELS
 from harness.circuits import low_rank as lr
 from harness.circuits import low_rank_sparse as ls
 from harness.circuits.low_rank import fit_low_rank_copying
 from harness.circuits.ov_topk import full_circuit_topk
-from harness.context import MetricContext
-from harness.core.model_handle import ModelHandle, ModelIdentity
-from harness.registry import get_metric
-from harness.session import Session
 from harness.testing import fast_settings
+from tests.low_rank_support import assert_hardest_columns, autograd_rows, logit_rows, rank_curve_on_split_copier
 
 FAST = fast_settings(20)
 
@@ -41,22 +37,11 @@ def dense_top1(W_E: np.ndarray, A: np.ndarray, B: np.ndarray, W_U: np.ndarray) -
        ties=st.booleans())
 @FAST
 def test_blocked_top_k_is_the_brute_force_top_k(b: int, V: int, K: int, seed: int, ties: bool) -> None:
-    rng = np.random.default_rng(seed)
-    L = rng.standard_normal((b, V)).astype(np.float32)
-    if ties:
-        L = np.round(L * 2).astype(np.float32)  # many equal entries
-    cols = rng.integers(0, V, b)
-    off = L.copy()
-    off[np.arange(b), cols] = -np.inf
-    expected = -np.sort(-off, axis=1)[:, : min(K, V - 1)]
-    ops = lr._Numpy(1)
-    vals, found = ls.hard_negatives_numpy(L.copy(), cols, K, ops._chunked)
-    np.testing.assert_array_equal(vals, expected)
-    np.testing.assert_array_equal(np.take_along_axis(off, found, 1), vals)  # the columns hold the values
-    assert not (found == cols[:, None]).any()
-    assert all(len(set(row)) == len(row) for row in found.tolist())
+    L, cols, off = logit_rows(b, V, seed, ties)
+    vals, found = ls.hard_negatives_numpy(L.copy(), cols, K, lr._Numpy(1)._chunked)
+    assert_hardest_columns(off, cols, K, vals, found)
     t_vals, t_found = ls.hard_negatives_torch(torch.tensor(L), torch.tensor(cols), K)
-    np.testing.assert_array_equal(t_vals.numpy(), expected)
+    np.testing.assert_array_equal(t_vals.numpy(), vals)
 
 
 @pytest.mark.parametrize("objective", ["ce", "margin"])
@@ -70,12 +55,8 @@ def test_restricted_gradients_match_autograd(objective: str, backend: str) -> No
     ops = lr._Numpy(1) if backend == "numpy" else lr._Torch("cpu")
     loss, wrong, dA, dB = ls.restricted_grads(ops, *(ops.asarray(x) for x in (E, U, U.T, A, B)), rows, objective, K)
 
-    At, Bt = (torch.tensor(x, requires_grad=True) for x in (A, B))
-    L = torch.tensor(E[rows]) @ At @ Bt @ torch.tensor(U)
-    ar, own = torch.arange(b), torch.tensor(rows)
-    diag = L[ar, own]
-    off = L.detach().clone()
-    off[ar, own] = -torch.inf
+    ref = autograd_rows(E, U, A, B, rows)
+    At, Bt, L, own, diag, off = (ref[key] for key in ("A", "B", "L", "own", "diag", "off"))
     hardest = torch.topk(off, K if objective == "ce" else 1, 1).indices
     S = torch.cat([diag[:, None], L.gather(1, hardest)], 1)
     per_row = torch.logsumexp(S, 1) - diag if objective == "ce" else torch.relu(1 - (diag - S[:, 1]))
@@ -137,11 +118,7 @@ def test_negatives_must_be_positive() -> None:
 
 
 def test_metrics_pass_negatives_to_the_fit() -> None:
-    identity = ModelIdentity(name="planted-split-copy", source="planted", weights_sha256=None, config_sha256=None)
-    handle = ModelHandle(PLANTED_MODELS["planted-split-copy"].build(), identity, bos_token_id=None)
-    info = get_metric("low_rank.rank_curve")
-    params = dict(info.validate_params(dict(ranks=[32], max_steps=300, device="cpu", negatives=8, eval_every=150)))
-    m = info.function(MetricContext(handle, None, Session()), **params)
+    m = rank_curve_on_split_copier(ranks=[32], max_steps=300, device="cpu", negatives=8, eval_every=150)
     assert m.details["fits"]["32"]["settings"]["negatives"] == 8
     assert [p["step"] for p in m.details["fits"]["32"]["trace"]] == [0, 150, 300, 0, 150, 300]
     assert m.select("rank=32/top1").value == 1.0
