@@ -21,6 +21,7 @@ markers, the session's state), :mod:`.collection` (claim files and items), :mod:
 pytest_plugins = [
     "harness.frontends.pytest_plugin.options",
     "harness.frontends.pytest_plugin.parallel",
+    "harness.frontends.pytest_plugin.durations",
     "harness.frontends.pytest_plugin.collection",
     "harness.frontends.pytest_plugin.outputs",
     "harness.frontends.pytest_plugin.baseline_check",

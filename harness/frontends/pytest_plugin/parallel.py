@@ -1,6 +1,7 @@
 """pytest-xdist (``pytest -n auto``): claims grouped by model, the workers' records gathered.
 
-``-n`` without an explicit ``--dist`` schedules by model (:func:`model_scheduling`): all the
+``-n`` without an explicit ``--dist`` schedules by model (:func:`model_scheduling`), the longest work units first
+(:mod:`.durations`): all the
 claims on one model run in one worker, which loads that model once (claim items also carry
 ``xdist_group(<model>)`` for ``--dist loadgroup`` where xdist can honour it).  Each worker
 measures its claims in its own :class:`~harness.session.Session`; when it finishes it hands the controller its claim entries (JSON, with their place in the
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from harness.frontends.output import model_summaries
+from harness.frontends.pytest_plugin.durations import longest_first, read_durations, remember_split
 from harness.loader import load_claim_file
 from harness.frontends.pytest_plugin.state import FILES_KEY, MISSING_KEY, RESULTS_KEY, SESSION_KEY
 from harness.record import claim_entry, to_json
@@ -114,12 +116,23 @@ def model_scheduling(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     models = _ClaimModels(config.rootpath)
+    durations = read_durations(config)
 
     class ModelScheduling(LoadScopeScheduling):  # type: ignore[misc, valid-type]
+        ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             return models.scope(nodeid) or super()._split_scope(nodeid)
 
-    return ModelScheduling(config, log)
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self.ordered:  # the first assignment: the queue is complete, longest units first
+                self.workqueue = longest_first(self.workqueue, durations)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+    scheduler = ModelScheduling(config, log)
+    remember_split(config, scheduler._split_scope)
+    return scheduler
 
 
 class _ClaimModels:
