@@ -48,7 +48,8 @@ def no_drawing(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_cached_control_is_the_drawn_one(monkeypatch: pytest.MonkeyPatch, cache_folder: Path) -> None:
     fresh = tl_initialised(config(), 3)
     first, first_sha = cache.cached_tl_initialised("tiny-random", config(), 3)
-    assert_same(first, fresh) and first_sha == state_dict_sha256(fresh.state_dict())
+    assert_same(first, fresh)
+    assert first_sha == state_dict_sha256(fresh.state_dict())
     assert len(list(cache_folder.iterdir())) == 1
     no_drawing(monkeypatch)
     second, second_sha = cache.cached_tl_initialised("tiny-random", config(), 3)
@@ -108,7 +109,8 @@ def test_no_cache_draws_afresh_and_writes_nothing(monkeypatch: pytest.MonkeyPatc
     with cache.cache_disabled():
         model, sha = cache.cached_tl_initialised("tiny-random", config(), 3)
     assert not cache_folder.exists()
-    assert_same(model, tl_initialised(config(), 3)) and sha == state_dict_sha256(model.state_dict())
+    assert_same(model, tl_initialised(config(), 3))
+    assert sha == state_dict_sha256(model.state_dict())
     monkeypatch.setenv(cache.ENV_OFF, "1")
     cache.cached_tl_initialised("tiny-random", config(), 3)
     assert not cache_folder.exists()
