@@ -5,6 +5,7 @@ drawn again; ``--no-cache`` draws afresh and writes nothing."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,9 @@ def test_an_altered_entry_is_drawn_again_and_rewritten(cache_folder: Path) -> No
     with pytest.warns(cache.ControlCacheWarning, match="sha256"):
         model, sha = cache.cached_tl_initialised("tiny-random", config(), 3)
     assert_same(model, tl_initialised(config(), 3))
-    cache.cached_tl_initialised("tiny-random", config(), 3)  # rewritten: read without a warning
+    with warnings.catch_warnings():  # rewritten: read without a warning
+        warnings.simplefilter("error", cache.ControlCacheWarning)
+        cache.cached_tl_initialised("tiny-random", config(), 3)
 
 
 @pytest.mark.parametrize("damage", ["key", "truncated", "meta"])
@@ -162,7 +165,6 @@ def test_a_concurrent_writer_winning_the_rename_is_no_error(monkeypatch: pytest.
     first one's entry in place and leaves it."""
     import os
     import shutil
-    import warnings
 
     rename = os.rename
 
