@@ -27,11 +27,11 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from fixtures.random_models import fill_normal_, small_config
 from harness.circuits.dla import logit_diff_from_residual
 from harness.context import MetricContext
-from harness.core.model_handle import ModelHandle, ModelIdentity
+from harness.core.model_handle import ModelHandle
 from harness.core.weight_layout import store_as_multiplied
 from harness.metrics import patching, paths
 from harness.session import Session
-from harness.testing import measure_metric
+from harness.testing import ad_hoc_handle, measure_metric
 from tests.ioi_dataset_support import dataset_model, train_dataset_tokenizer
 from tests.test_metrics_ioi import random_model, train_tokenizer
 
@@ -53,10 +53,6 @@ def hooked_model(shape: str, seed: int = 0) -> HookedTransformer:
     if spec["positional"] == "rotary":
         cfg = HookedTransformerConfig.from_dict({**cfg.to_dict(), "rotary_dim": 16})
     return fill_normal_(HookedTransformer(cfg), seed, std=0.1)
-
-
-def handle(hooked: HookedTransformer, name: str) -> ModelHandle:
-    return ModelHandle(hooked, ModelIdentity(name=name, source="test", weights_sha256=None, config_sha256=None), bos_token_id=0)
 
 
 def tokens(seed: int = 1, batch: int = 4, pos: int = 12) -> torch.Tensor:
@@ -98,7 +94,7 @@ def test_multiplied_views_need_no_copy(shape: str) -> None:
         if SHAPES[shape]["gated"]:
             for name in ("W_gate", "W_in", "W_out"):
                 assert getattr(block.mlp, name).T.is_contiguous(), name
-    model = handle(hooked, shape)
+    model = ad_hoc_handle(hooked, shape)
     assert all(p.is_contiguous() for _, p in model.named_parameters())
 
 
@@ -110,7 +106,7 @@ def test_multiplied_views_need_no_copy(shape: str) -> None:
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("position", [1, 5, 11])
 def test_pass_from_a_position_is_the_plain_pass(shape: str, position: int) -> None:
-    model = handle(hooked_model(shape), shape)
+    model = ad_hoc_handle(hooked_model(shape), shape)
     toks = tokens()
     base = model.run_with_cache(toks).activations
     layer = 1
@@ -137,7 +133,7 @@ def test_pass_from_a_position_is_the_plain_pass(shape: str, position: int) -> No
 
 
 def test_prefix_positions_are_checked() -> None:
-    model = handle(hooked_model("gpt2-like"), "gpt2-like")
+    model = ad_hoc_handle(hooked_model("gpt2-like"), "gpt2-like")
     for position in (0, 12):
         with pytest.raises(ValueError, match="0 < position < 12"):
             model.key_value_prefix(tokens(), position)
