@@ -1,4 +1,4 @@
-"""Shared by the low-rank test modules: the rank curve measured on the planted split copier."""
+"""Shared by the low-rank test modules: the rank curve measured on the planted split copier, logit rows, autograd references and a coupled embedding problem."""
 
 from __future__ import annotations
 
@@ -53,3 +53,10 @@ def autograd_rows(E: np.ndarray, U: np.ndarray, A: np.ndarray, B: np.ndarray, ro
     off = L.detach().clone()
     off[ar, own] = -torch.inf
     return {"A": At, "B": Bt, "L": L, "own": own, "diag": L[ar, own], "off": off}
+
+
+def coupled_problem(V: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 W_E (V, d) and W_U (d, V) = (0.5 W_E + 0.866 noise)^T: an embedding its unembedding partly copies."""
+    rng = np.random.default_rng(seed)
+    E = rng.standard_normal((V, d)).astype(np.float32)
+    return E, (0.5 * E + 0.866 * rng.standard_normal((V, d)).astype(np.float32)).T

@@ -24,7 +24,8 @@ from harness.circuits import low_rank as lr
 from harness.circuits import low_rank_sparse as ls
 from harness.circuits.low_rank import copy_bound, fit_low_rank_copying
 from harness.testing import fast_settings
-from tests.low_rank_support import assert_hardest_columns, autograd_rows, logit_rows, rank_curve_on_split_copier
+from tests.low_rank_support import (assert_hardest_columns, autograd_rows, coupled_problem, logit_rows,
+                                   rank_curve_on_split_copier)
 
 FAST = fast_settings(20)
 
@@ -84,12 +85,6 @@ def test_bulk_gradients_match_autograd(weight: float) -> None:
     np.testing.assert_allclose(dB, Bt.grad.numpy(), rtol=1e-3, atol=1e-4)
 
 
-def _problem(V: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    E = rng.standard_normal((V, d)).astype(np.float32)
-    return E, (0.5 * E + 0.866 * rng.standard_normal((V, d)).astype(np.float32)).T
-
-
 def test_copy_bound() -> None:
     assert copy_bound(1, 1000) == 2 and copy_bound(1, 1) == 1 and copy_bound(2, 1000) == 1000
 
@@ -97,7 +92,7 @@ def test_copy_bound() -> None:
 @given(V=st.integers(3, 120), d=st.integers(1, 6), seed=st.integers(0, 10_000))
 @fast_settings(12)
 def test_bound_stop_never_stops_early_wrongly(V: int, d: int, seed: int) -> None:
-    E, U = _problem(V, d, seed)
+    E, U = coupled_problem(V, d, seed)
     kw = dict(seed=0, max_steps=6, max_seconds=None, batch_rows=32, eval_every=3)
     fit = fit_low_rank_copying(E, U, 1, stop_at_bound=True, **kw)
     if fit.stopped_by == "bound":  # untrained, and exactly at the most any rank-1 matrix reaches
@@ -115,7 +110,7 @@ def test_bound_stop_happens() -> None:
     reaches the bound (as on SmolLM2), and each stopped fit is exactly at it, untrained."""
     stopped = []
     for seed in range(12):
-        E, U = _problem(60, 4, seed)
+        E, U = coupled_problem(60, 4, seed)
         fit = fit_low_rank_copying(E, U, 1, seed=0, max_steps=5, max_seconds=None, batch_rows=16, stop_at_bound=True)
         if fit.stopped_by == "bound":
             assert fit.steps == 0 and round(fit.top1 * 60) == 2
@@ -124,7 +119,7 @@ def test_bound_stop_happens() -> None:
 
 
 def test_same_seed_same_fit_with_a_bulk() -> None:
-    E, U = _problem(300, 8, 2)
+    E, U = coupled_problem(300, 8, 2)
     kw = dict(max_steps=40, max_seconds=None, batch_rows=64, negatives=8, bulk=50, bulk_weight=0.5)
     fits = [fit_low_rank_copying(E, U, 4, seed=7, **kw) for _ in range(2)]
     np.testing.assert_array_equal(fits[0].A, fits[1].A)

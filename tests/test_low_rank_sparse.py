@@ -20,7 +20,8 @@ from harness.circuits import low_rank_sparse as ls
 from harness.circuits.low_rank import fit_low_rank_copying
 from harness.circuits.ov_topk import full_circuit_topk
 from harness.testing import fast_settings
-from tests.low_rank_support import assert_hardest_columns, autograd_rows, logit_rows, rank_curve_on_split_copier
+from tests.low_rank_support import (assert_hardest_columns, autograd_rows, coupled_problem, logit_rows,
+                                   rank_curve_on_split_copier)
 
 FAST = fast_settings(20)
 
@@ -67,14 +68,8 @@ def test_restricted_gradients_match_autograd(objective: str, backend: str) -> No
     np.testing.assert_array_equal(wrong, (off.max(1).values >= diag).numpy().astype(np.int64))
 
 
-def _problem(V: int = 600, d: int = 16, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    E = rng.standard_normal((V, d)).astype(np.float32)
-    return E, (0.5 * E + 0.866 * rng.standard_normal((V, d)).astype(np.float32)).T
-
-
 def test_restricted_fit_is_evaluated_exactly() -> None:
-    E, U = _problem()
+    E, U = coupled_problem(600, 16, 2)
     fit = fit_low_rank_copying(E, U, 6, seed=0, max_steps=150, max_seconds=None, batch_rows=128, negatives=8)
     assert fit.settings.negatives == 8 and fit.steps == 300
     assert fit.top1 == dense_top1(E, fit.A, fit.B, U)
@@ -100,7 +95,7 @@ def test_planted_rank_r_copier_is_fitted_to_top1_one() -> None:
 
 
 def test_same_seed_same_restricted_fit() -> None:
-    E, U = _problem(V=300)
+    E, U = coupled_problem(300, 16, 2)
     kw = dict(max_steps=60, max_seconds=None, batch_rows=64, negatives=8)
     fits = [fit_low_rank_copying(E, U, 4, seed=7, **kw) for _ in range(2)]
     np.testing.assert_array_equal(fits[0].A, fits[1].A)
@@ -112,7 +107,7 @@ def test_same_seed_same_restricted_fit() -> None:
 
 
 def test_negatives_must_be_positive() -> None:
-    E, U = _problem(V=50)
+    E, U = coupled_problem(50, 16, 2)
     with pytest.raises(ValueError, match="negatives must be >= 1"):
         fit_low_rank_copying(E, U, 2, max_steps=1, max_seconds=None, negatives=0)
 
