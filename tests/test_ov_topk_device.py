@@ -10,12 +10,10 @@ from hypothesis import strategies as st
 
 from harness.circuits.ov_topk import full_circuit_topk
 from harness.testing import fast_settings
-from tests.test_ov_prune import near_tie_circuits, planted_copier
+from tests.test_ov_prune import COUNTS, near_tie_circuits, planted_copier
 from tests.test_ov_topk import circuits, dense_reference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-COUNTS = ("above", "ties", "ties_below")
 
 
 def assert_device_equals_cpu(E, L, R, U, rows, block_rows, **kw):
