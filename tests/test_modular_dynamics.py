@@ -26,7 +26,7 @@ def test_landmarks_that_never_come_lie_past_the_last_snapshot() -> None:
 def test_one_all_pairs_pass_serves_every_quantity_of_a_snapshot() -> None:
     from fixtures.grokking_model import initial_state_dict
     from harness.metrics import modular_dynamics as D
-    from harness.metrics._modular import run_all_pairs, split_loss
+    from harness.metrics._modular import run_all_pairs, split_loss, trig_energy, trig_ratio
     from harness.metrics.modular_logits import restricted_logits
     from tests.test_metrics_modular import handle_of
 
@@ -38,8 +38,6 @@ def test_one_all_pairs_pass_serves_every_quantity_of_a_snapshot() -> None:
     for freqs in ([14, 35], [1, 3, 4, 5, 6]):  # any frequency set, from the summary alone, as from the logits
         assert D.measure(model, "restricted_loss", freqs) == split_loss(restricted_logits(run.logits, freqs, True), "all")
     assert D._SUMMARIES[(model.identity.key, True)] is summary  # nothing run again
-    from harness.metrics._modular import trig_energy, trig_ratio
-
     for quantity, tensor in (("neuron_pre", run.neurons_pre), ("neuron_post", run.neurons), ("logit", run.logits)):
         assert D.measure(model, f"{quantity}_trig_ratio", [5, 9]) == trig_ratio(*trig_energy(tensor), [5, 9])
 
