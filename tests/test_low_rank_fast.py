@@ -146,7 +146,7 @@ def test_tiled_hardest_columns_equal_the_whole_product(workers: int) -> None:
     b, r, V, K = ls.TILE_ROWS + 7, 5, ls.TILE_COLS + 901, 16
     P, Qm = rng.standard_normal((b, r), dtype=np.float32), rng.standard_normal((r, V), dtype=np.float32)
     cols = rng.choice(V, b, replace=False)
-    tiled = ls.hardest_from_factors(P, Qm, cols, K, workers, lr.map_blocks)
+    tiled = ls.hardest_from_factors(P, Qm, cols, K, workers)
     assert tiled is not None
     diag, vals, found = tiled
     L = P.astype(np.float64) @ Qm.astype(np.float64)
@@ -156,8 +156,8 @@ def test_tiled_hardest_columns_equal_the_whole_product(workers: int) -> None:
     np.testing.assert_allclose(vals, -np.sort(-off, axis=1)[:, :K], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.take_along_axis(off, found, 1), vals, rtol=1e-5, atol=1e-5)
     assert not (found == cols[:, None]).any()
-    again = ls.hardest_from_factors(P, Qm, cols, K, 3 - workers, lr.map_blocks)
+    again = ls.hardest_from_factors(P, Qm, cols, K, 3 - workers)
     assert again is not None and all(np.array_equal(x, y) for x, y in zip(tiled, again))
     assert ls.hardest_from_factors(rng.standard_normal((4, ls.TILE_MAX_RANK + 1), dtype=np.float32),
                                    rng.standard_normal((ls.TILE_MAX_RANK + 1, 50), dtype=np.float32),
-                                   np.arange(4), 3, 1, lr.map_blocks) is None  # larger ranks: the whole product
+                                   np.arange(4), 3, 1) is None  # larger ranks: the whole product

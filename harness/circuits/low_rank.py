@@ -88,7 +88,6 @@ from harness.circuits.factored import as_numpy
 from harness.circuits.low_rank_sparse import (
     hard_negatives_compiled, hard_negatives_torch, hardest_from_factors, restricted_grads,
 )
-from harness.circuits.ov_tiles import map_blocks
 from harness.circuits.ov_topk import full_circuit_topk
 
 PhaseObjective = Literal["ce", "margin"]
@@ -331,7 +330,7 @@ class _Numpy:
     # the restricted step's kernels (harness/circuits/low_rank_sparse.py)
     def hardest(self, P: np.ndarray, Qm: np.ndarray, cols: np.ndarray, K: int) -> tuple[np.ndarray, ...]:
         """Own entries and the K hardest columns of ``L = P Qm``: tiled at small rank, else from L."""
-        tiled = hardest_from_factors(P, Qm, cols, K, self.threads, map_blocks)
+        tiled = hardest_from_factors(P, Qm, cols, K, self.threads)
         if tiled is not None:
             return tiled
         L = self.logits(P, Qm)

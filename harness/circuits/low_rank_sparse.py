@@ -38,6 +38,8 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from harness.circuits.ov_tiles import map_blocks
+
 BLOCK = 64  # columns per block of the blocked max pass
 
 PhaseObjective = Literal["ce", "margin"]
@@ -148,15 +150,15 @@ TILE_ROWS, TILE_COLS = 64, 4096  # a 1 MiB tile of logits: formed and folded whi
 TILE_MAX_RANK = 32  # above it the b x V product is compute-bound and cheaper whole
 
 
-def hardest_from_factors(P: np.ndarray, Qm: np.ndarray, cols: np.ndarray, K: int, workers: int,
-                         map_blocks: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def hardest_from_factors(P: np.ndarray, Qm: np.ndarray, cols: np.ndarray, K: int,
+                         workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Own entries and the K hardest columns of ``L = P Qm`` (b x r times r x V) without forming
     L: tiles of TILE_ROWS x TILE_COLS logits, each folded into the rows' running lists while in
     cache (at small r the whole product is memory-bound: writing and re-reading 4 b V bytes cost
     more than the arithmetic).  Returns ``(diag, vals, cols)`` (b; b x K; b x K), None where it
-    does not pay (r > TILE_MAX_RANK) or without numba.  ``map_blocks(work, blocks, workers)``
-    deals row blocks to threads with one BLAS thread each; every tile's product is the same
-    single-threaded call whatever the number of workers."""
+    does not pay (r > TILE_MAX_RANK) or without numba.  Row blocks are dealt to ``workers``
+    threads with one BLAS thread each (:func:`harness.circuits.ov_tiles.map_blocks`); every
+    tile's product is the same single-threaded call whatever the number of workers."""
     loop = _compiled_topk()
     b, r = P.shape
     V = Qm.shape[1]

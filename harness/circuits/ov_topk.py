@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -67,7 +66,6 @@ from harness.circuits.ov_tiles import (  # noqa: F401  (_CHUNK, _lane_sums: part
     Scan,
     _cat,
     _lane_sums,
-    _single_threaded_blas,
     _thresholds,
     count_tile,
     fused_counting,
@@ -290,23 +288,19 @@ def circuit_tolerance(P64: np.ndarray, Q64T: np.ndarray, start: int = 0) -> np.n
 def _matmul64_rows(A: np.ndarray, B: np.ndarray, chunk: int = 4096, workers: int = 1) -> np.ndarray:
     """A @ B in float64, converting A a chunk of rows at a time (bounded extra memory).
 
-    ``workers`` > 1: the chunks in that many threads with single-threaded BLAS, as the scan (a
+    ``workers`` > 1: the chunks dealt to that many threads with single-threaded BLAS by
+    :func:`harness.circuits.ov_tiles.map_blocks`, as the scan (a
     threaded BLAS on a loaded machine spent about 0.6 s of CPU on the course model's two factors
     against 0.45 s this way).
     """
     B64 = B.astype(np.float64)
     out = np.empty((A.shape[0], B.shape[1]))
 
-    def job(s: int) -> None:
-        np.matmul(A[s : s + chunk].astype(np.float64), B64, out=out[s : s + chunk])
-
-    starts = range(0, A.shape[0], chunk)
-    if workers <= 1 or len(starts) < 2:
+    def job(starts: list[int]) -> None:
         for s in starts:
-            job(s)
-        return out
-    with _single_threaded_blas(), ThreadPoolExecutor(min(workers, len(starts))) as pool:
-        list(pool.map(job, starts))
+            np.matmul(A[s : s + chunk].astype(np.float64), B64, out=out[s : s + chunk])
+
+    map_blocks(job, list(range(0, A.shape[0], chunk)), workers)
     return out
 
 

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from harness.circuits.factored import FactoredCircuit
-from harness.circuits.low_rank import LowRankFit, Objective, fit_low_rank_copying
+from harness.circuits.low_rank import TOP_K, LowRankFit, Objective, fit_low_rank_copying
 from harness.circuits.ov_topk import full_circuit_topk
 from harness.context import MetricContext
 from harness.core.heads import Head, HeadName
@@ -124,9 +124,9 @@ def head_point(model: ModelHandle, group: list[str], device: Device) -> dict[str
     parsed = [_parse_head(model, name) for name in group]
     circuit = FactoredCircuit.ov_of_heads(model.W_V, model.W_O, [(h.layer, h.head) for h in parsed]).double()
     rank = circuit.numerical_rank()  # of the d x d OV matrix itself
-    on = _device(device)  # top-1 and top-5 only: on the CPU a row is settled at 5 entries above its diagonal
+    on = _device(device)  # top-1 and top-5 only: on the CPU a row is settled at TOP_K = 5 entries above its diagonal
     result = full_circuit_topk(model.W_E, circuit.left, circuit.right, model.W_U, device=on,
-                               margins=False, k_max=None if on is not None else 5)
+                               margins=False, k_max=None if on is not None else TOP_K)
     names = [str(h) for h in parsed]
     return {"label": group_label(names), "rank": rank, "top1": result.accuracy(1, "pessimistic"),
             "top5": result.accuracy(5, "pessimistic"), "kind": "head", "heads": names}
