@@ -56,7 +56,7 @@ from harness.core.heads import Head, head_names
 from harness.core.measurement import Measurement
 from harness.circuits.dla import logit_diff_from_residual
 from harness.metrics.ablation import chunks
-from harness.metrics.paths import MAX_PASS_TOKENS
+from harness.metrics.paths import MAX_PASS_TOKENS, first_differing_position
 from harness.metrics.ioi import Sign, answer_ids, final_logit_diff
 from harness.core.model_handle import Activations, KeyValuePrefix
 from harness.registry import metric
@@ -272,8 +272,7 @@ def patched_metrics(ctx: MetricContext, r: Runs, patches: list[Patch]) -> Tensor
 def first_difference(r: Runs) -> int:
     """The first position ``P`` where some clean prompt's token differs from its corrupted partner's
     (``pos`` if none): every activation at a position before it is the same in both runs."""
-    differs = (r.clean_tokens != r.corrupted_tokens).any(0)  # [pos]
-    return int(differs.nonzero()[0]) if differs.any() else int(differs.numel())
+    return first_differing_position(r.clean_tokens, r.corrupted_tokens)
 
 
 # ----------------------------------------------------------------------------------------------

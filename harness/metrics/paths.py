@@ -205,12 +205,16 @@ def check_receiver_heads(model: ModelHandle, runs: PathRuns, kind: str) -> None:
         )
 
 
+def first_differing_position(a: Tensor, b: Tensor) -> int:
+    """The first position where some prompt of tokens ``a`` and ``b`` [batch, pos] differ (``pos`` if none)."""
+    differs = (a != b).any(0)  # [pos]
+    return int(differs.nonzero()[0]) if differs.any() else int(differs.numel())
+
+
 def first_difference(runs: PathRuns, new_tokens: Tensor) -> int:
     """The first position where some prompt of ``x_orig`` and of ``x_new`` differ (at most the first END,
     which is read): before it every activation of both runs, and of any patched run of them, is ``x_orig``'s."""
-    differs = (runs.tokens != new_tokens).any(0)  # [pos]
-    first = int(differs.nonzero()[0]) if differs.any() else runs.tokens.shape[1]
-    return min(first, int(runs.ends.min()))  # every END is read
+    return min(first_differing_position(runs.tokens, new_tokens), int(runs.ends.min()))  # every END is read
 
 
 def path_to_heads_lds(model: ModelHandle, runs: PathRuns, senders: list[Head], receivers: list[Head], kind: str,
