@@ -41,7 +41,6 @@ from harness.core.value_shape import Scalar, Table, labelled, names
 from harness.metrics._modular import (
     restricted_from_coords, run_all_pairs, split_loss, trig_energy, trig_ratio, trig_sum_coords,
 )
-from harness.metrics.modular import recent_run
 from harness.metrics.modular_logits import Frequency, check_frequencies
 from harness.registry import metric
 
@@ -130,7 +129,7 @@ def _held(key: str, of_pass: bool) -> SnapshotSummary | None:
 
 
 def summarise(model: ModelHandle, of_pass: bool = True) -> SnapshotSummary:
-    """The :class:`SnapshotSummary` of a loaded snapshot (its all-pairs run reused when a snapshot-level metric made it)."""
+    """The :class:`SnapshotSummary` of a loaded snapshot (kept by its identity: one all-pairs pass, with the pre-ReLU neurons, per snapshot)."""
     held = _held(model.identity.key, of_pass)
     if held is not None:
         return held
@@ -138,8 +137,7 @@ def summarise(model: ModelHandle, of_pass: bool = True) -> SnapshotSummary:
     if not of_pass:
         summary = SnapshotSummary(sha, norm)
     else:
-        recent = recent_run(model)
-        run = recent if recent is not None and recent.neurons_pre is not None else run_all_pairs(model, pre=True)
+        run = run_all_pairs(model, pre=True)
         per_head = run.attention.mean(0)  # (h, 3): mean attention from "=" to each position
         summary = SnapshotSummary(
             sha, norm, True, losses={split: split_loss(run.logits, split) for split in ("train", "test", "all")},
