@@ -113,11 +113,15 @@ class Forward:
     @property
     def logits(self) -> Tensor:
         if self._logits is None:
-            self._logits = self._checked_pass(return_type="logits")
-            reason = first_non_finite_activation(self._logits, [])
-            if reason is not None:
-                raise NonFiniteModelError(self._model_name, reason)
+            self._logits = self._finite(self._checked_pass(return_type="logits"))
         return self._logits
+
+    def _finite(self, logits: Tensor) -> Tensor:
+        """``logits``, or :class:`~harness.core.finite.NonFiniteModelError` if any is NaN or infinite."""
+        reason = first_non_finite_activation(logits, [])
+        if reason is not None:
+            raise NonFiniteModelError(self._model_name, reason)
+        return logits
 
     def prefetch(self, names: Iterable[str], *, logits: bool = False) -> None:
         """Compute the hook points ``names`` (full hook names) not held yet, and with ``logits`` the
@@ -133,28 +137,24 @@ class Forward:
             if wants_logits:
                 self.logits
             return
-        captured: dict[str, Tensor] = {}
-
-        def store(activation: Tensor, hook: Any) -> None:
-            captured[hook.name] = activation.detach()
-
-        out = self._checked_pass(return_type="logits" if wants_logits else None, extra_hooks=[(lambda name: name in wanted, store)])
+        captured, out = self._capturing_pass(lambda name: name in wanted, return_type="logits" if wants_logits else None)
         if wants_logits:
-            reason = first_non_finite_activation(out, [])
-            if reason is not None:
-                raise NonFiniteModelError(self._model_name, reason)
-            self._logits = out
+            self._logits = self._finite(out)
         self.activations.hold(captured)
 
     def _capture(self, names_filter: Callable[[str], bool]) -> dict[str, Tensor]:
         """The activations of the hook points ``names_filter`` accepts, from one checked pass."""
+        return self._capturing_pass(names_filter, return_type=None)[0]
+
+    def _capturing_pass(self, names_filter: Callable[[str], bool], *, return_type: str | None) -> tuple[dict[str, Tensor], Any]:
+        """(the activations of the hook points ``names_filter`` accepts, the pass's output) of one checked pass."""
         cache: dict[str, Tensor] = {}
 
         def store(activation: Tensor, hook: Any) -> None:
             cache[hook.name] = activation.detach()
 
-        self._checked_pass(return_type=None, extra_hooks=[(names_filter, store)])
-        return cache
+        out = self._checked_pass(return_type=return_type, extra_hooks=[(names_filter, store)])
+        return cache, out
 
     @torch.inference_mode()
     def _checked_pass(self, *, return_type: str | None, extra_hooks: list[tuple[Any, Hook]] = []) -> Any:

@@ -19,7 +19,7 @@ model, ``[layer, head, d_model, d_head]``) are fresh contiguous tensors, and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -54,15 +54,15 @@ def store_as_multiplied(hooked: "HookedTransformer") -> int:
     if getattr(cfg, "load_in_4bit", False):
         return 0
     per_head_inputs = bool(getattr(cfg, "use_split_qkv_input", False) or getattr(cfg, "use_attn_in", False))
-    changes: list[Callable[[], bool]] = []
-    for block in hooked.blocks:
-        attn = getattr(block, "attn", None)
-        if attn is not None and not per_head_inputs:
-            changes += [lambda a=attn, n=name: _restride(a, n, (0, 2, 1)) for name in QKV]
-        if attn is not None and not getattr(cfg, "use_attn_result", False):
-            changes.append(lambda a=attn: _restride(a, "W_O", (2, 0, 1)))
-        mlp = getattr(block, "mlp", None)
-        if mlp is not None and type(mlp).__name__ == "GatedMLP":
-            changes += [lambda m=mlp, n=name: _restride(m, n, (1, 0)) for name in GATED_MLP]
+    restrided = 0
     with torch.no_grad():
-        return sum(change() for change in changes)
+        for block in hooked.blocks:
+            attn = getattr(block, "attn", None)
+            if attn is not None and not per_head_inputs:
+                restrided += sum(_restride(attn, name, (0, 2, 1)) for name in QKV)
+            if attn is not None and not getattr(cfg, "use_attn_result", False):
+                restrided += _restride(attn, "W_O", (2, 0, 1))
+            mlp = getattr(block, "mlp", None)
+            if mlp is not None and type(mlp).__name__ == "GatedMLP":
+                restrided += sum(_restride(mlp, name, (1, 0)) for name in GATED_MLP)
+    return restrided

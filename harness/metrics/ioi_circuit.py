@@ -24,7 +24,7 @@ from harness.context import MetricContext
 from harness.core.details import HeadScores, NamedPositionAttention
 from harness.core.heads import Head, HeadName, head_names, sort_heads
 from harness.core.measurement import Measurement
-from harness.core.model_handle import Activations, Hook, ModelHandle
+from harness.core.model_handle import Activations, Hook
 from harness.core.value_shape import HEADS, NameSet, OneOf, Table, either, names
 from harness.metrics.ioi import answer_ids, end_positions, final_logit_diff
 from harness.metrics.loss import mean_and_error
@@ -197,11 +197,6 @@ def abc_template_means(ctx: MetricContext, layer: int) -> Tensor:
     return means
 
 
-def captured_names(model: ModelHandle) -> list[str]:
-    """The hook points :func:`harness.circuits.dla.direct_parts` reads (:func:`harness.circuits.dla.part_hooks`)."""
-    return part_hooks(model)
-
-
 def ablated_activations(ctx: MetricContext, heads: list[Head], where: Tensor) -> tuple[Activations, Tensor]:
     """Activations of the run with each head's ``z`` at the positions ``where`` [batch] replaced by its ABC template mean.
 
@@ -224,7 +219,7 @@ def ablated_activations(ctx: MetricContext, heads: list[Head], where: Tensor) ->
         store[hook.name] = z.detach().clone()
 
     hooks = [(model.hook_name("z", layer), ablate(layer)) for layer in means]
-    hooks += [(name, keep) for name in captured_names(model)]
+    hooks += [(name, keep) for name in part_hooks(model)]
     logits = model.run_with_hooks(tokens, hooks)
     activations = Activations(lambda accept: {k: v for k, v in store.items() if accept(k)}, store.keys())
     return activations, final_logit_diff(logits, answer_ids(ctx), end_positions(ctx))

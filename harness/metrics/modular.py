@@ -59,11 +59,6 @@ def all_pairs(model: ModelHandle) -> AllPairs:
     return _RUNS[key]
 
 
-def recent_run(model: ModelHandle) -> AllPairs | None:
-    """The all-pairs run of ``model`` if :func:`all_pairs` still keeps it, else ``None`` (nothing is run)."""
-    return _RUNS.get(model.identity.key)
-
-
 def _check_vocab(model: ModelHandle) -> None:
     if model.shape.d_vocab != P + 1:
         raise ValueError(f"the modular metrics need the (x + y) mod {P} model (d_vocab {P + 1}); this one has d_vocab {model.shape.d_vocab}")

@@ -41,7 +41,6 @@ from harness.core.value_shape import Scalar, Table, labelled, names
 from harness.metrics._modular import (
     restricted_from_coords, run_all_pairs, split_loss, trig_energy, trig_ratio, trig_sum_coords,
 )
-from harness.metrics.modular import recent_run
 from harness.metrics.modular_logits import Frequency, check_frequencies
 from harness.registry import metric
 
@@ -121,26 +120,33 @@ def _weight_norm(model: ModelHandle) -> float:
     return sum(float(p.double().pow(2).sum()) for _, p in model.named_parameters())
 
 
+def _held(key: str, of_pass: bool) -> SnapshotSummary | None:
+    """The summary kept under ``key`` that serves ``of_pass``: a pass's summary serves both (it holds the weight norm too)."""
+    for held in ((True,) if of_pass else (True, False)):
+        if (key, held) in _SUMMARIES:
+            return _SUMMARIES[(key, held)]
+    return None
+
+
 def summarise(model: ModelHandle, of_pass: bool = True) -> SnapshotSummary:
-    """The :class:`SnapshotSummary` of a loaded snapshot (its all-pairs run reused when a snapshot-level metric made it)."""
-    key = (model.identity.key, of_pass)
-    if key not in _SUMMARIES and (model.identity.key, True) in _SUMMARIES:
-        return _SUMMARIES[(model.identity.key, True)]  # a pass's summary holds the weight norm too
-    if key not in _SUMMARIES:
-        sha, norm = model.identity.weights_sha256 or "", _weight_norm(model)
-        if not of_pass:
-            _SUMMARIES[key] = SnapshotSummary(sha, norm)
-        else:
-            recent = recent_run(model)
-            run = recent if recent is not None and recent.neurons_pre is not None else run_all_pairs(model, pre=True)
-            per_head = run.attention.mean(0)  # (h, 3): mean attention from "=" to each position
-            _SUMMARIES[key] = SnapshotSummary(
-                sha, norm, True, losses={split: split_loss(run.logits, split) for split in ("train", "test", "all")},
-                attention_gap=float((per_head[:, 0] - per_head[:, 1]).abs().max()),
-                trig_coords=trig_sum_coords(run.logits), column_mean=run.logits.mean(0),
-                trig_energy={"logit": trig_energy(run.logits), "neuron_pre": trig_energy(run.neurons_pre),
-                             "neuron_post": trig_energy(run.neurons)})
-    return _SUMMARIES[key]
+    """The :class:`SnapshotSummary` of a loaded snapshot (kept by its identity: one all-pairs pass, with the pre-ReLU neurons, per snapshot)."""
+    held = _held(model.identity.key, of_pass)
+    if held is not None:
+        return held
+    sha, norm = model.identity.weights_sha256 or "", _weight_norm(model)
+    if not of_pass:
+        summary = SnapshotSummary(sha, norm)
+    else:
+        run = run_all_pairs(model, pre=True)
+        per_head = run.attention.mean(0)  # (h, 3): mean attention from "=" to each position
+        summary = SnapshotSummary(
+            sha, norm, True, losses={split: split_loss(run.logits, split) for split in ("train", "test", "all")},
+            attention_gap=float((per_head[:, 0] - per_head[:, 1]).abs().max()),
+            trig_coords=trig_sum_coords(run.logits), column_mean=run.logits.mean(0),
+            trig_energy={"logit": trig_energy(run.logits), "neuron_pre": trig_energy(run.neurons_pre),
+                         "neuron_post": trig_energy(run.neurons)})
+    _SUMMARIES[(model.identity.key, of_pass)] = summary
+    return summary
 
 
 def measure(model: ModelHandle, quantity: str, frequencies: list[int] | None) -> float:
@@ -162,10 +168,9 @@ def _fingerprint_key(name: str) -> str | None:
 def snapshot_summary(name: str, of_pass: bool = True) -> SnapshotSummary:
     """The summary of snapshot ``name``: kept from earlier in the process when its fingerprint is unchanged, else loaded (and run)."""
     cheap = _fingerprint_key(name)
-    if cheap is not None:
-        for held in ((True, False) if not of_pass else (True,)):
-            if (cheap, held) in _SUMMARIES:
-                return _SUMMARIES[(cheap, held)]
+    held = None if cheap is None else _held(cheap, of_pass)
+    if held is not None:
+        return held
     summary = summarise(get_model_entry(name).load(), of_pass)
     if cheap is not None:
         _SUMMARIES[(cheap, summary.of_pass)] = summary

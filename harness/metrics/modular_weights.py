@@ -135,7 +135,8 @@ def logit_direction_checks(neurons: Tensor, us: Tensor, frequencies: list[int], 
     signs, gaps, coeffs = [], [], {}
     for k in frequencies:
         shares = []
-        for col, direction in ((2 * k - 1, trig_sum_directions(k, p)[0]), (2 * k, trig_sum_directions(k, p)[1])):
+        cos_direction, sin_direction = trig_sum_directions(k, p)
+        for col, direction in ((2 * k - 1, cos_direction), (2 * k, sin_direction)):
             g = neurons @ us[:, col]
             centred = g - g.mean()
             total = float(centred.pow(2).sum())

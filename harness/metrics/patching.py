@@ -56,7 +56,7 @@ from harness.core.heads import Head, head_names
 from harness.core.measurement import Measurement
 from harness.circuits.dla import logit_diff_from_residual
 from harness.metrics.ablation import chunks
-from harness.metrics.paths import MAX_PASS_TOKENS
+from harness.metrics.paths import MAX_PASS_TOKENS, first_differing_position, kept_prefix
 from harness.metrics.ioi import Sign, answer_ids, final_logit_diff
 from harness.core.model_handle import Activations, KeyValuePrefix
 from harness.registry import metric
@@ -108,11 +108,7 @@ class Runs:
 
     def prefix(self, ctx: MetricContext, position: int) -> KeyValuePrefix | None:
         """The corrupted run's :class:`~harness.core.model_handle.KeyValuePrefix` before ``position`` (``None`` at 0)."""
-        if position == 0:
-            return None
-        if position not in self.prefixes:
-            self.prefixes[position] = ctx.model.key_value_prefix(self.corrupted_tokens, position)
-        return self.prefixes[position]
+        return kept_prefix(self.prefixes, ctx.model, self.corrupted_tokens, position)
 
     def metric_of(self, lds: Tensor) -> Tensor:
         """``(mean_b LD - LD(corrupted)) / (LD(clean) - LD(corrupted))`` per copy: lds [copies, batch] -> [copies] (float64)."""
@@ -272,8 +268,7 @@ def patched_metrics(ctx: MetricContext, r: Runs, patches: list[Patch]) -> Tensor
 def first_difference(r: Runs) -> int:
     """The first position ``P`` where some clean prompt's token differs from its corrupted partner's
     (``pos`` if none): every activation at a position before it is the same in both runs."""
-    differs = (r.clean_tokens != r.corrupted_tokens).any(0)  # [pos]
-    return int(differs.nonzero()[0]) if differs.any() else int(differs.numel())
+    return first_differing_position(r.clean_tokens, r.corrupted_tokens)
 
 
 # ----------------------------------------------------------------------------------------------

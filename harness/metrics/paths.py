@@ -33,7 +33,7 @@ where ``x_orig`` and ``x_new`` differ (:func:`path_to_resid_lds`, :func:`path_to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Literal
 
 import torch
@@ -45,7 +45,7 @@ from harness.context import MetricContext
 from harness.core.details import HeadScores
 from harness.core.heads import Head, HeadName, head_names, sort_heads
 from harness.core.measurement import Measurement
-from harness.core.model_handle import Activations, Hook, ModelHandle
+from harness.core.model_handle import Activations, Hook, KeyValuePrefix, ModelHandle
 from harness.core.value_shape import HEADS, NameSet, OneOf, Table, names
 from harness.metrics.ioi import Sign, answer_ids, end_positions
 from harness.registry import metric
@@ -72,6 +72,8 @@ class PathRuns:
     ends: Tensor
     ld_orig: Tensor
     ld_new: Tensor
+    prefixes: dict[int, KeyValuePrefix] = field(default_factory=dict, compare=False, repr=False)
+    """``x_orig``'s keys and values before each position a run (2) started at (built once: :func:`kept_prefix`)."""
 
     @property
     def denominator(self) -> float:
@@ -112,6 +114,16 @@ def _path_runs(ctx: MetricContext) -> PathRuns:
     if not abs(runs.denominator) >= MIN_DENOMINATOR:
         raise ValueError(f"ioi_metric_2 is undefined: mean LD on IOI and on ABC differ by {runs.denominator:.3g}")
     return runs
+
+
+def kept_prefix(kept: dict[int, KeyValuePrefix], model: ModelHandle, tokens: Tensor, position: int) -> KeyValuePrefix | None:
+    """``model.key_value_prefix(tokens, position)`` (``None`` at position 0), built once per position and kept in ``kept``:
+    every pass a run's scans start at ``position`` reads the same one."""
+    if position == 0:
+        return None
+    if position not in kept:
+        kept[position] = model.key_value_prefix(tokens, position)
+    return kept[position]
 
 
 def copies_per_pass(tokens: Tensor) -> int:
@@ -205,12 +217,16 @@ def check_receiver_heads(model: ModelHandle, runs: PathRuns, kind: str) -> None:
         )
 
 
+def first_differing_position(a: Tensor, b: Tensor) -> int:
+    """The first position where some prompt of tokens ``a`` and ``b`` [batch, pos] differ (``pos`` if none)."""
+    differs = (a != b).any(0)  # [pos]
+    return int(differs.nonzero()[0]) if differs.any() else int(differs.numel())
+
+
 def first_difference(runs: PathRuns, new_tokens: Tensor) -> int:
     """The first position where some prompt of ``x_orig`` and of ``x_new`` differ (at most the first END,
     which is read): before it every activation of both runs, and of any patched run of them, is ``x_orig``'s."""
-    differs = (runs.tokens != new_tokens).any(0)  # [pos]
-    first = int(differs.nonzero()[0]) if differs.any() else runs.tokens.shape[1]
-    return min(first, int(runs.ends.min()))  # every END is read
+    return min(first_differing_position(runs.tokens, new_tokens), int(runs.ends.min()))  # every END is read
 
 
 def path_to_heads_lds(model: ModelHandle, runs: PathRuns, senders: list[Head], receivers: list[Head], kind: str,
@@ -226,7 +242,7 @@ def path_to_heads_lds(model: ModelHandle, runs: PathRuns, senders: list[Head], r
     layers = sorted({r.layer for r in receivers})
     first = first_difference(runs, new_tokens)
     tail = lambda act: act[:, first:]  # noqa: E731  [batch, pos - P, ...]
-    prefix = model.key_value_prefix(runs.tokens, first) if first > 0 else None
+    prefix = kept_prefix(runs.prefixes, model, runs.tokens, first)
     out = []
     for chunk in sender_chunks(runs, senders):
         start, copies = chunk[0].layer, len(chunk)
