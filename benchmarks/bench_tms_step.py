@@ -62,7 +62,7 @@ def main() -> None:
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     optimiser = torch.optim.Adam(list(leaves.values()), lr=recipe.lr)
     x = generate_batch(recipe, p, recipe.batch_size, generator)
-    per_step = recipe.batch_size * recipe.n_inst * sum(cols for _, cols in fast_step.draw_parts(recipe, recipe.batch_size))
+    per_step = fast_step.uniforms_per_step(recipe, recipe.batch_size)
     chunk = fast_step.chunk_for(recipe, recipe.batch_size)
     print(f"{recipe.name}: batch {recipe.batch_size} x {recipe.n_inst} instances x {recipe.n_features} features, "
           f"{per_step / 1e6:.3f}M uniforms per step, {recipe.steps} steps; load average {os.getloadavg()[0]:.1f}")

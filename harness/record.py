@@ -128,17 +128,17 @@ def claim_entry(result: ClaimResult) -> dict[str, Any]:
 
 def build_record(
     results: Iterable[ClaimResult], spec_files: dict[str, str], models: dict[str, Any],
-    unmeasured: dict[str, Any] | None = None, cache: dict[str, Any] | None = None,
+    inventory: dict[str, Any] | None = None, cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole run's record; ``unmeasured`` counts the spec files' ``conceptual`` and ``pending``
-    entries and lists each file's claim ids (``claim_ids``, recorded as ``provenance.spec_claim_ids``); ``cache`` is the measurement cache's use in this run (``provenance.measurement_cache``)."""
+    """The whole run's record; ``inventory`` counts the
+    spec files' ``conceptual`` and ``pending`` entries and lists each file's claim ids (``claim_ids``, recorded as ``provenance.spec_claim_ids``); ``cache`` is the measurement cache's use in this run (``provenance.measurement_cache``)."""
     entries = [claim_entry(result) for result in results]
-    return record_from_entries(entries, spec_files, models, unmeasured, cache)
+    return record_from_entries(entries, spec_files, models, inventory, cache)
 
 
 def record_from_entries(
     entries: list[dict[str, Any]], spec_files: dict[str, str], models: dict[str, Any],
-    unmeasured: dict[str, Any] | None = None, cache: dict[str, Any] | None = None,
+    inventory: dict[str, Any] | None = None, cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole run's record from its claim entries (:func:`claim_entry`), e.g. gathered from
     pytest-xdist workers; the summary counts the entries' verdicts."""
@@ -147,12 +147,12 @@ def record_from_entries(
         summary[entry["verdict"]] += 1
     summary["matched"] = sum(bool(entry["matched"]) for entry in entries)
     summary["mismatched"] = sum(not entry["matched"] and entry["verdict"] != Verdict.SKIPPED.value for entry in entries)
-    summary.update({key: (unmeasured or {}).get(key, 0) for key in ("conceptual", "pending")})
+    summary.update({key: (inventory or {}).get(key, 0) for key in ("conceptual", "pending")})
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "interp-claims",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "provenance": {**provenance(spec_files), "spec_claim_ids": (unmeasured or {}).get("claim_ids"),
+        "provenance": {**provenance(spec_files), "spec_claim_ids": (inventory or {}).get("claim_ids"),
                        "measurement_cache": cache or {"enabled": False}},
         "models": models,
         "summary": summary,

@@ -15,7 +15,6 @@ differences of a claim are judged in its worker, as in a serial run.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +96,9 @@ def share_cpus(workers: int) -> None:
     """
     import torch
 
-    torch.set_num_threads(worker_threads(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    from harness.circuits.cpu_layout import usable_cpu_ids
+
+    torch.set_num_threads(worker_threads(workers, len(usable_cpu_ids())))
 
 
 @pytest.hookimpl(optionalhook=True)
