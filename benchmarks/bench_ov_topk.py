@@ -6,6 +6,7 @@
     python benchmarks/bench_ov_topk.py --gpu      # also the same on the GPU, when there is one
     python benchmarks/bench_ov_topk.py --models   # kernel / bare and pruned / bare on three models
     python benchmarks/bench_ov_topk.py --models --device cuda   # the same on the GPU (no pruning there)
+    python benchmarks/bench_ov_topk.py --cpu-configs all   # kernel / bare per emulated x86 CPU, one table
 
 (a) the course's way: torch, A = W_E W_V and B = W_O W_U, rows in blocks of 1000: argmax for
     top-1, then a second pass with topk(5) for top-5;
@@ -25,14 +26,25 @@ Tiles and workers default to the kernel's plan for this CPU (harness/circuits/cp
 Each figure is the minimum over ``--repeat`` runs of the wall time, with the process CPU time
 (user + sys, all threads) of that run beside it, and the load average before and after: on a
 shared machine the CPU-time ratio is the steadier one.
+
+``--cpu-configs`` runs (b) and (c) on the course-shaped model in a fresh process per emulated CPU
+(benchmarks/cpu_emulation.py: an instruction-set level, avx512 down to generic, on 1 CPU or all
+of them; the libraries pick their kernels at start-up, hence one process each) and prints one
+table: configuration, bare and kernel seconds (minimum over ``--repeat`` interleaved runs, wall
+and CPU), the ratios beside the 1.5 target.  (b) there is the faster of the bare products in the
+kernel's tiles and in fixed 512 x 8192 tiles (so a tile choice that slows the products too cannot
+flatter the ratio), both with the kernel's worker threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import re
 import resource
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -43,6 +55,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.cpu_emulation import Configuration, parse_configurations  # noqa: E402
 from harness.circuits import ov_topk  # noqa: E402
 from harness.circuits.ov_topk import full_circuit_topk  # noqa: E402
 
@@ -203,7 +216,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu",
                     help="for --models: cpu (the CPU kernel), cuda, or torch-cpu (the device path run on the CPU, to check it)")
     ap.add_argument("--k-max", type=int, default=10, help="for --models: rows settle at this many entries above")
+    ap.add_argument("--cpu-configs", default=None, metavar="LEVELS",
+                    help="kernel / bare per emulated CPU: 'all' or e.g. 'avx512,avx2:1,generic:2' (level[:cpus])")
+    ap.add_argument("--config-child", default=None, help=argparse.SUPPRESS)  # one configuration, in this process
     args = ap.parse_args()
+    if args.config_child:
+        print(json.dumps(config_child(args)))
+        return
+    if args.cpu_configs:
+        config_table(args)
+        return
     if args.models:
         print(blas_info())
         model_timings(args)
@@ -359,6 +381,82 @@ def device_timings(W: tuple[torch.Tensor, ...], args: argparse.Namespace, repeat
     print(f"  (b) bare products on {dev} {tb:.4f} s;  (c) kernel on {dev} {tc:.4f} s  top-1 {res.accuracy(1, 'argmax'):.4f}; "
           f"counts equal the CPU kernel's: {same}")
     return tc / tb, tc / tb, float("nan"), float("nan"), float("nan")
+
+
+FIXED_TILES = (512, 8192)  # the kernel's former fixed tiles: the second layout of the bare products
+
+
+def config_child(args: argparse.Namespace) -> dict[str, Any]:
+    """(b) and (c) on the course-shaped model in this process's CPU configuration, as plain data.
+
+    The repeats interleave bare (both layouts) and kernel runs, so a load change on the shared
+    machine hits both; each figure is the minimum over the repeats (wall and CPU separately)."""
+    W = weights(args.V, args.d, args.r, args.seed)
+    plan = ov_topk.cpu_plan(args.workers)
+    small = weights(3000, 64, 8, 1)
+    full_circuit_topk(*small, workers=plan.workers)  # compile the counting loop for this CPU before timing
+    runs: dict[str, list[tuple[float, float]]] = {"bare_plan": [], "bare_fixed": [], "kernel": []}
+    result = None
+    for _ in range(args.repeat):
+        for name, fn in (("bare_plan", lambda: bare_products_numpy(*W, plan.block_rows, plan.block_cols, plan.workers)),
+                         ("bare_fixed", lambda: bare_products_numpy(*W, *FIXED_TILES, plan.workers)),
+                         ("kernel", lambda: full_circuit_topk(*W, workers=args.workers))):
+            wall, cpu, out = timed(fn, 1)
+            runs[name].append((wall, cpu))
+            result = out if name == "kernel" else result
+    best = {name: (min(w for w, _ in xs), min(c for _, c in xs)) for name, xs in runs.items()}
+    bare = min(best["bare_plan"], best["bare_fixed"])
+    return {
+        "plan": plan.reason, "bare_wall": bare[0], "bare_cpu": min(best["bare_plan"][1], best["bare_fixed"][1]),
+        "bare_layout": "kernel's tiles" if bare == best["bare_plan"] else f"{FIXED_TILES[0]} x {FIXED_TILES[1]}",
+        "kernel_wall": best["kernel"][0], "kernel_cpu": best["kernel"][1], "top1": result.accuracy(1, "argmax"),
+        "libraries": library_paths(), "load": os.getloadavg(),
+    }
+
+
+def library_paths() -> str:
+    """The kernels the libraries chose in this process: OpenBLAS's core, numba's target, torch's SIMD level."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    blas = next((i.get("architecture") for i in threadpool_info() if i.get("user_api") == "blas"), "?")
+    return (f"OpenBLAS {blas}, numba {numba.config.CPU_NAME or 'host'}{' +' + numba.config.CPU_FEATURES if numba.config.CPU_FEATURES else ''}, "
+            f"torch {torch.backends.cpu.get_cpu_capability()}")
+
+
+def config_table(args: argparse.Namespace) -> None:
+    """One fresh process per configuration of ``--cpu-configs``; one table of the results."""
+    configs = parse_configurations(args.cpu_configs, len(os.sched_getaffinity(0)))
+    print(f"course-shaped model V={args.V} d={args.d} r={args.r}; {len(configs)} configuration(s), "
+          f"{args.repeat} interleaved repeats each; {load()}")
+    rows = [(c, run_config(c, args)) for c in configs]
+    print(f"\n{'configuration':<24} {'bare s wall/CPU':>16} {'kernel s wall/CPU':>18} {'ratio wall':>10} "
+          f"{'ratio CPU':>9}  target  met (CPU)  libraries; tiles")
+    for c, r in rows:
+        if "error" in r:
+            print(f"{c.label:<24} failed: {r['error']}")
+            continue
+        rw, rc = r["kernel_wall"] / r["bare_wall"], r["kernel_cpu"] / r["bare_cpu"]
+        tiles = ", ".join(re.findall(r"\d+ worker\(s\)|tiles \d+ x \d+|calibrated|by rule", r["plan"]))
+        print(f"{c.label:<24} {r['bare_wall']:7.2f}/{r['bare_cpu']:<7.2f}  {r['kernel_wall']:8.2f}/{r['kernel_cpu']:<8.2f} "
+              f"{rw:10.2f} {rc:9.2f}  1.5     {verdict(rc, 1.5):<9}  {r['libraries']}; {tiles}")
+    print(f"(bare: the faster of the kernel's tiles and {FIXED_TILES[0]} x {FIXED_TILES[1]}; minimum over repeats; {load()})")
+
+
+def run_config(config: Configuration, args: argparse.Namespace) -> dict[str, Any]:
+    """``--config-child`` in a fresh process with ``config``'s environment and CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))[: config.cpus]
+    cmd = [sys.executable, __file__, "--config-child", config.isa, "--repeat", str(args.repeat),
+           "--V", str(args.V), "--d", str(args.d), "--r", str(args.r), "--seed", str(args.seed)]
+    print(f"  {config.label} ...", flush=True)
+    proc = subprocess.run(cmd, env=config.env(), capture_output=True, text=True,
+                          preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"    bare {out['bare_wall']:.2f} s wall {out['bare_cpu']:.2f} s CPU ({out['bare_layout']}), kernel "
+          f"{out['kernel_wall']:.2f} / {out['kernel_cpu']:.2f}; {out['libraries']}; {out['plan']}", flush=True)
+    return out
 
 
 if __name__ == "__main__":
