@@ -32,11 +32,12 @@ machine's noise), the bare products 3.5-4.0 against 4.4-5.1.  The counts never d
 from __future__ import annotations
 
 import functools
-import os
 import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.core.cpu_identity import usable_cpu_ids
 
 SYS_CPU = Path("/sys/devices/system/cpu")
 ASSUMED_L2_BYTES = 1 << 20
@@ -69,13 +70,6 @@ class KernelPlan:
     block_cols: int
     workers: int
     reason: str
-
-
-def usable_cpu_ids() -> set[int]:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return set(os.sched_getaffinity(0))
-    return set(range(os.cpu_count() or 1))  # pragma: no cover - not Linux
 
 
 @functools.lru_cache(maxsize=1)
