@@ -31,9 +31,10 @@ shared machine the CPU-time ratio is the steadier one.
 (benchmarks/cpu_emulation.py: an instruction-set level, avx512 down to generic, on 1 CPU or all
 of them; the libraries pick their kernels at start-up, hence one process each) and prints one
 table: configuration, bare and kernel seconds (minimum over ``--repeat`` interleaved runs, wall
-and CPU), the ratios beside the 1.5 target.  (b) there is the faster of the bare products in the
-kernel's tiles and in fixed 512 x 8192 tiles (so a tile choice that slows the products too cannot
-flatter the ratio), both with the kernel's worker threads.
+and CPU), the ratios beside the 1.5 target.  (b) there is the fastest of the bare products in the
+kernel's tiles, in fixed 512 x 8192 tiles (so a tile choice that slows the products too cannot
+flatter the ratio) and in the L2 rule's tiles, all with the kernel's worker threads; (c) is timed
+with its default plan (tiles calibrated on the CPU) and with the L2 rule's tiles.
 """
 
 from __future__ import annotations
@@ -389,28 +390,37 @@ FIXED_TILES = (512, 8192)  # the kernel's former fixed tiles: the second layout 
 def config_child(args: argparse.Namespace) -> dict[str, Any]:
     """(b) and (c) on the course-shaped model in this process's CPU configuration, as plain data.
 
-    The repeats interleave bare (both layouts) and kernel runs, so a load change on the shared
-    machine hits both; each figure is the minimum over the repeats (wall and CPU separately)."""
+    The kernel runs twice per repeat: with its default plan (tiles calibrated on this CPU for
+    this problem's rank, harness/circuits/kernel_calibration.py) and with the L2 rule's tiles
+    (the plan before calibration).  The repeats interleave all runs, so a load change on the
+    shared machine hits each; each figure is the minimum over the repeats (wall and CPU apart)."""
     W = weights(args.V, args.d, args.r, args.seed)
-    plan = ov_topk.cpu_plan(args.workers)
+    rule = ov_topk.cpu_plan(args.workers)
+    c0 = time.process_time()
+    plan = ov_topk.cpu_plan(args.workers, r=args.r, entries=args.V * args.V)
+    calibration_cpu = time.process_time() - c0
     small = weights(3000, 64, 8, 1)
     full_circuit_topk(*small, workers=plan.workers)  # compile the counting loop for this CPU before timing
-    runs: dict[str, list[tuple[float, float]]] = {"bare_plan": [], "bare_fixed": [], "kernel": []}
+    layouts = {"bare_plan": (plan.block_rows, plan.block_cols), "bare_rule": (rule.block_rows, rule.block_cols),
+               "bare_fixed": FIXED_TILES}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in [*layouts, "kernel", "kernel_rule"]}
     result = None
     for _ in range(args.repeat):
-        for name, fn in (("bare_plan", lambda: bare_products_numpy(*W, plan.block_rows, plan.block_cols, plan.workers)),
-                         ("bare_fixed", lambda: bare_products_numpy(*W, *FIXED_TILES, plan.workers)),
-                         ("kernel", lambda: full_circuit_topk(*W, workers=args.workers))):
-            wall, cpu, out = timed(fn, 1)
-            runs[name].append((wall, cpu))
-            result = out if name == "kernel" else result
+        for name, tiles in layouts.items():
+            runs[name].append(timed(lambda: bare_products_numpy(*W, *tiles, plan.workers), 1)[:2])
+        wall, cpu, result = timed(lambda: full_circuit_topk(*W, workers=args.workers), 1)
+        runs["kernel"].append((wall, cpu))
+        runs["kernel_rule"].append(timed(lambda: full_circuit_topk(
+            *W, workers=args.workers, block_rows=rule.block_rows, block_cols=rule.block_cols), 1)[:2])
     best = {name: (min(w for w, _ in xs), min(c for _, c in xs)) for name, xs in runs.items()}
-    bare = min(best["bare_plan"], best["bare_fixed"])
+    bare_name = min(layouts, key=lambda name: best[name][1])
     return {
-        "plan": plan.reason, "bare_wall": bare[0], "bare_cpu": min(best["bare_plan"][1], best["bare_fixed"][1]),
-        "bare_layout": "kernel's tiles" if bare == best["bare_plan"] else f"{FIXED_TILES[0]} x {FIXED_TILES[1]}",
-        "kernel_wall": best["kernel"][0], "kernel_cpu": best["kernel"][1], "top1": result.accuracy(1, "argmax"),
-        "libraries": library_paths(), "load": os.getloadavg(),
+        "plan": plan.reason, "rule": rule.reason, "calibration_cpu": calibration_cpu,
+        "bare_wall": min(best[name][0] for name in layouts), "bare_cpu": best[bare_name][1],
+        "bare_layout": f"{layouts[bare_name][0]} x {layouts[bare_name][1]}",
+        "kernel_wall": best["kernel"][0], "kernel_cpu": best["kernel"][1],
+        "rule_wall": best["kernel_rule"][0], "rule_cpu": best["kernel_rule"][1],
+        "top1": result.accuracy(1, "argmax"), "libraries": library_paths(), "load": os.getloadavg(),
     }
 
 
@@ -431,16 +441,18 @@ def config_table(args: argparse.Namespace) -> None:
           f"{args.repeat} interleaved repeats each; {load()}")
     rows = [(c, run_config(c, args)) for c in configs]
     print(f"\n{'configuration':<24} {'bare s wall/CPU':>16} {'kernel s wall/CPU':>18} {'ratio wall':>10} "
-          f"{'ratio CPU':>9}  target  met (CPU)  libraries; tiles")
+          f"{'ratio CPU':>9}  target  met (CPU)  {'L2-rule tiles: ratio CPU':>24}  libraries; plan")
     for c, r in rows:
         if "error" in r:
             print(f"{c.label:<24} failed: {r['error']}")
             continue
-        rw, rc = r["kernel_wall"] / r["bare_wall"], r["kernel_cpu"] / r["bare_cpu"]
-        tiles = ", ".join(re.findall(r"\d+ worker\(s\)|tiles \d+ x \d+|calibrated|by rule", r["plan"]))
+        rw, rc, rr = r["kernel_wall"] / r["bare_wall"], r["kernel_cpu"] / r["bare_cpu"], r["rule_cpu"] / r["bare_cpu"]
+        tiles = ", ".join(re.findall(r"\d+ worker\(s\)|tiles \d+ x \d+", r["plan"]))
+        rule_tiles = re.findall(r"tiles \d+ x \d+", r["rule"])[0]
         print(f"{c.label:<24} {r['bare_wall']:7.2f}/{r['bare_cpu']:<7.2f}  {r['kernel_wall']:8.2f}/{r['kernel_cpu']:<8.2f} "
-              f"{rw:10.2f} {rc:9.2f}  1.5     {verdict(rc, 1.5):<9}  {r['libraries']}; {tiles}")
-    print(f"(bare: the faster of the kernel's tiles and {FIXED_TILES[0]} x {FIXED_TILES[1]}; minimum over repeats; {load()})")
+              f"{rw:10.2f} {rc:9.2f}  1.5     {verdict(rc, 1.5):<9}  {rr:6.2f} ({rule_tiles:>16})  {r['libraries']}; {tiles}")
+    print(f"(bare: the fastest of the products in the kernel's tiles, the L2 rule's and {FIXED_TILES[0]} x {FIXED_TILES[1]}; "
+          f"minimum over repeats; {load()})")
 
 
 def run_config(config: Configuration, args: argparse.Namespace) -> dict[str, Any]:
@@ -455,7 +467,8 @@ def run_config(config: Configuration, args: argparse.Namespace) -> dict[str, Any
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"    bare {out['bare_wall']:.2f} s wall {out['bare_cpu']:.2f} s CPU ({out['bare_layout']}), kernel "
-          f"{out['kernel_wall']:.2f} / {out['kernel_cpu']:.2f}; {out['libraries']}; {out['plan']}", flush=True)
+          f"{out['kernel_wall']:.2f} / {out['kernel_cpu']:.2f}, with the L2 rule's tiles {out['rule_wall']:.2f} / "
+          f"{out['rule_cpu']:.2f}; plan {out['calibration_cpu']:.2f} s CPU; {out['libraries']}; {out['plan']}", flush=True)
     return out
 
 

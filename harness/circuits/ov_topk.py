@@ -59,6 +59,17 @@ import torch
 
 from harness.circuits.cpu_layout import KernelPlan, cpu_layout, kernel_plan, usable_cpu_ids
 from harness.circuits.factored import FactoredCircuit, as_numpy
+from harness.circuits.kernel_calibration import (
+    CAL_KEYS,
+    CAL_ROWS,
+    MIN_CALIBRATED_ENTRIES,
+    Measure,
+    calibrated_tiles,
+    cpu_seconds,
+    mode,
+    rank_bucket,
+    signature,
+)
 from harness.circuits.ov_prune import key_tiles, pruned_scan, tile_width
 from harness.circuits.ov_topk_device import device_topk
 from harness.circuits.ov_tiles import (  # noqa: F401  (_CHUNK, _lane_sums: part of this module's interface)
@@ -202,7 +213,8 @@ def full_circuit_topk(
                           recheck=recheck, margins=margins)
         return TopKResult(n, out.above, out.ties, out.ties_below, out.margin, start, out.tolerance, out.n_rechecked)
     E, L, R, U = (as_numpy(x) for x in (W_E, left, right, W_U))
-    plan = cpu_plan(workers)
+    tiles_given = block_rows is not None and block_cols is not None
+    plan = cpu_plan(workers) if tiles_given else cpu_plan(workers, r=L.shape[1], entries=n * V, fused=fused)
     P64 = _matmul64_rows(E[start:stop], L, workers=plan.workers)  # (n, r)
     Q64T = _matmul64_rows(U.T, R.T, workers=plan.workers)  # (V, r): row j is column j of Q = right @ W_U
     _check_finite_and_range(P64, Q64T)
@@ -413,9 +425,38 @@ def _usable_cores() -> int:
     return max(1, len(usable_cpu_ids()))
 
 
-def cpu_plan(workers: int | None = None) -> KernelPlan:
-    """The CPU kernel's tiles and workers on this machine (``workers`` given: tiles for that many)."""
-    return kernel_plan(cpu_layout(), workers or _auto_workers())
+def cpu_plan(workers: int | None = None, r: int | None = None, entries: int = 0, fused: bool = True) -> KernelPlan:
+    """The CPU kernel's tiles and workers on this machine (``workers`` given: tiles for that many).
+
+    Workers: one per usable CPU (:func:`_auto_workers`).  Tiles: the L2 rule
+    (:func:`harness.circuits.cpu_layout.kernel_plan`), or, for a scan of rank ``r`` over at least
+    ``MIN_CALIBRATED_ENTRIES`` entries, the tile measured fastest on this CPU
+    (:mod:`harness.circuits.kernel_calibration`: once per CPU signature, then read from disk).
+    """
+    layout = cpu_layout()
+    rule = kernel_plan(layout, workers or _auto_workers())
+    if r is None or entries < MIN_CALIBRATED_ENTRIES or mode() == "rule":
+        return rule
+    fused = fused and fused_counting()
+    sig = signature(rule.workers, r, fused, layout.describe())
+    found = calibrated_tiles(sig, _calibration_scan(rank_bucket(r), rule.workers, fused), (rule.block_rows, rule.block_cols))
+    return KernelPlan(found.block_rows, found.block_cols, rule.workers,
+                      f"{layout.describe()}; {rule.workers} worker(s); tiles {found.block_rows} x {found.block_cols} "
+                      f"({found.describe()}; the L2 rule's: {rule.block_rows} x {rule.block_cols})")
+
+
+def _calibration_scan(r: int, workers: int, fused: bool) -> Measure:
+    """CPU seconds of the kernel's scan (row max included) of a seeded normal problem of rank ``r``:
+    ``CAL_ROWS`` rows per worker x ``CAL_KEYS`` keys, ``workers`` threads, with a given tile."""
+    rng = np.random.default_rng(0)
+    P32 = (rng.standard_normal((CAL_ROWS * workers, r)) / math.sqrt(r)).astype(np.float32)
+    QT32 = rng.standard_normal((CAL_KEYS, r)).astype(np.float32)
+    T = np.full(len(P32), 1e-5)  # a band as thin as a real one: a few entries per row block
+
+    def measure(block_rows: int, block_cols: int) -> float:
+        return cpu_seconds(lambda: _scan_numpy(P32, QT32, T, 0, block_rows, block_cols, workers, True, fused))
+
+    return measure
 
 
 def _auto_workers() -> int:
