@@ -27,6 +27,8 @@ benchmarks/bench_ov_topk.py, three runs at load average 11-19 on 2 cores): the k
 and 9.8 CPU seconds against 9.5, 10.1 and 9.8 with 512 x 8192 tiles (0-18% less, within the
 machine's noise), the bare products 3.5-4.0 against 4.4-5.1.  The counts never depend on the tiles
 (the float64 recheck makes them exact); only the float32 row maximum's last bits can.
+For large scans the kernel measures instead of trusting this rule
+(:mod:`harness.circuits.kernel_calibration`); the rule's tile is one of the candidates there.
 """
 
 from __future__ import annotations

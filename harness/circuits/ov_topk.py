@@ -42,9 +42,12 @@ mask bytes as uint64 words; torch's boolean sums were about 10x slower).  Worker
 single-threaded BLAS keep every core busy in the counting too.  Course-shaped model on 2 shared
 AVX-512 cores: the kernel's CPU time is 1.75-1.8x the bare products', 1.4-1.5x without margins
 (the float64 factors alone are about 0.13x); exact pruning (:mod:`harness.circuits.ov_prune`)
-brings a top-k question to 0.4x where rows do not copy.  Tiles are sized for the CPU's L2 cache and the worker count
-(:mod:`harness.circuits.cpu_layout`): 256 x 1024 (1.5 MiB per worker with its masks) on a core
-with 2 MiB of L2.
+brings a top-k question to 0.4x where rows do not copy.  Workers: one per usable CPU.  Tiles:
+sized for the CPU's L2 cache and the worker count (:mod:`harness.circuits.cpu_layout`: 256 x 1024
+on a core with 2 MiB of L2), or, for scans of at least 2^30 entries, the tile the kernel's own scan
+ran fastest with on this CPU (:mod:`harness.circuits.kernel_calibration`, measured once per CPU
+signature and stored).  benchmarks/bench_ov_topk.py --cpu-configs measures kernel / bare under
+emulated x86 instruction sets (AVX-512 down to plain x86-64) on 1 and 2 CPUs.
 """
 
 from __future__ import annotations
@@ -174,8 +177,8 @@ def full_circuit_topk(
     works on tiles of ``block_rows x block_cols`` float32 entries, numpy/BLAS for the products and
     the counting, in ``workers`` threads (default: one per usable CPU when threadpoolctl can make
     BLAS single-threaded; else 1, with a one-time :class:`KernelFallbackWarning` naming the cause);
-    tiles left ``None`` are sized for this CPU's L2 cache and the worker count
-    (:func:`harness.circuits.cpu_layout.kernel_plan`); the counts never depend on the tiles.  A
+    tiles left ``None`` come from :func:`cpu_plan` (this CPU's L2 cache and the worker count; for
+    large scans, tiles calibrated on this CPU); the counts never depend on the tiles.  A
     ``device`` ("cuda", or "cpu" to test it) runs the whole computation with torch there
     (:mod:`harness.circuits.ov_topk_device`: factors, scan in blocks of ``block_rows`` full rows,
     default 64 Mi entries per block, float64 recheck), reading the results back once.
