@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from fixtures.cache_root import cache_root
+from harness.circuits import ov_tiles
 from harness.core.atomic_write import write_atomic
 from harness.core.cpu_identity import cpu_model
 
@@ -94,7 +95,7 @@ def signature(workers: int, r: int, fused: bool, layout: str) -> dict[str, Any]:
     model = cpu_model()
     return {
         "format": FORMAT, "cpu": model.name, "flags": sorted(model.flags), "layout": layout, "workers": workers,
-        "rank_bucket": rank_bucket(r), "fused": fused, "blas_core": _blas_core(),
+        "rank_bucket": rank_bucket(r), "fused": fused, "blas_core": _blas_core(), "scan_code": _scan_code(),
         "versions": {name: _version(name) for name in ("numpy", "numba", "threadpoolctl")},
         "variables": {name: os.environ.get(name) for name in LIBRARY_VARIABLES},
         "candidates": [list(c) for c in CANDIDATES],
@@ -151,6 +152,12 @@ def _read(path: Path, sig: dict[str, Any]) -> Calibrated | None:
     if not same or f"{rows}x{cols}" not in seconds or rows < 1 or cols % rows:
         return None
     return Calibrated(rows, cols, {k: float(v) for k, v in seconds.items()}, path, False)
+
+
+@functools.lru_cache(maxsize=1)
+def _scan_code() -> str:
+    """sha256 of the tile-counting module's source: a new counting loop is measured afresh."""
+    return hashlib.sha256(Path(ov_tiles.__file__).read_bytes()).hexdigest()[:16]
 
 
 def _version(name: str) -> str | None:
