@@ -11,17 +11,19 @@ load 5-6): the scan's CPU time per entry ranged from 2.5 ns (512 x 1024 tiles) t
 So for a large problem the kernel measures instead: for each candidate tile of :data:`CANDIDATES`
 (and the rule's), the kernel's own scan (:func:`harness.circuits.ov_topk._scan_numpy`, row max
 included) of a seeded synthetic problem of the same rank, ``CAL_ROWS`` rows per worker x
-``CAL_KEYS`` keys, run by the same number of worker threads; process CPU seconds, the minimum
-over ``REPEATS`` interleaved rounds (the rounds interleave the candidates, so a burst of load
-from elsewhere hits all of them).  The fastest tile wins, unless the rule's own tile is within 5%
-of it (on a loaded machine single figures spread by 5-10%: a near-tie is no reason to move).  That costs one to two seconds of CPU per
-worker once per *signature*: the CPU's model and flags, the usable CPUs and L2, the worker count, the
-rank bucket (r rounded up to a power of two), the counting path, the library versions, the BLAS
-core OpenBLAS chose and the variables that change the libraries' kernels (``OPENBLAS_CORETYPE``,
-``NUMBA_CPU_NAME``, ...).  The choice is stored as JSON under ``$INTERP_CLAIMS_CACHE/kernel-tiles``
-(:func:`fixtures.cache_root.cache_root`), so later processes on that machine reuse it: the same
-tiles every run, hence the same float32 row maxima.  Counts never depend on the tiles (the float64
-recheck makes them exact), so a calibration can change speed, never a count.
+``CAL_KEYS`` keys, run by the same number of worker threads; process CPU seconds, the minimum over
+``REPEATS`` interleaved rounds (the rounds interleave the candidates, so a burst of load from
+elsewhere hits all of them).  The fastest tile wins, unless the rule's own tile is within 5% of it
+(on a loaded machine single figures spread by 5-10%: a near-tie is no reason to move).  That costs
+one to three seconds of CPU (the first compilation of the counting loop for the CPU included) once
+per *signature*: the CPU's model and flags, the usable CPUs and L2, the worker count, the rank
+bucket (r rounded up to a power of two), the counting path and its source, the library versions,
+the BLAS core OpenBLAS chose and the variables that change the libraries' kernels
+(``OPENBLAS_CORETYPE``, ``NUMBA_CPU_NAME``, ...).  The choice is stored as JSON under
+``$INTERP_CLAIMS_CACHE/kernel-tiles`` (:func:`fixtures.cache_root.cache_root`), so later processes
+on that machine reuse it: the same tiles every run, hence the same float32 row maxima.  Counts
+never depend on the tiles (the float64 recheck makes them exact), so a calibration can change
+speed, never a count.
 
 Problems under :data:`MIN_CALIBRATED_ENTRIES` entries keep the rule's tiles (calibrating would
 cost more than it saves); ``$INTERP_CLAIMS_KERNEL_TILES=rule`` keeps them always.
