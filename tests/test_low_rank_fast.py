@@ -208,3 +208,13 @@ def test_the_fit_is_the_same_on_one_and_two_threads() -> None:
     np.testing.assert_array_equal(fits[0].A, fits[1].A)
     np.testing.assert_array_equal(fits[0].B, fits[1].B)
     assert fits[0].trace == [dict(p, seconds=q["seconds"]) for p, q in zip(fits[1].trace, fits[0].trace)]
+
+
+def test_bases_kept_under_the_given_weights_key() -> None:
+    """A key naming the weights replaces the hash of their bytes: the same fit, the bases found by the key."""
+    E, U = coupled_problem(300, 16, 8)
+    kw = dict(seed=0, max_steps=4, max_seconds=None, batch_rows=64, eval_every=2, negatives=4)
+    hashed = fit_low_rank_copying(E, U, 3, **kw)
+    keyed = fit_low_rank_copying(E, U, 3, weights_key="model-x", **kw)
+    np.testing.assert_array_equal(hashed.A, keyed.A)
+    assert lr._bases(np.zeros_like(E), np.zeros_like(U), "model-x")[0] is lr._bases(E, U, "model-x")[0]
