@@ -34,14 +34,15 @@ hinge alone 0.735, CE then hinge 0.819 top-1; d = 64, r = 32: 0.380 / - / 0.420;
 problem (V = 12,570, d = 256, r = 64) all reach 1.0.  Adam, learning rate relative to the
 parameters' RMS, rows sampled without replacement (a permutation per epoch).
 
-Cost per step with b rows: ``B' Q_U^T`` (r k V) is shared by the b rows, then
+Cost per step with b rows: ``B' Q_U^T`` (r k V, formed as ``Q_U B'^T``, the same entries at half
+the time: OpenBLAS packs the wide operand of the r x V form) is shared by the b rows, then
 ``(Q_E[rows] A') (B' Q_U^T)`` costs b r V; backward the same again: ``O(r k V + b r V)``, not b d V.
 
 Restricted step (``negatives=K``, :mod:`harness.circuits.low_rank_sparse`). The full step makes
 about eight passes over the b x V logits; the restricted one finds each row's K largest off-diagonal
-entries in one compiled read pass (at ranks <= 32 fused with the logits product, tile by tile, so
-that the b x V logits are never written whole) and computes the loss and its sparse gradient on
-those K + 1 entries: the cross-entropy restricted to them, and the same hinge as the full step
+entries in one compiled read pass fused with the logits product, tile by tile (the b x V logits are
+never written whole), and computes the loss and its sparse gradient (one compiled pass) on those
+K + 1 entries: the cross-entropy restricted to them, and the same hinge as the full step
 (K = 1). Sampled bulk (``bulk=m``, ``bulk_weight=w``): where nearly every row is wrong (low ranks) the
 columns outside the K hardest hold most of each row's softmax mass; m columns drawn uniformly per
 step stand for them, each with logit ``L[i, s] + log(w (V - 1 - K) / m_i)`` (the log-Q correction of
@@ -50,9 +51,12 @@ Measured on SmolLM2 (V = 49,152, d = 576, seed 0, 50 steps per phase, monitored 
 ends; ``benchmarks/bench_low_rank.py --curve``), exact top-1 tokens: K = 32 alone 328 / 28,336 /
 49,132 at ranks 4 / 16 / 64 (the full step: 431 / 20,625 / 49,126): better at 16 and 64, worse at 4;
 with a bulk of m = 2048 at w = 1: 460 / 20,594 / 49,127; w = 0.25: - / 21,872 / -; w = 0.1: 575 /
-22,868 / 49,128, the SmolLM2 claim's settings (same or better than the full step at every rank; on
-two threads 174.5 s of CPU for the four fits against the full step's 371.8 s, same process). A curve's
-fits share the orthonormal bases (computed once per (W_E, W_U)).
+22,868 / 49,128, the SmolLM2 claim's settings (same or better than the full step at every rank).
+CPU seconds of the four fits (user + system; ``bench_low_rank.py --curve 1,4,16,64 --method new``):
+the full step 371.8 (two threads, 2026-12-07); the restricted step 174.5 that day, 224.4 on
+2026-12-08 (two threads, load 2-7); with the thread-invariant tiles and the compiled fold and
+backward below 89.8 (two threads, load 7-9), the same exact counts. A curve's fits share the
+orthonormal bases (computed once per (W_E, W_U), found by the caller's ``weights_key``).
 
 Rank 1 (``stop_at_bound``).  Any rank-1 map copies at most two rows (:func:`copy_bound`); a
 rank-1 fit whose closed-form start already copies two, counted exactly, cannot improve and is
@@ -68,9 +72,17 @@ The parameters with the best monitored top-1 are kept; the final top-1/top-5 are
 whole V x V circuit (:func:`harness.circuits.ov_topk.full_circuit_topk`, pessimistic ties: a tie
 with the diagonal counts as wrong).
 
+Threads (CPU).  The set-up and the steps run on one BLAS thread: the logits tiles, the
+``(B' Q_U^T)^T`` row blocks and the monitor's tiles are dealt to ``threads`` workers (torch's thread
+count), each tile the same single-threaded product whatever the workers, so a fit is the same bit
+for bit on one thread or several (before, two-threaded BLAS took other paths: 518 / 22,836 /
+49,130 against one thread's 575 / 22,868 / 49,128 on SmolLM2, and spent up to twice the CPU
+spinning).  The exact count runs the OV kernel's own workers (its counts never depend on them).
+
 Determinism.  Given the seed, the sequence of batches, updates and evaluations is fixed (CPU
-float32 kernels with a fixed thread count; on CUDA up to its matmul determinism); only where a
-``max_seconds`` budget cuts the run depends on the machine.
+float32 kernels, any thread count; on CUDA up to its matmul determinism); only where a
+``max_seconds`` budget cuts the run depends on the machine, and other BLAS kernels (another CPU,
+``OPENBLAS_CORETYPE``) round differently and take another path.
 """
 
 from __future__ import annotations
@@ -373,9 +385,6 @@ class _Numpy:
     def unique(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.unique(x, return_inverse=True)
 
-    def contiguous(self, x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x)
-
     def float_(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float32)
 
@@ -384,12 +393,6 @@ class _Numpy:
 
     def log(self, x: np.ndarray) -> np.ndarray:
         return np.log(x)
-
-    def scatter_rows(self, n: int, index: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """``out[index[t]] += values[t]`` into an n x width zero array."""
-        out = np.zeros((n, values.shape[1]), values.dtype)
-        np.add.at(out, index, values)
-        return out
 
     def sqrt(self, x: np.ndarray) -> np.ndarray:
         return np.sqrt(x)
@@ -463,9 +466,6 @@ class _Torch:
 
     def unique(self, x: Any) -> tuple[Any, Any]:
         return self.t.unique(x, return_inverse=True)
-
-    def contiguous(self, x: Any) -> Any:
-        return x.contiguous()
 
     def float_(self, x: Any) -> Any:
         return x.to(self.t.float32)

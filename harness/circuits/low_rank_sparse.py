@@ -9,7 +9,7 @@ rest on b x (K + 1) entries:
 - ``L = (E[rows] A')(B' U)`` (b x V), ``d_i = L[i, t_i]`` (t_i: the row's own token);
 - ``N_i`` = the K largest off-diagonal columns of row i (:func:`hardest_from_factors` /
   :func:`hard_negatives_compiled`: one compiled read pass keeping a running top-K list, tile by
-  tile with the logits product at small rank; without numba :func:`hard_negatives_numpy`: block
+  tile with the logits product; without numba :func:`hard_negatives_numpy`: block
   maxima over blocks of ``BLOCK`` columns, the K best blocks, then the K best entries among their
   columns: exact, since the blocks holding a row's top-K entries are among its K best blocks; on a
   torch device ``torch.topk``);
