@@ -60,16 +60,28 @@ def _cat(xs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(xs) if xs else np.zeros(0, np.int64)
 
 
-@contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """One BLAS thread per call while the worker threads share the cores (needs threadpoolctl)."""
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> object | None:
+    """threadpoolctl's view of the loaded BLAS libraries, found once (about 2 ms a time), or None."""
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # still correct; BLAS's own threads then compete with the workers
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """One BLAS thread per call while the worker threads share the cores (needs threadpoolctl)."""
+    controller = _blas_controller()
+    if controller is None:  # still correct; BLAS's own threads then compete with the workers
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with controller.limit(limits=1, user_api="blas"):  # type: ignore[attr-defined]
         yield
+
+
+_single_threaded_blas = single_threaded_blas
 
 
 _Block = TypeVar("_Block")
