@@ -1,11 +1,12 @@
 """Running independent jobs (drawing plots) in worker processes, one per usable CPU.
 
 matplotlib is not thread-safe, and drawing is pure Python holding the interpreter lock, so the
-report's plots are drawn in processes. The workers are forked from a ``forkserver`` process
-(``spawn`` where the platform has none) that imports the ``preload`` modules once, so a worker
-starts ready to draw without the parent's state (its threads, its loaded models). Below
-``MIN_JOBS_PER_WORKER`` jobs per worker, or on one CPU, the jobs run in this process: starting
-workers costs about a second of CPU (importing matplotlib), which a few plots do not repay.
+report's plots are drawn in processes. The workers are fresh interpreters (``spawn``: none of the
+parent's state, its threads or its loaded models, is copied) that import the ``preload`` modules
+once; they are children of this process, so their CPU time is counted in its ``RUSAGE_CHILDREN``
+when the pool closes. Below ``MIN_JOBS_PER_WORKER`` jobs per worker, or on one CPU, the jobs run in
+this process: starting a worker costs about a second of CPU (importing matplotlib), which a few
+plots do not repay.
 
 Results come back in the jobs' order; what each job gives depends on the job alone, never on the
 worker that ran it. A job that raises fails the whole map (as it would serially); a pool that
@@ -15,6 +16,7 @@ here instead.
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import warnings
@@ -47,12 +49,13 @@ def map_in_processes(function: Callable[[Job], Result], jobs: Sequence[Job], *, 
                      preload: Sequence[str] = ()) -> list[Result]:
     """``[function(job) for job in jobs]``, computed by ``workers`` processes (``None``:
     :func:`pool_size`; 1: in this process). ``function`` and the jobs must pickle (a module-level
-    function, plain data); ``preload`` names the modules the workers import before forking."""
+    function, plain data); ``preload`` names the modules each worker imports when it starts."""
     workers = pool_size(len(jobs)) if workers is None else min(workers, len(jobs))
     if workers < 2:
         return [function(job) for job in jobs]
     try:
-        with ProcessPoolExecutor(workers, mp_context=_context(preload)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_import,
+                                 initargs=(tuple(preload),)) as pool:
             return list(pool.map(function, jobs))
     except (OSError, BrokenProcessPool) as exc:
         warnings.warn(f"worker processes failed ({type(exc).__name__}: {exc}); running {len(jobs)} jobs in this process",
@@ -60,10 +63,7 @@ def map_in_processes(function: Callable[[Job], Result], jobs: Sequence[Job], *, 
         return [function(job) for job in jobs]
 
 
-def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
-    """A ``forkserver`` context whose server imports ``preload`` (``spawn`` where there is no forkserver)."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")  # pragma: no cover - Windows
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(preload))
-    return context
+def _import(modules: tuple[str, ...]) -> None:
+    """A worker's start: import ``modules`` (the drawing code) once, before its first job."""
+    for module in modules:
+        importlib.import_module(module)
