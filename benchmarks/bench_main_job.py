@@ -15,7 +15,7 @@ process: collection, every worker, the baseline check) is timed too, beside its 
 Each run is a fresh process (interpreter start, imports, model loads, reports: all of it), into a
 temporary cache folder (or ``--keep DIR``; emptied first unless ``--warm-only``). Printed: wall and
 CPU seconds (user + system of the run's process) beside the targets (cold under 3 minutes, warm
-under 30 s, on this project's 2-core CPU), the warm run's breakdown (start-up and imports, reading
+under 30 s, on this project's 2-core CPU), each run's breakdown (start-up and imports, reading
 and validating the claim files, measuring, model loads, writing the reports, and whether torch,
 TransformerLens or matplotlib were imported at all), the costliest claims of each run (wall and
 CPU seconds), and whether the warm run's values and verdicts equal the cold run's. The load
@@ -42,22 +42,25 @@ HEAVY = ("torch", "transformer_lens", "matplotlib")
 
 # Runs the CLI in the child process and writes where its time went to the file named by argv[1].
 DRIVER = r"""
-import json, sys, time
-start_wall, start_cpu = time.perf_counter(), time.process_time()
+import json, resource, sys, time
+def process_cpu():  # this process and its reaped children (the report's drawing workers)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+start_wall, start_cpu = time.perf_counter(), process_cpu()
 phases, claims = {}, []
 def timed(name, function):
     def wrapper(*args, **kwargs):
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), process_cpu()
         try:
             return function(*args, **kwargs)
         finally:
             phase = phases.setdefault(name, [0.0, 0.0])
             phase[0] += time.perf_counter() - wall
-            phase[1] += time.process_time() - cpu
+            phase[1] += process_cpu() - cpu
     return wrapper
 from harness.frontends import cli, output
 import harness.runner as runner
-phases["start-up and CLI import"] = [time.perf_counter() - start_wall, time.process_time() - start_cpu]
+phases["start-up and CLI import"] = [time.perf_counter() - start_wall, process_cpu() - start_cpu]
 run_claim = runner.run_claim
 def measured(loaded, claim, session):
     wall, cpu = time.perf_counter(), time.process_time()
@@ -74,7 +77,7 @@ try:
 finally:
     with open(report, "w") as handle:
         json.dump({"phases": phases, "claims": claims, "imported": [m for m in ("torch", "transformer_lens", "matplotlib") if m in sys.modules],
-                   "wall": time.perf_counter() - start_wall, "cpu": time.process_time() - start_cpu}, handle)
+                   "wall": time.perf_counter() - start_wall, "cpu": process_cpu() - start_cpu}, handle)
 raise SystemExit(code)
 """
 
@@ -138,7 +141,7 @@ def print_targets(runs: dict[str, dict]) -> None:
 
 def print_breakdown(name: str, result: dict) -> None:
     timings, record = result["timings"], result["record"]
-    print(f"\n{name} run, where the time went (wall s / CPU s of the run's process):")
+    print(f"\n{name} run, where the time went (wall s / CPU s of the run's process and its workers):")
     for phase, (wall, cpu) in timings["phases"].items():
         print(f"  {phase:<44}{wall:>8.2f}{cpu:>8.2f}")
     loads = {n: m.get("load_seconds", 0.0) for n, m in record.get("models", {}).items() if m.get("load_seconds")}
@@ -191,8 +194,9 @@ def main() -> None:
         tests = runs["tests"]
         print(f"\ntests: {tests['command']}\n  exit {tests['code']}: {tests['summary']}"
               f"{' (some paths only: not the figure)' if args.tests_paths else ''}")
-    if "warm" in runs:
-        print_breakdown("warm", runs["warm"])
+    for name in ("cold", "warm"):
+        if name in runs:
+            print_breakdown(name, runs[name])
     for name, result in runs.items():
         if name != "tests":
             print_top(name, result, args.top)

@@ -13,21 +13,23 @@ from typing import Any
 from reports.context import model_entry, model_text, params_text, run_text, source_text
 from reports.markdown import CACHED_TEXT, VERDICT_MARK, anchors, cached_line, is_mismatch, unmeasured_line
 from reports.plot_cache import PlotCache
-from reports.plots import plots_for
+from reports.plots import draw_plots
 from reports.values import format_measured
 
 TEMPLATES = Path(__file__).parent / "templates"
 
 
 def render_html(record: dict[str, Any], plot_cache: PlotCache | None = None) -> str:
-    """The whole HTML report of a results record (plots read from ``plot_cache`` where it has them)."""
+    """The whole HTML report of a results record (plots read from ``plot_cache`` where it has them,
+    the others drawn in parallel: :func:`reports.plots.draw_plots`)."""
     import jinja2
 
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined,
     )
     entries = record["claims"]
-    claims = [_view(entry, record, slug, plot_cache) for entry, slug in zip(entries, anchors([e["id"] for e in entries]))]
+    plots = draw_plots(entries, plot_cache)
+    claims = [_view(entry, record, slug, svgs) for entry, slug, svgs in zip(entries, anchors([e["id"] for e in entries]), plots)]
     summary = record.get("summary") or {}
     counts = [(v, summary[v]) for v in VERDICT_MARK if summary.get(v)]
     return environment.get_template("report.html.j2").render(
@@ -38,8 +40,8 @@ def render_html(record: dict[str, Any], plot_cache: PlotCache | None = None) -> 
     )
 
 
-def _view(entry: dict[str, Any], record: dict[str, Any], slug: str, plot_cache: PlotCache | None = None) -> dict[str, Any]:
-    """What the template shows of one claim entry, every field present (``None`` when absent)."""
+def _view(entry: dict[str, Any], record: dict[str, Any], slug: str, plots: list[str]) -> dict[str, Any]:
+    """What the template shows of one claim entry (its drawn ``plots`` beside), every field present (``None`` when absent)."""
     reference = entry.get("reference")
     return {
         "id": entry["id"],
@@ -62,5 +64,5 @@ def _view(entry: dict[str, Any], record: dict[str, Any], slug: str, plot_cache: 
         "source": source_text(entry.get("source")),
         "notes": entry.get("notes"),
         "rerun": entry["rerun"],
-        "plots": plots_for(entry, plot_cache),
+        "plots": plots,
     }

@@ -1,9 +1,9 @@
 """Drawn plots kept on disk, so a report whose claims did not change is written without matplotlib.
 
-A plot is a function of its claim entry alone (:func:`reports.plots.plots_for`), so its SVG is
-stored under the sha256 of the plot's name, the entry (less its wall time ``duration_s`` and its
-``cached`` flag, which no plot reads), the code that draws it (``salt``: the suite's source hash)
-and the matplotlib version. A missing or unreadable file is drawn again; writes are atomic.
+A plot is a function of the claim entry's fields it reads alone (:class:`reports.plots.PlotJob`:
+its ``ident`` hashes the plot's name and those fields), so its SVG is stored under the sha256 of
+that ident, the code that draws it (``salt``) and the matplotlib version. A missing, unreadable or
+cut-short file is drawn again; writes are atomic.
 Importing matplotlib and drawing a few hundred SVGs takes tens of seconds on a small CPU: the
 largest part of a run whose measurements all come from the measurement cache.
 """
@@ -16,12 +16,8 @@ import functools
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
 
 from harness.core.atomic_write import write_atomic
-
-UNREAD = ("duration_s", "cached")
-"""Entry fields no plot reads (they differ between a run and its cached rerun)."""
 
 
 @functools.cache
@@ -42,28 +38,32 @@ class PlotCache:
     hits: int = 0
     drawn: int = 0
 
-    def key(self, plot: str, entry: dict[str, Any]) -> str:
-        data = {k: v for k, v in entry.items() if k not in UNREAD}
-        text = json.dumps({"plot": plot, "entry": data, "salt": self.salt, "matplotlib": _matplotlib_version()},
-                          sort_keys=True, default=repr)
+    def key(self, plot: str, ident: str) -> str:
+        """The file name's sha256: the job's ``ident`` (a hash of the plot's name and the entry
+        fields it reads), the drawing code (``salt``) and the matplotlib version."""
+        text = json.dumps({"plot": plot, "ident": ident, "salt": self.salt, "matplotlib": _matplotlib_version()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def svg(self, plot: str, entry: dict[str, Any], draw: Callable[[dict[str, Any]], "str | None"]) -> str | None:
-        """The stored SVG of ``plot`` for ``entry``, else ``draw(entry)`` (stored when it is an SVG)."""
-        digest = self.key(plot, entry)
-        path = Path(self.folder) / digest[:2] / f"{digest}.svg"
+    def path(self, plot: str, ident: str) -> Path:
+        digest = self.key(plot, ident)
+        return Path(self.folder) / digest[:2] / f"{digest}.svg"
+
+    def read(self, plot: str, ident: str) -> str | None:
+        """The stored SVG (``None`` when missing, unreadable or not a whole SVG)."""
         try:
-            text = path.read_text(encoding="utf-8")
-            if text.startswith("<svg"):
-                self.hits += 1
-                return text
+            text = self.path(plot, ident).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
-            pass
-        svg = draw(entry)
+            return None
+        if not (text.startswith("<svg") and text.rstrip().endswith("</svg>")):
+            return None
+        self.hits += 1
+        return text
+
+    def store(self, plot: str, ident: str, svg: str | None) -> None:
+        """Keep a drawn SVG (counted as drawn; failure texts and ``None`` are not kept)."""
         self.drawn += 1
         if svg and svg.startswith("<svg"):
             try:
-                write_atomic(path, svg)
+                write_atomic(self.path(plot, ident), svg)
             except OSError:  # an unwritable folder costs only time
                 pass
-        return svg

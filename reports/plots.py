@@ -10,11 +10,14 @@ report and the CLI never pay for it.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
+import json
 import math
 import re
 import warnings
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,6 +28,7 @@ from harness.core.details import (
 from harness.core.heads import HEAD_PATTERN, Head, sort_heads
 from harness.core.named_registry import NamedRegistry
 from reports.plot_cache import PlotCache
+from reports.plot_pool import map_in_processes
 from reports.curves import curve_points, plottable_rank, point_bound, stopped_early
 from reports.values import as_number
 from reports.superposition_plots import dimensionality_scatter, feature_directions, gram_heatmap, latent_feature_matches
@@ -33,25 +37,35 @@ from reports.modular_plots import cluster_size_bars, frequency_energy_bars, grok
 HEAD_KEY = re.compile(HEAD_PATTERN)
 
 
+STYLE = {"svg.fonttype": "none", "font.size": 8, "text.parse_math": False}  # "$" in a label is text
+"""matplotlib settings of every plot, over matplotlib's own (``rcParamsOrig``: its defaults and matplotlibrc)."""
+SVG_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
+"""No ``<metadata>`` block: its date would make every drawing of a plot differ."""
+
+
+class WouldDraw(Exception):
+    """Raised by :func:`_figure` while probing (:func:`probe`): the plot applies and would now draw."""
+
+
+_PROBING: ContextVar[bool] = ContextVar("plots_probing", default=False)
+
+
 def _figure(width: float = 6.0, height: float = 2.6) -> tuple[Any, Any]:
-    import matplotlib
+    """A new figure and its axes (no pyplot: nothing global to close); every plot draws only after this call."""
+    if _PROBING.get():
+        raise WouldDraw
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 8, "text.parse_math": False})  # "$" in a label is text
-    return plt.subplots(figsize=(width, height), dpi=100)
+    figure = Figure(figsize=(width, height), dpi=100)
+    return figure, figure.add_subplot()
 
 
 def _svg(figure: Any) -> str:
-    import matplotlib.pyplot as plt
-
     buffer = io.StringIO()
     with warnings.catch_warnings():  # text the font cannot show is drawn as boxes; say nothing more
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
         figure.tight_layout()
-        figure.savefig(buffer, format="svg")
-    plt.close(figure)
+        figure.savefig(buffer, format="svg", metadata=SVG_METADATA)
     text = buffer.getvalue()
     return text[text.index("<svg"):]
 
@@ -143,7 +157,7 @@ def _head_grid(entry: dict[str, Any], scores: dict[str, float], marked: set[str]
         grid[head.layer, head.head] = number
     figure, axes = _figure(min(MAX_INCHES, max(3.5, 0.35 * n_heads + 2.0)), min(MAX_INCHES, max(2.6, 0.18 * n_layers + 1.0)))
     image = axes.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
-    for name in marked & set(scores):
+    for name in sort_heads(list(marked & set(scores))):  # in head order: a set's order changes between processes
         head = Head.parse(name)
         axes.add_patch(_box(head.head, head.layer))
     axes.set_xlabel("head")
@@ -372,14 +386,20 @@ def named_position_bars(entry: dict[str, Any]) -> str | None:
 Plotter = Callable[[dict[str, Any]], "str | None"]
 """A plot: a claim entry of the record in, an SVG (or ``None`` where it does not apply) out."""
 
+ENTRY_FIELDS = ("metric", "value", "select", "details")
+"""The claim entry's fields most plots read (its value, the selected item, the details, the metric's name)."""
+
 
 @dataclass(frozen=True)
 class Plot:
-    """A plot and the typed details kind it reads (:mod:`harness.core.details`); ``reads=None``
-    for a plot drawn from the claim's value alone."""
+    """A plot, the typed details kind it reads (:mod:`harness.core.details`; ``reads=None`` for a
+    plot drawn from the claim's value alone) and the entry's ``fields`` it is given: it sees
+    nothing else of the entry, so two claims whose fields agree share one drawing (and one plot
+    cache entry) whatever their ids, statements and verdicts."""
 
     draw: Plotter
     reads: type | None = None
+    fields: tuple[str, ...] = ENTRY_FIELDS
 
     @property
     def name(self) -> str:
@@ -391,46 +411,143 @@ class Plot:
         kinds = entry.get("details_kinds")
         return self.reads is None or not isinstance(kinds, list) or self.reads.__name__ in kinds
 
+    def view(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The part of ``entry`` this plot reads (its ``fields`` that the entry has)."""
+        return {field: entry[field] for field in self.fields if field in entry}
+
+
+DETAILS_ONLY = ("details",)
+MODEL_AND_DETAILS = ("model", "details")
 
 PLOTS: NamedRegistry[Plot] = NamedRegistry("plot", [
     (plot.name, plot) for plot in (
         Plot(head_bars),
-        Plot(attention_patterns, reads=AttentionExamples),
+        Plot(attention_patterns, reads=AttentionExamples, fields=DETAILS_ONLY),
         Plot(composition_heatmap),
         Plot(rank_curve),
         Plot(position_curve, reads=PositionCurve),
         # toy models of superposition (reports/superposition_plots.py)
-        Plot(feature_directions, reads=FeatureDirections),
-        Plot(dimensionality_scatter, reads=DimensionalityPoints),
-        Plot(gram_heatmap, reads=FeatureDirections),
-        Plot(latent_feature_matches, reads=LatentFeatureCosines),
+        Plot(feature_directions, reads=FeatureDirections, fields=DETAILS_ONLY),
+        Plot(dimensionality_scatter, reads=DimensionalityPoints, fields=DETAILS_ONLY),
+        Plot(gram_heatmap, reads=FeatureDirections, fields=DETAILS_ONLY),
+        Plot(latent_feature_matches, reads=LatentFeatureCosines, fields=DETAILS_ONLY),
         # indirect object identification (layer x position patching, attention to named positions)
         Plot(position_grid, reads=PositionGrid),
         Plot(named_position_bars, reads=NamedPositionAttention),
         # modular addition, grokking (reports/modular_plots.py)
-        Plot(frequency_energy_bars, reads=FrequencyEnergy),
-        Plot(grokking_loss_curves, reads=LossCurves),
-        Plot(cluster_size_bars, reads=ClusterSizes),
-        Plot(snapshot_series_curve, reads=SnapshotSeries),
+        Plot(frequency_energy_bars, reads=FrequencyEnergy, fields=MODEL_AND_DETAILS),
+        Plot(grokking_loss_curves, reads=LossCurves, fields=MODEL_AND_DETAILS),
+        Plot(cluster_size_bars, reads=ClusterSizes, fields=MODEL_AND_DETAILS),
+        Plot(snapshot_series_curve, reads=SnapshotSeries, fields=MODEL_AND_DETAILS),
     )
 ])
 """Every plot by name, in the order the HTML report shows them."""
 
+PLOT_ERRORS = (ValueError, TypeError, KeyError, IndexError)
+"""What a plot that meets data it did not expect raises: shown in the plot's place, not losing the report."""
 
-def plots_for(entry: dict[str, Any], cache: "PlotCache | None" = None) -> list[str]:
-    """Every plot that applies to a claim entry (read from ``cache`` where it holds them).
+
+def failed(plot: Plot, exc: Exception) -> str:
+    """What the report shows in place of a plot that failed (the message escaped)."""
+    return f"<p class='plot-error'>plot {plot.name} failed: {html.escape(str(exc))}</p>"
+
+
+def probe(plot: Plot, view: dict[str, Any]) -> bool | str:
+    """Whether ``plot`` would draw ``view`` (the plot's checks run, matplotlib is not touched: a plot
+    draws only after :func:`_figure`); the failure text where its checks fail."""
+    token = _PROBING.set(True)
+    try:
+        plot.draw(view)
+    except WouldDraw:
+        return True
+    except PLOT_ERRORS as exc:
+        return failed(plot, exc)
+    finally:
+        _PROBING.reset(token)
+    return False
+
+
+def draw_svg(plot: Plot, view: dict[str, Any], salt: str) -> str | None:
+    """``plot`` of ``view`` as an SVG (the failure text where it fails), drawn with matplotlib's own
+    settings and :data:`STYLE` whatever this process changed; the SVG's internal ids are hashed with
+    ``salt``, so the same view and salt give the same bytes in any process."""
+    import matplotlib
+
+    with matplotlib.rc_context():
+        matplotlib.rcParams.update({k: v for k, v in matplotlib.rcParamsOrig.items() if k != "backend"})
+        matplotlib.rcParams.update({**STYLE, "svg.hashsalt": salt})
+        try:
+            return plot.draw(view)
+        except PLOT_ERRORS as exc:
+            return failed(plot, exc)
+
+
+@dataclass(frozen=True)
+class PlotJob:
+    """One plot to draw: the plot's name, the entry fields it reads (:meth:`Plot.view`) and
+    ``ident``, the sha256 of both (the SVG's id salt and the plot cache's key)."""
+
+    plot: str
+    view: dict[str, Any]
+    ident: str
+
+    @classmethod
+    def of(cls, plot: Plot, entry: dict[str, Any]) -> "PlotJob":
+        view = plot.view(entry)
+        text = json.dumps({"plot": plot.name, "view": view}, sort_keys=True, default=repr)
+        return cls(plot.name, view, hashlib.sha256(text.encode()).hexdigest())
+
+
+def draw_job(job: PlotJob) -> str | None:
+    """Draw one job (in a worker process or this one)."""
+    return draw_svg(PLOTS[job.plot], job.view, job.ident)
+
+
+DRAWING_MODULES = ("reports.plots", "matplotlib.figure", "matplotlib.backends.backend_svg", "matplotlib.backends.backend_agg")
+"""What a drawing worker imports once, before it is forked for the jobs."""
+
+
+def planned_plots(entry: dict[str, Any]) -> list[PlotJob | str]:
+    """The plots of ``entry`` in report order: a job for each that would draw, the failure text
+    for each whose checks failed (plots that do not apply left out)."""
+    planned: list[PlotJob | str] = []
+    for plot in PLOTS.values():
+        if not plot.applies_to(entry):
+            continue
+        outcome = probe(plot, plot.view(entry))
+        if outcome is True:
+            planned.append(PlotJob.of(plot, entry))
+        elif isinstance(outcome, str):
+            planned.append(outcome)
+    return planned
+
+
+def draw_plots(entries: list[dict[str, Any]], cache: PlotCache | None = None, workers: int | None = None) -> list[list[str]]:
+    """Every plot of each entry (as :func:`plots_for`), each distinct drawing once: read from
+    ``cache`` where it holds it, else drawn in worker processes (``workers``; ``None``: as many as
+    this process's CPUs, when there are enough plots to draw: :func:`reports.plot_pool.map_in_processes`).
+    Each SVG depends on its job alone, so the report's bytes do not depend on who drew what."""
+    planned = [planned_plots(entry) for entry in entries]
+    jobs = {item.ident: item for items in planned for item in items if isinstance(item, PlotJob)}
+    svgs: dict[str, str | None] = {}
+    for ident, job in jobs.items():
+        stored = cache.read(job.plot, ident) if cache is not None else None
+        if stored is not None:
+            svgs[ident] = stored
+    missing = [job for ident, job in jobs.items() if ident not in svgs]
+    drawn = map_in_processes(draw_job, missing, workers=workers, preload=DRAWING_MODULES)
+    for job, svg in zip(missing, drawn):
+        svgs[job.ident] = svg
+        if cache is not None:
+            cache.store(job.plot, job.ident, svg)
+    return [[svg for item in items if (svg := svgs[item.ident] if isinstance(item, PlotJob) else item)] for items in planned]
+
+
+def plots_for(entry: dict[str, Any], cache: PlotCache | None = None) -> list[str]:
+    """Every plot that applies to a claim entry (read from ``cache`` where it holds them), drawn in
+    this process (:func:`draw_plots` draws a whole record's, in parallel).
 
     The plots read what they need defensively (a plot that does not apply is ``None``); should
     one still fail, the failure is shown in its place (escaped) rather than losing the report.
     """
-    svgs = []
-    for plot in PLOTS.values():
-        if not plot.applies_to(entry):
-            continue
-        try:
-            svg = plot.draw(entry) if cache is None else cache.svg(plot.name, entry, plot.draw)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            svg = f"<p class='plot-error'>plot {plot.name} failed: {html.escape(str(exc))}</p>"
-        if svg:
-            svgs.append(svg)
-    return svgs
+    return draw_plots([entry], cache, workers=1)[0]

@@ -14,40 +14,14 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any
 
 from reports.values import as_number, finite_numbers
 
 FRACTIONS = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8, 1 / 3, 3 / 20)
-MEMO_SIZE = 32
 
 
-def drawn_once(draw: Callable[[dict[str, Any]], str | None]) -> Callable[[dict[str, Any]], str | None]:
-    """``draw`` memoised on the claim's details: each plot here reads the details alone, and many claims share
-    them (ten claims read tms-100f20d's dimensionality points), so a run draws each distinct picture once
-    (the last ``MEMO_SIZE`` kept)."""
-    memo: OrderedDict[str, str | None] = OrderedDict()
-
-    @functools.wraps(draw)
-    def drawn(entry: dict[str, Any]) -> str | None:
-        from reports.plots import _details
-
-        key = json.dumps(_details(entry), sort_keys=True, default=str)
-        if key not in memo:
-            memo[key] = draw(entry)
-            if len(memo) > MEMO_SIZE:
-                memo.popitem(last=False)
-        memo.move_to_end(key)
-        return memo[key]
-
-    return drawn
-
-
-@drawn_once
 def feature_directions(entry: dict[str, Any]) -> str | None:
     """Arrows W_i of a 2-D instance (``None`` when the hidden space is not 2-D)."""
     from reports.plots import _details, _figure, _svg
@@ -79,7 +53,6 @@ def feature_directions(entry: dict[str, Any]) -> str | None:
     return _svg(figure)
 
 
-@drawn_once
 def dimensionality_scatter(entry: dict[str, Any]) -> str | None:
     """D_i of every feature against 1/p (log axis), one column per instance."""
     from reports.plots import _details, _figure, _svg
@@ -113,7 +86,6 @@ def dimensionality_scatter(entry: dict[str, Any]) -> str | None:
 MAX_GRAM_FEATURES = 200
 
 
-@drawn_once
 def gram_heatmap(entry: dict[str, Any]) -> str | None:
     """WᵀW [n_features, n_features] of one instance on a red-white-blue scale clipped to [−1, 1]."""
     from reports.plots import _details, _figure, _svg
@@ -138,7 +110,6 @@ def gram_heatmap(entry: dict[str, Any]) -> str | None:
     return _svg(figure)
 
 
-@drawn_once
 def latent_feature_matches(entry: dict[str, Any]) -> str | None:
     """cos(latent j's decoder row, feature i), latents as rows; cells above the threshold are outlined."""
     from reports.plots import _details, _figure, _svg

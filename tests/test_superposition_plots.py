@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from reports.plots import PLOTS, plots_for
+from pathlib import Path
+
+from reports.plot_cache import PlotCache
+from reports.plots import PLOTS, draw_plots, plots_for
 from reports.superposition_plots import dimensionality_scatter, feature_directions, gram_heatmap, latent_feature_matches
+
+KINDS = ["DimensionalityPoints"]
 
 
 def test_feature_directions_draws_2d_and_declines_3d() -> None:
@@ -42,12 +47,14 @@ def test_latent_feature_matches() -> None:
     assert latent_feature_matches({"details": {"cosines": [[0.5]]}}) is None
 
 
-def test_a_picture_shared_by_several_claims_is_drawn_once() -> None:
-    """Plots read the details alone: claims with equal details get the same SVG (the same string, not redrawn);
-    different details a new one."""
+def test_a_picture_shared_by_several_claims_is_drawn_once(tmp_path: Path) -> None:
+    """Plots read the details alone: claims with equal details get the same SVG, drawn once; different
+    details a new one."""
     details = {"p": [1.0, 0.2], "dims": [[1.0, 0.5], [0.5, 0.5]]}
-    first = dimensionality_scatter({"id": "a", "details": dict(details)})
-    again = dimensionality_scatter({"id": "b", "expect": {">=": 1}, "details": dict(details)})
-    assert first is again and first.startswith("<svg")
-    other = dimensionality_scatter({"id": "c", "details": {**details, "p": [1.0, 0.1]}})
-    assert other is not first and other != first
+    entries = [{"id": "a", "details_kinds": KINDS, "details": dict(details)},
+               {"id": "b", "expect": {">=": 1}, "details_kinds": KINDS, "details": dict(details)},
+               {"id": "c", "details_kinds": KINDS, "details": {**details, "p": [1.0, 0.1]}}]
+    cache = PlotCache(tmp_path, "salt")
+    (first,), (again,), (other,) = draw_plots(entries, cache, workers=1)
+    assert first == again and first.startswith("<svg") and other != first
+    assert cache.drawn == 2

@@ -78,10 +78,12 @@ class FractionClusters:
         return (dict(FRACTIONS)[name], count) if count else (0.0, 0)
 
 
-def fraction_clusters(W: Tensor, represented: Tensor, tolerance: float) -> FractionClusters:
+def fraction_clusters(W: Tensor, represented: Tensor, tolerance: float, dims: Tensor | None = None) -> FractionClusters:
     """Counts of the represented features (``represented`` [n_features], bool) of W whose dimensionality
-    lies within ``tolerance`` of each fraction (each feature counted once, at its nearest fraction)."""
-    nearest = nearest_fraction(sp.dimensionality(W)[represented], tolerance)
+    lies within ``tolerance`` of each fraction (each feature counted once, at its nearest fraction);
+    ``dims`` [n_features]: W's dimensionalities where the caller has them already."""
+    dims = sp.dimensionality(W) if dims is None else dims
+    nearest = nearest_fraction(dims[represented], tolerance)
     counts = {name: int((nearest == k).sum()) for k, (name, _) in enumerate(FRACTIONS)}
     return FractionClusters(counts, int(represented.sum()))
 

@@ -42,15 +42,16 @@ def _geometry(W: Tensor, threshold: float, drop_below: float, cos_below: float, 
     represented = norms > threshold
     count, n = int(represented.sum()), W.shape[1]
     dropped = int((norms < drop_below).sum())
-    paired = int((fg.antipodal_partners(W, represented, cos_below) > 0).sum())
-    clusters = fg.fraction_clusters(W, represented, tolerance)
+    partners = fg.antipodal_partners(W, represented, cos_below)  # the cosine matrix, built once
+    paired = int((partners > 0).sum())
+    clusters = fg.fraction_clusters(W, represented, tolerance, dims)
     top_fraction, top_count = clusters.top()
     frobenius = float((W ** 2).sum())
     q10, q90 = torch.quantile(dims.double(), torch.tensor([0.1, 0.9], dtype=torch.float64)).tolist()
     return {
         "represented": float(count), "dropped": float(dropped), "between": float(n - count - dropped),
         "paired": float(paired), "unpaired_represented": float(count - paired), "dropped_or_paired": float(dropped + paired),
-        "antipodal_pairs": float(fg.antipodal_pair_count(W, represented, cos_below)),
+        "antipodal_pairs": float(int(partners.sum()) // 2),  # fg.antipodal_pair_count
         "paired_share": paired / count if count else 0.0,
         "frobenius_sq": frobenius, "frobenius_gap": abs(frobenius - count) / max(count, 1),
         "dims_per_feature": sp.dimensions_per_feature(W), "max_norm": float(norms.max()), "d_q10": q10, "d_q90": q90,
