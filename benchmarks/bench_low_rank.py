@@ -41,10 +41,10 @@ threads included) and the load average, then the CPU and wall ratios beside
 the 3x target and whether every rank's top-1 is the same or better.  ``--method new`` (or
 ``old``) runs one side only.
 
-Since 2026-12-08 both methods run the fit's set-up and steps on one BLAS thread with the tiles
+Since 2026-12-07 both methods run the fit's set-up and steps on one BLAS thread with the tiles
 dealt to the workers (the same fit on any thread count), and both use the compiled monitor: the
 old side is no longer the original full step's cost (that one: 475.7 s of CPU for the curve in the
-idle main job, 371.8 s for the four fits below). Measured 2026-12-08, new method only
+idle main job, 371.8 s for the four fits below). Measured 2026-12-07, new method only
 (``--method new --heads ''``, two threads, load average 7.6-8.8, whole process under
 ``/usr/bin/time``): top-1 tokens 2 / 575 / 22,868 / 49,128, CPU 2.8 / 25.4 / 23.4 / 38.2 = 89.8 s
 (the same command on the code before, load 1.8-6.5: 2 / 518 / 22,836 / 49,130, 7.0 / 50.2 / 67.4
