@@ -6,6 +6,7 @@
     python benchmarks/bench_ov_topk.py --gpu      # also the same on the GPU, when there is one
     python benchmarks/bench_ov_topk.py --models   # kernel / bare and pruned / bare on three models
     python benchmarks/bench_ov_topk.py --models --device cuda   # the same on the GPU (no pruning there)
+    python benchmarks/bench_ov_topk.py --cpu-configs all   # kernel / bare per emulated x86 CPU, one table
 
 (a) the course's way: torch, A = W_E W_V and B = W_O W_U, rows in blocks of 1000: argmax for
     top-1, then a second pass with topk(5) for top-5;
@@ -25,14 +26,26 @@ Tiles and workers default to the kernel's plan for this CPU (harness/circuits/cp
 Each figure is the minimum over ``--repeat`` runs of the wall time, with the process CPU time
 (user + sys, all threads) of that run beside it, and the load average before and after: on a
 shared machine the CPU-time ratio is the steadier one.
+
+``--cpu-configs`` runs (b) and (c) on the course-shaped model in a fresh process per emulated CPU
+(benchmarks/cpu_emulation.py: an instruction-set level, avx512 down to generic, on 1 CPU or all
+of them; the libraries pick their kernels at start-up, hence one process each) and prints one
+table: configuration, bare and kernel seconds (minimum over ``--repeat`` interleaved runs, wall
+and CPU), the ratios beside the 1.5 target.  (b) there is the fastest of the bare products in the
+kernel's tiles, in fixed 512 x 8192 tiles (so a tile choice that slows the products too cannot
+flatter the ratio) and in the L2 rule's tiles, all with the kernel's worker threads; (c) is timed
+with its default plan (tiles calibrated on the CPU) and with the L2 rule's tiles.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import re
 import resource
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -43,6 +56,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.cpu_emulation import Configuration, parse_configurations  # noqa: E402
 from harness.circuits import ov_topk  # noqa: E402
 from harness.circuits.ov_topk import full_circuit_topk  # noqa: E402
 
@@ -203,7 +217,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu",
                     help="for --models: cpu (the CPU kernel), cuda, or torch-cpu (the device path run on the CPU, to check it)")
     ap.add_argument("--k-max", type=int, default=10, help="for --models: rows settle at this many entries above")
+    ap.add_argument("--cpu-configs", default=None, metavar="LEVELS",
+                    help="kernel / bare per emulated CPU: 'all' or e.g. 'avx512,avx2:1,generic:2' (level[:cpus])")
+    ap.add_argument("--config-child", default=None, help=argparse.SUPPRESS)  # one configuration, in this process
     args = ap.parse_args()
+    if args.config_child:
+        print(json.dumps(config_child(args)))
+        return
+    if args.cpu_configs:
+        config_table(args)
+        return
     if args.models:
         print(blas_info())
         model_timings(args)
@@ -359,6 +382,94 @@ def device_timings(W: tuple[torch.Tensor, ...], args: argparse.Namespace, repeat
     print(f"  (b) bare products on {dev} {tb:.4f} s;  (c) kernel on {dev} {tc:.4f} s  top-1 {res.accuracy(1, 'argmax'):.4f}; "
           f"counts equal the CPU kernel's: {same}")
     return tc / tb, tc / tb, float("nan"), float("nan"), float("nan")
+
+
+FIXED_TILES = (512, 8192)  # the kernel's former fixed tiles: the second layout of the bare products
+
+
+def config_child(args: argparse.Namespace) -> dict[str, Any]:
+    """(b) and (c) on the course-shaped model in this process's CPU configuration, as plain data.
+
+    The kernel runs twice per repeat: with its default plan (tiles calibrated on this CPU for
+    this problem's rank, harness/circuits/kernel_calibration.py) and with the L2 rule's tiles
+    (the plan before calibration).  The repeats interleave all runs, so a load change on the
+    shared machine hits each; each figure is the minimum over the repeats (wall and CPU apart)."""
+    W = weights(args.V, args.d, args.r, args.seed)
+    rule = ov_topk.cpu_plan(args.workers)
+    c0 = time.process_time()
+    plan = ov_topk.cpu_plan(args.workers, r=args.r, entries=args.V * args.V)
+    calibration_cpu = time.process_time() - c0
+    small = weights(3000, 64, 8, 1)
+    full_circuit_topk(*small, workers=plan.workers)  # compile the counting loop for this CPU before timing
+    layouts = {"bare_plan": (plan.block_rows, plan.block_cols), "bare_rule": (rule.block_rows, rule.block_cols),
+               "bare_fixed": FIXED_TILES}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in [*layouts, "kernel", "kernel_rule"]}
+    result = None
+    for _ in range(args.repeat):
+        for name, tiles in layouts.items():
+            runs[name].append(timed(lambda: bare_products_numpy(*W, *tiles, plan.workers), 1)[:2])
+        wall, cpu, result = timed(lambda: full_circuit_topk(*W, workers=args.workers), 1)
+        runs["kernel"].append((wall, cpu))
+        runs["kernel_rule"].append(timed(lambda: full_circuit_topk(
+            *W, workers=args.workers, block_rows=rule.block_rows, block_cols=rule.block_cols), 1)[:2])
+    best = {name: (min(w for w, _ in xs), min(c for _, c in xs)) for name, xs in runs.items()}
+    bare_name = min(layouts, key=lambda name: best[name][1])
+    return {
+        "plan": plan.reason, "rule": rule.reason, "calibration_cpu": calibration_cpu,
+        "bare_wall": min(best[name][0] for name in layouts), "bare_cpu": best[bare_name][1],
+        "bare_layout": f"{layouts[bare_name][0]} x {layouts[bare_name][1]}",
+        "kernel_wall": best["kernel"][0], "kernel_cpu": best["kernel"][1],
+        "rule_wall": best["kernel_rule"][0], "rule_cpu": best["kernel_rule"][1],
+        "top1": result.accuracy(1, "argmax"), "libraries": library_paths(), "load": os.getloadavg(),
+    }
+
+
+def library_paths() -> str:
+    """The kernels the libraries chose in this process: OpenBLAS's core, numba's target, torch's SIMD level."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    blas = next((i.get("architecture") for i in threadpool_info() if i.get("user_api") == "blas"), "?")
+    return (f"OpenBLAS {blas}, numba {numba.config.CPU_NAME or 'host'}{' +' + numba.config.CPU_FEATURES if numba.config.CPU_FEATURES else ''}, "
+            f"torch {torch.backends.cpu.get_cpu_capability()}")
+
+
+def config_table(args: argparse.Namespace) -> None:
+    """One fresh process per configuration of ``--cpu-configs``; one table of the results."""
+    configs = parse_configurations(args.cpu_configs, len(os.sched_getaffinity(0)))
+    print(f"course-shaped model V={args.V} d={args.d} r={args.r}; {len(configs)} configuration(s), "
+          f"{args.repeat} interleaved repeats each; {load()}")
+    rows = [(c, run_config(c, args)) for c in configs]
+    print(f"\n{'configuration':<24} {'bare s wall/CPU':>16} {'kernel s wall/CPU':>18} {'ratio wall':>10} "
+          f"{'ratio CPU':>9}  target  met (CPU)  {'L2-rule tiles: ratio CPU':>24}  libraries; plan")
+    for c, r in rows:
+        if "error" in r:
+            print(f"{c.label:<24} failed: {r['error']}")
+            continue
+        rw, rc, rr = r["kernel_wall"] / r["bare_wall"], r["kernel_cpu"] / r["bare_cpu"], r["rule_cpu"] / r["bare_cpu"]
+        tiles = ", ".join(re.findall(r"\d+ worker\(s\)|tiles \d+ x \d+", r["plan"]))
+        rule_tiles = re.findall(r"tiles \d+ x \d+", r["rule"])[0]
+        print(f"{c.label:<24} {r['bare_wall']:7.2f}/{r['bare_cpu']:<7.2f}  {r['kernel_wall']:8.2f}/{r['kernel_cpu']:<8.2f} "
+              f"{rw:10.2f} {rc:9.2f}  1.5     {verdict(rc, 1.5):<9}  {rr:6.2f} ({rule_tiles:>16})  {r['libraries']}; {tiles}")
+    print(f"(bare: the fastest of the products in the kernel's tiles, the L2 rule's and {FIXED_TILES[0]} x {FIXED_TILES[1]}; "
+          f"minimum over repeats; {load()})")
+
+
+def run_config(config: Configuration, args: argparse.Namespace) -> dict[str, Any]:
+    """``--config-child`` in a fresh process with ``config``'s environment and CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))[: config.cpus]
+    cmd = [sys.executable, __file__, "--config-child", config.isa, "--repeat", str(args.repeat),
+           "--V", str(args.V), "--d", str(args.d), "--r", str(args.r), "--seed", str(args.seed)]
+    print(f"  {config.label} ...", flush=True)
+    proc = subprocess.run(cmd, env=config.env(), capture_output=True, text=True,
+                          preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"    bare {out['bare_wall']:.2f} s wall {out['bare_cpu']:.2f} s CPU ({out['bare_layout']}), kernel "
+          f"{out['kernel_wall']:.2f} / {out['kernel_cpu']:.2f}, with the L2 rule's tiles {out['rule_wall']:.2f} / "
+          f"{out['rule_cpu']:.2f}; plan {out['calibration_cpu']:.2f} s CPU; {out['libraries']}; {out['plan']}", flush=True)
+    return out
 
 
 if __name__ == "__main__":

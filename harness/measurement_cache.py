@@ -52,6 +52,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from harness.core.cpu_identity import cpu_model, usable_cpu_ids
 from harness.core.atomic_write import write_atomic
 from harness.core.measurement import Measurement
 
@@ -128,20 +129,9 @@ def environment() -> dict[str, str | None]:
 def cpu_identity() -> dict[str, str]:
     """The CPU's model name, the kernel-relevant instruction sets it has, and how many CPUs this
     process may run on (thread counts change the order of float reductions)."""
-    model, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == "model name" and value.strip():
-                model = value.strip()
-            elif name.strip() in ("flags", "Features"):
-                flags = set(value.split())
-            if model and flags:
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": model or "unknown", "cpu_flags": " ".join(f for f in CPU_FLAGS if f in flags), "cpus": str(usable)}
+    model = cpu_model()
+    return {"cpu": model.name, "cpu_flags": " ".join(f for f in CPU_FLAGS if f in model.flags),
+            "cpus": str(len(usable_cpu_ids()))}
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,32 @@ def test_one_reader_per_file_and_one_name_map_per_architecture(small_gguf: Path)
     assert gguf.GGUFReader(small_gguf) is not first
 
 
+def test_a_shared_reader_reads_the_bytes_into_memory_and_parses_as_the_library(small_gguf: Path) -> None:
+    """Inside the block the reader's data is the file's bytes, read-only and in memory (no memmap);
+    its fields and tensors equal the library's own reader's."""
+    plain = gguf.GGUFReader(small_gguf)
+    with gguf_read_once():
+        shared = gguf.GGUFReader(small_gguf)
+        assert type(shared.data) is np.ndarray and not shared.data.flags.writeable
+        assert np.array_equal(shared.data, np.fromfile(small_gguf, dtype=np.uint8))
+        assert isinstance(gguf.GGUFReader(small_gguf, "c").data, np.memmap)  # a copy-on-write map stays a map
+    assert isinstance(plain.data, np.memmap) and isinstance(gguf.GGUFReader(small_gguf).data, np.memmap)
+    assert list(shared.fields) == list(plain.fields)
+    for name, field in plain.fields.items():
+        assert field.types == shared.fields[name].types and field.data == shared.fields[name].data, name
+        assert all(np.array_equal(a, b) for a, b in zip(field.parts, shared.fields[name].parts)), name
+    assert [t.name for t in shared.tensors] == [t.name for t in plain.tensors]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(shared.tensors, plain.tensors))
+    assert shared.fields["tokenizer.ggml.tokens"].contents() == ["a", "b", "c"]
+
+
 def test_the_library_is_restored_after_an_error(small_gguf: Path) -> None:
-    reader_class = gguf.GGUFReader
+    reader_class, reader_numpy = gguf.GGUFReader, gguf.gguf_reader.np
     with pytest.raises(RuntimeError, match="inside"):
         with gguf_read_once():
             gguf.GGUFReader(small_gguf)
             raise RuntimeError("inside")
-    assert gguf.GGUFReader is reader_class
+    assert gguf.GGUFReader is reader_class and gguf.gguf_reader.np is reader_numpy is np
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ cross-entropy, and the rank-1 bound stop (harness/circuits/low_rank.py, low_rank
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,7 @@ from hypothesis import strategies as st
 from harness.circuits import low_rank as lr
 from harness.circuits import low_rank_sparse as ls
 from harness.circuits.low_rank import copy_bound, fit_low_rank_copying
+from harness.circuits.ov_tiles import single_threaded_blas
 from harness.testing import fast_settings
 from tests.low_rank_support import (assert_hardest_columns, autograd_rows, coupled_problem, logit_rows,
                                    rank_curve_on_split_copier)
@@ -54,9 +57,9 @@ def test_a_bulk_of_every_column_is_the_full_softmax(backend: str) -> None:
     V, b, K = E.shape[0], 9, 5
     rows = np.random.default_rng(1).permutation(V)[:b]
     ops = lr._Numpy(1) if backend == "numpy" else lr._Torch("cpu")
-    args = [ops.asarray(x) for x in (E, U, U.T, A, B)]
+    args = [ops.asarray(x) for x in (E, U.T, A, B)]
     loss, _, dA, dB = ls.restricted_grads(ops, *args, rows, "ce", K, np.arange(V))
-    full_loss, _, full_dA, full_dB = lr.loss_and_grads(ops, args[0], args[1], args[3], args[4], rows, "ce")
+    full_loss, _, full_dA, full_dB = lr.loss_and_grads(ops, args[0], ops.asarray(U), args[2], args[3], rows, "ce")
     np.testing.assert_allclose(loss, full_loss, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ops.to_numpy(dA), ops.to_numpy(full_dA), rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(ops.to_numpy(dB), ops.to_numpy(full_dB), rtol=1e-3, atol=1e-4)
@@ -69,7 +72,7 @@ def test_bulk_gradients_match_autograd(weight: float) -> None:
     rng = np.random.default_rng(3)
     rows, S = rng.permutation(V)[:b], np.sort(rng.choice(V, m, replace=False))
     ops = lr._Numpy(1)
-    loss, _, dA, dB = ls.restricted_grads(ops, *(ops.asarray(x) for x in (E, U, U.T, A, B)), rows, "ce", K, S, weight)
+    loss, _, dA, dB = ls.restricted_grads(ops, *(ops.asarray(x) for x in (E, U.T, A, B)), rows, "ce", K, S, weight)
 
     ref = autograd_rows(E, U, A, B, rows)
     At, Bt, L, own, diag, off = (ref[key] for key in ("A", "B", "L", "own", "diag", "off"))
@@ -139,25 +142,79 @@ def test_metrics_pass_the_bulk_and_the_bound_stop() -> None:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_tiled_hardest_columns_equal_the_whole_product(workers: int) -> None:
+@pytest.mark.parametrize("r", [5, 16, 64])
+def test_tiled_hardest_columns_equal_the_whole_product(workers: int, r: int) -> None:
     """More rows and columns than one tile (and ragged last tiles): the tiled pass gives the whole
-    product's own entries and top-K values (same single-threaded products, whatever the workers)."""
+    product's own entries and top-K values, bit for bit (same single-threaded products, whatever
+    the workers), its columns those of a one-pass scan of the whole product (ties: earlier column)."""
     rng = np.random.default_rng(4)
-    b, r, V, K = ls.TILE_ROWS + 7, 5, ls.TILE_COLS + 901, 16
+    rows, width = ls.tile_shape(r)
+    b, V, K = rows + 7, width + 901, 16
     P, Qm = rng.standard_normal((b, r), dtype=np.float32), rng.standard_normal((r, V), dtype=np.float32)
     cols = rng.choice(V, b, replace=False)
     tiled = ls.hardest_from_factors(P, Qm, cols, K, workers)
     assert tiled is not None
     diag, vals, found = tiled
-    L = P.astype(np.float64) @ Qm.astype(np.float64)
-    np.testing.assert_allclose(diag, L[np.arange(b), cols], rtol=1e-5, atol=1e-5)
-    off = L.copy()
+    with single_threaded_blas():
+        L = P @ Qm
+    np.testing.assert_array_equal(diag, L[np.arange(b), cols])
+    whole_vals, whole_cols = ls.hard_negatives_compiled(L.copy(), cols, K, _serial)
+    np.testing.assert_array_equal(vals, whole_vals)
+    np.testing.assert_array_equal(found, whole_cols)
+    off = L.astype(np.float64)
     off[np.arange(b), cols] = -np.inf
-    np.testing.assert_allclose(vals, -np.sort(-off, axis=1)[:, :K], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.take_along_axis(off, found, 1), vals, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(vals, -np.sort(-off, axis=1)[:, :K])
     assert not (found == cols[:, None]).any()
-    again = ls.hardest_from_factors(P, Qm, cols, K, 3 - workers)
+    again = ls.hardest_from_factors(P, np.asfortranarray(Qm), cols, K, 3 - workers)  # the other layout too
     assert again is not None and all(np.array_equal(x, y) for x, y in zip(tiled, again))
-    assert ls.hardest_from_factors(rng.standard_normal((4, ls.TILE_MAX_RANK + 1), dtype=np.float32),
-                                   rng.standard_normal((ls.TILE_MAX_RANK + 1, 50), dtype=np.float32),
-                                   np.arange(4), 3, 1) is None  # larger ranks: the whole product
+
+
+def _serial(n: int, width: int, work: Any) -> None:
+    work(0, n)
+
+
+def test_sparse_backward_is_numpys_gathers_and_add_at() -> None:
+    """The compiled pass gives numpy's ``(G[:, :, None] * QmT[C]).sum(1)`` and ``np.add.at``, bit for bit."""
+    rng = np.random.default_rng(5)
+    b, M, V, r = 300, 9, 500, 7
+    G, P = rng.standard_normal((b, M), dtype=np.float32), rng.standard_normal((b, r), dtype=np.float32)
+    C, QmT = rng.integers(0, V, (b, M)), rng.standard_normal((V, r), dtype=np.float32)
+    uniq, inverse = np.unique(C.reshape(-1), return_inverse=True)
+    dP, H = ls.sparse_backward(G, C, P, QmT, inverse, len(uniq))
+    H0 = np.zeros_like(H)
+    np.add.at(H0, inverse, (G[:, :, None] * P[:, None, :]).reshape(-1, r))
+    np.testing.assert_array_equal(dP, (G[:, :, None] * QmT[C]).sum(1))
+    np.testing.assert_array_equal(H, H0)
+
+
+def test_factor_rows_is_the_r_by_V_product() -> None:
+    """``Q_U B'^T`` by row blocks on two threads: ``B' Q_U^T``'s entries bit for bit."""
+    rng = np.random.default_rng(6)
+    QU, B = rng.standard_normal((lr.FACTOR_ROWS + 333, 40), dtype=np.float32), rng.standard_normal((6, 40), dtype=np.float32)
+    with single_threaded_blas():
+        whole = B @ np.ascontiguousarray(QU.T)
+    np.testing.assert_array_equal(lr._Numpy(2).factor_rows(QU, B).T, whole)
+
+
+def test_the_fit_is_the_same_on_one_and_two_threads() -> None:
+    """Set-up and steps run on one BLAS thread, the tiles dealt to the workers: the same fit bit for bit."""
+    E, U = coupled_problem(700, 24, 7)
+    kw = dict(seed=3, max_steps=8, max_seconds=None, batch_rows=128, eval_every=4, negatives=8, bulk=64, bulk_weight=0.1)
+    fits = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        fits.append(fit_low_rank_copying(E, U, 6, **kw))
+    assert fits[0].settings.threads == 1 and fits[1].settings.threads == 2
+    np.testing.assert_array_equal(fits[0].A, fits[1].A)
+    np.testing.assert_array_equal(fits[0].B, fits[1].B)
+    assert fits[0].trace == [dict(p, seconds=q["seconds"]) for p, q in zip(fits[1].trace, fits[0].trace)]
+
+
+def test_bases_kept_under_the_given_weights_key() -> None:
+    """A key naming the weights replaces the hash of their bytes: the same fit, the bases found by the key."""
+    E, U = coupled_problem(300, 16, 8)
+    kw = dict(seed=0, max_steps=4, max_seconds=None, batch_rows=64, eval_every=2, negatives=4)
+    hashed = fit_low_rank_copying(E, U, 3, **kw)
+    keyed = fit_low_rank_copying(E, U, 3, weights_key="model-x", **kw)
+    np.testing.assert_array_equal(hashed.A, keyed.A)
+    assert lr._bases(np.zeros_like(E), np.zeros_like(U), "model-x")[0] is lr._bases(E, U, "model-x")[0]

@@ -57,3 +57,21 @@ def test_kernel_counts_fused_or_not(circuit, block_rows, block_cols):
     for name in ("above", "ties", "ties_below", "margin", "tolerance"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     assert a.n_rechecked == b.n_rechecked
+
+
+def test_fused_max_of_negative_rows_and_full_counts():
+    """The bit-pattern max (integer max, or min where every entry is negative) and the float32
+    counters on the widest tile: all-negative rows, a row of -inf and -0.0, a row wholly above."""
+    w = 8 * _CHUNK
+    rng = np.random.default_rng(1)
+    S = -np.abs(rng.standard_normal((4, w))).astype(np.float32) - 1e-3  # every entry negative
+    S[1] = -np.inf
+    S[1, 17] = -0.0
+    S[2] = 1.0 + rng.random(w).astype(np.float32)  # all 8192 above hi
+    S[3, 5] = 0.0
+    hi, lo = np.full((4, 1), 0.5, np.float32), np.full((4, 1), 0.5, np.float32)
+    best = np.full(4, -np.inf, np.float32)
+    above, _, _ = count_tile(S, 4, w, hi, lo, None, fused=True, best=best)
+    np.testing.assert_array_equal(best, S.max(axis=1))
+    assert np.signbit(best[1]) and best[1] == 0.0 and best[3] == 0.0 and not np.signbit(best[3])
+    np.testing.assert_array_equal(above, [0, 0, w, 0])

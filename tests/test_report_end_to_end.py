@@ -2,7 +2,10 @@
 
 ``claims run claims/arena`` must write results.json, report.md and report.html whether the
 course's models are there or not, and ``pytest --claims-out`` the same. Hermetic: an empty
-Hugging Face cache, downloads off, no weights from the environment.
+Hugging Face cache, downloads off, no weights from the environment. The run without the course
+weights is a fresh ``claims`` process; the run with the course-shaped file calls the same CLI
+entry point in this process, in the same environment (its own process would only pay the
+interpreter, torch and TransformerLens imports again: about 6 s of CPU).
 """
 
 from __future__ import annotations
@@ -10,14 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fixtures import weights_overrides
+from fixtures.tokenizer_source import TOKENIZER_ENV_PREFIX, clear_tokenizer_overrides, restore_tokenizer_overrides
+from harness.frontends import cli
 from fixtures.hashing import file_sha256
 from fixtures.registry import get_model_entry
 from fixtures.hub_access import DOWNLOAD_ENV
@@ -49,6 +57,35 @@ def run_claims(arguments: list[str], env: dict[str, str], out: Path) -> subproce
     """``claims run ARGUMENTS --out OUT`` in a fresh process."""
     command = [sys.executable, "-m", "harness.frontends.cli", "run", *arguments, "--out", str(out), "--no-progress"]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@contextmanager
+def offline_in_process(hf_cache: Path) -> Iterator[None]:
+    """This process as :func:`offline_env` makes a fresh one: the Hugging Face libraries see only the
+    empty ``hf_cache``, offline; no download opt-in, no weights or tokenizer overrides (those set
+    inside are dropped afterwards); sockets refuse to connect."""
+    import huggingface_hub.constants as hf_constants
+
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a network call was made")
+
+    saved_tokenizers = clear_tokenizer_overrides()
+    saved_weights = dict(weights_overrides._OVERRIDES)
+    weights_overrides._OVERRIDES.clear()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HF_HUB_CACHE", str(hf_cache))
+            patch.setattr(hf_constants, "HF_HUB_CACHE", str(hf_cache))
+            patch.delenv(DOWNLOAD_ENV, raising=False)
+            for variable in [v for v in os.environ if v.startswith((TOKENIZER_ENV_PREFIX, WEIGHTS_ENV_PREFIX))]:
+                patch.delenv(variable)
+            patch.setattr(socket.socket, "connect", no_network)
+            patch.setattr(socket, "create_connection", no_network)
+            yield
+    finally:
+        restore_tokenizer_overrides(saved_tokenizers)
+        weights_overrides._OVERRIDES.clear()
+        weights_overrides._OVERRIDES.update(saved_weights)
 
 
 def read_outputs(out: Path) -> dict[str, Any]:
@@ -91,11 +128,17 @@ def test_arena_without_the_course_weights_skips_every_claim_and_writes_every_rep
     assert record["models"] and all("unavailable" in model for model in record["models"].values())
 
 
-def test_arena_with_the_course_model_as_a_file_reaches_verdicts(offline_env: dict[str, str], tmp_path: Path) -> None:
+def test_arena_with_the_course_model_as_a_file_reaches_verdicts(
+    offline_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
     weights, _ = _save(tmp_path, ARENA_ATTN_ONLY_2L_CONFIG, _random_state(ARENA_ATTN_ONLY_2L_CONFIG, seed=10), "course_shaped")
-    arguments = ["claims/arena", "-k", WEIGHTED_SELECTION, "--weights", f"{ARENA}={weights}"]
-    completed = run_claims(arguments, offline_env, tmp_path / "out")
-    assert completed.returncode in (0, 1), completed.stderr[-3000:]
+    arguments = ["run", "claims/arena", "-k", WEIGHTED_SELECTION, "--weights", f"{ARENA}={weights}",
+                 "--out", str(tmp_path / "out"), "--no-progress"]
+    monkeypatch.chdir(ROOT)
+    with offline_in_process(Path(offline_env["HF_HUB_CACHE"])):
+        code = cli.main(arguments)
+    assert code in (0, 1), capsys.readouterr().err[-3000:]
+    assert ARENA not in weights_overrides._OVERRIDES  # the run's --weights went with it
     record = read_outputs(tmp_path / "out")
     on_model = [entry for entry in record["claims"] if entry["model"] == ARENA]
     assert on_model and all(entry["verdict"] != "skipped" for entry in on_model)

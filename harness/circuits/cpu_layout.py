@@ -27,16 +27,19 @@ benchmarks/bench_ov_topk.py, three runs at load average 11-19 on 2 cores): the k
 and 9.8 CPU seconds against 9.5, 10.1 and 9.8 with 512 x 8192 tiles (0-18% less, within the
 machine's noise), the bare products 3.5-4.0 against 4.4-5.1.  The counts never depend on the tiles
 (the float64 recheck makes them exact); only the float32 row maximum's last bits can.
+For large scans the kernel measures instead of trusting this rule
+(:mod:`harness.circuits.kernel_calibration`); the rule's tile is one of the candidates there.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.core.cpu_identity import usable_cpu_ids
 
 SYS_CPU = Path("/sys/devices/system/cpu")
 ASSUMED_L2_BYTES = 1 << 20
@@ -69,13 +72,6 @@ class KernelPlan:
     block_cols: int
     workers: int
     reason: str
-
-
-def usable_cpu_ids() -> set[int]:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return set(os.sched_getaffinity(0))
-    return set(range(os.cpu_count() or 1))  # pragma: no cover - not Linux
 
 
 @functools.lru_cache(maxsize=1)

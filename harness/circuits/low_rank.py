@@ -34,14 +34,15 @@ hinge alone 0.735, CE then hinge 0.819 top-1; d = 64, r = 32: 0.380 / - / 0.420;
 problem (V = 12,570, d = 256, r = 64) all reach 1.0.  Adam, learning rate relative to the
 parameters' RMS, rows sampled without replacement (a permutation per epoch).
 
-Cost per step with b rows: ``B' Q_U^T`` (r k V) is shared by the b rows, then
+Cost per step with b rows: ``B' Q_U^T`` (r k V, formed as ``Q_U B'^T``, the same entries at half
+the time: OpenBLAS packs the wide operand of the r x V form) is shared by the b rows, then
 ``(Q_E[rows] A') (B' Q_U^T)`` costs b r V; backward the same again: ``O(r k V + b r V)``, not b d V.
 
 Restricted step (``negatives=K``, :mod:`harness.circuits.low_rank_sparse`). The full step makes
 about eight passes over the b x V logits; the restricted one finds each row's K largest off-diagonal
-entries in one compiled read pass (at ranks <= 32 fused with the logits product, tile by tile, so
-that the b x V logits are never written whole) and computes the loss and its sparse gradient on
-those K + 1 entries: the cross-entropy restricted to them, and the same hinge as the full step
+entries in one compiled read pass fused with the logits product, tile by tile (the b x V logits are
+never written whole), and computes the loss and its sparse gradient (one compiled pass) on those
+K + 1 entries: the cross-entropy restricted to them, and the same hinge as the full step
 (K = 1). Sampled bulk (``bulk=m``, ``bulk_weight=w``): where nearly every row is wrong (low ranks) the
 columns outside the K hardest hold most of each row's softmax mass; m columns drawn uniformly per
 step stand for them, each with logit ``L[i, s] + log(w (V - 1 - K) / m_i)`` (the log-Q correction of
@@ -50,9 +51,12 @@ Measured on SmolLM2 (V = 49,152, d = 576, seed 0, 50 steps per phase, monitored 
 ends; ``benchmarks/bench_low_rank.py --curve``), exact top-1 tokens: K = 32 alone 328 / 28,336 /
 49,132 at ranks 4 / 16 / 64 (the full step: 431 / 20,625 / 49,126): better at 16 and 64, worse at 4;
 with a bulk of m = 2048 at w = 1: 460 / 20,594 / 49,127; w = 0.25: - / 21,872 / -; w = 0.1: 575 /
-22,868 / 49,128, the SmolLM2 claim's settings (same or better than the full step at every rank; on
-two threads 174.5 s of CPU for the four fits against the full step's 371.8 s, same process). A curve's
-fits share the orthonormal bases (computed once per (W_E, W_U)).
+22,868 / 49,128, the SmolLM2 claim's settings (same or better than the full step at every rank).
+CPU seconds of the four fits (user + system; ``bench_low_rank.py --curve 1,4,16,64 --method new``):
+the full step 371.8 (two threads, 2026-12-07); the restricted step 174.5 that day, 224.4 on
+2026-12-07 (two threads, load 2-7); with the thread-invariant tiles and the compiled fold and
+backward below 89.8 (two threads, load 7-9), the same exact counts. A curve's fits share the
+orthonormal bases (computed once per (W_E, W_U), found by the caller's ``weights_key``).
 
 Rank 1 (``stop_at_bound``).  Any rank-1 map copies at most two rows (:func:`copy_bound`); a
 rank-1 fit whose closed-form start already copies two, counted exactly, cannot improve and is
@@ -68,9 +72,17 @@ The parameters with the best monitored top-1 are kept; the final top-1/top-5 are
 whole V x V circuit (:func:`harness.circuits.ov_topk.full_circuit_topk`, pessimistic ties: a tie
 with the diagonal counts as wrong).
 
+Threads (CPU).  The set-up and the steps run on one BLAS thread: the logits tiles, the
+``(B' Q_U^T)^T`` row blocks and the monitor's tiles are dealt to ``threads`` workers (torch's thread
+count), each tile the same single-threaded product whatever the workers, so a fit is the same bit
+for bit on one thread or several (before, two-threaded BLAS took other paths: 518 / 22,836 /
+49,130 against one thread's 575 / 22,868 / 49,128 on SmolLM2, and spent up to twice the CPU
+spinning).  The exact count runs the OV kernel's own workers (its counts never depend on them).
+
 Determinism.  Given the seed, the sequence of batches, updates and evaluations is fixed (CPU
-float32 kernels with a fixed thread count; on CUDA up to its matmul determinism); only where a
-``max_seconds`` budget cuts the run depends on the machine.
+float32 kernels, any thread count; on CUDA up to its matmul determinism); only where a
+``max_seconds`` budget cuts the run depends on the machine, and other BLAS kernels (another CPU,
+``OPENBLAS_CORETYPE``) round differently and take another path.
 """
 
 from __future__ import annotations
@@ -86,8 +98,9 @@ import numpy as np
 
 from harness.circuits.factored import as_numpy
 from harness.circuits.low_rank_sparse import (
-    hard_negatives_compiled, hard_negatives_torch, hardest_from_factors, restricted_grads,
+    hard_negatives_compiled, hard_negatives_torch, hardest_from_factors, restricted_grads, sparse_backward,
 )
+from harness.circuits.ov_tiles import map_blocks, single_threaded_blas
 from harness.circuits.ov_topk import full_circuit_topk
 
 PhaseObjective = Literal["ce", "margin"]
@@ -100,6 +113,7 @@ MAX_INIT_SPREAD = 40.0  # the init scale never makes a row's logit spread exceed
 CHUNK_FLOATS = 1 << 18  # row blocks of 1 MiB (the L2 cache of a core here) for the fused passes
 SCALE_ROWS = 128  # rows (of the monitor subset) that set the init scale
 TOP_K = 5  # the largest k reported (top-1 and top-5): the exact count may settle a row at TOP_K entries above
+FACTOR_ROWS = 4096  # rows of Q_U per block of the (B' Q_U^T)^T product
 SETTLE_BELOW = 0.5  # ... which pays where more than half the monitored rows are wrong at top-5
 
 
@@ -329,13 +343,31 @@ class _Numpy:
 
     # the restricted step's kernels (harness/circuits/low_rank_sparse.py)
     def hardest(self, P: np.ndarray, Qm: np.ndarray, cols: np.ndarray, K: int) -> tuple[np.ndarray, ...]:
-        """Own entries and the K hardest columns of ``L = P Qm``: tiled at small rank, else from L."""
+        """Own entries and the K hardest columns of ``L = P Qm``: tile by tile (compiled), else from L."""
         tiled = hardest_from_factors(P, Qm, cols, K, self.threads)
         if tiled is not None:
             return tiled
         L = self.logits(P, Qm)
         diag = L[np.arange(len(cols)), cols]  # a copy
         return (diag, *hard_negatives_compiled(L, cols, K, self._chunked))
+
+    def factor_rows(self, QU: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """``Q_U B'^T`` (V x r, row-major), row blocks on the threads (one BLAS thread each): the
+        entries of ``B' Q_U^T`` bit for bit (same dot products), at half its time here (OpenBLAS
+        packs the wide operand of the r x V form)."""
+        out = np.empty((QU.shape[0], B.shape[0]), np.float32)
+        Bt = B.T
+
+        def work(starts: list[int]) -> None:
+            for lo in starts:
+                np.matmul(QU[lo : lo + FACTOR_ROWS], Bt, out=out[lo : lo + FACTOR_ROWS])
+
+        map_blocks(work, list(range(0, QU.shape[0], FACTOR_ROWS)), self.threads)
+        return out
+
+    def sparse_backward(self, G: np.ndarray, C: np.ndarray, P: np.ndarray, QmT: np.ndarray, inverse: np.ndarray,
+                        n_unique: int) -> tuple[np.ndarray, np.ndarray]:
+        return sparse_backward(G, C, P, QmT, inverse, n_unique)
 
     def cat(self, parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts, axis=1)
@@ -353,9 +385,6 @@ class _Numpy:
     def unique(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.unique(x, return_inverse=True)
 
-    def contiguous(self, x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x)
-
     def float_(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float32)
 
@@ -364,12 +393,6 @@ class _Numpy:
 
     def log(self, x: np.ndarray) -> np.ndarray:
         return np.log(x)
-
-    def scatter_rows(self, n: int, index: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """``out[index[t]] += values[t]`` into an n x width zero array."""
-        out = np.zeros((n, values.shape[1]), values.dtype)
-        np.add.at(out, index, values)
-        return out
 
     def sqrt(self, x: np.ndarray) -> np.ndarray:
         return np.sqrt(x)
@@ -425,6 +448,13 @@ class _Torch:
         diag = L[self.t.arange(len(cols), device=self.device), cols].clone()
         return (diag, *hard_negatives_torch(L, cols, K))
 
+    def factor_rows(self, QU: Any, B: Any) -> Any:
+        return (QU @ B.T).contiguous()
+
+    def sparse_backward(self, G: Any, C: Any, P: Any, QmT: Any, inverse: Any, n_unique: int) -> tuple[Any, Any]:
+        H = self.scatter_rows(n_unique, inverse, (G[:, :, None] * P[:, None, :]).reshape(-1, P.shape[1]))
+        return (G[:, :, None] * QmT[C]).sum(1), H
+
     def cat(self, parts: list[Any]) -> Any:
         return self.t.cat(parts, dim=1)
 
@@ -436,9 +466,6 @@ class _Torch:
 
     def unique(self, x: Any) -> tuple[Any, Any]:
         return self.t.unique(x, return_inverse=True)
-
-    def contiguous(self, x: Any) -> Any:
-        return x.contiguous()
 
     def float_(self, x: Any) -> Any:
         return x.to(self.t.float32)
@@ -571,17 +598,18 @@ class Plateau:
         return is_best, "decay"
 
 
-def monitor_topk(ops: Any, E: Any, U: Any, A: Any, B: Any, rows: np.ndarray, block: int) -> tuple[int, int]:
-    """(#top-1, #top-5) over ``rows`` against all V columns (float32, pessimistic ties)."""
-    Qm = B @ U
+def monitor_topk(ops: Any, E: Any, QU: Any, A: Any, B: Any, rows: np.ndarray, block: int) -> tuple[int, int]:
+    """(#top-1, #top-5) over ``rows`` against all V columns (float32, pessimistic ties), from each
+    row's own entry and its TOP_K largest others (:meth:`_Numpy.hardest`): a row is right at
+    top-k when its k-th largest other entry is below its own (no other entry >= it)."""
+    Qm = ops.factor_rows(QU, B).T  # r x V
+    k5 = min(TOP_K, Qm.shape[1] - 1)
     n1 = n5 = 0
     for s in range(0, len(rows), block):
-        r = rows[s : s + block]
-        idx = ops.index(r)
-        L = ops.logits(E[idx] @ A, Qm)
-        rank = ops.rank_of_diag(L, L[ops.index(np.arange(len(r))), idx] * 1.0)
-        n1 += int((rank < 1).sum())
-        n5 += int((rank < 5).sum())
+        idx = ops.index(rows[s : s + block])
+        diag, vals, _ = ops.hardest(E[idx] @ A, Qm, idx, TOP_K)
+        n1 += int((vals[:, 0] < diag).sum()) if k5 >= 1 else len(idx)
+        n5 += int((vals[:, k5 - 1] < diag).sum()) if k5 >= TOP_K else len(idx)
     return n1, n5
 
 
@@ -601,15 +629,20 @@ class _Start:
 _BASES: dict[str, tuple[np.ndarray, ...]] = {}
 
 
-def _bases(W_E: np.ndarray, W_U: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``orthonormal_factor`` of W_E and of W_U^T, kept for the last (W_E, W_U) seen (by the
-    sha256 of their bytes): the fits of a rank curve share them (two float64 eigendecompositions
-    of d x d Gram matrices, each a V d^2 product, per fit otherwise)."""
-    digest = hashlib.sha256()
-    for W in (W_E, W_U):
-        digest.update(repr((W.dtype.str, W.shape)).encode())
-        digest.update(np.ascontiguousarray(W).data)
-    key = digest.hexdigest()
+def _bases(W_E: np.ndarray, W_U: np.ndarray, weights_key: str | None = None) -> tuple[np.ndarray, ...]:
+    """``orthonormal_factor`` of W_E and of W_U^T, kept for the last (W_E, W_U) seen: the fits of
+    a rank curve share them (two float64 eigendecompositions of d x d Gram matrices, each a V d^2
+    product, per fit otherwise).  Known by ``weights_key`` where the caller has one that names
+    these exact weights (a model's identity: its weights' sha256 and processing), else by the
+    sha256 of their bytes (about 0.35 s on SmolLM2's)."""
+    if weights_key is not None:
+        key = f"given:{weights_key}"
+    else:
+        digest = hashlib.sha256()
+        for W in (W_E, W_U):
+            digest.update(repr((W.dtype.str, W.shape)).encode())
+            digest.update(np.ascontiguousarray(W).data)
+        key = digest.hexdigest()
     if key not in _BASES:
         _BASES.clear()
         _BASES[key] = (*orthonormal_factor(W_E), *orthonormal_factor(W_U.T))
@@ -618,14 +651,14 @@ def _bases(W_E: np.ndarray, W_U: np.ndarray) -> tuple[np.ndarray, ...]:
 
 def closed_form_start(
     W_E: np.ndarray, W_U: np.ndarray, rank: int, scale_rows: np.ndarray,
-    init: tuple[np.ndarray, np.ndarray] | None = None,
+    init: tuple[np.ndarray, np.ndarray] | None = None, weights_key: str | None = None,
 ) -> _Start:
     """Orthonormal bases, the rank-r least-squares fit of I, scaled to minimise the CE on rows.
 
     ``init = (A, B)`` (d x r, r x d; e.g. an earlier fit's) replaces the closed form: it starts from
-    ``A' = T_E A``, ``B' = B T_U^T`` at its own scale (``scale`` 1).
+    ``A' = T_E A``, ``B' = B T_U^T`` at its own scale (``scale`` 1).  ``weights_key``: see :func:`_bases`.
     """
-    QE, TE, TE_pinv, QU, TU, TU_pinv = _bases(W_E, W_U)
+    QE, TE, TE_pinv, QU, TU, TU_pinv = _bases(W_E, W_U, weights_key)
     if init is not None:
         A, B = (np.asarray(x, dtype=np.float64) for x in init)
         if A.shape[0] != W_E.shape[1] or B.shape[1] != W_E.shape[1] or A.shape[1] != B.shape[0]:
@@ -663,7 +696,7 @@ def _train_phase(
     rms = _rms(*params)
     opt = Adam(ops, [A, B], lr * rms, settings.adam_betas, eps=1e-12 * rms)
     n_mon = len(monitor_rows)
-    monitor = lambda: monitor_topk(ops, E, U, A, B, monitor_rows, settings.batch_rows)  # noqa: E731
+    monitor = lambda: monitor_topk(ops, E, QU, A, B, monitor_rows, settings.batch_rows)  # noqa: E731
     n1, n5 = monitor() if start_counts is None else start_counts
     point = lambda step, losses, top1s: {  # noqa: E731
         "phase": objective, "step": step, "seconds": round(time.perf_counter() - t0, 3), "lr": opt.lr / rms,
@@ -687,7 +720,7 @@ def _train_phase(
                 row_loss, rank_b, dA, dB = loss_and_grads(ops, E, U, A, B, rows, objective)
             else:
                 bulk = None if bulk_rng is None else np.sort(bulk_rng.choice(sampler.V, settings.bulk, replace=False))
-                row_loss, rank_b, dA, dB = restricted_grads(ops, E, U, QU, A, B, rows, objective, settings.negatives,
+                row_loss, rank_b, dA, dB = restricted_grads(ops, E, QU, A, B, rows, objective, settings.negatives,
                                                             bulk, settings.bulk_weight)
             opt.step([dA, dB])
             step += 1
@@ -744,6 +777,7 @@ def fit_low_rank_copying(
     bulk: int | None = None,
     bulk_weight: float = 1.0,
     stop_at_bound: bool = False,
+    weights_key: str | None = None,
 ) -> LowRankFit:
     """Find ``A`` (d x r), ``B`` (r x d) maximising the top-1 copying accuracy of ``W_E A B W_U``.
 
@@ -760,6 +794,8 @@ def fit_low_rank_copying(
     (:func:`harness.circuits.low_rank_sparse.bulk_logits`; a fresh sample per step, seeded).
     ``stop_at_bound``: a rank-1 fit whose closed-form start already reaches the most any rank-1
     matrix can (:func:`copy_bound`, counted exactly) is not trained (``stopped_by: "bound"``).
+    ``weights_key``: a string naming exactly these W_E and W_U (a model's identity key), under
+    which the orthonormal bases are kept between fits instead of hashing the weights' bytes.
     """
     t0 = time.perf_counter()
     E_np, U_np = _finite_numpy(W_E), _finite_numpy(W_U)
@@ -785,30 +821,58 @@ def fit_low_rank_copying(
     )
     rng = np.random.default_rng(seed)
     monitor_rows = np.sort(rng.permutation(V)[: settings.eval_rows])
-    start = closed_form_start(E_np, U_np, rank, monitor_rows[: min(SCALE_ROWS, len(monitor_rows))], init)
-    if stop_at_bound:
-        reached = _at_bound(E_np, U_np, start, device)
-        if reached is not None:  # the exact count was the set-up: no training, no second count
-            now = time.perf_counter()
-            return _fit_result(start, reached, settings, [], [], 0, t0, now, now, "bound")
-    ops: Any = _Numpy() if device in (None, "cpu") else _Torch(device)
-    E, U = ops.asarray(start.QE), ops.asarray(start.QU.T)
-    QU = None if negatives is None else ops.asarray(start.QU)
-    sampler = RowSampler(V, batch, rng)
-    bulk_rng = None if settings.bulk is None else np.random.default_rng([seed, 1])  # its own stream
-    setup = time.perf_counter() - t0
+    with single_threaded_blas():  # set-up and steps: the same numbers on any number of threads
+        start = closed_form_start(E_np, U_np, rank, monitor_rows[: min(SCALE_ROWS, len(monitor_rows))], init,
+                                  weights_key)
+        if stop_at_bound:
+            reached = _at_bound(E_np, U_np, start, device)
+            if reached is not None:  # the exact count was the set-up: no training, no second count
+                now = time.perf_counter()
+                return _fit_result(start, reached, settings, [], [], 0, t0, now, now, "bound")
+        run = _train(start, settings, rng, monitor_rows, t0, progress)
+    train_end = time.perf_counter()
+    mostly_wrong = max(p["monitor_top5"] for p in run.trace) < SETTLE_BELOW
+    exact = _exact_count(E_np, U_np, start, run.params, device, settle=mostly_wrong)
+    return _fit_result(start, exact, settings, run.phases, run.trace, run.steps, t0, run.setup_end, train_end,
+                       run.phases[-1]["stopped_by"])
 
-    t_probe = time.perf_counter()
-    monitor_topk(ops, E, U, ops.asarray(start.A0), ops.asarray(start.B0), monitor_rows[:batch], batch)
-    probe = (time.perf_counter() - t_probe) * len(monitor_rows) / min(batch, len(monitor_rows))
-    reserve = probe * (1 + 1.5 * V / len(monitor_rows))  # a last monitor pass + the exact pass
-    deadline = None if max_seconds is None else t0 + max_seconds - reserve
-    bar = _progress_bar(progress, rank, None if max_steps is None else max_steps * len(PHASES[objective]), max_seconds)
+
+@dataclass
+class _Run:
+    """What the phases found: the kept parameters (A', B'), per-phase records, the trace, the steps."""
+
+    params: tuple[np.ndarray, np.ndarray]
+    phases: list[dict[str, Any]]
+    trace: list[dict[str, Any]]
+    steps: int
+    setup_end: float
+
+
+def _train(start: _Start, settings: FitSettings, rng: np.random.Generator, monitor_rows: np.ndarray, t0: float,
+           progress: bool) -> _Run:
+    """Every phase of ``settings.objective`` from the start, each from the previous one's best point."""
+    device, V, batch = settings.device, start.QE.shape[0], settings.batch_rows
+    ops: Any = _Numpy() if device in (None, "cpu") else _Torch(device)
+    E, QU = ops.asarray(start.QE), ops.asarray(start.QU)
+    U = ops.asarray(start.QU.T) if settings.negatives is None else None  # Q_U^T: the full step's products
+    sampler = RowSampler(V, batch, rng)
+    bulk_rng = None if settings.bulk is None else np.random.default_rng([settings.seed, 1])  # its own stream
+    setup_end = time.perf_counter()
+    deadline = None
+    if settings.max_seconds is not None:
+        t_probe = time.perf_counter()
+        monitor_topk(ops, E, QU, ops.asarray(start.A0), ops.asarray(start.B0), monitor_rows[:batch], batch)
+        probe = (time.perf_counter() - t_probe) * len(monitor_rows) / min(batch, len(monitor_rows))
+        reserve = probe * (1 + 1.5 * V / len(monitor_rows))  # a last monitor pass + the exact pass
+        deadline = t0 + settings.max_seconds - reserve
+    max_steps = settings.max_steps
+    bar = _progress_bar(progress, settings.rank, None if max_steps is None else max_steps * len(PHASES[settings.objective]),
+                        settings.max_seconds)
     params, trace, steps, phases, known = (start.A0, start.B0), [], 0, [], None
-    for phase_objective in PHASES[objective]:
+    for phase_objective in PHASES[settings.objective]:
         phase = _train_phase(ops, E, U, params, sampler, monitor_rows, phase_objective,
-                             lr if phase_objective == "ce" else margin_lr, settings, deadline, t0, bar, QU, bulk_rng,
-                             known)
+                             settings.lr if phase_objective == "ce" else settings.margin_lr, settings, deadline, t0, bar,
+                             QU, bulk_rng, known)
         known = _best_counts(phase, len(monitor_rows))  # the next phase starts there: not counted again
         params, steps = phase.best, steps + phase.steps
         trace += phase.trace
@@ -818,11 +882,7 @@ def fit_low_rank_copying(
             break
     if bar is not None:
         bar.close()
-    train_end = time.perf_counter()
-    mostly_wrong = max(p["monitor_top5"] for p in trace) < SETTLE_BELOW
-    exact = _exact_count(E_np, U_np, start, params, device, settle=mostly_wrong)
-    return _fit_result(start, exact, settings, phases, trace, steps, t0, t0 + setup, train_end,
-                       phases[-1]["stopped_by"])
+    return _Run(params, phases, trace, steps, setup_end)
 
 
 def copy_bound(rank: int, V: int) -> int:

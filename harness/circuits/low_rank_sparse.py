@@ -9,7 +9,7 @@ rest on b x (K + 1) entries:
 - ``L = (E[rows] A')(B' U)`` (b x V), ``d_i = L[i, t_i]`` (t_i: the row's own token);
 - ``N_i`` = the K largest off-diagonal columns of row i (:func:`hardest_from_factors` /
   :func:`hard_negatives_compiled`: one compiled read pass keeping a running top-K list, tile by
-  tile with the logits product at small rank; without numba :func:`hard_negatives_numpy`: block
+  tile with the logits product; without numba :func:`hard_negatives_numpy`: block
   maxima over blocks of ``BLOCK`` columns, the K best blocks, then the K best entries among their
   columns: exact, since the blocks holding a row's top-K entries are among its K best blocks; on a
   torch device ``torch.topk``);
@@ -92,28 +92,41 @@ def _topk_tile(T: np.ndarray, nrows: int, width: int, row0: int, col0: int, cols
     """Fold a tile ``T[:nrows, :width]`` (rows ``row0 + ii``, columns ``col0 + jj`` of the logits)
     into each row's running list of its K largest entries other than its own column ``cols[i]``
     (``out_vals``/``out_cols``, descending; start them at -inf / -1), and write the own column's
-    entry to ``diag[i]`` when the tile holds it (compiled by numba).  One read pass per row: an
-    entry enters the list only when it beats the list's smallest, which nearly never happens after
-    the first columns, so the pass costs a load and a comparison per entry (0.7-0.9 ns here,
-    against about 2 ns for the blocked numpy pass).  Ties keep the earlier column."""
+    entry to ``diag[i]`` when the tile holds it (compiled by numba).  An entry enters the list only
+    when it beats the list's smallest, which nearly never happens after the first columns: each
+    chunk of FOLD_CHUNK entries is first only counted against that threshold (an integer sum of
+    comparisons, which the compiler vectorises), and scanned entry by entry, in column order, only
+    where some entry beats it or the chunk holds the own column: the lists are those of the plain
+    entry-by-entry scan (whose SmolLM2 fold took 0.65-0.7 ns per entry, now about 0.45 at K = 32,
+    one thread, under load).  Ties keep the earlier column."""
     for ii in range(nrows):
         i = row0 + ii
-        c = cols[i]
+        c = cols[i] - col0
         thresh = out_vals[i, K - 1]
-        for jj in range(width):
-            x = T[ii, jj]
-            j = col0 + jj
-            if j == c:
-                diag[i] = x
-            elif x > thresh:
-                p = K - 1
-                while p > 0 and out_vals[i, p - 1] < x:
-                    out_vals[i, p] = out_vals[i, p - 1]
-                    out_cols[i, p] = out_cols[i, p - 1]
-                    p -= 1
-                out_vals[i, p] = x
-                out_cols[i, p] = j
-                thresh = out_vals[i, K - 1]
+        for lo in range(0, width, FOLD_CHUNK):
+            hi = min(lo + FOLD_CHUNK, width)
+            if c < lo or c >= hi:
+                beats = 0
+                for jj in range(lo, hi):
+                    beats += T[ii, jj] > thresh
+                if beats == 0:
+                    continue
+            for jj in range(lo, hi):
+                x = T[ii, jj]
+                if jj == c:
+                    diag[i] = x
+                elif x > thresh:
+                    p = K - 1
+                    while p > 0 and out_vals[i, p - 1] < x:
+                        out_vals[i, p] = out_vals[i, p - 1]
+                        out_cols[i, p] = out_cols[i, p - 1]
+                        p -= 1
+                    out_vals[i, p] = x
+                    out_cols[i, p] = col0 + jj
+                    thresh = out_vals[i, K - 1]
+
+
+FOLD_CHUNK = 32  # entries counted against a row's threshold before any is looked at one by one
 
 
 @functools.lru_cache(maxsize=1)
@@ -146,40 +159,102 @@ def hard_negatives_compiled(L: np.ndarray, cols: np.ndarray, K: int, chunked: An
     return vals, out_cols
 
 
-TILE_ROWS, TILE_COLS = 64, 4096  # a 1 MiB tile of logits: formed and folded while in the L2 cache
-TILE_MAX_RANK = 32  # above it the b x V product is compute-bound and cheaper whole
+TILE_ENTRIES = 1 << 18  # a 1 MiB tile of logits (the L2 cache of a core here): formed and folded while in cache
+
+
+def tile_shape(rank: int) -> tuple[int, int]:
+    """Rows x columns of a logits tile at this rank: 1 MiB, wide at small rank (the product writes
+    the tile and is cheap), squarer at larger rank (the product packs each column tile once per row
+    tile).  Measured on SmolLM2's shapes, one thread, b = 2,048: rank 4 64 x 4096 best; ranks 16 and
+    64 256-512 rows 10-35% faster than 64 x 4096 (rank 64: 0.24 s against 0.36 s for the whole
+    product and one pass over it)."""
+    rows = 64 if rank <= 8 else 256 if rank <= 32 else 512
+    return rows, TILE_ENTRIES // rows
 
 
 def hardest_from_factors(P: np.ndarray, Qm: np.ndarray, cols: np.ndarray, K: int,
                          workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Own entries and the K hardest columns of ``L = P Qm`` (b x r times r x V) without forming
-    L: tiles of TILE_ROWS x TILE_COLS logits, each folded into the rows' running lists while in
-    cache (at small r the whole product is memory-bound: writing and re-reading 4 b V bytes cost
-    more than the arithmetic).  Returns ``(diag, vals, cols)`` (b; b x K; b x K), None where it
-    does not pay (r > TILE_MAX_RANK) or without numba.  Row blocks are dealt to ``workers``
-    threads with one BLAS thread each (:func:`harness.circuits.ov_tiles.map_blocks`); every
-    tile's product is the same single-threaded call whatever the number of workers."""
+    """Own entries and the K hardest columns of ``L = P Qm`` (b x r times r x V, any layout)
+    without forming L: tiles of :func:`tile_shape` logits, each folded into the rows' running
+    lists while in cache (writing and re-reading 4 b V bytes cost more than folding in cache).
+    Returns ``(diag, vals, cols)`` (b; b x K; b x K), None without numba.  Row blocks are dealt to
+    ``workers`` threads with one BLAS thread each (:func:`harness.circuits.ov_tiles.map_blocks`);
+    every tile's product is the same single-threaded call whatever the number of workers, and its
+    entries are bitwise those of the whole product (checked in the tests), each row's columns are
+    folded in increasing order: the result does not depend on the tiles or the workers."""
     loop = _compiled_topk()
+    if loop is None:
+        return None
     b, r = P.shape
     V = Qm.shape[1]
-    if loop is None or r > TILE_MAX_RANK:
-        return None
     K = min(K, V - 1)
     vals, out_cols, diag = _topk_state(b, K)
     cols = np.ascontiguousarray(cols, dtype=np.int64)
+    tile_rows, tile_cols = tile_shape(r)
 
     def work(starts: list[int]) -> None:
-        tile = np.empty((TILE_ROWS, TILE_COLS), np.float32)
+        tile = np.empty((tile_rows, tile_cols), np.float32)
         for r0 in starts:
-            r1 = min(r0 + TILE_ROWS, b)
-            for c0 in range(0, V, TILE_COLS):
-                c1 = min(c0 + TILE_COLS, V)
+            r1 = min(r0 + tile_rows, b)
+            for c0 in range(0, V, tile_cols):
+                c1 = min(c0 + tile_cols, V)
                 out = tile[: r1 - r0, : c1 - c0]
                 np.matmul(P[r0:r1], Qm[:, c0:c1], out=out)
                 loop(out, r1 - r0, c1 - c0, r0, c0, cols, K, vals, out_cols, diag)
 
-    map_blocks(work, list(range(0, b, TILE_ROWS)), workers)
+    map_blocks(work, list(range(0, b, tile_rows)), workers)
     return diag, vals, out_cols
+
+
+def _sparse_backward(G: np.ndarray, C: np.ndarray, P: np.ndarray, QmT: np.ndarray, inverse: np.ndarray,
+                     dP: np.ndarray, H: np.ndarray) -> None:
+    """The restricted step's two sparse products in one pass (compiled by numba):
+    ``dP[i] = sum_m G[i, m] QmT[C[i, m]]`` (b x r) and ``H[inverse[i m']] += G[i, m] P[i]``
+    (n_u x r, zeroed by the caller; ``m' = i M + m``).  Sums in increasing m and t = i M + m, the
+    order of numpy's ``(G[:, :, None] * QmT[C]).sum(1)`` and ``np.add.at``; products rounded to
+    float32 before each add, as there (no fused multiply-add): bitwise their results (tested)."""
+    b, M = G.shape
+    r = P.shape[1]
+    for i in range(b):
+        for m in range(M):
+            g = G[i, m]
+            q = C[i, m]
+            u = inverse[i * M + m]
+            if m == 0:
+                for c in range(r):
+                    dP[i, c] = g * QmT[q, c]
+            else:
+                for c in range(r):
+                    dP[i, c] += g * QmT[q, c]
+            for c in range(r):
+                H[u, c] += g * P[i, c]
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_backward() -> Callable[..., None] | None:
+    """:func:`_sparse_backward` compiled by numba (cached on disk), or None without numba."""
+    try:
+        numba = importlib.import_module("numba")
+    except ImportError:
+        return None
+    return numba.njit(nogil=True, cache=True)(_sparse_backward)
+
+
+def sparse_backward(G: np.ndarray, C: np.ndarray, P: np.ndarray, QmT: np.ndarray, inverse: np.ndarray,
+                    n_unique: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(dP, H)`` of :func:`_sparse_backward` (compiled; numpy's gathers and ``np.add.at``
+    without numba, the same numbers)."""
+    b, M = G.shape
+    r = P.shape[1]
+    H = np.zeros((n_unique, r), np.float32)
+    loop = _compiled_backward()
+    if loop is None:
+        np.add.at(H, inverse, (G[:, :, None] * P[:, None, :]).reshape(-1, r))
+        return (G[:, :, None] * QmT[C]).sum(1), H
+    dP = np.empty((b, r), np.float32)
+    loop(np.ascontiguousarray(G), np.ascontiguousarray(C), np.ascontiguousarray(P), QmT,
+         np.ascontiguousarray(inverse), dP, H)
+    return dP, H
 
 
 def hard_negatives_torch(L: Any, cols: Any, K: int) -> tuple[Any, Any]:
@@ -192,12 +267,12 @@ def hard_negatives_torch(L: Any, cols: Any, K: int) -> tuple[Any, Any]:
 
 
 def restricted_grads(
-    ops: Any, E: Any, U: Any, QU: Any, A: Any, B: Any, rows: np.ndarray, objective: PhaseObjective, negatives: int,
+    ops: Any, E: Any, QU: Any, A: Any, B: Any, rows: np.ndarray, objective: PhaseObjective, negatives: int,
     bulk: np.ndarray | None = None, bulk_weight: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
     """Per-row losses, per-row top-1 flags (0 = correct) and the gradients of the restricted step.
 
-    E: Q_E (V x k_E); U: Q_U^T (k_U x V); QU: Q_U (V x k_U, the same numbers, row-major);
+    E: Q_E (V x k_E); QU: Q_U (V x k_U, row-major);
     A' (k_E x r); B' (r x k_U).  Returns ``(row_loss, rank, dA', dB')`` like
     ``loss_and_grads``, except that ``rank`` is 0 for a correct row and 1 otherwise (only top-1 is
     known without a counting pass).  ``bulk`` (``"ce"`` only): columns drawn uniformly without
@@ -206,7 +281,8 @@ def restricted_grads(
     idx = ops.index(rows)
     b = len(rows)
     Er = E[idx]  # b x k_E
-    Qm = B @ U  # r x V
+    QmT = ops.factor_rows(QU, B)  # V x r, row-major: (B' U)^T, bitwise B' U's entries
+    Qm = QmT.T  # r x V
     P = Er @ A  # b x r
     diag, vals, cols = ops.hardest(P, Qm, idx, 1 if objective == "margin" else negatives)
     V = Qm.shape[1]
@@ -232,12 +308,9 @@ def restricted_grads(
         C = ops.cat([idx[:, None], cols[:, :1]])
     else:
         raise ValueError(f"unknown objective {objective!r}: 'ce' or 'margin'")
-    QmT = ops.contiguous(Qm.T)  # V x r, row-major: the gathers below read whole rows
-    dP = (G[:, :, None] * QmT[C]).sum(1)  # b x r
+    uniq, inverse = ops.unique(C.reshape(-1))
+    dP, H = ops.sparse_backward(G, C, P, QmT, inverse, len(uniq))  # b x r; n_u x r
     dA = Er.T @ dP
-    flat = C.reshape(-1)
-    uniq, inverse = ops.unique(flat)
-    H = ops.scatter_rows(len(uniq), inverse, (G[:, :, None] * P[:, None, :]).reshape(-1, P.shape[1]))  # n_u x r
     dB = H.T @ QU[uniq]  # r x k_U
     if S is not None:  # the sampled bulk's dense part: b x m gradients
         dA = dA + Er.T @ (Gs @ QmT[S])

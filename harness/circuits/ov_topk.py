@@ -36,15 +36,18 @@ float32 block product itself (T = 0: the band is the float32 ties).
 Speed (CPU, measured; benchmarks/bench_ov_topk.py).  Products: numpy's BLAS into a preallocated
 tile (torch's matmul was slower on these shapes).  Counting: one loop per tile row compiled by
 numba while the tile is in cache (:func:`harness.circuits.ov_tiles.count_tile`: the counts, the
-row max and the band's indices in one pass, 0.4 ns per entry against 1.0-1.2 for numpy's mask
+row max and the band's indices in one pass, 0.17 ns per entry in cache on AVX-512 against 1.0-1.2 for numpy's mask
 passes; without numba, with a warning, numpy comparisons into boolean masks counted by adding
 mask bytes as uint64 words; torch's boolean sums were about 10x slower).  Worker threads with
 single-threaded BLAS keep every core busy in the counting too.  Course-shaped model on 2 shared
 AVX-512 cores: the kernel's CPU time is 1.75-1.8x the bare products', 1.4-1.5x without margins
 (the float64 factors alone are about 0.13x); exact pruning (:mod:`harness.circuits.ov_prune`)
-brings a top-k question to 0.4x where rows do not copy.  Tiles are sized for the CPU's L2 cache and the worker count
-(:mod:`harness.circuits.cpu_layout`): 256 x 1024 (1.5 MiB per worker with its masks) on a core
-with 2 MiB of L2.
+brings a top-k question to 0.4x where rows do not copy.  Workers: one per usable CPU.  Tiles:
+sized for the CPU's L2 cache and the worker count (:mod:`harness.circuits.cpu_layout`: 256 x 1024
+on a core with 2 MiB of L2), or, for scans of at least 2^30 entries, the tile the kernel's own scan
+ran fastest with on this CPU (:mod:`harness.circuits.kernel_calibration`, measured once per CPU
+signature and stored).  benchmarks/bench_ov_topk.py --cpu-configs measures kernel / bare under
+emulated x86 instruction sets (AVX-512 down to plain x86-64) on 1 and 2 CPUs.
 """
 
 from __future__ import annotations
@@ -59,6 +62,17 @@ import torch
 
 from harness.circuits.cpu_layout import KernelPlan, cpu_layout, kernel_plan, usable_cpu_ids
 from harness.circuits.factored import FactoredCircuit, as_numpy
+from harness.circuits.kernel_calibration import (
+    CAL_KEYS,
+    CAL_ROWS,
+    MIN_CALIBRATED_ENTRIES,
+    Measure,
+    calibrated_tiles,
+    cpu_seconds,
+    mode,
+    rank_bucket,
+    signature,
+)
 from harness.circuits.ov_prune import key_tiles, pruned_scan, tile_width
 from harness.circuits.ov_topk_device import device_topk
 from harness.circuits.ov_tiles import (  # noqa: F401  (_CHUNK, _lane_sums: part of this module's interface)
@@ -163,8 +177,8 @@ def full_circuit_topk(
     works on tiles of ``block_rows x block_cols`` float32 entries, numpy/BLAS for the products and
     the counting, in ``workers`` threads (default: one per usable CPU when threadpoolctl can make
     BLAS single-threaded; else 1, with a one-time :class:`KernelFallbackWarning` naming the cause);
-    tiles left ``None`` are sized for this CPU's L2 cache and the worker count
-    (:func:`harness.circuits.cpu_layout.kernel_plan`); the counts never depend on the tiles.  A
+    tiles left ``None`` come from :func:`cpu_plan` (this CPU's L2 cache and the worker count; for
+    large scans, tiles calibrated on this CPU); the counts never depend on the tiles.  A
     ``device`` ("cuda", or "cpu" to test it) runs the whole computation with torch there
     (:mod:`harness.circuits.ov_topk_device`: factors, scan in blocks of ``block_rows`` full rows,
     default 64 Mi entries per block, float64 recheck), reading the results back once.
@@ -202,7 +216,8 @@ def full_circuit_topk(
                           recheck=recheck, margins=margins)
         return TopKResult(n, out.above, out.ties, out.ties_below, out.margin, start, out.tolerance, out.n_rechecked)
     E, L, R, U = (as_numpy(x) for x in (W_E, left, right, W_U))
-    plan = cpu_plan(workers)
+    tiles_given = block_rows is not None and block_cols is not None
+    plan = cpu_plan(workers) if tiles_given else cpu_plan(workers, r=L.shape[1], entries=n * V, fused=fused)
     P64 = _matmul64_rows(E[start:stop], L, workers=plan.workers)  # (n, r)
     Q64T = _matmul64_rows(U.T, R.T, workers=plan.workers)  # (V, r): row j is column j of Q = right @ W_U
     _check_finite_and_range(P64, Q64T)
@@ -413,9 +428,38 @@ def _usable_cores() -> int:
     return max(1, len(usable_cpu_ids()))
 
 
-def cpu_plan(workers: int | None = None) -> KernelPlan:
-    """The CPU kernel's tiles and workers on this machine (``workers`` given: tiles for that many)."""
-    return kernel_plan(cpu_layout(), workers or _auto_workers())
+def cpu_plan(workers: int | None = None, r: int | None = None, entries: int = 0, fused: bool = True) -> KernelPlan:
+    """The CPU kernel's tiles and workers on this machine (``workers`` given: tiles for that many).
+
+    Workers: one per usable CPU (:func:`_auto_workers`).  Tiles: the L2 rule
+    (:func:`harness.circuits.cpu_layout.kernel_plan`), or, for a scan of rank ``r`` over at least
+    ``MIN_CALIBRATED_ENTRIES`` entries, the tile measured fastest on this CPU
+    (:mod:`harness.circuits.kernel_calibration`: once per CPU signature, then read from disk).
+    """
+    layout = cpu_layout()
+    rule = kernel_plan(layout, workers or _auto_workers())
+    if r is None or entries < MIN_CALIBRATED_ENTRIES or mode() == "rule":
+        return rule
+    fused = fused and fused_counting()
+    sig = signature(rule.workers, r, fused, layout.describe())
+    found = calibrated_tiles(sig, _calibration_scan(rank_bucket(r), rule.workers, fused), (rule.block_rows, rule.block_cols))
+    return KernelPlan(found.block_rows, found.block_cols, rule.workers,
+                      f"{layout.describe()}; {rule.workers} worker(s); tiles {found.block_rows} x {found.block_cols} "
+                      f"({found.describe()}; the L2 rule's: {rule.block_rows} x {rule.block_cols})")
+
+
+def _calibration_scan(r: int, workers: int, fused: bool) -> Measure:
+    """CPU seconds of the kernel's scan (row max included) of a seeded normal problem of rank ``r``:
+    ``CAL_ROWS`` rows per worker x ``CAL_KEYS`` keys, ``workers`` threads, with a given tile."""
+    rng = np.random.default_rng(0)
+    P32 = (rng.standard_normal((CAL_ROWS * workers, r)) / math.sqrt(r)).astype(np.float32)
+    QT32 = rng.standard_normal((CAL_KEYS, r)).astype(np.float32)
+    T = np.full(len(P32), 1e-5)  # a band as thin as a real one: a few entries per row block
+
+    def measure(block_rows: int, block_cols: int) -> float:
+        return cpu_seconds(lambda: _scan_numpy(P32, QT32, T, 0, block_rows, block_cols, workers, True, fused))
+
+    return measure
 
 
 def _auto_workers() -> int:

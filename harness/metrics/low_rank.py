@@ -69,9 +69,11 @@ def _fit(
     for name, value in optional:
         if value is not None:  # absent otherwise: the key of every fit without it is unchanged
             settings[name] = value
-    key = (ctx.model.identity.key, "low_rank.fit", json.dumps(settings, sort_keys=True))
+    identity = ctx.model.identity
+    key = (identity.key, "low_rank.fit", json.dumps(settings, sort_keys=True))
+    weights_key = identity.key if identity.weights_sha256 is not None else None  # names these exact weights
     return ctx.session.memoised(key, lambda: fit_low_rank_copying(
-        ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, **settings))
+        ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, weights_key=weights_key, **settings))
 
 
 @metric("low_rank.achievable_accuracy", fitted=True, heavy=True, value=Table(numbered("top")))

@@ -96,7 +96,7 @@ def share_cpus(workers: int) -> None:
     """
     import torch
 
-    from harness.circuits.cpu_layout import usable_cpu_ids
+    from harness.core.cpu_identity import usable_cpu_ids
 
     torch.set_num_threads(worker_threads(workers, len(usable_cpu_ids())))
 
