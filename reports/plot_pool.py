@@ -51,7 +51,7 @@ def map_in_processes(function: Callable[[Job], Result], jobs: Sequence[Job], *, 
     :func:`pool_size`; 1: in this process). ``function`` and the jobs must pickle (a module-level
     function, plain data); ``preload`` names the modules each worker imports when it starts."""
     workers = pool_size(len(jobs)) if workers is None else min(workers, len(jobs))
-    if workers < 2:
+    if workers < 2 or multiprocessing.current_process().daemon:  # a daemonic process may not start children
         return [function(job) for job in jobs]
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_import,

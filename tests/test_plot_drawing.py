@@ -106,6 +106,14 @@ def test_workers_that_cannot_start_leave_the_work_here(monkeypatch: pytest.Monke
         assert plot_pool.map_in_processes(abs, [-1, -2, 3], workers=2) == [1, 2, 3]
 
 
+def test_a_daemonic_process_runs_the_jobs_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    monkeypatch.setattr(plot_pool, "ProcessPoolExecutor", None)  # any attempt to start workers fails
+    assert plot_pool.map_in_processes(abs, [-1, -2, 3], workers=2) == [1, 2, 3]
+
+
 def test_pool_size() -> None:
     assert plot_pool.pool_size(200, cpus=1) == 1
     assert plot_pool.pool_size(3, cpus=8) == 1  # too few plots to repay starting workers

@@ -112,25 +112,44 @@ def trig_ratio(energy: Tensor, variance: Tensor, frequencies: list[int]) -> floa
 
 @dataclass(frozen=True)
 class AllPairs:
-    """One run of the model on all p^2 pairs: number logits (p^2, p), post-ReLU neurons (p^2, d_mlp), "=" attention (p^2, h, 3),
-    and where asked the pre-ReLU neurons (p^2, d_mlp)."""
+    """One run of the model on all p^2 pairs, kept in the run's own dtype (float32: half the memory of
+    float64) and read as float64 (an exact conversion, so every reader sees what a float64 copy made at
+    run time would hold): number logits (p^2, p), post-ReLU neurons (p^2, d_mlp), "=" attention
+    (p^2, h, 3), and where asked the pre-ReLU neurons (p^2, d_mlp)."""
 
-    logits: Tensor
-    neurons: Tensor
-    attention: Tensor
-    neurons_pre: Tensor | None = None
+    kept_logits: Tensor
+    kept_neurons: Tensor
+    kept_attention: Tensor
+    kept_neurons_pre: Tensor | None = None
+
+    @property
+    def logits(self) -> Tensor:
+        return self.kept_logits.to(torch.float64)
+
+    @property
+    def neurons(self) -> Tensor:
+        return self.kept_neurons.to(torch.float64)
+
+    @property
+    def attention(self) -> Tensor:
+        return self.kept_attention.to(torch.float64)
+
+    @property
+    def neurons_pre(self) -> Tensor | None:
+        return None if self.kept_neurons_pre is None else self.kept_neurons_pre.to(torch.float64)
 
 
 def run_all_pairs(model: ModelHandle, p: int = P, *, pre: bool = False) -> AllPairs:
-    """Logits, neuron activations (with ``pre`` the pre-ReLU ones too) and attention of the "=" position on every (x, y), from one forward pass."""
+    """Logits, neuron activations (with ``pre`` the pre-ReLU ones too) and attention of the "=" position on every (x, y), from one forward pass
+    (each a copy of its slice: the whole activations are not kept)."""
     data = all_data(p)
     forward = model.run_with_cache(data.tokens)
     hooks = [model.hook_name("post", 0), model.hook_name("pattern", 0)] + ([model.hook_name("pre", 0)] if pre else [])
     forward.prefetch(hooks, logits=True)
-    logits = forward.logits[:, -1, :p].detach().to(torch.float64)
-    neurons = forward.activations[("post", 0)][:, -1].detach().to(torch.float64)
-    attention = forward.activations[("pattern", 0)][:, :, -1, :].detach().to(torch.float64)
-    neurons_pre = forward.activations[("pre", 0)][:, -1].detach().to(torch.float64) if pre else None
+    logits = forward.logits[:, -1, :p].detach().clone()
+    neurons = forward.activations[("post", 0)][:, -1].detach().clone()
+    attention = forward.activations[("pattern", 0)][:, :, -1, :].detach().clone()
+    neurons_pre = forward.activations[("pre", 0)][:, -1].detach().clone() if pre else None
     return AllPairs(logits, neurons, attention, neurons_pre)
 
 

@@ -49,13 +49,29 @@ _RUNS: dict[str, AllPairs] = {}
 _FREQS: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
+KEPT_RUNS = 4
+"""All-pairs runs kept (about 58 MB each at p = 113, d_mlp = 512 in float32): a model and the three
+snapshots its controls use (epochs 0, 1000 and the last), which the claim files interleave."""
+
+
 def all_pairs(model: ModelHandle) -> AllPairs:
-    """The all-pairs run of ``model`` (the last few kept by identity)."""
+    """The all-pairs run of ``model``, the pre-ReLU neurons with it (the ``KEPT_RUNS`` last used kept by
+    identity: a grokking snapshot's summary reads the run its claims made, :func:`kept_all_pairs`)."""
+    kept = kept_all_pairs(model)
+    if kept is not None:
+        return kept
+    while len(_RUNS) >= KEPT_RUNS:
+        _RUNS.pop(next(iter(_RUNS)))  # the least recently used
+    _RUNS[model.identity.key] = run = run_all_pairs(model, pre=True)
+    return run
+
+
+def kept_all_pairs(model: ModelHandle) -> AllPairs | None:
+    """The kept all-pairs run of ``model`` (marked as the most recently used), ``None`` when none is kept."""
     key = model.identity.key
     if key not in _RUNS:
-        while len(_RUNS) >= 3:
-            _RUNS.pop(next(iter(_RUNS)))
-        _RUNS[key] = run_all_pairs(model)
+        return None
+    _RUNS[key] = _RUNS.pop(key)
     return _RUNS[key]
 
 

@@ -41,6 +41,7 @@ from harness.core.value_shape import Scalar, Table, labelled, names
 from harness.metrics._modular import (
     restricted_from_coords, run_all_pairs, split_loss, trig_energy, trig_ratio, trig_sum_coords,
 )
+from harness.metrics.modular import kept_all_pairs
 from harness.metrics.modular_logits import Frequency, check_frequencies
 from harness.registry import metric
 
@@ -137,7 +138,7 @@ def summarise(model: ModelHandle, of_pass: bool = True) -> SnapshotSummary:
     if not of_pass:
         summary = SnapshotSummary(sha, norm)
     else:
-        run = run_all_pairs(model, pre=True)
+        run = kept_all_pairs(model) or run_all_pairs(model, pre=True)  # the pass its claims made, else one not kept
         per_head = run.attention.mean(0)  # (h, 3): mean attention from "=" to each position
         summary = SnapshotSummary(
             sha, norm, True, losses={split: split_loss(run.logits, split) for split in ("train", "test", "all")},
