@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
-import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence, TypeVar
+
+from harness.core.cpu_identity import cpu_share
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -31,17 +32,11 @@ MIN_JOBS_PER_WORKER = 8
 """A worker is worth starting for this many plots (about 0.15 s of CPU each against its ~1 s start)."""
 
 
-def usable_cpus() -> int:
-    """How many CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1  # pragma: no cover - not Linux
-
-
 def pool_size(jobs: int, cpus: int | None = None) -> int:
-    """Workers for ``jobs`` jobs: one per usable CPU, at most one per ``MIN_JOBS_PER_WORKER`` jobs;
-    below 2 the jobs run in this process (returns 1)."""
-    workers = min(usable_cpus() if cpus is None else cpus, jobs // MIN_JOBS_PER_WORKER)
+    """Workers for ``jobs`` jobs: one per CPU of this process's share (:func:`cpu_share`: the usable
+    CPUs, fewer in a pytest-xdist worker), at most one per ``MIN_JOBS_PER_WORKER`` jobs; below 2 the
+    jobs run in this process (returns 1)."""
+    workers = min(cpu_share() if cpus is None else cpus, jobs // MIN_JOBS_PER_WORKER)
     return workers if workers >= 2 else 1
 
 

@@ -112,3 +112,20 @@ def test_each_worker_gets_its_share_of_the_cpus(workers: int, cpus: int, threads
     from harness.frontends.pytest_plugin.parallel import worker_threads
 
     assert worker_threads(workers, cpus) == threads
+
+
+def test_a_worker_shares_torch_threads_and_the_suites_own_parallel_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from harness.core import cpu_identity
+    from harness.frontends.pytest_plugin.parallel import share_cpus
+
+    monkeypatch.setattr(cpu_identity, "usable_cpu_ids", lambda: set(range(8)))
+    monkeypatch.delenv(cpu_identity.CPU_SHARE_VARIABLE, raising=False)
+    before = torch.get_num_threads()
+    try:
+        share_cpus(4)  # four workers on eight CPUs: two each
+        assert torch.get_num_threads() == 2
+        assert os.environ[cpu_identity.CPU_SHARE_VARIABLE] == "2" and cpu_identity.cpu_share() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -60,7 +60,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from harness.circuits.cpu_layout import KernelPlan, cpu_layout, kernel_plan, usable_cpu_ids
+from harness.circuits.cpu_layout import KernelPlan, cpu_layout, kernel_plan
+from harness.core.cpu_identity import cpu_share
 from harness.circuits.factored import FactoredCircuit, as_numpy
 from harness.circuits.kernel_calibration import (
     CAL_KEYS,
@@ -424,8 +425,9 @@ _fallback_warned = False
 
 
 def _usable_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    return max(1, len(usable_cpu_ids()))
+    """Cores this process's kernel may keep busy: the usable CPUs, or this process's share of them
+    (:func:`harness.core.cpu_identity.cpu_share`: a pytest-xdist worker's)."""
+    return cpu_share()
 
 
 def cpu_plan(workers: int | None = None, r: int | None = None, entries: int = 0, fused: bool = True) -> KernelPlan:

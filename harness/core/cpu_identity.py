@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
+CPU_SHARE_VARIABLE = "INTERP_CLAIMS_CPU_SHARE"
+"""Set by a parent that runs several of this suite's processes side by side (the pytest plugin, in
+each xdist worker): how many CPUs each may keep busy.  Inherited by their child processes."""
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,22 @@ def usable_cpu_ids() -> set[int]:
     if hasattr(os, "sched_getaffinity"):
         return set(os.sched_getaffinity(0))
     return set(range(os.cpu_count() or 1))  # pragma: no cover - not Linux
+
+
+def cpu_share() -> int:
+    """How many CPUs this process's own parallel work (worker threads, worker processes) should
+    keep busy: the usable CPUs, capped by ``$INTERP_CLAIMS_CPU_SHARE`` where it is set.
+
+    Raises ValueError naming the variable when it is set to anything but a positive integer.
+    """
+    usable = max(1, len(usable_cpu_ids()))
+    raw = os.environ.get(CPU_SHARE_VARIABLE, "").strip()
+    if not raw:
+        return usable
+    try:
+        share = int(raw)
+    except ValueError:
+        share = 0
+    if share < 1:
+        raise ValueError(f"${CPU_SHARE_VARIABLE} must be a positive integer (CPUs per process), got {raw!r}")
+    return min(usable, share)

@@ -15,6 +15,7 @@ differences of a claim are judged in its worker, as in a serial run.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,9 @@ def worker_threads(workers: int, cpus: int) -> int:
 
 
 def share_cpus(workers: int) -> None:
-    """Give this worker its share of the CPUs this process may use (torch's intra-op threads).
+    """Give this worker its share of the CPUs this process may use: torch's intra-op threads, and
+    ``$INTERP_CLAIMS_CPU_SHARE`` for the suite's own parallel work (the OV kernel's worker threads,
+    the report's plot processes; :func:`harness.core.cpu_identity.cpu_share`).
 
     torch starts one thread per CPU in every process: ``-n 2`` on two cores would run four threads
     on two cores, and a small model's operations cost several times more CPU on threads that wait
@@ -96,9 +99,11 @@ def share_cpus(workers: int) -> None:
     """
     import torch
 
-    from harness.core.cpu_identity import usable_cpu_ids
+    from harness.core.cpu_identity import CPU_SHARE_VARIABLE, usable_cpu_ids
 
-    torch.set_num_threads(worker_threads(workers, len(usable_cpu_ids())))
+    threads = worker_threads(workers, len(usable_cpu_ids()))
+    torch.set_num_threads(threads)
+    os.environ[CPU_SHARE_VARIABLE] = str(threads)  # the OV kernel's threads, the report's plot processes
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from harness.core.cpu_identity import usable_cpu_ids
 from harness.frontends.sweep.plan import SweepTask
 from harness.frontends.sweep.task import TaskFailed, TaskOptions, run_task
 
@@ -54,10 +55,7 @@ def import_ray() -> Any:
 
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity mask), else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    return max(1, len(usable_cpu_ids()))
 
 
 def source_root() -> str:
