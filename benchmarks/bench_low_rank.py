@@ -47,8 +47,10 @@ old side is no longer the original full step's cost (that one: 475.7 s of CPU fo
 idle main job, 371.8 s for the four fits below). Measured 2026-12-07, new method only
 (``--method new --heads ''``, two threads, load average 7.6-8.8, whole process under
 ``/usr/bin/time``): top-1 tokens 2 / 575 / 22,868 / 49,128, CPU 2.8 / 25.4 / 23.4 / 38.2 = 89.8 s
-(the same command on the code before, load 1.8-6.5: 2 / 518 / 22,836 / 49,130, 7.0 / 50.2 / 67.4
-/ 99.8 = 224.4 s).
+(load 7.6-8.8); two more runs 112.3 s (load 7-11.5, beside a run of the code before: 2 / 518 /
+22,836 / 49,130, 9.9 / 46.4 / 59.4 / 99.4 = 215.1 s) and 119.8 s (load 5.4-6.5); the code before,
+alone, load 1.8-6.5: 7.0 / 50.2 / 67.4 / 99.8 = 224.4 s. The CPU seconds of one run move by a
+third with the machine's other work.
 
 Before that, measured (SmolLM2-135M, seed 0, two threads, load average 7.1 falling to 2.4, new
 first): top-1 tokens old 2 / 431 / 20,625 / 49,126, new 2 / 518 / 22,836 / 49,130 (same or
