@@ -50,7 +50,8 @@ idle main job, 371.8 s for the four fits below). Measured 2026-12-07, new method
 (load 7.6-8.8); two more runs 112.3 s (load 7-11.5, beside a run of the code before: 2 / 518 /
 22,836 / 49,130, 9.9 / 46.4 / 59.4 / 99.4 = 215.1 s) and 119.8 s (load 5.4-6.5); the code before,
 alone, load 1.8-6.5: 7.0 / 50.2 / 67.4 / 99.8 = 224.4 s. The CPU seconds of one run move by a
-third with the machine's other work.
+third with the machine's other work. One thread (``OMP_NUM_THREADS=1``, load 4.3-5.8): 3.5 / 30.9 /
+33.1 / 54.9 = 122.4 s (the code before, load ~6: 137.1 s): two threads now cost what one does.
 
 Before that, measured (SmolLM2-135M, seed 0, two threads, load average 7.1 falling to 2.4, new
 first): top-1 tokens old 2 / 431 / 20,625 / 49,126, new 2 / 518 / 22,836 / 49,130 (same or
