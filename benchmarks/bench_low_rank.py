@@ -41,16 +41,19 @@ threads included) and the load average, then the CPU and wall ratios beside
 the 3x target and whether every rank's top-1 is the same or better.  ``--method new`` (or
 ``old``) runs one side only.
 
-Since 2026-12-07 both methods run the fit's set-up and steps on one BLAS thread with the tiles
+Both methods now run the fit's set-up and steps on one BLAS thread with the tiles
 dealt to the workers (the same fit on any thread count), and both use the compiled monitor: the
 old side is no longer the original full step's cost (that one: 475.7 s of CPU for the curve in the
 idle main job, 371.8 s for the four fits below). Measured 2026-12-07, new method only
 (``--method new --heads ''``, two threads, load average 7.6-8.8, whole process under
 ``/usr/bin/time``): top-1 tokens 2 / 575 / 22,868 / 49,128, CPU 2.8 / 25.4 / 23.4 / 38.2 = 89.8 s
-(the same command on the code before, load 1.8-6.5: 2 / 518 / 22,836 / 49,130, 7.0 / 50.2 / 67.4
-/ 99.8 = 224.4 s).
+(load 7.6-8.8); two more runs 112.3 s (load 7-11.5, beside a run of the code before: 2 / 518 /
+22,836 / 49,130, 9.9 / 46.4 / 59.4 / 99.4 = 215.1 s) and 119.8 s (load 5.4-6.5); the code before,
+alone, load 1.8-6.5: 7.0 / 50.2 / 67.4 / 99.8 = 224.4 s. The CPU seconds of one run move by a
+third with the machine's other work. One thread (``OMP_NUM_THREADS=1``, load 4.3-5.8): 3.5 / 30.9 /
+33.1 / 54.9 = 122.4 s (the code before, load ~6: 137.1 s): two threads now cost what one does.
 
-Measured 2026-12-07 (SmolLM2-135M, seed 0, two threads, load average 7.1 falling to 2.4, new
+Before that, measured (SmolLM2-135M, seed 0, two threads, load average 7.1 falling to 2.4, new
 first): top-1 tokens old 2 / 431 / 20,625 / 49,126, new 2 / 518 / 22,836 / 49,130 (same or
 better at every rank); CPU old 78.9 / 83.8 / 88.2 / 120.9 = 371.8 s, new 6.0 / 41.9 / 57.8 /
 68.8 = 174.5 s: 2.13x (target 3x: missed); the head points 29.8 s -> 7.0 s; with them 401.6 s ->

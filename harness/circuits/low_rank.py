@@ -53,9 +53,10 @@ ends; ``benchmarks/bench_low_rank.py --curve``), exact top-1 tokens: K = 32 alon
 with a bulk of m = 2048 at w = 1: 460 / 20,594 / 49,127; w = 0.25: - / 21,872 / -; w = 0.1: 575 /
 22,868 / 49,128, the SmolLM2 claim's settings (same or better than the full step at every rank).
 CPU seconds of the four fits (user + system; ``bench_low_rank.py --curve 1,4,16,64 --method new``):
-the full step 371.8 (two threads, 2026-12-07); the restricted step 174.5 that day, 224.4 on
-2026-12-07 (two threads, load 2-7); with the thread-invariant tiles and the compiled fold and
-backward below 89.8 (two threads, load 7-9), the same exact counts. A curve's fits share the
+the full step 371.8 (two threads, 2026-12-07); the restricted step 174.5 (two threads, load 3-7),
+224.4 and 215.1 in later runs (load 2-10); with the thread-invariant tiles and the compiled fold and
+backward below 89.8, 112.3 and 119.8 in three runs (two threads, load 5-12; one of them at the same
+time as the 215.1 run of the code before), the same exact counts. A curve's fits share the
 orthonormal bases (computed once per (W_E, W_U), found by the caller's ``weights_key``).
 
 Rank 1 (``stop_at_bound``).  Any rank-1 map copies at most two rows (:func:`copy_bound`); a
