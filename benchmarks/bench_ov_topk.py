@@ -21,6 +21,7 @@ model, the trained toy ``toy-attn-2l`` head 1.0, SmolLM2-135M head 18.6 from the
 the bare products, (c) the kernel and (p) the pruned kernel (``prune=True, k_max=10``: key tiles
 skipped by their norm bound, rows settled at 10 entries surely above; top-1..top-10 exactly (c)'s,
 checked), and prints (c)/(b) and (p)/(b) beside the targets (<= 1.5 on a CPU, <= 2 on a GPU).
+(b) is the faster of the bare products in the L2 rule's tiles and in the kernel's own (calibrated) tiles.
 ``--device cuda`` runs (b) and (c) on the GPU (the device-resident kernel); pruning is CPU-only.
 Tiles and workers default to the kernel's plan for this CPU (harness/circuits/cpu_layout.py).
 Each figure is the minimum over ``--repeat`` runs of the wall time, with the process CPU time
@@ -344,8 +345,12 @@ def model_timings(args: argparse.Namespace) -> None:
         if cuda:
             rows.append((label, *device_timings(W, args, repeat)))
             continue
-        bt, w, kw = plan.block_rows, plan.block_cols, {"workers": plan.workers}
-        tb, cb, _ = timed(lambda: bare_products_numpy(*W, bt, w, plan.workers), repeat)
+        kw = {"workers": plan.workers}
+        own = ov_topk.cpu_plan(plan.workers, r=W[1].shape[1], entries=V * V)  # the kernel's plan (calibrated if large)
+        if own != plan:
+            print(f"  kernel's own plan: {own.reason}")
+        tb, cb = min(timed(lambda: bare_products_numpy(*W, *tiles, plan.workers), repeat)[:2]
+                     for tiles in dict.fromkeys([(plan.block_rows, plan.block_cols), (own.block_rows, own.block_cols)]))
         tc, cc, full = timed(lambda: full_circuit_topk(*W, **kw), repeat)
         tn, cn, _ = timed(lambda: full_circuit_topk(*W, margins=False, **kw), repeat)
         tp, cp, pruned = timed(lambda: full_circuit_topk(*W, prune=True, k_max=args.k_max, **kw), repeat)
