@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.circuits.ov_tiles import _CHUNK, _cat, _single_threaded_blas, _thresholds, count_tile, fused_counting, map_blocks
+from harness.circuits.ov_tiles import _CHUNK, _cat, _thresholds, count_tile, fused_counting, map_blocks, single_threaded_blas
 
 _U64 = float(np.finfo(np.float64).eps) / 2
 _SAMPLE = 4096  # keys per principal-direction estimate
@@ -90,7 +90,7 @@ class KeyTiles:
 def key_tiles(Q64T: np.ndarray, width: int) -> KeyTiles:
     """:func:`_key_tiles` with single-threaded BLAS (its r x r problems are too small for threads:
     a threaded OpenBLAS spent 0.1-0.6 s per split waiting on a loaded machine)."""
-    with _single_threaded_blas():
+    with single_threaded_blas():
         return _key_tiles(Q64T, width)
 
 
@@ -186,7 +186,7 @@ def pruned_scan(
     QTp = QT32[tiles.perm]
     d32 = diagonal32(P32, QT32, start)
     hi, lo = _thresholds(d32, T)
-    with _single_threaded_blas():  # an (n, r) x (r, n_tiles) product: threads only wait
+    with single_threaded_blas():  # an (n, r) x (r, n_tiles) product: threads only wait
         ub = tile_bounds(P64, tiles)
     with np.errstate(invalid="ignore"):
         need = ub + T[:, None] >= lo.astype(np.float64)  # not (2); NaN T: never needed

@@ -81,9 +81,6 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
-_single_threaded_blas = single_threaded_blas
-
-
 _Block = TypeVar("_Block")
 _Part = TypeVar("_Part")
 
@@ -97,11 +94,11 @@ def map_blocks(work: Callable[[list[_Block]], _Part], blocks: list[_Block], work
     of wall for 0.03 s of CPU)."""
     wanted, workers = workers, max(1, min(workers, len(blocks)))
     if workers == 1 and wanted > 1:
-        with _single_threaded_blas():
+        with single_threaded_blas():
             return [work(blocks)]
     if workers == 1:
         return [work(blocks)]
-    with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
+    with single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
         return list(pool.map(work, [blocks[k::workers] for k in range(workers)]))
 
 
