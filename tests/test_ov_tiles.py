@@ -75,3 +75,18 @@ def test_fused_max_of_negative_rows_and_full_counts():
     np.testing.assert_array_equal(best, S.max(axis=1))
     assert np.signbit(best[1]) and best[1] == 0.0 and best[3] == 0.0 and not np.signbit(best[3])
     np.testing.assert_array_equal(above, [0, 0, w, 0])
+
+
+def test_fused_counts_stay_exact_past_float32_integers():
+    """A tile row wider than 2^24 columns: the float32 counters cannot hold an odd count above 2^24
+    (2^24 + 1 rounds to 2^24), so such a tile is counted in column pieces of at most 2^24."""
+    w = (1 << 24) + 3  # 2^24 + 1 entries above: odd, so no float32 holds the count
+    S = np.ones((1, w), np.float32)
+    S[0, 7] = 0.5  # one band entry (lo <= S <= hi), far below the piece boundary
+    S[0, w - 1] = 0.5  # and one in the last piece, whose column must come back global
+    hi, lo = np.full((1, 1), 0.75, np.float32), np.full((1, 1), 0.25, np.float32)
+    best = np.full(1, -np.inf, np.float32)
+    above, band_r, band_c = count_tile(S, 1, w, hi, lo, None, fused=True, best=best)
+    assert above.tolist() == [w - 2]
+    assert band_r.tolist() == [0, 0] and band_c.tolist() == [7, w - 1]
+    assert best.tolist() == [1.0]

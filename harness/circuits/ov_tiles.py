@@ -109,8 +109,9 @@ def _count_rows(
     """Count a tile's rows in one pass each while the tile is in cache (compiled by numba).
 
     Per row i < nb of S[:, :cw]: above[i] = #{S > hi[i]}, counted in a float32 accumulator
-    (adding 0.0s and 1.0s is exact in any order below 2^24 > cw, so the compiler may reorder the
-    sum: ``fastmath={"reassoc"}``, which lets it vectorise; no other fast-math flag, so every
+    (adding 0.0s and 1.0s is exact in any order while cw <= 2^24, which :func:`count_tile`
+    guarantees by counting wider tiles in pieces of :data:`FUSED_MAX_COLUMNS`; so the compiler may
+    reorder the sum: ``fastmath={"reassoc"}``, which lets it vectorise; no other fast-math flag, so every
     comparison keeps its IEEE meaning).  With ``want_max``, best_bits[i] = the bits of the row's
     largest entry, from integer max and min of the entries' bits (``Si``: S viewed as int32):
     non-negative floats order as their bits do, negative ones in reverse, so the largest entry is
@@ -190,6 +191,8 @@ def count_tile(
     byte lanes; the band is found in the chunks where the two lane sums differ; numpy's row max.
     """
     loop = _fused_loop() if fused else None
+    if loop is not None and cw > FUSED_MAX_COLUMNS:
+        return _count_in_pieces(S, nb, cw, hi, lo, best)
     if loop is not None:
         above = np.empty(nb, np.int64)
         bits = np.empty(nb, np.int32)
@@ -224,3 +227,23 @@ def count_tile(
 
 
 _BAND_BUFFER = 4096  # band entries written per tile before a recount into larger buffers
+FUSED_MAX_COLUMNS = 1 << 24
+"""The widest row the compiled loop counts at once: its float32 counters hold every integer up to
+2^24 (2^24 + 1 rounds to 2^24), so a wider tile is counted in pieces of at most this width."""
+
+
+def _count_in_pieces(
+    S: np.ndarray, nb: int, cw: int, hi: np.ndarray, lo: np.ndarray, best: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`count_tile` (fused) of S[:nb, :cw] in column pieces of ``FUSED_MAX_COLUMNS``: the
+    counts summed in int64, the band columns made the tile's own, the row max over every piece."""
+    above = np.zeros(nb, np.int64)
+    band_r: list[np.ndarray] = []
+    band_c: list[np.ndarray] = []
+    for c0 in range(0, cw, FUSED_MAX_COLUMNS):
+        width = min(FUSED_MAX_COLUMNS, cw - c0)
+        part, r, c = count_tile(S[:, c0 : c0 + width], nb, width, hi, lo, None, True, best)
+        above += part
+        band_r.append(r)
+        band_c.append(c0 + c)
+    return above, _cat(band_r), _cat(band_c)
