@@ -110,7 +110,7 @@ def calibrated_tiles(sig: dict[str, Any], measure: Measure, extra: tuple[int, in
     measured ``REPEATS`` times interleaved, the least CPU time wins; stored atomically."""
     digest = hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:24]
     path = (folder or cache_root() / "kernel-tiles") / f"{digest}.json"
-    found = _MEMORY.get(path) or _read(path, sig)
+    found = _MEMORY.get(path) or _read(path, sig, {*CANDIDATES, *([extra] if extra else [])})
     if found is None:
         found = _measure_and_store(path, sig, measure, extra)
     _MEMORY[path] = found
@@ -143,15 +143,16 @@ def _measure_and_store(path: Path, sig: dict[str, Any], measure: Measure, extra:
     return Calibrated(rows, cols, seconds, path, True)
 
 
-def _read(path: Path, sig: dict[str, Any]) -> Calibrated | None:
-    """The stored choice if the file is there, parses and holds this signature and a candidate tile."""
+def _read(path: Path, sig: dict[str, Any], allowed: set[tuple[int, int]]) -> Calibrated | None:
+    """The stored choice if the file is there, parses and holds this signature and one of the
+    ``allowed`` tiles (the candidates and the rule's) with its measured seconds."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         rows, cols, seconds = int(record["block_rows"]), int(record["block_cols"]), dict(record["cpu_seconds"])
         same = record["signature"] == json.loads(json.dumps(sig))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not same or f"{rows}x{cols}" not in seconds or rows < 1 or cols % rows:
+    if not same or (rows, cols) not in allowed or f"{rows}x{cols}" not in seconds:
         return None
     return Calibrated(rows, cols, {k: float(v) for k, v in seconds.items()}, path, False)
 
