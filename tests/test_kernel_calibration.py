@@ -67,12 +67,13 @@ def test_another_cpu_signature_measures_again(tmp_path: Path, change: dict) -> N
 
 
 def test_a_corrupted_or_foreign_file_is_measured_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unparsable, another signature's, or a tile no calibration tries (a 16 GiB tile would be
-    allocated per worker): each is measured again, never used."""
+    """Unparsable, another signature's, a tile no calibration tries (a 16 GiB tile would be
+    allocated per worker), or seconds that are not numbers: each is measured again, never used."""
     first = calibrated_tiles(sig(), fake_measure((256, 4096), []), folder=tmp_path)
     huge = {"signature": sig(), "block_rows": 4, "block_cols": 1 << 30, "cpu_seconds": {f"4x{1 << 30}": 1.0}}
     for text in ("{not json", json.dumps({"signature": sig(workers=99), "block_rows": 256, "block_cols": 4096,
-                                          "cpu_seconds": {"256x4096": 1.0}}), json.dumps(huge)):
+                                          "cpu_seconds": {"256x4096": 1.0}}), json.dumps(huge),
+                 json.dumps({**huge, "block_rows": 256, "block_cols": 4096, "cpu_seconds": {"256x4096": "fast"}})):
         first.path.write_text(text)
         monkeypatch.setattr(cal, "_MEMORY", {})
         again = calibrated_tiles(sig(), fake_measure((512, 1024), []), folder=tmp_path)

@@ -148,13 +148,14 @@ def _read(path: Path, sig: dict[str, Any], allowed: set[tuple[int, int]]) -> Cal
     ``allowed`` tiles (the candidates and the rule's) with its measured seconds."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        rows, cols, seconds = int(record["block_rows"]), int(record["block_cols"]), dict(record["cpu_seconds"])
+        rows, cols = int(record["block_rows"]), int(record["block_cols"])
+        seconds = {str(k): float(v) for k, v in dict(record["cpu_seconds"]).items()}
         same = record["signature"] == json.loads(json.dumps(sig))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not same or (rows, cols) not in allowed or f"{rows}x{cols}" not in seconds:
         return None
-    return Calibrated(rows, cols, {k: float(v) for k, v in seconds.items()}, path, False)
+    return Calibrated(rows, cols, seconds, path, False)
 
 
 @functools.lru_cache(maxsize=1)
