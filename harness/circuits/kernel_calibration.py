@@ -53,7 +53,7 @@ CAL_ROWS = 1024  # rows per worker in the calibration problem (the largest candi
 CAL_KEYS = 16384  # keys (columns) of the calibration problem
 REPEATS = 4
 KEEP_RULE_WITHIN = 0.05  # the rule's tile stays unless a candidate is more than 5% faster (noise is not a reason)
-MIN_CALIBRATED_ENTRIES = 1 << 30  # ~1e9 entries: a few seconds of scan, against ~0.5 s of calibration once
+MIN_CALIBRATED_ENTRIES = 1 << 30  # ~1e9 entries: a few seconds of scan, against the calibration's one to three seconds once
 ENV_MODE = "INTERP_CLAIMS_KERNEL_TILES"
 LIBRARY_VARIABLES = ("OPENBLAS_CORETYPE", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NPY_DISABLE_CPU_FEATURES",
                      "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
