@@ -24,7 +24,7 @@ def test_threadpoolctl_is_installed() -> None:
 
 
 def test_fallback_warns_once_naming_the_cause(no_threadpoolctl: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ov_topk, "_usable_cores", lambda: 4)
+    monkeypatch.setattr(ov_topk, "cpu_share", lambda: 4)
     with pytest.warns(ov_topk.KernelFallbackWarning, match="threadpoolctl is not installed.*1 worker thread instead of 4"):
         assert ov_topk._auto_workers() == 1
     with warnings.catch_warnings():
@@ -33,7 +33,7 @@ def test_fallback_warns_once_naming_the_cause(no_threadpoolctl: None, monkeypatc
 
 
 def test_no_warning_on_one_core(no_threadpoolctl: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ov_topk, "_usable_cores", lambda: 1)
+    monkeypatch.setattr(ov_topk, "cpu_share", lambda: 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ov_topk._auto_workers() == 1
@@ -44,7 +44,7 @@ def test_fallback_counts_the_same(no_threadpoolctl: None, monkeypatch: pytest.Mo
     rng = np.random.default_rng(0)
     E, L, R, U = (rng.standard_normal(s).astype(np.float32) for s in ((300, 16), (16, 4), (4, 16), (16, 300)))
     threaded = ov_topk.full_circuit_topk(E, L, R, U, block_rows=64, block_cols=1024, workers=2)
-    monkeypatch.setattr(ov_topk, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(ov_topk, "cpu_share", lambda: 2)
     with pytest.warns(ov_topk.KernelFallbackWarning):
         fallback = ov_topk.full_circuit_topk(E, L, R, U, block_rows=64, block_cols=1024)
     assert np.array_equal(threaded.above, fallback.above) and np.array_equal(threaded.ties, fallback.ties)
@@ -52,6 +52,6 @@ def test_fallback_counts_the_same(no_threadpoolctl: None, monkeypatch: pytest.Mo
 
 def test_workers_with_threadpoolctl(monkeypatch: pytest.MonkeyPatch) -> None:
     """One worker per usable CPU (the tiles grow with the worker count instead of a cap on it)."""
-    monkeypatch.setattr(ov_topk, "_usable_cores", lambda: 16)
+    monkeypatch.setattr(ov_topk, "cpu_share", lambda: 16)
     assert ov_topk._auto_workers() == 16
     assert ov_topk.cpu_plan().workers == 16

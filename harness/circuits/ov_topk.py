@@ -424,12 +424,6 @@ class KernelFallbackWarning(RuntimeWarning):
 _fallback_warned = False
 
 
-def _usable_cores() -> int:
-    """Cores this process's kernel may keep busy: the usable CPUs, or this process's share of them
-    (:func:`harness.core.cpu_identity.cpu_share`: a pytest-xdist worker's)."""
-    return cpu_share()
-
-
 def cpu_plan(workers: int | None = None, r: int | None = None, entries: int = 0, fused: bool = True) -> KernelPlan:
     """The CPU kernel's tiles and workers on this machine (``workers`` given: tiles for that many).
 
@@ -465,13 +459,14 @@ def _calibration_scan(r: int, workers: int, fused: bool) -> Measure:
 
 
 def _auto_workers() -> int:
-    """One worker per usable core if BLAS can be made single-threaded, else 1.
+    """One worker per core this process may keep busy (:func:`harness.core.cpu_identity.cpu_share`:
+    the usable CPUs, or a pytest-xdist worker's share of them) if BLAS can be made single-threaded, else 1.
 
     Without threadpoolctl the workers' BLAS calls would each start their own threads and fight
     over the cores, so the kernel keeps to one worker: correct, but the counting passes then use
     one core.  That fallback is announced once per process (:class:`KernelFallbackWarning`).
     """
-    cores = _usable_cores()
+    cores = cpu_share()
     if not fused_counting():
         _warn_once("numba is not installed, so the OV kernel counts with numpy's mask passes "
                    "(about 1.6x the time of the compiled loop); install the declared dependency: pip install numba")
