@@ -49,9 +49,23 @@ the random-matrix baseline (4 claims, about 9.5 s of CPU with the process's star
 @pytest.fixture
 def offline_env(tmp_path: Path) -> dict[str, str]:
     """The environment of a machine without the course weights: empty HF cache, no download, no overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(WEIGHTS_ENV_PREFIX) and k != DOWNLOAD_ENV}
+    return fresh_env(tmp_path)
+
+
+def fresh_env(tmp_path: Path) -> dict[str, str]:
+    """This process's environment less the weights and tokenizer overrides and the download opt-in,
+    with an empty HF cache under ``tmp_path``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith((WEIGHTS_ENV_PREFIX, TOKENIZER_ENV_PREFIX)) and k != DOWNLOAD_ENV}
     env["HF_HUB_CACHE"] = str(tmp_path / "hf-cache")
     return env
+
+
+def test_the_fresh_process_environment_has_no_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Neither weights nor tokenizer overrides nor the download opt-in reach the fresh ``claims`` process."""
+    for variable in (f"{WEIGHTS_ENV_PREFIX}{ARENA.upper().replace('-', '_')}", f"{TOKENIZER_ENV_PREFIX}GPT2_SMALL", DOWNLOAD_ENV):
+        monkeypatch.setenv(variable, str(tmp_path / "elsewhere"))
+    env = fresh_env(tmp_path)
+    assert not [k for k in env if k.startswith((WEIGHTS_ENV_PREFIX, TOKENIZER_ENV_PREFIX)) or k == DOWNLOAD_ENV]
 
 
 def run_claims(arguments: list[str], env: dict[str, str], out: Path) -> subprocess.CompletedProcess[str]:
