@@ -14,7 +14,7 @@ process: collection, every worker, the baseline check) is timed too, beside its 
 
 Each run is a fresh process (interpreter start, imports, model loads, reports: all of it), into a
 temporary cache folder (or ``--keep DIR``; emptied first unless ``--warm-only``). Printed: wall and
-CPU seconds (user + system of the run's process) beside the targets (cold under 3 minutes, warm
+CPU seconds (user + system of the run's process and its reaped workers) beside the targets (cold under 3 minutes, warm
 under 30 s, on this project's 2-core CPU), each run's breakdown (start-up and imports, reading
 and validating the claim files, measuring, model loads, writing the reports, and whether torch,
 TransformerLens or matplotlib were imported at all), the costliest claims of each run (wall and

@@ -504,7 +504,7 @@ def draw_job(job: PlotJob) -> str | None:
 
 
 DRAWING_MODULES = ("reports.plots", "matplotlib.figure", "matplotlib.backends.backend_svg", "matplotlib.backends.backend_agg")
-"""What a drawing worker imports once, before it is forked for the jobs."""
+"""What a drawing worker (a spawned interpreter) imports once, before its first job."""
 
 
 def planned_plots(entry: dict[str, Any]) -> list[PlotJob | str]:
@@ -524,8 +524,8 @@ def planned_plots(entry: dict[str, Any]) -> list[PlotJob | str]:
 
 def draw_plots(entries: list[dict[str, Any]], cache: PlotCache | None = None, workers: int | None = None) -> list[list[str]]:
     """Every plot of each entry (as :func:`plots_for`), each distinct drawing once: read from
-    ``cache`` where it holds it, else drawn in worker processes (``workers``; ``None``: as many as
-    this process's CPUs, when there are enough plots to draw: :func:`reports.plot_pool.map_in_processes`).
+    ``cache`` where it holds it, else drawn in worker processes (``workers``; ``None``: one per CPU of
+    this process's share, when there are enough plots to draw: :func:`reports.plot_pool.pool_size`).
     Each SVG depends on its job alone, so the report's bytes do not depend on who drew what."""
     planned = [planned_plots(entry) for entry in entries]
     jobs = {item.ident: item for items in planned for item in items if isinstance(item, PlotJob)}

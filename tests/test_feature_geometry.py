@@ -106,6 +106,7 @@ def test_antipodal_partners_need_cos_near_minus_one() -> None:
     assert fg.antipodal_partners(regular_polygon(5), everything(regular_polygon(5))).tolist() == [0] * 5  # cos 144° = −0.81
     assert fg.antipodal_partners(cube(), everything(cube())).tolist() == [1] * 8  # each vertex and its opposite
     assert fg.antipodal_pair_count(cube(), everything(cube())) == 4
+    assert fg.antipodal_pair_count(cube(), everything(cube()), partners=fg.antipodal_partners(cube(), everything(cube()))) == 4
     W = regular_polygon(6)  # a hexagon: three antipodal pairs, D = 1/3
     assert fg.antipodal_partners(W, everything(W)).tolist() == [1] * 6
     assert fg.antipodal_partners(W, torch.tensor([True, True, True, False, True, True])).tolist() == [0, 1, 1, 0, 1, 1]  # vertex 0 loses its opposite, 3

@@ -121,7 +121,7 @@ def test_a_worker_shares_torch_threads_and_the_suites_own_parallel_work(monkeypa
     from harness.frontends.pytest_plugin.parallel import share_cpus
 
     monkeypatch.setattr(cpu_identity, "usable_cpu_ids", lambda: set(range(8)))
-    monkeypatch.delenv(cpu_identity.CPU_SHARE_VARIABLE, raising=False)
+    monkeypatch.setenv(cpu_identity.CPU_SHARE_VARIABLE, "8")  # registered, so share_cpus' own setting is undone afterwards
     before = torch.get_num_threads()
     try:
         share_cpus(4)  # four workers on eight CPUs: two each

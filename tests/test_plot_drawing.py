@@ -44,14 +44,13 @@ def digest(plots: list[list[str]]) -> str:
 
 
 DRAW_ELSEWHERE = """
-import hashlib, json, sys
 from tests.test_plot_drawing import digest, entries
 from reports.plots import draw_plots
 print(digest(draw_plots(entries(), workers=1)))
 """
 
 
-def test_the_same_bytes_serially_in_workers_and_in_another_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_same_bytes_serially_in_workers_and_in_another_interpreter() -> None:
     serial = draw_plots(entries(), workers=1)
     assert [len(plots) for plots in serial] == [1, 1, 2, 1, 1, 1, 1, 1]
     assert all(svg.startswith("<svg") and "<metadata" not in svg for plots in serial for svg in plots)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -48,9 +49,23 @@ the random-matrix baseline (4 claims, about 9.5 s of CPU with the process's star
 @pytest.fixture
 def offline_env(tmp_path: Path) -> dict[str, str]:
     """The environment of a machine without the course weights: empty HF cache, no download, no overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(WEIGHTS_ENV_PREFIX) and k != DOWNLOAD_ENV}
+    return fresh_env(tmp_path)
+
+
+def fresh_env(tmp_path: Path) -> dict[str, str]:
+    """This process's environment less the weights and tokenizer overrides and the download opt-in,
+    with an empty HF cache under ``tmp_path``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith((WEIGHTS_ENV_PREFIX, TOKENIZER_ENV_PREFIX)) and k != DOWNLOAD_ENV}
     env["HF_HUB_CACHE"] = str(tmp_path / "hf-cache")
     return env
+
+
+def test_the_fresh_process_environment_has_no_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Neither weights nor tokenizer overrides nor the download opt-in reach the fresh ``claims`` process."""
+    for variable in (f"{WEIGHTS_ENV_PREFIX}{ARENA.upper().replace('-', '_')}", f"{TOKENIZER_ENV_PREFIX}GPT2_SMALL", DOWNLOAD_ENV):
+        monkeypatch.setenv(variable, str(tmp_path / "elsewhere"))
+    env = fresh_env(tmp_path)
+    assert not [k for k in env if k.startswith((WEIGHTS_ENV_PREFIX, TOKENIZER_ENV_PREFIX)) or k == DOWNLOAD_ENV]
 
 
 def run_claims(arguments: list[str], env: dict[str, str], out: Path) -> subprocess.CompletedProcess[str]:
@@ -86,6 +101,19 @@ def offline_in_process(hf_cache: Path) -> Iterator[None]:
         restore_tokenizer_overrides(saved_tokenizers)
         weights_overrides._OVERRIDES.clear()
         weights_overrides._OVERRIDES.update(saved_weights)
+
+
+def main_in_process(arguments: list[str]) -> int:
+    """``cli.main(arguments)`` in this process, its process-wide signal handling left as it was: the
+    CLI sets SIGPIPE to the default action (so ``claims list | head`` ends quietly), which would make
+    this test process die on a write to a closed pipe (a lost pool worker, a subprocess that exited)
+    instead of raising BrokenPipeError."""
+    handler = signal.getsignal(signal.SIGPIPE) if hasattr(signal, "SIGPIPE") else None
+    try:
+        return cli.main(arguments)
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGPIPE, handler)
 
 
 def read_outputs(out: Path) -> dict[str, Any]:
@@ -135,9 +163,11 @@ def test_arena_with_the_course_model_as_a_file_reaches_verdicts(
     arguments = ["run", "claims/arena", "-k", WEIGHTED_SELECTION, "--weights", f"{ARENA}={weights}",
                  "--out", str(tmp_path / "out"), "--no-progress"]
     monkeypatch.chdir(ROOT)
+    sigpipe = signal.getsignal(signal.SIGPIPE)
     with offline_in_process(Path(offline_env["HF_HUB_CACHE"])):
-        code = cli.main(arguments)
+        code = main_in_process(arguments)
     assert code in (0, 1), capsys.readouterr().err[-3000:]
+    assert signal.getsignal(signal.SIGPIPE) == sigpipe  # the CLI's process-wide setting went with it
     assert ARENA not in weights_overrides._OVERRIDES  # the run's --weights went with it
     record = read_outputs(tmp_path / "out")
     on_model = [entry for entry in record["claims"] if entry["model"] == ARENA]

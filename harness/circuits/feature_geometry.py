@@ -41,9 +41,13 @@ def antipodal_partners(W: Tensor, represented: Tensor, cos_below: float = sp.ANT
     return ((cos < cos_below) & both).sum(dim=1)
 
 
-def antipodal_pair_count(W: Tensor, represented: Tensor, cos_below: float = sp.ANTIPODAL_COS) -> int:
-    """The number of unordered pairs {i, j} of represented features with cos(W_i, W_j) < cos_below."""
-    return int(antipodal_partners(W, represented, cos_below).sum()) // 2
+def antipodal_pair_count(W: Tensor, represented: Tensor, cos_below: float = sp.ANTIPODAL_COS,
+                         partners: Tensor | None = None) -> int:
+    """The number of unordered pairs {i, j} of represented features with cos(W_i, W_j) < cos_below
+    (half the sum of the partner counts); ``partners`` [n_features]: :func:`antipodal_partners` of the
+    same arguments where the caller has them already."""
+    partners = antipodal_partners(W, represented, cos_below) if partners is None else partners
+    return int(partners.sum()) // 2
 
 
 def nearest_fraction(dims: Tensor, tolerance: float) -> Tensor:

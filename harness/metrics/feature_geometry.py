@@ -51,7 +51,7 @@ def _geometry(W: Tensor, threshold: float, drop_below: float, cos_below: float, 
     return {
         "represented": float(count), "dropped": float(dropped), "between": float(n - count - dropped),
         "paired": float(paired), "unpaired_represented": float(count - paired), "dropped_or_paired": float(dropped + paired),
-        "antipodal_pairs": float(int(partners.sum()) // 2),  # fg.antipodal_pair_count
+        "antipodal_pairs": float(fg.antipodal_pair_count(W, represented, cos_below, partners)),
         "paired_share": paired / count if count else 0.0,
         "frobenius_sq": frobenius, "frobenius_gap": abs(frobenius - count) / max(count, 1),
         "dims_per_feature": sp.dimensions_per_feature(W), "max_norm": float(norms.max()), "d_q10": q10, "d_q90": q90,
