@@ -38,7 +38,7 @@ HEAD_KEY = re.compile(HEAD_PATTERN)
 
 
 STYLE = {"svg.fonttype": "none", "font.size": 8, "text.parse_math": False}  # "$" in a label is text
-"""matplotlib settings of every plot, over matplotlib's own (``rcParamsOrig``: its defaults and matplotlibrc)."""
+"""matplotlib settings of every plot, over its built-in defaults (``rcParamsDefault``; a matplotlibrc is not read)."""
 SVG_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
 """No ``<metadata>`` block: its date would make every drawing of a plot differ."""
 
@@ -468,13 +468,14 @@ def probe(plot: Plot, view: dict[str, Any]) -> bool | str:
 
 
 def draw_svg(plot: Plot, view: dict[str, Any], salt: str) -> str | None:
-    """``plot`` of ``view`` as an SVG (the failure text where it fails), drawn with matplotlib's own
-    settings and :data:`STYLE` whatever this process changed; the SVG's internal ids are hashed with
-    ``salt``, so the same view and salt give the same bytes in any process."""
+    """``plot`` of ``view`` as an SVG (the failure text where it fails), drawn with matplotlib's
+    built-in defaults (``rcParamsDefault``: not this process's changes, nor a user's matplotlibrc,
+    which the plot cache's key does not hold) and :data:`STYLE`; the SVG's internal ids are hashed
+    with ``salt``, so the same view and salt give the same bytes in any process on any machine."""
     import matplotlib
 
     with matplotlib.rc_context():
-        matplotlib.rcParams.update({k: v for k, v in matplotlib.rcParamsOrig.items() if k != "backend"})
+        matplotlib.rcParams.update({k: v for k, v in matplotlib.rcParamsDefault.items() if k != "backend"})
         matplotlib.rcParams.update({**STYLE, "svg.hashsalt": salt})
         try:
             return plot.draw(view)

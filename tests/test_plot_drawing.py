@@ -118,3 +118,12 @@ def test_pool_size() -> None:
     assert plot_pool.pool_size(3, cpus=8) == 1  # too few plots to repay starting workers
     assert plot_pool.pool_size(200, cpus=2) == 2
     assert plot_pool.pool_size(3 * plot_pool.MIN_JOBS_PER_WORKER, cpus=8) == 3
+
+
+def test_a_users_matplotlibrc_does_not_change_the_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib
+
+    plain = draw_plots(entries()[:1], workers=1)
+    monkeypatch.setitem(matplotlib.rcParamsOrig, "axes.facecolor", "#ff0000")  # as a matplotlibrc would set them
+    monkeypatch.setitem(matplotlib.rcParamsOrig, "figure.facecolor", "#00ff00")
+    assert draw_plots(entries()[:1], workers=1) == plain
