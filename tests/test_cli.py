@@ -97,6 +97,19 @@ def test_validate_misspelt_key_through_the_command(workdir):
     assert "Traceback" not in done.stderr
 
 
+
+def test_the_command_ends_quietly_on_a_closed_pipe() -> None:
+    """``claims list | head -1``: the command dies of SIGPIPE (no BrokenPipeError traceback); the
+    setting is the console script's (``console_main``), ``main()`` in a test process leaves it alone."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = Path(sys.executable).with_name("claims")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "harness.frontends.cli"]
+    listing = subprocess.Popen([*command, "list", str(ROOT / "claims")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    assert listing.stdout is not None and listing.stdout.readline()  # then the reader goes away (its pipe holds < 100 kB)
+    listing.stdout.close()
+    _, stderr = listing.communicate(timeout=300)
+    assert listing.returncode == -13 and b"Traceback" not in stderr  # -SIGPIPE
+
 def test_validate_valid_file(workdir, capsys, stand_in_models):
     write(workdir, "claims/ok.yaml", VALID)
     assert main(["validate", "claims"]) == EXIT_OK

@@ -103,19 +103,6 @@ def offline_in_process(hf_cache: Path) -> Iterator[None]:
         weights_overrides._OVERRIDES.update(saved_weights)
 
 
-def main_in_process(arguments: list[str]) -> int:
-    """``cli.main(arguments)`` in this process, its process-wide signal handling left as it was: the
-    CLI sets SIGPIPE to the default action (so ``claims list | head`` ends quietly), which would make
-    this test process die on a write to a closed pipe (a lost pool worker, a subprocess that exited)
-    instead of raising BrokenPipeError."""
-    handler = signal.getsignal(signal.SIGPIPE) if hasattr(signal, "SIGPIPE") else None
-    try:
-        return cli.main(arguments)
-    finally:
-        if handler is not None:
-            signal.signal(signal.SIGPIPE, handler)
-
-
 def read_outputs(out: Path) -> dict[str, Any]:
     """The record in ``out``, after checking that both reports exist, parse and show every claim."""
     record = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -165,9 +152,9 @@ def test_arena_with_the_course_model_as_a_file_reaches_verdicts(
     monkeypatch.chdir(ROOT)
     sigpipe = signal.getsignal(signal.SIGPIPE)
     with offline_in_process(Path(offline_env["HF_HUB_CACHE"])):
-        code = main_in_process(arguments)
+        code = cli.main(arguments)
     assert code in (0, 1), capsys.readouterr().err[-3000:]
-    assert signal.getsignal(signal.SIGPIPE) == sigpipe  # the CLI's process-wide setting went with it
+    assert signal.getsignal(signal.SIGPIPE) == sigpipe  # main() leaves process-wide signals alone (console_main sets them)
     assert ARENA not in weights_overrides._OVERRIDES  # the run's --weights went with it
     record = read_outputs(tmp_path / "out")
     on_model = [entry for entry in record["claims"] if entry["model"] == ARENA]

@@ -36,9 +36,17 @@ DEFAULT_PATHS = ["claims"]
 EXIT_OK, EXIT_MISMATCH, EXIT_INVALID = 0, 1, 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    if hasattr(signal, "SIGPIPE"):  # `claims list | head` ends quietly
+def console_main() -> int:
+    """The ``claims`` command: :func:`main` in a process of its own, where a closed pipe
+    (``claims list | head``) ends it quietly (SIGPIPE's default action). Process-wide, so only
+    here: :func:`main` called inside another program (a test, a benchmark) leaves it alone."""
+    if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return main()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``claims`` command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -277,4 +285,4 @@ def _print_table(results: list, format_value) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())
