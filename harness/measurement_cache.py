@@ -48,13 +48,13 @@ import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from harness.core.cpu_identity import cpu_model, usable_cpu_ids
 from harness.core.atomic_write import write_atomic
 from harness.core.measurement import Measurement
+from harness.core.versions import installed_version
 
 CACHE_FORMAT = 1
 """The entries' format; a new format starts a new folder (``v2/``) and never reads the old one."""
@@ -115,11 +115,7 @@ def suite_source_hash() -> str:
 def environment() -> dict[str, str | None]:
     """The library versions, Python, architecture and CPU-kernel variables every key includes."""
     env: dict[str, str | None] = {"python": sys.version.split()[0], "machine": platform.machine()}
-    for name in PACKAGES:
-        try:
-            env[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            env[name] = None
+    env.update({name: installed_version(name) for name in PACKAGES})
     env.update({name: os.environ.get(name) for name in CPU_VARIABLES})
     env.update(cpu_identity())
     return env

@@ -29,12 +29,12 @@ import math
 import platform
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
 from harness.core.atomic_write import write_atomic  # noqa: F401  (re-exported: callers import it from here)
 from harness.core.record_schema import SCHEMA_VERSION
+from harness.core.versions import installed_version
 from harness.metric_signatures import metric_declaration
 from harness.runner import ClaimResult
 from harness.verdicts import Verdict
@@ -70,7 +70,7 @@ def provenance(spec_files: dict[str, str]) -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": dirty,
         "python": sys.version.split()[0],
-        "packages": {name: _version(name) for name in PACKAGES},
+        "packages": {name: installed_version(name) for name in PACKAGES},
         "platform": platform.platform(),
         "device": None if torch is None else "cuda" if torch.cuda.is_available() else "cpu",
         "dtype": "float32",
@@ -158,13 +158,6 @@ def record_from_entries(
         "summary": summary,
         "claims": entries,
     }
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _git_state() -> tuple[str | None, bool | None]:

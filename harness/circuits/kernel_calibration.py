@@ -38,7 +38,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from fixtures.cache_root import cache_root
 from harness.circuits import ov_tiles
 from harness.core.atomic_write import write_atomic
 from harness.core.cpu_identity import cpu_model
+from harness.core.versions import installed_version
 
 CANDIDATES: tuple[tuple[int, int], ...] = ((256, 1024), (512, 1024), (1024, 1024), (256, 2048), (512, 2048), (256, 4096))
 """Tile shapes tried (rows a power of two dividing the columns, columns a multiple of 1024)."""
@@ -98,7 +98,7 @@ def signature(workers: int, r: int, fused: bool, layout: str) -> dict[str, Any]:
     return {
         "format": FORMAT, "cpu": model.name, "flags": sorted(model.flags), "layout": layout, "workers": workers,
         "rank_bucket": rank_bucket(r), "fused": fused, "blas_core": _blas_core(), "scan_code": _scan_code(),
-        "versions": {name: _version(name) for name in ("numpy", "numba", "threadpoolctl")},
+        "versions": {name: installed_version(name) for name in ("numpy", "numba", "threadpoolctl")},
         "variables": {name: os.environ.get(name) for name in LIBRARY_VARIABLES},
         "candidates": [list(c) for c in CANDIDATES],
     }
@@ -162,13 +162,6 @@ def _read(path: Path, sig: dict[str, Any], allowed: set[tuple[int, int]]) -> Cal
 def _scan_code() -> str:
     """sha256 of the tile-counting module's source: a new counting loop is measured afresh."""
     return hashlib.sha256(Path(ov_tiles.__file__).read_bytes()).hexdigest()[:16]
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 @functools.lru_cache(maxsize=1)
