@@ -30,6 +30,23 @@ Result = TypeVar("Result")
 MIN_JOBS_PER_WORKER = 8
 """A worker is worth starting for this many plots (about 0.15 s of CPU each against its ~1 s start)."""
 
+_cpu_share: int | None = None
+"""The CPUs this process may draw on when other processes of the same run share its CPUs (a
+pytest-xdist worker's share); ``None``: all of :func:`usable_cpus`."""
+
+
+def share_cpus(cpus: int | None) -> None:
+    """Draw on at most ``cpus`` CPUs from now on (``None``: every usable CPU). A process that
+    shares the machine with its siblings (``-n 2`` on two cores) and has a share of one draws in
+    this process: workers there would only wait for a core, after each paid its ~1 s start."""
+    global _cpu_share
+    _cpu_share = None if cpus is None else max(1, cpus)
+
+
+def available_cpus() -> int:
+    """The CPUs to draw on: :func:`usable_cpus`, at most this process's share (:func:`share_cpus`)."""
+    return usable_cpus() if _cpu_share is None else min(usable_cpus(), _cpu_share)
+
 
 def usable_cpus() -> int:
     """How many CPUs this process may run on (its affinity mask where the OS has one)."""
@@ -39,9 +56,9 @@ def usable_cpus() -> int:
 
 
 def pool_size(jobs: int, cpus: int | None = None) -> int:
-    """Workers for ``jobs`` jobs: one per usable CPU, at most one per ``MIN_JOBS_PER_WORKER`` jobs;
-    below 2 the jobs run in this process (returns 1)."""
-    workers = min(usable_cpus() if cpus is None else cpus, jobs // MIN_JOBS_PER_WORKER)
+    """Workers for ``jobs`` jobs: one per available CPU (``cpus``; ``None``: :func:`available_cpus`),
+    at most one per ``MIN_JOBS_PER_WORKER`` jobs; below 2 the jobs run in this process (returns 1)."""
+    workers = min(available_cpus() if cpus is None else cpus, jobs // MIN_JOBS_PER_WORKER)
     return workers if workers >= 2 else 1
 
 

@@ -111,3 +111,18 @@ def test_pool_size() -> None:
     assert plot_pool.pool_size(3, cpus=8) == 1  # too few plots to repay starting workers
     assert plot_pool.pool_size(200, cpus=2) == 2
     assert plot_pool.pool_size(3 * plot_pool.MIN_JOBS_PER_WORKER, cpus=8) == 3
+
+
+def test_a_share_of_the_cpus_caps_the_workers() -> None:
+    """A pytest-xdist worker's share (``-n 2`` on two CPUs: one each) draws in its own process."""
+    previous = plot_pool._cpu_share
+    try:
+        plot_pool.share_cpus(1)
+        assert plot_pool.available_cpus() == 1
+        assert plot_pool.pool_size(200) == 1
+        plot_pool.share_cpus(2)
+        assert plot_pool.available_cpus() == min(2, plot_pool.usable_cpus())
+        plot_pool.share_cpus(None)
+        assert plot_pool.available_cpus() == plot_pool.usable_cpus()
+    finally:
+        plot_pool.share_cpus(previous)

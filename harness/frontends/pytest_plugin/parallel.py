@@ -25,6 +25,7 @@ import pytest
 from harness.frontends.output import model_summaries
 from harness.frontends.pytest_plugin.durations import longest_first, read_durations, remember_split
 from harness.loader import load_claim_file
+from reports import plot_pool
 from harness.frontends.pytest_plugin.state import FILES_KEY, MISSING_KEY, RESULTS_KEY, SESSION_KEY
 from harness.record import claim_entry, to_json
 
@@ -93,12 +94,15 @@ def share_cpus(workers: int) -> None:
     for a core (the toy's evaluation loss: 23.5 s of CPU on two threads, 3.9 s on one, on a loaded
     2-core machine).  The thread count changes no claim's verdict; values move by float rounding
     at most, which the baseline's tolerances hold (serial runs of the claims on one thread pass it).
+    The HTML report's plot workers get the same share (one: the plots are drawn in the worker).
     """
     import torch
 
     from harness.core.cpu_identity import usable_cpu_ids
 
-    torch.set_num_threads(worker_threads(workers, len(usable_cpu_ids())))
+    share = worker_threads(workers, len(usable_cpu_ids()))
+    torch.set_num_threads(share)
+    plot_pool.share_cpus(share)
 
 
 @pytest.hookimpl(optionalhook=True)
