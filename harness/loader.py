@@ -13,6 +13,7 @@ import math
 import re
 import types
 import typing
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -44,8 +45,17 @@ class LoadedFile:
         return claim.model or self.spec.model
 
 
+_PARSED: "OrderedDict[tuple[str, str], tuple[ClaimFile, SourceMap]]" = OrderedDict()
+"""Files parsed in this process, by (shown path, sha256 of the bytes): a pytest worker reads each
+claim file about three times (collection, the scheduler, tests that list claims), and parsing and
+validating the 31 files costs about 0.3 s. The spec is frozen; the name checks, which depend on
+the registry, run on every load."""
+MAX_PARSED = 256
+
+
 def load_claim_file(path: str | Path, *, check_names: bool = True) -> LoadedFile:
-    """Read and validate one claim file; raise :class:`SpecError` listing every problem."""
+    """Read and validate one claim file; raise :class:`SpecError` listing every problem.
+    The same bytes under the same path are parsed once per process (:data:`_PARSED`)."""
     shown = _display_path(path)
     try:
         raw = Path(path).read_bytes()
@@ -55,7 +65,12 @@ def load_claim_file(path: str | Path, *, check_names: bool = True) -> LoadedFile
         text = decode_utf8(raw, shown)
     except YamlError as exc:
         raise SpecError([exc.issue]) from None
-    return load_claim_text(text, shown, sha256=hashlib.sha256(raw).hexdigest(), check_names=check_names)
+    sha256 = hashlib.sha256(raw).hexdigest()
+    parsed = _PARSED.get((shown, sha256))
+    if parsed is None:
+        return load_claim_text(text, shown, sha256=sha256, check_names=check_names)
+    _PARSED.move_to_end((shown, sha256))
+    return _checked(LoadedFile(shown, *parsed, sha256), check_names)
 
 
 def load_claim_text(text: str, shown: str, *, sha256: str | None = None, check_names: bool = True) -> LoadedFile:
@@ -70,7 +85,15 @@ def load_claim_text(text: str, shown: str, *, sha256: str | None = None, check_n
         spec = ClaimFile.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_pydantic_issues(exc, data, source_map, ClaimFile, ())) from None
-    loaded = LoadedFile(shown, spec, source_map, sha256 or hashlib.sha256(text.encode()).hexdigest())
+    loaded = _checked(LoadedFile(shown, spec, source_map, sha256 or hashlib.sha256(text.encode()).hexdigest()), check_names)
+    _PARSED[(shown, loaded.sha256)] = (spec, source_map)
+    while len(_PARSED) > MAX_PARSED:
+        _PARSED.popitem(last=False)
+    return loaded
+
+
+def _checked(loaded: LoadedFile, check_names: bool) -> LoadedFile:
+    """``loaded``, or :class:`SpecError` for duplicate ids and (``check_names``) unknown names."""
     issues = _duplicate_ids(loaded)
     if check_names:
         issues += _check_names(loaded)

@@ -44,18 +44,34 @@ def map_in_processes(function: Callable[[Job], Result], jobs: Sequence[Job], *, 
                      preload: Sequence[str] = ()) -> list[Result]:
     """``[function(job) for job in jobs]``, computed by ``workers`` processes (``None``:
     :func:`pool_size`; 1: in this process). ``function`` and the jobs must pickle (a module-level
-    function, plain data); ``preload`` names the modules each worker imports when it starts."""
+    function, plain data); ``preload`` names the modules each worker imports when it starts.
+
+    Workers that cannot start (OSError) or die (BrokenProcessPool) leave the jobs to this process,
+    with a RuntimeWarning; an exception a job raises is raised here, as it would be serially."""
     workers = pool_size(len(jobs)) if workers is None else min(workers, len(jobs))
     if workers < 2 or multiprocessing.current_process().daemon:  # a daemonic process may not start children
         return [function(job) for job in jobs]
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_import,
-                                 initargs=(tuple(preload),)) as pool:
-            return list(pool.map(function, jobs))
-    except (OSError, BrokenProcessPool) as exc:
-        warnings.warn(f"worker processes failed ({type(exc).__name__}: {exc}); running {len(jobs)} jobs in this process",
-                      RuntimeWarning, stacklevel=2)
-        return [function(job) for job in jobs]
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_import,
+                                   initargs=(tuple(preload),))
+    except OSError as exc:
+        return _here(function, jobs, exc)
+    with pool:
+        try:  # the workers start with the first submissions
+            futures = [pool.submit(function, job) for job in jobs]
+        except (OSError, BrokenProcessPool) as exc:
+            return _here(function, jobs, exc)
+        try:
+            return [future.result() for future in futures]
+        except BrokenProcessPool as exc:
+            return _here(function, jobs, exc)
+
+
+def _here(function: Callable[[Job], Result], jobs: Sequence[Job], exc: BaseException) -> list[Result]:
+    """The jobs run in this process after the workers failed (``exc``), said with a RuntimeWarning."""
+    warnings.warn(f"worker processes failed ({type(exc).__name__}: {exc}); running {len(jobs)} jobs in this process",
+                  RuntimeWarning, stacklevel=3)
+    return [function(job) for job in jobs]
 
 
 def _import(modules: tuple[str, ...]) -> None:

@@ -112,6 +112,18 @@ def test_load_claim_file_reads_from_disk(tmp_path: Path):
     assert loaded.source_map.locate(("claims", 1, "select"), key=False).line == 16
 
 
+def test_a_file_is_parsed_once_per_content_and_its_names_checked_on_every_load(tmp_path: Path):
+    path = tmp_path / "ok.yaml"
+    path.write_text(edit("model: planted-attn-2l", "model: planted-attn-3l"), encoding="utf-8")
+    first = load_claim_file(path, check_names=False)
+    assert load_claim_file(path, check_names=False).spec is first.spec  # the same bytes: parsed once
+    with pytest.raises(SpecError, match="planted-attn-3l"):  # the cached parse still meets the name checks
+        load_claim_file(path)
+    path.write_text(VALID, encoding="utf-8")
+    changed = load_claim_file(path)
+    assert changed.spec is not first.spec and changed.spec.model == MODEL and changed.sha256 != first.sha256
+
+
 def test_scientific_notation_tolerance_is_a_number():
     loaded = load_claim_text(edit('expect: {equals: ["0.0"]}', "expect: {approx: 1, abs: 1e-6}"), "c.yaml")
     assert loaded.spec.claims[0].expect.abs == 1e-6

@@ -105,6 +105,21 @@ def test_workers_that_cannot_start_leave_the_work_here(monkeypatch: pytest.Monke
         assert plot_pool.map_in_processes(abs, [-1, -2, 3], workers=2) == [1, 2, 3]
 
 
+
+def open_missing(path: str) -> str:
+    """A job that raises an OSError of its own (module level: it pickles into a worker)."""
+    with open(path) as handle:
+        return handle.read()
+
+
+def test_a_jobs_own_oserror_is_raised_not_taken_for_a_pool_failure(tmp_path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "worker processes failed", no second run of the jobs here
+        with pytest.raises(FileNotFoundError):
+            plot_pool.map_in_processes(open_missing, [str(tmp_path / "missing")] * 2, workers=2)
+
 def test_a_daemonic_process_runs_the_jobs_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     import multiprocessing
 
@@ -127,3 +142,14 @@ def test_a_users_matplotlibrc_does_not_change_the_bytes(monkeypatch: pytest.Monk
     monkeypatch.setitem(matplotlib.rcParamsOrig, "axes.facecolor", "#ff0000")  # as a matplotlibrc would set them
     monkeypatch.setitem(matplotlib.rcParamsOrig, "figure.facecolor", "#00ff00")
     assert draw_plots(entries()[:1], workers=1) == plain
+
+
+def test_a_share_of_the_cpus_caps_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pytest-xdist worker's share (``-n 2`` on two CPUs: one each) draws in its own process."""
+    from harness.core import cpu_identity
+
+    monkeypatch.setattr(cpu_identity, "usable_cpu_ids", lambda: {0, 1})
+    monkeypatch.setenv(cpu_identity.CPU_SHARE_VARIABLE, "1")
+    assert plot_pool.pool_size(200) == 1
+    monkeypatch.setenv(cpu_identity.CPU_SHARE_VARIABLE, "2")
+    assert plot_pool.pool_size(200) == 2
