@@ -58,7 +58,7 @@ def test_a_stored_choice_is_reused_without_measuring(tmp_path: Path, monkeypatch
     assert (again.block_rows, again.block_cols) == (256, 4096) and not again.measured_now and calls == []
 
 
-@pytest.mark.parametrize("change", [{"blas_core": "Haswell"}, {"workers": 1}, {"rank_bucket": 8},
+@pytest.mark.parametrize("change", [{"blas_core": "NoSuchCore"}, {"workers": 1}, {"rank_bucket": 8},
                                     {"variables": {"NUMBA_CPU_NAME": "generic"}}, {"flags": ["sse2"]}])
 def test_another_cpu_signature_measures_again(tmp_path: Path, change: dict) -> None:
     first = calibrated_tiles(sig(), fake_measure((256, 4096), []), folder=tmp_path)

@@ -179,9 +179,10 @@ def hardest_from_factors(P: np.ndarray, Qm: np.ndarray, cols: np.ndarray, K: int
     lists while in cache (writing and re-reading 4 b V bytes cost more than folding in cache).
     Returns ``(diag, vals, cols)`` (b; b x K; b x K), None without numba.  Row blocks are dealt to
     ``workers`` threads with one BLAS thread each (:func:`harness.circuits.ov_tiles.map_blocks`);
-    every tile's product is the same single-threaded call whatever the number of workers, and its
-    entries are bitwise those of the whole product (checked in the tests), each row's columns are
-    folded in increasing order: the result does not depend on the tiles or the workers."""
+    every tile's product is the same single-threaded call whatever the number of workers, and each
+    row's columns are folded in increasing order: the result does not depend on the workers.  The
+    entries are the whole product's up to rounding (bitwise where the BLAS blocks a tile as it
+    blocks the whole, as on this project's CPU, not under every kernel: checked in the tests)."""
     loop = _compiled_topk()
     if loop is None:
         return None
