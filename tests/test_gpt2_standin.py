@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,11 +30,11 @@ from typing import Any
 import pytest
 import torch
 
-from fixtures import hub_access, registry, weights_overrides
+from fixtures import hub_access, registry
 from fixtures.sources import tl_pretrained
 from fixtures.gpt2_standin import GPT2_SMALL_N_EMBD, build_gpt2_standin, gpt2_vocabulary
-from fixtures.tokenizer_source import TOKENIZER_ENV_PREFIX, clear_tokenizer_overrides, restore_tokenizer_overrides
 from harness.loader import LoadedFile, find_claim_files, load_claim_file
+from tests.offline_support import offline_hub
 from harness.runner import ClaimResult, run_claim
 from harness.session import Session
 from harness.core.spec import Claim
@@ -92,29 +90,12 @@ def offline_gpt2(cache: Path, n_embd: int = GPT2_SMALL_N_EMBD) -> Iterator[None]
     The registry's entries expect a stand-in ``n_embd`` wide (GPT-2 small's width by default)."""
     import huggingface_hub.constants as hf_constants
 
-    def no_network(*args, **kwargs):
-        raise AssertionError("a network call was made")
-
-    saved_tokenizers = clear_tokenizer_overrides()
-    saved_weights = dict(weights_overrides._OVERRIDES)
-    weights_overrides._OVERRIDES.clear()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("HF_HOME", str(cache.parent))
-            patch.setenv("HF_HUB_CACHE", str(cache))
-            patch.setenv("HF_HUB_OFFLINE", "1")
-            patch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-            patch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-            patch.delenv(hub_access.DOWNLOAD_ENV, raising=False)
-            for variable in [v for v in os.environ if v.startswith((TOKENIZER_ENV_PREFIX, weights_overrides.WEIGHTS_ENV_PREFIX))]:
-                patch.delenv(variable)
-            patch.setattr(socket.socket, "connect", no_network)
-            patch.setattr(socket, "create_connection", no_network)
-            patch.setattr(tl_pretrained, "GPT2_SMALL_SHAPE", declared_shape(n_embd))
-            yield
-    finally:
-        restore_tokenizer_overrides(saved_tokenizers)
-        weights_overrides._OVERRIDES.update(saved_weights)
+    with offline_hub(cache) as patch:
+        patch.setenv("HF_HOME", str(cache.parent))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+        patch.setattr(tl_pretrained, "GPT2_SMALL_SHAPE", declared_shape(n_embd))
+        yield
 
 
 @dataclass

@@ -14,18 +14,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fixtures import weights_overrides
-from fixtures.tokenizer_source import TOKENIZER_ENV_PREFIX, clear_tokenizer_overrides, restore_tokenizer_overrides
+from fixtures.tokenizer_source import TOKENIZER_ENV_PREFIX
 from harness.frontends import cli
 from fixtures.hashing import file_sha256
 from fixtures.registry import get_model_entry
@@ -33,6 +30,7 @@ from fixtures.hub_access import DOWNLOAD_ENV
 from fixtures.sources.hub import ARENA_ATTN_ONLY_2L_CONFIG
 from fixtures.weights_overrides import WEIGHTS_ENV_PREFIX
 from harness.loader import load_claim_file
+from tests.offline_support import offline_hub
 from tests.test_models import _random_state, _save
 from tests.test_report_robustness import parse_html
 
@@ -72,35 +70,6 @@ def run_claims(arguments: list[str], env: dict[str, str], out: Path) -> subproce
     """``claims run ARGUMENTS --out OUT`` in a fresh process."""
     command = [sys.executable, "-m", "harness.frontends.cli", "run", *arguments, "--out", str(out), "--no-progress"]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-@contextmanager
-def offline_in_process(hf_cache: Path) -> Iterator[None]:
-    """This process as :func:`offline_env` makes a fresh one: the Hugging Face libraries see only the
-    empty ``hf_cache``, offline; no download opt-in, no weights or tokenizer overrides (those set
-    inside are dropped afterwards); sockets refuse to connect."""
-    import huggingface_hub.constants as hf_constants
-
-    def no_network(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("a network call was made")
-
-    saved_tokenizers = clear_tokenizer_overrides()
-    saved_weights = dict(weights_overrides._OVERRIDES)
-    weights_overrides._OVERRIDES.clear()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("HF_HUB_CACHE", str(hf_cache))
-            patch.setattr(hf_constants, "HF_HUB_CACHE", str(hf_cache))
-            patch.delenv(DOWNLOAD_ENV, raising=False)
-            for variable in [v for v in os.environ if v.startswith((TOKENIZER_ENV_PREFIX, WEIGHTS_ENV_PREFIX))]:
-                patch.delenv(variable)
-            patch.setattr(socket.socket, "connect", no_network)
-            patch.setattr(socket, "create_connection", no_network)
-            yield
-    finally:
-        restore_tokenizer_overrides(saved_tokenizers)
-        weights_overrides._OVERRIDES.clear()
-        weights_overrides._OVERRIDES.update(saved_weights)
 
 
 def read_outputs(out: Path) -> dict[str, Any]:
@@ -151,7 +120,7 @@ def test_arena_with_the_course_model_as_a_file_reaches_verdicts(
                  "--out", str(tmp_path / "out"), "--no-progress"]
     monkeypatch.chdir(ROOT)
     sigpipe = signal.getsignal(signal.SIGPIPE)
-    with offline_in_process(Path(offline_env["HF_HUB_CACHE"])):
+    with offline_hub(Path(offline_env["HF_HUB_CACHE"])):
         code = cli.main(arguments)
     assert code in (0, 1), capsys.readouterr().err[-3000:]
     assert signal.getsignal(signal.SIGPIPE) == sigpipe  # main() leaves process-wide signals alone (console_main sets them)
