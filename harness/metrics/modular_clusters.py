@@ -93,12 +93,13 @@ def _projection_losses(model: ModelHandle, k_range: str, threshold: float, split
     freqs, frac, sizes = clusters(model, k_range, threshold)
     parts = cluster_logits(run.neurons, w_logit, freqs, frac > threshold)
     total = sum(parts.values())
+    original = run.logits  # (p^2, p) float64, converted once for every cluster's loss
 
     def loss(logits: torch.Tensor) -> float:
-        return split_loss(bias_corrected(logits, run.logits), split)
+        return split_loss(bias_corrected(logits, original), split)
 
     projected = loss(total)
-    value = {"original": split_loss(run.logits, split), "projected": projected, "without_always_firing": loss(total - parts[0])}
+    value = {"original": split_loss(original, split), "projected": projected, "without_always_firing": loss(total - parts[0])}
     for k in (k for k in parts if k):
         value[f"k={k}"] = loss(total - parts[k])
     value["min_ablation"] = min((value[f"k={k}"] for k in parts if k), default=0.0)

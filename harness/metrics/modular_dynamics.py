@@ -140,11 +140,12 @@ def summarise(model: ModelHandle, of_pass: bool = True) -> SnapshotSummary:
     else:
         run = kept_all_pairs(model) or run_all_pairs(model, pre=True)  # the pass its claims made, else one not kept
         per_head = run.attention.mean(0)  # (h, 3): mean attention from "=" to each position
+        logits = run.logits  # (p^2, p) float64: converted once, read six times
         summary = SnapshotSummary(
-            sha, norm, True, losses={split: split_loss(run.logits, split) for split in ("train", "test", "all")},
+            sha, norm, True, losses={split: split_loss(logits, split) for split in ("train", "test", "all")},
             attention_gap=float((per_head[:, 0] - per_head[:, 1]).abs().max()),
-            trig_coords=trig_sum_coords(run.logits), column_mean=run.logits.mean(0),
-            trig_energy={"logit": trig_energy(run.logits), "neuron_pre": trig_energy(run.neurons_pre),
+            trig_coords=trig_sum_coords(logits), column_mean=logits.mean(0),
+            trig_energy={"logit": trig_energy(logits), "neuron_pre": trig_energy(run.neurons_pre),
                          "neuron_post": trig_energy(run.neurons)})
     _SUMMARIES[(model.identity.key, of_pass)] = summary
     return summary
