@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,29 @@ def test_without_a_cache_nothing_is_stored(tmp_path: Path, computed: list[str]) 
     assert not (tmp_path / "cache").exists()
 
 
-def test_changed_inputs_recompute(tmp_path: Path, computed: list[str]) -> None:
-    cache = tmp_path / "cache"
-    run(claims_file(tmp_path, seed=0), MeasurementCache(cache))
+@pytest.fixture(scope="module")
+def stored_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[Any, str]]]:
+    """One run of the demo claims (seed 0) into a fresh cache: the cache folder (its two entries)
+    and the run's values. The tests that change or damage a stored cache work on copies (:func:`stored`)."""
+    root = tmp_path_factory.mktemp("stored")
+    cache = MeasurementCache(root / "cache")
+    results = run(claims_file(root), cache)
+    assert cache.stored == 2 and not any(r.cached for r in results)
+    return root / "cache", values(results)
+
+
+@pytest.fixture
+def stored(tmp_path: Path, stored_run: tuple[Path, list[tuple[Any, str]]]) -> tuple[Path, list[tuple[Any, str]]]:
+    """A copy of :func:`stored_run`'s cache as ``tmp_path / "cache"``, and the values of the run that stored it."""
+    folder, first = stored_run
+    shutil.copytree(folder, tmp_path / "cache")
+    return tmp_path / "cache", first
+
+
+def test_changed_inputs_recompute(tmp_path: Path, computed: list[str], stored: tuple[Path, list]) -> None:
+    cache, _ = stored  # stored by a run with seed 0
     results = run(claims_file(tmp_path, seed=1), MeasurementCache(cache))
-    assert len(computed) == 4 and not any(r.cached for r in results)
+    assert len(computed) == 2 and not any(r.cached for r in results)
 
 
 BASE = dict(model_key="m|planted|aa|bb|fold_ln=True|float32|cpu", metric="attention.scores",
@@ -144,12 +163,12 @@ def test_suite_source_hash_covers_the_engine_code() -> None:
     assert len(digest) == 64 and digest == measurement_cache.suite_source_hash()
 
 
-def test_changed_source_recomputes_a_stored_run(tmp_path: Path, computed: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    path, cache = claims_file(tmp_path), tmp_path / "cache"
-    run(path, MeasurementCache(cache))
+def test_changed_source_recomputes_a_stored_run(tmp_path: Path, computed: list[str], monkeypatch: pytest.MonkeyPatch,
+                                               stored: tuple[Path, list]) -> None:
+    path, (cache, _) = claims_file(tmp_path), stored
     monkeypatch.setattr(measurement_cache, "suite_source_hash", lambda: "edited")
     results = run(path, MeasurementCache(cache))
-    assert len(computed) == 4 and not any(r.cached for r in results)
+    assert len(computed) == 2 and not any(r.cached for r in results)
 
 
 def _entries(cache: Path) -> list[Path]:
@@ -157,9 +176,9 @@ def _entries(cache: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("corrupt", ["garbage", "truncated", "value-edited", "key-edited", "empty"])
-def test_a_corrupted_entry_is_ignored_with_a_warning(tmp_path: Path, computed: list[str], corrupt: str) -> None:
-    path, cache = claims_file(tmp_path), tmp_path / "cache"
-    first = run(path, MeasurementCache(cache))
+def test_a_corrupted_entry_is_ignored_with_a_warning(tmp_path: Path, computed: list[str], corrupt: str, stored: tuple[Path, list]) -> None:
+    path, (cache, first) = claims_file(tmp_path), stored
+    assert len(_entries(cache)) == 2
     for entry in _entries(cache):
         text = entry.read_text()
         data = json.loads(text)
@@ -179,10 +198,10 @@ def test_a_corrupted_entry_is_ignored_with_a_warning(tmp_path: Path, computed: l
     again = MeasurementCache(cache)
     with pytest.warns(CacheEntryWarning, match="ignoring measurement cache entry"):
         second = run(path, again)
-    assert len(computed) == 4 and again.ignored == 2 and not any(r.cached for r in second)
-    assert values(second) == values(first)
+    assert len(computed) == 2 and again.ignored == 2 and not any(r.cached for r in second)
+    assert values(second) == first
     third = run(path, MeasurementCache(cache))  # the recomputed values replaced the bad entries
-    assert all(r.cached for r in third) and values(third) == values(first)
+    assert all(r.cached for r in third) and values(third) == first
 
 
 def test_a_measurement_is_stored_as_the_record_writes_it(tmp_path: Path) -> None:
@@ -225,7 +244,8 @@ def test_cli_no_cache_clear_and_the_record(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     claims_file(tmp_path)
     cache = str(tmp_path / "cache")
-    assert claims_main(["run", "claims", "--out", "nocache", "--no-progress", "--no-cache", "--cache-dir", cache]) == 0
+    # one claim is enough to show that --no-cache neither reads nor creates the folder (a whole run draws three more plots)
+    assert claims_main(["run", "claims", "-k", "induction-heads", "--out", "nocache", "--no-progress", "--no-cache", "--cache-dir", cache]) == 0
     assert not Path(cache).exists()
     assert claims_main(["run", "claims", "--out", "a", "--no-progress", "--cache-dir", cache]) == 0
     assert claims_main(["run", "claims", "--out", "b", "--no-progress", "--cache-dir", cache]) == 0
