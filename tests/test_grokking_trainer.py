@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fixtures.grokking_model import hooked_config, initial_state_dict, lean_logits
 from fixtures.modular_task import P, all_data, split_data, split_pairs, train_mask
 from fixtures.train_grokking import GrokTrainConfig, loss_f64, main, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # a 12,769-row forward pass of a small model: one thread is cheaper in CPU time
 
 
 def test_split_is_the_papers() -> None:

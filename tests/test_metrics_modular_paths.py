@@ -14,6 +14,8 @@ from harness.metrics import modular_paths
 from harness.metrics._modular import split_loss
 from tests.test_metrics_modular import Ctx, handle_of
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # a 12,769 x 512 model: one thread is several times cheaper in CPU time
+
 
 def test_grid_shares_of_planted_grids() -> None:
     x = torch.arange(P, dtype=torch.float64)
