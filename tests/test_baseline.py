@@ -53,14 +53,38 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_two_runs_give_identical_values(workdir: Path) -> None:
-    first, second = run(workdir, "a"), run(workdir, "b")
+@pytest.fixture(scope="module")
+def blessed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real run of the demo claims (``a/``) and the baseline blessed from it, in a folder of its
+    own; the tests that damage them work on copies (:func:`blessed`)."""
+    root = tmp_path_factory.mktemp("blessed")
+    write(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        run(root, "a")
+        assert claims_main(["bless", "a/results.json", "baseline.json"]) == 0
+    return root
+
+
+@pytest.fixture
+def blessed(workdir: Path, blessed_run: Path) -> dict:
+    """A baseline blessed from a real run, as data, with ``a/results.json`` beside it (copied into
+    ``workdir``, which holds the same claim file)."""
+    assert (workdir / "claims" / "demo.yaml").read_bytes() == (blessed_run / "claims" / "demo.yaml").read_bytes()
+    shutil.copytree(blessed_run / "a", workdir / "a")
+    shutil.copyfile(blessed_run / "baseline.json", workdir / "baseline.json")
+    return json.loads((workdir / "baseline.json").read_text())
+
+
+def test_two_runs_give_identical_values(workdir: Path, blessed_run: Path) -> None:
+    """A second run (here, of the same claim file) writes the first run's (the module's) values."""
+    first = json.loads((blessed_run / "a" / "results.json").read_text())
+    second = run(workdir, "b")
     strip = lambda record: [{k: v for k, v in e.items() if k != "duration_s"} for e in record["claims"]]
     assert strip(first) == strip(second)
 
 
-def test_bless_then_diff_clean_then_flip(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run(workdir, "a")
+def test_bless_then_diff_clean_then_flip(workdir: Path, blessed: dict, capsys: pytest.CaptureFixture[str]) -> None:
     assert claims_main(["bless", "a/results.json", "baseline.json"]) == 0
     assert claims_main(["diff", "baseline.json", "a/results.json"]) == 0
     write(workdir, threshold="1.5")  # 0.0's score is 1.0: now refuted
@@ -71,8 +95,8 @@ def test_bless_then_diff_clean_then_flip(workdir: Path, capsys: pytest.CaptureFi
     assert "FLIP     prev-score: verdict supported -> refuted" in out
 
 
-def test_new_and_missing_claims_are_reported(workdir: Path) -> None:
-    record = run(workdir, "a")
+def test_new_and_missing_claims_are_reported(workdir: Path, blessed: dict) -> None:
+    record = json.loads((workdir / "a" / "results.json").read_text())
     baseline = make_baseline(record)
     del baseline["claims"]["induction-heads"]
     baseline["claims"]["gone"] = dict(baseline["claims"]["prev-score"])
@@ -82,8 +106,7 @@ def test_new_and_missing_claims_are_reported(workdir: Path) -> None:
     assert report.exit_code == 1
 
 
-def test_corrupt_and_foreign_baselines_are_clear_errors(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run(workdir, "a")
+def test_corrupt_and_foreign_baselines_are_clear_errors(workdir: Path, blessed: dict, capsys: pytest.CaptureFixture[str]) -> None:
     (workdir / "corrupt.json").write_text('{"format": "interp-claims-baseline", "vers')
     (workdir / "foreign.json").write_text('{"some": "other tool"}')
     assert claims_main(["diff", "corrupt.json", "a/results.json"]) == 2
@@ -121,10 +144,9 @@ def test_pytest_baseline_option_fails_and_names_flipped_claim(pytester: pytest.P
     pytester.runpytest_inprocess("claims", "-q", "--claims-baseline", "baseline.json").assert_outcomes(passed=2)
 
 
-def test_pytest_baseline_reports_disappeared_claim(pytester: pytest.Pytester) -> None:
+def test_pytest_baseline_reports_disappeared_claim(pytester: pytest.Pytester, blessed_run: Path) -> None:
     write(pytester.path)
-    pytester.runpytest_inprocess("claims", "-q", "--claims-out", "a").assert_outcomes(passed=2)
-    claims_main(["bless", str(pytester.path / "a/results.json"), str(pytester.path / "baseline.json")])
+    shutil.copyfile(blessed_run / "baseline.json", pytester.path / "baseline.json")
     text = CLAIMS.replace("THRESHOLD", "0.9").split("  - id: induction-heads")[0]
     (pytester.path / "claims" / "demo.yaml").write_text(text)
     result = pytester.runpytest_inprocess("claims", "-q", "--claims-baseline", "baseline.json")
@@ -133,29 +155,6 @@ def test_pytest_baseline_reports_disappeared_claim(pytester: pytest.Pytester) ->
 
 
 # --- unusable baselines and results files: a clear message, exit 2 ------------------------------------
-
-
-@pytest.fixture(scope="module")
-def blessed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real run of the demo claims (``a/``) and the baseline blessed from it, in a folder of its
-    own; the tests that damage them work on copies (:func:`blessed`)."""
-    root = tmp_path_factory.mktemp("blessed")
-    write(root)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        run(root, "a")
-        assert claims_main(["bless", "a/results.json", "baseline.json"]) == 0
-    return root
-
-
-@pytest.fixture
-def blessed(workdir: Path, blessed_run: Path) -> dict:
-    """A baseline blessed from a real run, as data, with ``a/results.json`` beside it (copied into
-    ``workdir``, which holds the same claim file)."""
-    assert (workdir / "claims" / "demo.yaml").read_bytes() == (blessed_run / "claims" / "demo.yaml").read_bytes()
-    shutil.copytree(blessed_run / "a", workdir / "a")
-    shutil.copyfile(blessed_run / "baseline.json", workdir / "baseline.json")
-    return json.loads((workdir / "baseline.json").read_text())
 
 
 def damaged(workdir: Path, baseline: dict, claim_id: str, **changes) -> str:
@@ -191,11 +190,9 @@ def test_unusable_baseline_entries_are_clear_errors(workdir: Path, blessed: dict
     assert err.startswith(f"claims diff: baseline {path}: ") and message in err and "Traceback" not in err
 
 
-def test_nan_baseline_is_refused_by_the_pytest_option(pytester: pytest.Pytester) -> None:
+def test_nan_baseline_is_refused_by_the_pytest_option(pytester: pytest.Pytester, blessed_run: Path) -> None:
     write(pytester.path)
-    pytester.runpytest_inprocess("claims", "-q", "--claims-out", "a").assert_outcomes(passed=2)
-    assert claims_main(["bless", str(pytester.path / "a/results.json"), str(pytester.path / "baseline.json")]) == 0
-    text = (pytester.path / "baseline.json").read_text()
+    text = (blessed_run / "baseline.json").read_text()
     baseline = json.loads(text)
     baseline["claims"]["prev-score"]["value"] = float("nan")
     (pytester.path / "baseline.json").write_text(json.dumps(baseline))

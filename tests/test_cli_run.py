@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import stat
@@ -65,20 +67,34 @@ def terminals(monkeypatch: pytest.MonkeyPatch, on_terminal: bool) -> None:
 # --- printing ------------------------------------------------------------------------------------
 
 
-def test_run_in_a_log_prints_one_line_per_finished_claim(workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    terminals(monkeypatch, False)
-    assert main(["run", "claims", "--out", "out"]) == EXIT_OK
-    captured = capsys.readouterr()
-    lines = [line for line in captured.out.splitlines() if line.startswith("[")]
+@pytest.fixture(scope="module")
+def log_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str, str]:
+    """One ``claims run`` of the demo claims with its output going to a log (not a terminal), into
+    ``new/deeper``, a folder that does not exist yet: the working folder, exit code, stdout and
+    stderr (the tests below only read it)."""
+    root = tmp_path_factory.mktemp("log-run")
+    (root / "claims").mkdir()
+    (root / "claims" / "demo.yaml").write_text(CLAIMS)
+    out, err = io.StringIO(), io.StringIO()  # not terminals: isatty() is False
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        patch.chdir(root)
+        code = main(["run", "claims", "--out", "new/deeper"])
+    return root, code, out.getvalue(), err.getvalue()
+
+
+def test_run_in_a_log_prints_one_line_per_finished_claim(log_run: tuple[Path, int, str, str]) -> None:
+    root, code, out, err = log_run
+    assert code == EXIT_OK
+    lines = [line for line in out.splitlines() if line.startswith("[")]
     assert len(lines) == 2
     first, second = lines
     assert first.startswith("[1/2] supported    previous-token-head  {0.0}  (") and first.endswith(" s)")
     assert second.startswith("[2/2] refuted      induction-score  ")
     seconds = float(second.rsplit("(", 1)[1].removesuffix(" s)"))
-    record = json.loads((workdir / "out" / "results.json").read_text())
+    record = json.loads((root / "new" / "deeper" / "results.json").read_text())
     assert seconds == pytest.approx(record["claims"][1]["duration_s"], abs=0.01)
-    assert captured.out.index("[2/2]") < captured.out.index("2 as expected")
-    assert "claims:" not in captured.err  # no progress bar in a log
+    assert out.index("[2/2]") < out.index("2 as expected")
+    assert "claims:" not in err  # no progress bar in a log
 
 
 def test_run_in_a_log_flags_a_claim_not_as_expected(workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
@@ -138,10 +154,10 @@ def test_out_that_cannot_be_written_is_refused_before_measuring(workdir: Path, c
     assert list(locked.iterdir()) == []  # the probe left nothing behind
 
 
-def test_out_is_created_and_the_probe_leaves_nothing(workdir: Path, monkeypatch) -> None:
-    terminals(monkeypatch, False)
-    assert main(["run", "claims", "--out", "new/deeper"]) == EXIT_OK
-    assert sorted(p.name for p in (workdir / "new" / "deeper").iterdir()) == ["report.html", "report.md", "results.json"]
+def test_out_is_created_and_the_probe_leaves_nothing(log_run: tuple[Path, int, str, str]) -> None:
+    root, code, _, _ = log_run
+    assert code == EXIT_OK
+    assert sorted(p.name for p in (root / "new" / "deeper").iterdir()) == ["report.html", "report.md", "results.json"]
 
 
 def test_selection_of_no_claim_is_an_error(workdir: Path, capsys, measured) -> None:

@@ -1,5 +1,6 @@
-"""Drawing a record's plots: the same bytes whoever draws them (this process, worker processes, another
-interpreter with another string-hash seed, the plot cache), each distinct drawing once, none half-written."""
+"""Drawing a record's plots: the same bytes whoever draws them (this process, worker processes with another
+string-hash seed, the plot cache) and the same plan in another interpreter with another seed, each
+distinct drawing once, none half-written."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from reports import plot_pool
+from reports import plots as plots_module
 from reports.plot_cache import PlotCache
 from reports.plots import PLOTS, Plot, PlotJob, _figure, draw_plots, draw_svg, planned_plots, probe
 
@@ -43,28 +45,57 @@ def digest(plots: list[list[str]]) -> str:
     return hashlib.sha256(json.dumps(plots).encode()).hexdigest()
 
 
-DRAW_ELSEWHERE = """
-from tests.test_plot_drawing import digest, entries
-from reports.plots import draw_plots
-print(digest(draw_plots(entries(), workers=1)))
+@pytest.fixture(scope="module")
+def serial() -> list[list[str]]:
+    """Every plot of :func:`entries`, drawn in this process (the tests below compare their drawings with it)."""
+    return draw_plots(entries(), workers=1)
+
+
+def other_hash_seed() -> str:
+    """A string-hash seed other than this process's own when that is fixed (a set's order changes with it)."""
+    return "54321" if os.environ.get("PYTHONHASHSEED") == "12345" else "12345"
+
+
+def plan_only(job: PlotJob) -> str:
+    """Stands in for :func:`reports.plots.draw_job`: the job's plot and id, nothing drawn."""
+    return f"{job.plot}:{job.ident}"
+
+
+PLAN_ELSEWHERE = """
+import sys
+import reports.plots as plots
+from tests.test_plot_drawing import digest, entries, plan_only
+plots.draw_job = plan_only
+print(digest(plots.draw_plots(entries(), workers=1)))
+print("matplotlib" in sys.modules)
 """
 
 
-def test_the_same_bytes_serially_in_workers_and_in_another_interpreter() -> None:
-    serial = draw_plots(entries(), workers=1)
+def test_the_same_bytes_serially_in_workers_and_in_another_interpreter(serial: list[list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serial drawing, drawing in spawned workers whose string-hash seed differs from this process's,
+    and the whole plan (which plots, their views and ids, how the drawings are put back together)
+    made in another interpreter with another seed all agree: the drawing of a job depends on the job
+    alone, and the jobs on the entries alone. (The other interpreter only plans: drawing with another
+    seed is what the workers do, so it need not import matplotlib.)"""
     assert [len(plots) for plots in serial] == [1, 1, 2, 1, 1, 1, 1, 1]
     assert all(svg.startswith("<svg") and "<metadata" not in svg for plots in serial for svg in plots)
-    assert serial == draw_plots(entries(), workers=1)
-    assert serial == draw_plots(entries(), workers=2)
-    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)}  # a set's order changes with the seed
-    elsewhere = subprocess.run([sys.executable, "-c", DRAW_ELSEWHERE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    seed = other_hash_seed()
+    with monkeypatch.context() as patch:
+        patch.setenv("PYTHONHASHSEED", seed)  # the spawned workers inherit it
+        assert serial == draw_plots(entries(), workers=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(plots_module, "draw_job", plan_only)
+        plan = digest(draw_plots(entries(), workers=1))
+    env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
+    elsewhere = subprocess.run([sys.executable, "-c", PLAN_ELSEWHERE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
-    assert elsewhere.stdout.strip() == digest(serial)
+    assert elsewhere.stdout.split() == [plan, "False"]
 
 
-def test_each_distinct_drawing_once_then_from_the_cache(tmp_path: Path) -> None:
+def test_each_distinct_drawing_once_then_from_the_cache(tmp_path: Path, serial: list[list[str]]) -> None:
     cache = PlotCache(tmp_path, "salt")
     first = draw_plots(entries(), cache, workers=1)
+    assert first == serial  # drawn again in the same process: the same bytes
     assert first[5] == first[6] and cache.drawn == 8 and cache.hits == 0  # two claims, one picture
     again = draw_plots(entries(), cache, workers=1)
     assert again == first and cache.drawn == 8 and cache.hits == 8
@@ -106,19 +137,13 @@ def test_workers_that_cannot_start_leave_the_work_here(monkeypatch: pytest.Monke
 
 
 
-def open_missing(path: str) -> str:
-    """A job that raises an OSError of its own (module level: it pickles into a worker)."""
-    with open(path) as handle:
-        return handle.read()
-
-
 def test_a_jobs_own_oserror_is_raised_not_taken_for_a_pool_failure(tmp_path: Path) -> None:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "worker processes failed", no second run of the jobs here
         with pytest.raises(FileNotFoundError):
-            plot_pool.map_in_processes(open_missing, [str(tmp_path / "missing")] * 2, workers=2)
+            plot_pool.map_in_processes(open, [str(tmp_path / "missing")] * 2, workers=2)  # a builtin: the workers import nothing to run it
 
 def test_a_daemonic_process_runs_the_jobs_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     import multiprocessing
@@ -135,10 +160,10 @@ def test_pool_size() -> None:
     assert plot_pool.pool_size(3 * plot_pool.MIN_JOBS_PER_WORKER, cpus=8) == 3
 
 
-def test_a_users_matplotlibrc_does_not_change_the_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_users_matplotlibrc_does_not_change_the_bytes(monkeypatch: pytest.MonkeyPatch, serial: list[list[str]]) -> None:
     import matplotlib
 
-    plain = draw_plots(entries()[:1], workers=1)
+    plain = serial[:1]
     monkeypatch.setitem(matplotlib.rcParamsOrig, "axes.facecolor", "#ff0000")  # as a matplotlibrc would set them
     monkeypatch.setitem(matplotlib.rcParamsOrig, "figure.facecolor", "#00ff00")
     assert draw_plots(entries()[:1], workers=1) == plain
