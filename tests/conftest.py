@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
-import torch
 from hypothesis import settings
 
-from harness.core.model_handle import ModelHandle
+if TYPE_CHECKING:
+    from harness.core.model_handle import ModelHandle
 
 # Property tests replay the same examples on every run unless asked to fuzz, so that a CI run
 # cannot fail by chance: HYPOTHESIS_PROFILE=thorough draws fresh examples (and the loader's
@@ -36,6 +36,8 @@ def no_measurement_cache() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Run a module on one torch thread (tiny models run 5-10x faster so on a shared machine)."""
+    import torch  # here, not at the top: pytest-xdist's controller loads this file and runs no test
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

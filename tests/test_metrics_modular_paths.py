@@ -9,10 +9,13 @@ import torch
 
 from fixtures.grokking_model import initial_state_dict
 from fixtures.modular_task import P, all_data
+from harness.core.model_handle import ModelHandle
 from harness.metrics import _modular as M
 from harness.metrics import modular_paths
 from harness.metrics._modular import split_loss
 from tests.test_metrics_modular import Ctx, handle_of
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # a 12,769 x 512 model: one thread is several times cheaper in CPU time
 
 
 def test_grid_shares_of_planted_grids() -> None:
@@ -57,16 +60,22 @@ def test_neuron_path_loss_against_transformer_lens_hooks() -> None:
     assert mean["original"] == pytest.approx(split_loss(dense + resid_mid, "all"), rel=1e-6)
 
 
-def test_logit_weight_share_is_the_fourier_norm_of_w_out_w_u() -> None:
-    model = handle_of(initial_state_dict(5), "wlogit-grok")
+@pytest.fixture(scope="module")
+def random_model() -> ModelHandle:
+    """A randomly initialised model, read by the tests below (its all-pairs run is made once: the metrics keep it)."""
+    return handle_of(initial_state_dict(6), "shares-grok")
+
+
+def test_logit_weight_share_is_the_fourier_norm_of_w_out_w_u(random_model: ModelHandle) -> None:
+    model = random_model
     value = modular_paths.logit_weight_fourier_share(Ctx(model), frequencies=list(range(1, 57))).value
     assert value["key_share"] == pytest.approx(1 - 1 / P, abs=0.02)  # every column but the constant: a random W_logit is flat
     assert 0.0 <= value["own_cluster_share"] <= 1.0
     assert M.fourier_basis().shape == (P, P)
 
 
-def test_fourier_2d_shares_of_a_random_model_leave_dead_neurons_out() -> None:
-    model = handle_of(initial_state_dict(6), "shares-grok")
+def test_fourier_2d_shares_of_a_random_model_leave_dead_neurons_out(random_model: ModelHandle) -> None:
+    model = random_model
     for of in ("attention", "neurons", "logits"):
         value = modular_paths.fourier_2d_shares(Ctx(model), of=of).value
         assert 0.0 < value["top_share"] <= 1.0 and value["linear_share"] + value["quadratic_share"] == pytest.approx(1.0)

