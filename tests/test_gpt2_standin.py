@@ -162,6 +162,7 @@ def run_all(cache: Path, claims: list[tuple[LoadedFile, Claim]], out: Path, n_em
     with offline_gpt2(cache, n_embd):
         results = {claim.id: run_claim(loaded, claim, session) for loaded, claim in claims}
     run = GPT2Run(results, out, None, {name: handle.shape for name, handle in session.models.items()})
+    assert every_plot or session.cache is None, "placeholder plots must never reach a plot cache"
     drawing = nullcontext() if every_plot else one_plot_of_each_kind(run)
     try:
         with drawing:
