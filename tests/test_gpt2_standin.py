@@ -284,6 +284,7 @@ def check_reports(run: GPT2Run) -> None:
 
 
 def test_reports_are_written_for_gpt2_claims(fast_run: GPT2Run) -> None:
+    assert fast_run.drawn is not None, "the report drew its plots without one_plot_of_each_kind: the plot checks would not run"
     check_reports(fast_run)
 
 
