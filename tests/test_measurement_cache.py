@@ -244,7 +244,8 @@ def test_cli_no_cache_clear_and_the_record(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     claims_file(tmp_path)
     cache = str(tmp_path / "cache")
-    # one claim is enough to show that --no-cache neither reads nor creates the folder (a whole run draws three more plots)
+    # one measured claim is enough to show that --no-cache does not create the folder (a whole run draws three more plots);
+    # that it does not read a stored cache is not checked here (the folder does not exist yet)
     assert claims_main(["run", "claims", "-k", "induction-heads", "--out", "nocache", "--no-progress", "--no-cache", "--cache-dir", cache]) == 0
     assert not Path(cache).exists()
     assert claims_main(["run", "claims", "--out", "a", "--no-progress", "--cache-dir", cache]) == 0
