@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,9 @@ def test_the_same_bytes_serially_in_workers_and_in_another_interpreter(serial: l
     seed = other_hash_seed()
     with monkeypatch.context() as patch:
         patch.setenv("PYTHONHASHSEED", seed)  # the spawned workers inherit it
-        assert serial == draw_plots(entries(), workers=2)
+        with warnings.catch_warnings():  # workers that fail to start would leave the drawing to this process
+            warnings.filterwarnings("error", message="worker processes failed")
+            assert serial == draw_plots(entries(), workers=2)
     with monkeypatch.context() as patch:
         patch.setattr(plots_module, "draw_job", plan_only)
         plan = digest(draw_plots(entries(), workers=1))
@@ -138,8 +141,6 @@ def test_workers_that_cannot_start_leave_the_work_here(monkeypatch: pytest.Monke
 
 
 def test_a_jobs_own_oserror_is_raised_not_taken_for_a_pool_failure(tmp_path: Path) -> None:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "worker processes failed", no second run of the jobs here
         with pytest.raises(FileNotFoundError):
