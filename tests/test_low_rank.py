@@ -66,6 +66,7 @@ def test_rank_one_is_at_most_two_over_V(V: int, d: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     E, U = rng.standard_normal((V, d)), rng.standard_normal((d, V))
     fit = fit_low_rank_copying(E, U, 1, seed=seed, max_steps=60, max_seconds=None, batch_rows=16)
+    assert np.isfinite(fit.A).all() and np.isfinite(fit.B).all()  # a NaN fit could meet both bounds below
     assert fit.top1 <= 2 / V + 1e-12
     assert fit.top1 == dense_top1(E, fit.A, fit.B, U)
 
