@@ -50,12 +50,13 @@ def neuron_path_loss(ctx: MetricContext, *, ablation: Literal["zero", "mean"] = 
     _check_vocab(ctx.model)
     run = all_pairs(ctx.model)
     w = _weights(ctx.model)
+    logits = run.logits  # (p^2, p) float64: converted once, read three times
     neuron_logits = (run.neurons @ w["W_out"] + w["b_out"]) @ w["W_U"][:, :P]  # (p^2, p)
-    rest = run.logits - neuron_logits  # resid_mid W_U (+ b_U, zero here)
+    rest = logits - neuron_logits  # resid_mid W_U (+ b_U, zero here)
     ablated = neuron_logits + (rest.mean(0, keepdim=True) if ablation == "mean" else 0.0)
-    original, after = split_loss(run.logits, split), split_loss(ablated, split)
+    original, after = split_loss(logits, split), split_loss(ablated, split)
     return Measurement({"original": original, "ablated": after, "ratio": after / original}, None,
-                       {"ablation": ablation, "split": split, "rest_norm_share": float(rest.norm() / run.logits.norm())}, unit="nats")
+                       {"ablation": ablation, "split": split, "rest_norm_share": float(rest.norm() / logits.norm())}, unit="nats")
 
 
 def grid_fourier_shares(grid: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
