@@ -328,3 +328,20 @@ def test_a_text_libyaml_refuses_gets_the_pure_parsers_message(monkeypatch: pytes
     fast = issue_of(text)
     monkeypatch.setattr(yaml_source, "_FAST_PARSER", None)
     assert str(issue_of(text)) == str(fast)
+
+
+@pytest.mark.parametrize("text", [
+    "a: " + "[" * 100 + "]" * 100 + "\n",  # flow sequences
+    "".join("  " * level + f"k{level}:\n" for level in range(60)) + "  " * 60 + "v\n",  # block mappings
+    "- " * 50 + "z\n",  # block sequences
+    "x: " + "{a: [" * 20 + "1" + "]}" * 20 + "\n",  # both, in flow
+], ids=["flow", "block-mappings", "block-sequences", "mixed"])
+def test_nesting_too_deep_is_stopped_as_it_composes_whichever_parser_reads_it(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    """Both parsers stop at the collection start past ``MAX_DEPTH``, with the same message (libyaml's
+    parser matches event classes exactly, so the check names sequences and mappings, not their base)."""
+    import harness.yaml_source as yaml_source
+
+    fast = issue_of(text)
+    assert "nesting deeper" in fast.message and fast.key == ""  # the composer's check, not the data builder's
+    monkeypatch.setattr(yaml_source, "_FAST_PARSER", None)
+    assert str(issue_of(text)) == str(fast)
