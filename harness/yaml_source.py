@@ -59,7 +59,9 @@ class _DepthCheckingComposer(yaml.composer.Composer):
     _depth = 0
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        if not self.check_event(yaml.CollectionStartEvent):
+        # The two event classes by name: libyaml's parser matches the exact class, not a base class
+        # (``CollectionStartEvent`` never matched there, so its nesting went unchecked as it composed).
+        if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
             return super().compose_node(parent, index)
         self._depth += 1
         try:

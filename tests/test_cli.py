@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -104,9 +105,16 @@ def test_the_command_ends_quietly_on_a_closed_pipe() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     script = Path(sys.executable).with_name("claims")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "harness.frontends.cli"]
-    listing = subprocess.Popen([*command, "list", str(ROOT / "claims")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
-    assert listing.stdout is not None and listing.stdout.readline()  # then the reader goes away (its pipe holds < 100 kB)
-    listing.stdout.close()
+    reading, writing = os.pipe()
+    if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux: a one-page pipe, so two claim files' listing (about 18 kB) overfills it
+        fcntl.fcntl(writing, fcntl.F_SETPIPE_SZ, 4096)
+        listed = [ROOT / "claims" / "arena" / "1.4-1-ioi.yaml", ROOT / "claims" / "toy" / "grokking.yaml"]
+    else:  # a default pipe (64 kB): every shipped file (about 96 kB)
+        listed = [ROOT / "claims"]
+    listing = subprocess.Popen([*command, "list", *map(str, listed)], stdout=writing, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as stdout:  # the reader takes at most what the pipe held, then goes away:
+        assert stdout.readline()  # the listing is more than twice what the pipe and the reader together took
     _, stderr = listing.communicate(timeout=300)
     assert listing.returncode == -13 and b"Traceback" not in stderr  # -SIGPIPE
 

@@ -264,11 +264,18 @@ def test_deep_nesting_through_aliases_is_an_error():
     assert issue.key.startswith("b")
 
 
-def test_alias_bomb_is_stopped():
+@pytest.mark.parametrize("limit", [
+    1_000,  # the same check on a smaller limit: the 10**9-node bomb is stopped after 1,000 nodes, not 100,000 (~0.6 s)
+    pytest.param(MAX_NODES, marks=pytest.mark.slow, id="shipped-limit"),
+])
+def test_alias_bomb_is_stopped(monkeypatch: pytest.MonkeyPatch, limit: int):
+    import harness.yaml_source as yaml_source
+
+    monkeypatch.setattr(yaml_source, "MAX_NODES", limit)
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
     issue = issue_of("\n".join(lines) + "\n")
-    assert f"more than {MAX_NODES} nodes" in issue.message
+    assert f"more than {limit} nodes" in issue.message
 
 
 def test_recursive_alias_is_an_error():
@@ -319,5 +326,22 @@ def test_a_text_libyaml_refuses_gets_the_pure_parsers_message(monkeypatch: pytes
     import harness.yaml_source as yaml_source
 
     fast = issue_of(text)
+    monkeypatch.setattr(yaml_source, "_FAST_PARSER", None)
+    assert str(issue_of(text)) == str(fast)
+
+
+@pytest.mark.parametrize("text", [
+    "a: " + "[" * 100 + "]" * 100 + "\n",  # flow sequences
+    "".join("  " * level + f"k{level}:\n" for level in range(60)) + "  " * 60 + "v\n",  # block mappings
+    "- " * 50 + "z\n",  # block sequences
+    "x: " + "{a: [" * 20 + "1" + "]}" * 20 + "\n",  # both, in flow
+], ids=["flow", "block-mappings", "block-sequences", "mixed"])
+def test_nesting_too_deep_is_stopped_as_it_composes_whichever_parser_reads_it(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    """Both parsers stop at the collection start past ``MAX_DEPTH``, with the same message (libyaml's
+    parser matches event classes exactly, so the check names sequences and mappings, not their base)."""
+    import harness.yaml_source as yaml_source
+
+    fast = issue_of(text)
+    assert "nesting deeper" in fast.message and fast.key == ""  # the composer's check, not the data builder's
     monkeypatch.setattr(yaml_source, "_FAST_PARSER", None)
     assert str(issue_of(text)) == str(fast)
