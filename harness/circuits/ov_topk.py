@@ -380,7 +380,7 @@ def _scan_numpy(
     unit = bt * _CHUNK // math.gcd(bt, _CHUNK)  # tiles align with row blocks and count chunks
     w = -(-min(w, V) // unit) * unit
     if w >= V:  # one column tile holds every diagonal: only the count chunks need aligning
-        w = -(-V // _CHUNK) * _CHUNK  # (unit, a multiple of bt, reached 150 x 1024 for 150 rows)
+        w = -(-V // _CHUNK) * _CHUNK  # (the lcm made 150-row blocks 76,800 columns wide)
     chi = np.zeros(n, np.int64)
     d32 = np.empty(n, np.float32)
     best = np.full(n, -np.inf, np.float32)
