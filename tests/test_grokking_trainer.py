@@ -18,6 +18,9 @@ def test_split_is_the_papers() -> None:
     assert len(set(train) | set(test)) == P * P
     # random.seed(0); random.shuffle(row-major pairs): the first pairs of that stream
     assert train[:3] == [(18, 34), (10, 83), (55, 28)]
+    mask = train_mask()
+    assert int(mask.sum()) == 3830 and bool(mask[18 * P + 34]) and not bool(mask[test[0][0] * P + test[0][1]])
+    mask[:] = False  # the caller's own copy: the next call's mask is whole
     assert int(train_mask().sum()) == 3830
 
 

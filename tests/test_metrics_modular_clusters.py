@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from fixtures.grokking_model import initial_state_dict
-from fixtures.modular_task import P
+from fixtures.modular_task import P, all_data
 from harness.metrics import _modular as M
 from harness.metrics import modular_clusters
+from harness.metrics.modular import kept_all_pairs
 from tests.test_metrics_modular import Ctx, handle_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # a 12,769 x 512 model: one thread is several times cheaper in CPU time
@@ -69,7 +70,12 @@ def test_cluster_projection_loss_against_the_dense_loop_on_a_model() -> None:
     THRESHOLD = 0.11
     model = handle_of({k: 3 * v for k, v in initial_state_dict(5).items()}, "clusters-grok")
     got = modular_clusters.cluster_projection_loss(Ctx(model), threshold=THRESHOLD).value
-    run = M.run_all_pairs(model)
+    run = kept_all_pairs(model)  # the run the metric read (not a second forward pass of 12,769 pairs) ...
+    assert run is not None
+    rows = torch.arange(0, P * P, 199)  # ... is this model's: 65 pairs over the grid, run afresh
+    with torch.no_grad():
+        fresh = model._hooked(all_data().tokens[rows])[:, -1, :P].double()
+    assert torch.allclose(run.logits[rows], fresh, rtol=1e-5, atol=1e-6)
     freqs, frac = M.neuron_frequencies(run.neurons, P // 2)
     params = dict(model.named_parameters())
     w_logit = params["blocks.0.mlp.W_out"].detach().double() @ params["unembed.W_U"].detach().double()[:, :P]

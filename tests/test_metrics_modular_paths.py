@@ -43,10 +43,17 @@ def test_column_shares_of_planted_coordinates() -> None:
     assert own == pytest.approx({"k=5": 0.9, "k=9": 1.0})
 
 
-def test_neuron_path_loss_against_transformer_lens_hooks() -> None:
-    state = initial_state_dict(4)
+@pytest.fixture(scope="module")
+def random_model() -> ModelHandle:
+    """A randomly initialised model with a nonzero b_out (so that the neuron path's logits carry it), read by
+    the tests of this module (its all-pairs run is made once: the metrics keep it)."""
+    state = initial_state_dict(6)
     state["blocks.0.mlp.b_out"] = 0.1 * torch.randn(128, generator=torch.Generator().manual_seed(1))
-    model = handle_of(state, "paths-grok")
+    return handle_of(state, "shares-grok")
+
+
+def test_neuron_path_loss_against_transformer_lens_hooks(random_model: ModelHandle) -> None:
+    model = random_model
     hooked = model._hooked
     with torch.no_grad():
         _, cache = hooked.run_with_cache(all_data().tokens)
@@ -58,12 +65,6 @@ def test_neuron_path_loss_against_transformer_lens_hooks() -> None:
     mean = modular_paths.neuron_path_loss(Ctx(model), ablation="mean").value
     assert mean["ablated"] == pytest.approx(split_loss(dense + resid_mid.mean(0), "all"), rel=1e-6)
     assert mean["original"] == pytest.approx(split_loss(dense + resid_mid, "all"), rel=1e-6)
-
-
-@pytest.fixture(scope="module")
-def random_model() -> ModelHandle:
-    """A randomly initialised model, read by the tests below (its all-pairs run is made once: the metrics keep it)."""
-    return handle_of(initial_state_dict(6), "shares-grok")
 
 
 def test_logit_weight_share_is_the_fourier_norm_of_w_out_w_u(random_model: ModelHandle) -> None:

@@ -379,6 +379,8 @@ def _scan_numpy(
     bt = max(1, min(bt, V))
     unit = bt * _CHUNK // math.gcd(bt, _CHUNK)  # tiles align with row blocks and count chunks
     w = -(-min(w, V) // unit) * unit
+    if w >= V:  # one column tile holds every diagonal: only the count chunks need aligning
+        w = -(-V // _CHUNK) * _CHUNK  # (the lcm made 150-row blocks 76,800 columns wide)
     chi = np.zeros(n, np.int64)
     d32 = np.empty(n, np.float32)
     best = np.full(n, -np.inf, np.float32)

