@@ -8,6 +8,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
 from fixtures.gguf_read_once import gguf_read_once
 
@@ -63,12 +64,29 @@ def test_a_shared_reader_reads_the_bytes_into_memory_and_parses_as_the_library(s
 
 
 def test_the_library_is_restored_after_an_error(small_gguf: Path) -> None:
-    reader_class, reader_numpy = gguf.GGUFReader, gguf.gguf_reader.np
+    reader_class, reader_numpy, checkpoint = gguf.GGUFReader, gguf.gguf_reader.np, gguf_utils.load_gguf_checkpoint
     with pytest.raises(RuntimeError, match="inside"):
         with gguf_read_once():
             gguf.GGUFReader(small_gguf)
             raise RuntimeError("inside")
     assert gguf.GGUFReader is reader_class and gguf.gguf_reader.np is reader_numpy is np
+    assert gguf_utils.load_gguf_checkpoint is checkpoint
+
+
+def test_metadata_is_parsed_once_and_each_call_gets_its_own_copy(small_gguf: Path) -> None:
+    """transformers' metadata load (``return_tensors=False``) runs once per file inside the block and
+    gives what the library gives; changing one call's dicts changes no other call's."""
+    plain = gguf_utils.load_gguf_checkpoint(str(small_gguf), return_tensors=False)
+    assert plain["config"]["num_hidden_layers"] == 2 and plain["tokenizer"]["tokens"] == ["a", "b", "c"]
+    with gguf_read_once() as built:
+        first = gguf_utils.load_gguf_checkpoint(str(small_gguf), return_tensors=False)
+        first["config"]["num_hidden_layers"] = 5
+        first["tokenizer"]["tokens"].append("d")
+        second = gguf_utils.load_gguf_checkpoint(small_gguf)
+        assert built["metadata"] == 1
+        other = gguf_utils.load_gguf_checkpoint(str(small_gguf), torch_dtype=np.float32)  # other arguments: the library's own
+        assert built["metadata"] == 1 and other == plain
+    assert second == plain
 
 
 @pytest.mark.slow

