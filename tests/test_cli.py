@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +285,21 @@ def test_validate_file_that_is_not_utf8_names_the_line_and_column(workdir, capsy
     err = capsys.readouterr().err
     line = "    statement: Head 0.0 attends to the pr"  # the text before the bad byte on line 5
     assert err.startswith(f"latin.yaml:5:{len(line) + 1}: file is not UTF-8 text: byte 0xE9")
+
+
+def test_the_console_script_raises_the_young_collection_threshold_and_main_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``console_main`` (the process's own) sets the collector's youngest threshold; ``main()`` leaves it."""
+    from harness.frontends import cli
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(cli, "main", lambda: seen.append(gc.get_threshold()) or 0)
+    if hasattr(signal, "SIGPIPE"):
+        monkeypatch.setattr(signal, "signal", lambda *args: None)  # this test process keeps its SIGPIPE handler
+    try:
+        assert cli.console_main() == 0
+        assert seen == [(cli.YOUNG_GC_THRESHOLD, *before[1:])]
+    finally:
+        gc.set_threshold(*before)
+    assert main(["list", str(ROOT / "claims" / "toy" / "grokking.yaml")]) == EXIT_OK
+    assert gc.get_threshold() == before
