@@ -15,10 +15,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from harness import measurement_cache
+from harness.frontends.pytest_plugin.state import SESSION_KEY
+from harness.measurement_cache import MeasurementCache
+from harness.session import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -94,21 +98,41 @@ def test_round_up_never_rounds_down() -> None:
     assert fit_spread.round_up(0.0) == 0.0
 
 
+def claim_items_cache_options(config: pytest.Config) -> list[str]:
+    """The child's cache options: the cache this run's claim items use (the one the claims
+    plugin opened at configure time, from ``--claims-no-cache``, ``--claims-cache-dir`` and the
+    user's ``$INTERP_CLAIMS_NO_CACHE`` / ``$INTERP_CLAIMS_MEASUREMENT_CACHE``, before
+    tests/conftest.py turned the cache off for the tests), never another folder."""
+    cache = config.stash[SESSION_KEY].cache
+    return ["--claims-no-cache"] if cache is None else ["--claims-cache-dir", str(cache.root)]
+
+
+def test_the_child_follows_the_claim_items_cache(tmp_path: Path) -> None:
+    """The claim items' cache off (by the option or by ``$INTERP_CLAIMS_NO_CACHE``, which the tests'
+    own ``INTERP_CLAIMS_NO_CACHE=1`` hides from the environment): the child's too; on: its folder."""
+    def config_with(cache: MeasurementCache | None) -> pytest.Config:
+        stash = pytest.Stash()
+        stash[SESSION_KEY] = Session(cache=cache)
+        return SimpleNamespace(stash=stash)  # type: ignore[return-value]
+
+    assert claim_items_cache_options(config_with(None)) == ["--claims-no-cache"]
+    assert claim_items_cache_options(config_with(MeasurementCache(tmp_path / "c"))) == ["--claims-cache-dir", str(tmp_path / "c")]
+
+
 def test_fitted_claims_pass_the_baseline_under_other_kernels(request: pytest.FixtureRequest) -> None:
     """The fast fitted claims, in a process on ATen's generic kernels, MKL's compatible mode,
     OpenBLAS's Haswell kernels and one thread, against the shipped baseline (measured afresh
-    where this run was given ``--claims-no-cache``)."""
+    where this run's claim items measure afresh: ``--claims-no-cache`` or ``$INTERP_CLAIMS_NO_CACHE``)."""
     node_ids = [f"{c['file']}::{c['id']}" for c in SHIPPED if not _is_slow(c)]
     assert node_ids, "no fitted claim to run"
     env = {**os.environ, **fit_spread.KERNELS["generic"]}
     # The child runs the shipped claims as they are (no test patches a metric there), so it uses
     # the measurement cache like the claim items of this command: the kernel variables are part
     # of every key, so it reads only values measured under these same kernels by the same code.
-    env.pop(measurement_cache.ENV_OFF, None)
-    no_cache = ["--claims-no-cache"] if request.config.getoption("--claims-no-cache") else []
+    env.pop(measurement_cache.ENV_OFF, None)  # set by tests/conftest.py for this process's tests
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *node_ids,
-         "--claims-baseline", "reports/baselines/shipped.json", *no_cache],
+         "--claims-baseline", "reports/baselines/shipped.json", *claim_items_cache_options(request.config)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
