@@ -73,9 +73,10 @@ def test_cluster_projection_loss_against_the_dense_loop_on_a_model() -> None:
     run = kept_all_pairs(model)  # the run the metric read (not a second forward pass of 12,769 pairs) ...
     assert run is not None
     rows = torch.arange(0, P * P, 199)  # ... is this model's: 65 pairs over the grid, run afresh
-    with torch.no_grad():
-        fresh = model._hooked(all_data().tokens[rows])[:, -1, :P].double()
-    assert torch.allclose(run.logits[rows], fresh, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # (its logits and the neurons the reference reads: nothing changed them in place)
+        fresh, cache = model._hooked.run_with_cache(all_data().tokens[rows], names_filter="blocks.0.mlp.hook_post")
+    assert torch.allclose(run.logits[rows], fresh[:, -1, :P].double(), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(run.neurons[rows], cache["blocks.0.mlp.hook_post"][:, -1].double(), rtol=1e-5, atol=1e-6)
     freqs, frac = M.neuron_frequencies(run.neurons, P // 2)
     params = dict(model.named_parameters())
     w_logit = params["blocks.0.mlp.W_out"].detach().double() @ params["unembed.W_U"].detach().double()[:, :P]
