@@ -75,8 +75,10 @@ def test_cluster_projection_loss_against_the_dense_loop_on_a_model() -> None:
     rows = torch.arange(0, P * P, 199)  # ... is this model's: 65 pairs over the grid, run afresh
     with torch.no_grad():  # (its logits and the neurons the reference reads: nothing changed them in place)
         fresh, cache = model._hooked.run_with_cache(all_data().tokens[rows], names_filter="blocks.0.mlp.hook_post")
-    assert torch.allclose(run.logits[rows], fresh[:, -1, :P].double(), rtol=1e-5, atol=1e-6)
-    assert torch.allclose(run.neurons[rows], cache["blocks.0.mlp.hook_post"][:, -1].double(), rtol=1e-5, atol=1e-6)
+    # float32 rounding only: 65 rows and 12,769 take other kernel blocks (ATen's generic kernels:
+    # up to 2.7e-5 apart in logits of ~20, 3.8e-6 in neurons; this machine's: equal)
+    assert torch.allclose(run.logits[rows], fresh[:, -1, :P].double(), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(run.neurons[rows], cache["blocks.0.mlp.hook_post"][:, -1].double(), rtol=1e-4, atol=1e-5)
     freqs, frac = M.neuron_frequencies(run.neurons, P // 2)
     params = dict(model.named_parameters())
     w_logit = params["blocks.0.mlp.W_out"].detach().double() @ params["unembed.W_U"].detach().double()[:, :P]
