@@ -14,6 +14,8 @@ from importlib.metadata import entry_points
 
 import pytest
 
+from harness.core.collector import collect_young_less_often
+
 _installed = any(ep.value == "harness.frontends.pytest_plugin" for ep in entry_points(group="pytest11"))
 if not _installed or os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
     pytest_plugins = ["harness.frontends.pytest_plugin"]
@@ -47,10 +49,6 @@ def _rewrite_asserts_in_tests_only() -> None:
 _rewrite_asserts_in_tests_only()
 
 
-TEST_GC_THRESHOLD = 20_000
-"""Allocations (less deallocations) between two collections of the youngest generation while
-the tests run (CPython's default: 700)."""
-
 gc.disable()
 """The cyclic garbage collector stays off from here (before torch's import in each xdist worker's
 ``pytest_configure``) to the end of collection: see :func:`pytest_collection`."""
@@ -70,13 +68,13 @@ def pytest_collection(session: pytest.Session) -> Generator[None, object, object
     cost: the cyclic garbage made before this point is never freed (about 10 MB here). The xdist
     controller collects nothing: for it this freezes its start-up objects.
 
-    The tests then run with the youngest generation's threshold at :data:`TEST_GC_THRESHOLD`
-    instead of 700 allocations: the tests' tensors, models and lazily imported libraries
-    (matplotlib, hypothesis) otherwise drive ~4,000 young and ~25 full collections per worker
-    (~2.7 s of CPU per worker here, 1.2 s with the threshold; the workers' peak memory the same)."""
+    The tests then run with the ``claims`` command's collector schedule
+    (:func:`~harness.core.collector.collect_young_less_often`): the tests' tensors, models and
+    lazily imported libraries (matplotlib, hypothesis) otherwise drive ~4,000 young and ~25 full
+    collections per worker."""
     try:
         return (yield)
     finally:
         gc.freeze()
-        gc.set_threshold(TEST_GC_THRESHOLD, *gc.get_threshold()[1:])
+        collect_young_less_often()
         gc.enable()

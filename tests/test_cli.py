@@ -288,6 +288,7 @@ def test_validate_file_that_is_not_utf8_names_the_line_and_column(workdir, capsy
 
 def test_the_console_script_raises_the_young_collection_threshold_and_main_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
     """``console_main`` (the process's own) sets the collector's youngest threshold; ``main()`` leaves it."""
+    from harness.core.collector import YOUNG_GC_THRESHOLD
     from harness.frontends import cli
 
     before = gc.get_threshold()
@@ -297,7 +298,7 @@ def test_the_console_script_raises_the_young_collection_threshold_and_main_does_
         monkeypatch.setattr(signal, "signal", lambda *args: None)  # this test process keeps its SIGPIPE handler
     try:
         assert cli.console_main() == 0
-        assert seen == [(cli.YOUNG_GC_THRESHOLD, *before[1:])]
+        assert seen == [(YOUNG_GC_THRESHOLD, *before[1:])]
     finally:
         gc.set_threshold(*before)
     assert main(["list", str(ROOT / "claims" / "toy" / "grokking.yaml")]) == EXIT_OK

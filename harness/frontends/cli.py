@@ -22,13 +22,13 @@ line per finished claim as it finishes: its verdict, measured value and seconds.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import signal
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from harness.core.collector import collect_young_less_often
 from harness.core.errors import SpecError
 from harness.frontends.preflight import PreflightError
 from harness.frontends.sweep.command import add_sweep_parser
@@ -37,23 +37,15 @@ DEFAULT_PATHS = ["claims"]
 EXIT_OK, EXIT_MISMATCH, EXIT_INVALID = 0, 1, 2
 
 
-YOUNG_GC_THRESHOLD = 20_000
-"""Allocations (less deallocations) between two collections of the cyclic garbage collector's
-youngest generation in a ``claims`` process (CPython's default: 700)."""
-
-
 def console_main() -> int:
     """The ``claims`` command: :func:`main` in a process of its own, where a closed pipe
     (``claims list | head``) ends it quietly (SIGPIPE's default action), and the cyclic garbage
-    collector runs its youngest generation every :data:`YOUNG_GC_THRESHOLD` allocations: importing
-    torch and TransformerLens and building models otherwise starts ~1,600 young and ~9 full
-    collections, each full one walking every object imported so far (``claims run`` of one small
-    file: 1.5 s of its ~7 s CPU collecting, 0.5 s with the threshold; SmolLM2's two claim files:
-    peak memory 3.42 -> 3.47 GB). Process-wide, so only here: :func:`main` called inside another
-    program (a test, a benchmark) leaves both alone."""
+    collector collects its youngest generation less often
+    (:func:`~harness.core.collector.collect_young_less_often`). Process-wide, so only here:
+    :func:`main` called inside another program (a test, a benchmark) leaves both alone."""
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
+    collect_young_less_often()
     return main()
 
 
