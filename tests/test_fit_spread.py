@@ -19,7 +19,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import measurement_cache
 from harness.frontends.pytest_plugin.state import SESSION_KEY
 from harness.measurement_cache import MeasurementCache
 from harness.session import Session
@@ -127,9 +126,9 @@ def test_fitted_claims_pass_the_baseline_under_other_kernels(request: pytest.Fix
     assert node_ids, "no fitted claim to run"
     env = {**os.environ, **fit_spread.KERNELS["generic"]}
     # The child runs the shipped claims as they are (no test patches a metric there), so it uses
-    # the measurement cache like the claim items of this command: the kernel variables are part
-    # of every key, so it reads only values measured under these same kernels by the same code.
-    env.pop(measurement_cache.ENV_OFF, None)  # set by tests/conftest.py for this process's tests
+    # the measurement cache like the claim items of this command, named by an explicit option
+    # (which outranks the tests' own $INTERP_CLAIMS_NO_CACHE it inherits): the kernel variables
+    # are part of every key, so it reads only values measured under these same kernels by the same code.
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *node_ids,
          "--claims-baseline", "reports/baselines/shipped.json", *claim_items_cache_options(request.config)],
