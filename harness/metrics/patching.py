@@ -137,13 +137,22 @@ def corrupted_spec(ctx: MetricContext) -> dict[str, dict[str, Any]]:
     return {"ioi_prompts": {**inputs.params, "corrupted": True}}
 
 
-def runs(ctx: MetricContext) -> Runs:
-    """The clean and corrupted forward passes (session-cached) and their mean logit differences."""
+def runs(ctx: MetricContext, kind: str | None = None) -> Runs:
+    """The clean and corrupted forward passes (session-cached) and their mean logit differences.
+
+    What a scan of activation ``kind`` reads of them is computed in one pass per run
+    (:meth:`~harness.core.model_handle.Forward.prefetch`): the clean run's logits and ``kind`` in
+    every layer, the corrupted run's logits and ``resid_pre`` in every layer (where the patched
+    passes start), instead of one pass for the logits and one per kind of activation. Hooks that
+    store an activation change nothing in a pass: every value equals its own pass's."""
     clean_inputs = ctx.require_inputs()
     corrupted_inputs = ctx.session.inputs(ctx.model, corrupted_spec(ctx))
     answers = answer_ids(ctx)
     clean = ctx.forward()
     corrupted = ctx.session.forward(ctx.model, corrupted_inputs)
+    layers = range(ctx.model.shape.n_layers)
+    clean.prefetch([ctx.model.hook_name(kind, layer) for layer in layers] if kind is not None else [], logits=True)
+    corrupted.prefetch([ctx.model.hook_name("resid_pre", layer) for layer in layers], logits=True)
     ld_clean = float(final_logit_diff(clean.logits, answers).double().mean())
     ld_corrupted = float(final_logit_diff(corrupted.logits, answers).double().mean())
     if not abs(ld_clean - ld_corrupted) >= MIN_DENOMINATOR:
@@ -317,7 +326,7 @@ def memo_key(ctx: MetricContext, what: str) -> tuple[str, ...]:
 
 def grid_measurement(ctx: MetricContext, kind: str, view: View) -> Measurement:
     """The (layer, position) patching grid of ``kind`` as ``view``, with the grid and the runs in details."""
-    r = runs(ctx)
+    r = runs(ctx, kind)
     grid = ctx.session.memoised(memo_key(ctx, kind), lambda: layer_position_grid(ctx, r, kind))
     tokens = ctx.model.to_str_tokens(r.clean_tokens[0]) if ctx.model.has_tokenizer else None
     details = {
@@ -369,7 +378,7 @@ def head_scan(ctx: MetricContext, kind: str, top_k: int | None, sign: Sign) -> M
     One scan per (model, inputs, kind) and session. Per-head ``k``/``v`` of a grouped-query model
     (fewer key/value heads than query heads, shared across heads) are an error.
     """
-    r = runs(ctx)
+    r = runs(ctx, kind)
     n_layers, n_heads = ctx.model.shape.n_layers, ctx.model.shape.n_heads
     cached_heads = r.clean[kind, 0].shape[head_axis(kind)]
     if cached_heads != n_heads:

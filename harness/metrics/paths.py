@@ -103,13 +103,23 @@ def path_runs(ctx: MetricContext) -> PathRuns:
 
 
 def _path_runs(ctx: MetricContext) -> PathRuns:
+    """One pass per run (:meth:`~harness.core.model_handle.Forward.prefetch`): ``x_orig``'s ``z`` and
+    ``resid_pre`` in every layer and ``x_new``'s ``z``, each with the residual stream after the last
+    block (``resid_post`` of the last layer: the final residual stream, before the final norm) that
+    the LDs are read from. Hooks that store an activation change nothing in a pass: every value
+    equals its own pass's."""
     new_inputs = ctx.session.inputs(ctx.model, new_spec(ctx))
     tokens = ctx.require_inputs().tokens
     answers, ends = answer_ids(ctx), end_positions(ctx)
-    ld_orig = logit_diff_from_residual(ctx.model, ctx.model.residual_with_hooks(tokens, []), answers, ends)[0]
-    ld_new = logit_diff_from_residual(ctx.model, ctx.model.residual_with_hooks(new_inputs.tokens, []), answers, ends)[0]
-    orig, new = ctx.forward().activations, ctx.session.forward(ctx.model, new_inputs).activations
     layers = range(ctx.model.shape.n_layers)
+    final = ctx.model.hook_name("resid_post", ctx.model.shape.n_layers - 1)
+    z_hooks = [ctx.model.hook_name("z", layer) for layer in layers]
+    orig_forward, new_forward = ctx.forward(), ctx.session.forward(ctx.model, new_inputs)
+    orig_forward.prefetch([*z_hooks, *(ctx.model.hook_name("resid_pre", layer) for layer in layers), final])
+    new_forward.prefetch([*z_hooks, final])
+    orig, new = orig_forward.activations, new_forward.activations
+    ld_orig = logit_diff_from_residual(ctx.model, orig[final], answers, ends)[0]
+    ld_new = logit_diff_from_residual(ctx.model, new[final], answers, ends)[0]
     runs = PathRuns(tokens, orig, [orig["z", l] for l in layers], [new["z", l] for l in layers], answers, ends, ld_orig, ld_new)
     if not abs(runs.denominator) >= MIN_DENOMINATOR:
         raise ValueError(f"ioi_metric_2 is undefined: mean LD on IOI and on ABC differ by {runs.denominator:.3g}")
