@@ -132,6 +132,27 @@ def test_pass_from_a_position_is_the_plain_pass(shape: str, position: int) -> No
     torch.testing.assert_close(stacked[4:], model.residual_with_hooks(toks, [])[:, position:], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_prefix_stacks_only_the_blocks_a_pass_reads(shape: str) -> None:
+    """A pass from block 1 reads the prefix's keys and values of blocks 1.. only: those are stacked
+    per copy, block 0's are not, and the pass is bit for bit the one with every block stacked."""
+    model = ad_hoc_handle(hooked_model(shape), shape)
+    toks, position, layer, copies = tokens(), 5, 1, 3
+    prefix = model.key_value_prefix(toks, position)
+    cache = prefix.cache(copies, range(layer, 3))
+    assert cache[0].past_keys.shape[0] == 4 and all(cache[i].past_keys.shape[0] == 4 * copies for i in (1, 2))
+    resid = model.run_with_cache(toks).activations["resid_pre", layer][:, position:].repeat(copies, 1, 1)
+    started = model.residual_from(layer, resid, toks.repeat(copies, 1), [], prefix=prefix)
+    every = prefix.cache
+    try:
+        prefix.cache = lambda n, blocks=None: every(n)  # type: ignore[method-assign]  (every block stacked)
+        assert torch.equal(started, model.residual_from(layer, resid, toks.repeat(copies, 1), [], prefix=prefix))
+    finally:
+        del prefix.cache
+    with pytest.raises(RuntimeError, match="Sizes of tensors must match"):  # a pass reading an unstacked block fails, never reads wrong keys
+        model._hooked(resid, start_at_layer=0, stop_at_layer=1, return_type=None, past_kv_cache=cache)
+
+
 def test_prefix_positions_are_checked() -> None:
     model = ad_hoc_handle(hooked_model("gpt2-like"), "gpt2-like")
     for position in (0, 12):

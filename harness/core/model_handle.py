@@ -19,6 +19,7 @@ from torch import Tensor
 from harness.core.errors import TokenizerUnavailable
 from harness.core.finite import NonFiniteModelError, first_non_finite_activation
 from harness.core.model_identity import ModelIdentity, ModelShape
+from harness.core.norm_once import norm_once_per_block
 from harness.core.weight_layout import store_as_multiplied
 
 __all__ = ["Activations", "Forward", "Hook", "KeyValuePrefix", "ModelHandle", "ModelIdentity", "ModelShape", "same_hook_in_every_layer"]
@@ -183,13 +184,19 @@ class KeyValuePrefix:
         self.batch = batch
         self._blocks = blocks  # per block: keys, values [batch, position, kv_heads, d_head]
 
-    def cache(self, copies: int) -> Any:
-        """A frozen TransformerLens key/value cache holding the prefix for ``copies`` stacked copies of the batch (copy-major rows)."""
+    def cache(self, copies: int, blocks: range | None = None) -> Any:
+        """A frozen TransformerLens key/value cache holding the prefix for ``copies`` stacked copies of the batch (copy-major rows).
+
+        Only the entries of ``blocks`` (default: all), those a pass from block ``blocks.start`` to
+        ``blocks.stop`` reads, are stacked ``copies`` times; the others hold the batch once (a pass
+        that read one would fail on its batch size, never read wrong keys)."""
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
         from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-        entries = [TransformerLensKeyValueCacheEntry(k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1), frozen=True)
-                   for k, v in self._blocks]
+        read = range(len(self._blocks)) if blocks is None else blocks
+        entries = [TransformerLensKeyValueCacheEntry(*((k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1)) if i in read else (k, v)),
+                                                     frozen=True)
+                   for i, (k, v) in enumerate(self._blocks)]
         mask = torch.ones(self.batch * copies, self.position, dtype=torch.int)
         return TransformerLensKeyValueCache(entries, mask, frozen=True)
 
@@ -199,6 +206,7 @@ class ModelHandle:
 
     def __init__(self, hooked: "HookedTransformer", identity: ModelIdentity, *, bos_token_id: int | None) -> None:
         store_as_multiplied(hooked)  # same values; no weight copies in every block of every pass
+        norm_once_per_block(hooked)  # same values; one attention-input norm per block, not three
         self._hooked = hooked
         self.identity = identity
         self.bos_token_id = bos_token_id
@@ -301,7 +309,7 @@ class ModelHandle:
                 shortformer = shortformer[:, prefix.position :]
             return self._hooked.run_with_hooks(resid, fwd_hooks=hooks, start_at_layer=layer, stop_at_layer=stop,
                                                shortformer_pos_embed=shortformer, attention_mask=mask,
-                                               past_kv_cache=prefix.cache(copies))
+                                               past_kv_cache=prefix.cache(copies, range(layer, stop)))
         if layer == 0:
             return self.residual_with_hooks(tokens, hooks, stop_at_layer)
         _embedded, _tokens, shortformer, mask = self._hooked.input_to_embed(tokens)

@@ -1,0 +1,82 @@
+"""One attention-input norm per block (:mod:`harness.core.norm_once`): the same activations, bit for bit.
+
+Small seeded random models of the two shapes the shipped models have (GPT-2-like: LayerNorm,
+learned positions; SmolLM2-like: RMSNorm, rotary, gated MLP, grouped-query attention), one
+wrapped and one not, run on the same tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from harness.core.norm_once import norm_once_per_block
+from harness.testing import ad_hoc_handle
+from tests.test_fast_patching import SHAPES, hooked_model, tokens
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_norm_once_changes_no_activation(shape: str) -> None:
+    plain, once = hooked_model(shape), hooked_model(shape)
+    assert norm_once_per_block(once) == once.cfg.n_layers
+    with torch.no_grad():
+        logits_a, cache_a = plain.run_with_cache(tokens())
+        logits_b, cache_b = once.run_with_cache(tokens())
+    assert torch.equal(logits_a, logits_b)
+    assert set(cache_a.keys()) == set(cache_b.keys())
+    for name in cache_a.keys():
+        assert torch.equal(cache_a[name], cache_b[name]), name
+
+
+def count_norm_calls(model: HookedTransformer) -> int:
+    calls = []
+
+    def hook(act: torch.Tensor, hook: Any) -> None:
+        calls.append(hook.name)
+
+    with torch.no_grad():
+        model.run_with_hooks(tokens(), fwd_hooks=[(lambda name: name.endswith("ln1.hook_scale"), hook)])
+    return len(calls)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_norm_runs_once_per_block_and_pass(shape: str) -> None:
+    plain, once = hooked_model(shape), hooked_model(shape)
+    norm_once_per_block(once)
+    layers = once.cfg.n_layers
+    assert count_norm_calls(plain) == 3 * layers
+    assert count_norm_calls(once) == layers
+    assert count_norm_calls(once) == layers  # a second pass on other tensors: computed again, not served stale
+    assert all(block.ln1.__dict__["_norm_once_memo"] is None for block in once.blocks)  # nothing held after a pass
+
+
+def test_a_new_input_is_normalised_afresh() -> None:
+    """The memo serves only the tensor it was given: another input (even with equal values) is computed."""
+    once = hooked_model("smollm2-like")
+    norm_once_per_block(once)
+    norm = once.blocks[0].ln1
+    x, y = torch.randn(2, 3, 64), torch.randn(2, 3, 64)
+    first = norm(x)
+    other = norm(y)
+    assert other is not first and torch.equal(other, type(norm).forward(norm, y))
+    assert norm(y) is other and norm(y) is other  # the two calls that follow share it
+    assert norm(y) is not other  # a fourth call computes again
+
+
+def test_per_head_inputs_are_left_alone() -> None:
+    cfg = hooked_model("gpt2-like").cfg
+    split = HookedTransformer(HookedTransformerConfig.from_dict({**cfg.to_dict(), "use_split_qkv_input": True}))
+    assert norm_once_per_block(split) == 0
+    assert count_norm_calls(split) == 3 * cfg.n_layers
+
+
+def test_model_handles_are_wrapped_once() -> None:
+    hooked = hooked_model("gpt2-like")
+    ad_hoc_handle(hooked, "gpt2-like")
+    assert all("forward" in block.ln1.__dict__ for block in hooked.blocks)
+    assert norm_once_per_block(hooked) == 0  # already wrapped
