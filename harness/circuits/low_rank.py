@@ -99,7 +99,8 @@ import numpy as np
 
 from harness.circuits.factored import as_numpy
 from harness.circuits.low_rank_sparse import (
-    hard_negatives_compiled, hard_negatives_torch, hardest_from_factors, restricted_grads, sparse_backward,
+    bulk_logits, hard_negatives_compiled, hard_negatives_torch, hardest_from_factors, restricted_grads,
+    sparse_backward,
 )
 from harness.circuits.ov_tiles import map_blocks, single_threaded_blas
 from harness.circuits.ov_topk import full_circuit_topk
@@ -380,6 +381,30 @@ class _Numpy:
         Z = e.sum(1, keepdims=True)
         return (m + np.log(Z))[:, 0], e / Z
 
+    def ce_softmax(self, diag: np.ndarray, vals: np.ndarray, P: np.ndarray, Qm: np.ndarray, S: np.ndarray | None,
+                   idx: np.ndarray, V: int, weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """The restricted cross-entropy's logsumexp and softmax per row over ``[d_i, vals_i, bulk_i]``
+        (b x (1 + K + m); :func:`harness.circuits.low_rank_sparse.bulk_logits` for the bulk), in
+        cache-sized row blocks on the threads: every step of it is row by row (the bulk's product a
+        row block of ``P`` times the gathered ``Qm[:, S]``, the same single-threaded BLAS product per
+        row as the whole one's), so the numbers are those of the whole-matrix passes, which ran on one
+        thread and, with numpy's exp about 9x slower where it returns subnormals (the bulk's far
+        columns at high rank), cost about 60 ms a step at rank 64."""
+        QmS = None if S is None else Qm[:, S]  # r x m, gathered once
+        n, K = vals.shape
+        width = 1 + K + (0 if S is None else len(S))
+        lse = np.empty(n, np.float32)
+        G = np.empty((n, width), np.float32)
+
+        def work(lo: int, hi: int) -> None:
+            parts = [diag[lo:hi, None], vals[lo:hi]]
+            if QmS is not None:
+                parts.append(bulk_logits(self, P[lo:hi] @ QmS, S, idx[lo:hi], vals[lo:hi], V, weight))
+            lse[lo:hi], G[lo:hi] = self.softmax_rows(np.concatenate(parts, axis=1))
+
+        self._chunked(n, width, work)
+        return lse, G
+
     def positive(self, x: np.ndarray) -> np.ndarray:
         return (x > 0).astype(x.dtype)
 
@@ -461,6 +486,13 @@ class _Torch:
 
     def softmax_rows(self, S: Any) -> tuple[Any, Any]:
         return self.t.logsumexp(S, 1), self.t.softmax(S, 1)
+
+    def ce_softmax(self, diag: Any, vals: Any, P: Any, Qm: Any, S: Any, idx: Any, V: int,
+                   weight: float) -> tuple[Any, Any]:
+        parts = [diag[:, None], vals]
+        if S is not None:
+            parts.append(bulk_logits(self, P @ Qm[:, S], S, idx, vals, V, weight))
+        return self.softmax_rows(self.cat(parts))
 
     def positive(self, x: Any) -> Any:
         return (x > 0).to(x.dtype)
@@ -635,7 +667,9 @@ def _bases(W_E: np.ndarray, W_U: np.ndarray, weights_key: str | None = None) -> 
     a rank curve share them (two float64 eigendecompositions of d x d Gram matrices, each a V d^2
     product, per fit otherwise).  Known by ``weights_key`` where the caller has one that names
     these exact weights (a model's identity: its weights' sha256 and processing), else by the
-    sha256 of their bytes (about 0.35 s on SmolLM2's)."""
+    sha256 of their bytes (about 0.35 s on SmolLM2's).  The two factorisations run side by side on
+    two of torch's threads (each a V d^2 Gram product and an eigendecomposition on one BLAS thread:
+    the same numbers as one after the other)."""
     if weights_key is not None:
         key = f"given:{weights_key}"
     else:
@@ -646,7 +680,10 @@ def _bases(W_E: np.ndarray, W_U: np.ndarray, weights_key: str | None = None) -> 
         key = digest.hexdigest()
     if key not in _BASES:
         _BASES.clear()
-        _BASES[key] = (*orthonormal_factor(W_E), *orthonormal_factor(W_U.T))
+        # W_E's and W_U's factors in two threads (each the same single-threaded calls: the same bits)
+        parts = map_blocks(lambda Ws: [orthonormal_factor(W) for W in Ws], [W_E, W_U.T], _threads() or 1)
+        E, U = [factors for part in parts for factors in part]
+        _BASES[key] = (*E, *U)
     return _BASES[key]
 
 

@@ -296,11 +296,8 @@ def restricted_grads(
     wrong = ops.to_numpy(best >= diag).astype(np.int64)
     S = None
     if objective == "ce":
-        parts = [diag[:, None], vals]
-        if bulk is not None:
-            S = ops.index(bulk)
-            parts.append(bulk_logits(ops, P @ Qm[:, S], S, idx, vals, V, bulk_weight))
-        lse, G = ops.softmax_rows(ops.cat(parts))  # over S_i (and the bulk's sample): b x (K+1+m)
+        S = None if bulk is None else ops.index(bulk)
+        lse, G = ops.ce_softmax(diag, vals, P, Qm, S, idx, V, bulk_weight)  # over S_i (and the bulk): b x (K+1+m)
         row_loss = lse - diag
         G /= b
         G[:, 0] -= 1.0 / b
