@@ -294,7 +294,7 @@ def restricted_grads(
     V = Qm.shape[1]
     best = vals[:, 0]
     wrong = ops.to_numpy(best >= diag).astype(np.int64)
-    S = None
+    S = Gs = None
     if objective == "ce":
         S = None if bulk is None else ops.index(bulk)
         lse, G = ops.ce_softmax(diag, vals, P, Qm, S, idx, V, bulk_weight)  # over S_i (and the bulk): b x (K+1+m)
@@ -313,12 +313,20 @@ def restricted_grads(
         raise ValueError(f"unknown objective {objective!r}: 'ce' or 'margin'")
     uniq, inverse = ops.unique(C.reshape(-1))
     dP, H = ops.sparse_backward(G, C, P, QmT, inverse, len(uniq))  # b x r; n_u x r
+    dA, dB = ops.backward_products(Er, dP, H, QU, uniq, Gs, QmT, S, P)
+    return ops.to_numpy(row_loss), wrong, dA, dB
+
+
+def backward_products(Er: Any, dP: Any, H: Any, QU: Any, uniq: Any, Gs: Any, QmT: Any, S: Any,
+                      P: Any) -> tuple[Any, Any]:
+    """``dA' = E[rows]^T dP`` and ``dB' = H^T Q_U[uniq]`` (r x k_U), plus, with a sampled bulk ``S``
+    (b x m gradients ``Gs``), its dense part ``E[rows]^T (Gs (B'U)^T[S])`` and ``(Gs^T P)^T Q_U[S]``."""
     dA = Er.T @ dP
     dB = H.T @ QU[uniq]  # r x k_U
     if S is not None:  # the sampled bulk's dense part: b x m gradients
         dA = dA + Er.T @ (Gs @ QmT[S])
         dB = dB + (Gs.T @ P).T @ QU[S]
-    return ops.to_numpy(row_loss), wrong, dA, dB
+    return dA, dB
 
 
 def bulk_logits(ops: Any, Ls: Any, S: Any, idx: Any, vals: Any, V: int, weight: float = 1.0) -> Any:
