@@ -247,6 +247,33 @@ def test_the_fit_is_the_same_on_one_and_two_threads() -> None:
     assert fits[0].trace == [dict(p, seconds=q["seconds"]) for p, q in zip(fits[1].trace, fits[0].trace)]
 
 
+def test_a_curve_side_by_side_is_the_curve_in_turn() -> None:
+    """On two torch threads a step-budgeted curve runs its fits and head points side by side, one
+    thread each: the same points and the same fits (traces included) as one after the other."""
+    params = dict(ranks=[1, 2, 8], heads=[["0.0"], ["0.1"], ["0.0", "0.1"]], max_steps=12, max_seconds_per_rank=None,
+                  device="cpu", negatives=4, bulk=16, bulk_weight=0.1, eval_every=6, stop_at_bound=True)
+    curves = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            curves.append(rank_curve_on_split_copier(**params))
+    finally:
+        torch.set_num_threads(1)
+    in_turn, side_by_side = curves
+    assert side_by_side.value == in_turn.value
+    timing = {"setup_seconds", "train_seconds", "eval_seconds", "wall_seconds", "seconds_per_step"}
+
+    def comparable(fit: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in fit.items() if k not in timing}
+        out["trace"] = [{k: v for k, v in point.items() if k != "seconds"} for point in fit["trace"]]
+        out["settings"] = {k: v for k, v in fit["settings"].items() if k != "threads"}
+        return out
+
+    for rank, fit in in_turn.details["fits"].items():
+        assert fit["settings"]["threads"] == 1 and side_by_side.details["fits"][rank]["settings"]["threads"] == 1
+        assert comparable(side_by_side.details["fits"][rank]) == comparable(fit)
+
+
 def test_bases_kept_under_the_given_weights_key() -> None:
     """A key naming the weights replaces the hash of their bytes: the same fit, the bases found by the key."""
     E, U = coupled_problem(300, 16, 8)

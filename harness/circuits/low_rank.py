@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -684,16 +685,19 @@ class _Start:
 
 
 _BASES: dict[str, tuple[np.ndarray, ...]] = {}
+_BASES_LOCK = threading.Lock()
 
 
-def _bases(W_E: np.ndarray, W_U: np.ndarray, weights_key: str | None = None) -> tuple[np.ndarray, ...]:
+def _bases(W_E: np.ndarray, W_U: np.ndarray, weights_key: str | None = None,
+           threads: int | None = None) -> tuple[np.ndarray, ...]:
     """``orthonormal_factor`` of W_E and of W_U^T, kept for the last (W_E, W_U) seen: the fits of
     a rank curve share them (two float64 eigendecompositions of d x d Gram matrices, each a V d^2
     product, per fit otherwise).  Known by ``weights_key`` where the caller has one that names
     these exact weights (a model's identity: its weights' sha256 and processing), else by the
     sha256 of their bytes (about 0.35 s on SmolLM2's).  The two factorisations run side by side on
-    two of torch's threads (each a V d^2 Gram product and an eigendecomposition on one BLAS thread:
-    the same numbers as one after the other)."""
+    two of ``threads`` (default torch's) threads (each a V d^2 Gram product and an eigendecomposition
+    on one BLAS thread: the same numbers as one after the other).  Fits running side by side wait
+    for one computation (a lock)."""
     if weights_key is not None:
         key = f"given:{weights_key}"
     else:
@@ -702,25 +706,34 @@ def _bases(W_E: np.ndarray, W_U: np.ndarray, weights_key: str | None = None) -> 
             digest.update(repr((W.dtype.str, W.shape)).encode())
             digest.update(np.ascontiguousarray(W).data)
         key = digest.hexdigest()
-    if key not in _BASES:
-        _BASES.clear()
-        # W_E's and W_U's factors in two threads (each the same single-threaded calls: the same bits)
-        parts = map_blocks(lambda Ws: [orthonormal_factor(W) for W in Ws], [W_E, W_U.T], _threads() or 1)
-        E, U = [factors for part in parts for factors in part]
-        _BASES[key] = (*E, *U)
-    return _BASES[key]
+    with _BASES_LOCK:
+        if key not in _BASES:
+            _BASES.clear()
+            # W_E's and W_U's factors in two threads (each the same single-threaded calls: the same bits)
+            parts = map_blocks(lambda Ws: [orthonormal_factor(W) for W in Ws], [W_E, W_U.T], threads or _threads() or 1)
+            E, U = [factors for part in parts for factors in part]
+            _BASES[key] = (*E, *U)
+        return _BASES[key]
+
+
+def prepare_bases(W_E: Any, W_U: Any, weights_key: str | None = None) -> None:
+    """Compute and keep the orthonormal bases that the fits through these W_E, W_U share
+    (:func:`_bases`, on torch's threads, one BLAS thread each), before fits run side by side."""
+    E_np, U_np = _finite_numpy(W_E), _finite_numpy(W_U)
+    with single_threaded_blas():
+        _bases(E_np, U_np, weights_key)
 
 
 def closed_form_start(
     W_E: np.ndarray, W_U: np.ndarray, rank: int, scale_rows: np.ndarray,
-    init: tuple[np.ndarray, np.ndarray] | None = None, weights_key: str | None = None,
+    init: tuple[np.ndarray, np.ndarray] | None = None, weights_key: str | None = None, threads: int | None = None,
 ) -> _Start:
     """Orthonormal bases, the rank-r least-squares fit of I, scaled to minimise the CE on rows.
 
     ``init = (A, B)`` (d x r, r x d; e.g. an earlier fit's) replaces the closed form: it starts from
-    ``A' = T_E A``, ``B' = B T_U^T`` at its own scale (``scale`` 1).  ``weights_key``: see :func:`_bases`.
+    ``A' = T_E A``, ``B' = B T_U^T`` at its own scale (``scale`` 1).  ``weights_key``, ``threads``: see :func:`_bases`.
     """
-    QE, TE, TE_pinv, QU, TU, TU_pinv = _bases(W_E, W_U, weights_key)
+    QE, TE, TE_pinv, QU, TU, TU_pinv = _bases(W_E, W_U, weights_key, threads)
     if init is not None:
         A, B = (np.asarray(x, dtype=np.float64) for x in init)
         if A.shape[0] != W_E.shape[1] or B.shape[1] != W_E.shape[1] or A.shape[1] != B.shape[0]:
@@ -840,6 +853,7 @@ def fit_low_rank_copying(
     bulk_weight: float = 1.0,
     stop_at_bound: bool = False,
     weights_key: str | None = None,
+    threads: int | None = None,
 ) -> LowRankFit:
     """Find ``A`` (d x r), ``B`` (r x d) maximising the top-1 copying accuracy of ``W_E A B W_U``.
 
@@ -858,6 +872,9 @@ def fit_low_rank_copying(
     matrix can (:func:`copy_bound`, counted exactly) is not trained (``stopped_by: "bound"``).
     ``weights_key``: a string naming exactly these W_E and W_U (a model's identity key), under
     which the orthonormal bases are kept between fits instead of hashing the weights' bytes.
+    ``threads``: worker threads for the fit's tiles and its exact count (default: torch's thread
+    count for the tiles, the OV kernel's own workers for the count); the fit is the same on any
+    number, so several fits can run side by side on one thread each (:func:`harness.metrics.low_rank.rank_curve`).
     """
     t0 = time.perf_counter()
     E_np, U_np = _finite_numpy(W_E), _finite_numpy(W_U)
@@ -878,23 +895,23 @@ def fit_low_rank_copying(
     settings = FitSettings(
         rank, seed, objective, batch, lr, margin_lr, lr_decay, max_decays, patience,
         eval_every or max(10, math.ceil(V / batch / 2)), min(eval_rows, V), max_steps, max_seconds, adam_betas,
-        device or "cpu", _threads(), negatives, None if bulk is None else min(bulk, V), bulk_weight,
+        device or "cpu", threads or _threads(), negatives, None if bulk is None else min(bulk, V), bulk_weight,
         stop_at_bound,
     )
     rng = np.random.default_rng(seed)
     monitor_rows = np.sort(rng.permutation(V)[: settings.eval_rows])
     with single_threaded_blas():  # set-up and steps: the same numbers on any number of threads
         start = closed_form_start(E_np, U_np, rank, monitor_rows[: min(SCALE_ROWS, len(monitor_rows))], init,
-                                  weights_key)
+                                  weights_key, threads)
         if stop_at_bound:
-            reached = _at_bound(E_np, U_np, start, device)
+            reached = _at_bound(E_np, U_np, start, device, threads)
             if reached is not None:  # the exact count was the set-up: no training, no second count
                 now = time.perf_counter()
                 return _fit_result(start, reached, settings, [], [], 0, t0, now, now, "bound")
         run = _train(start, settings, rng, monitor_rows, t0, progress)
     train_end = time.perf_counter()
     mostly_wrong = max(p["monitor_top5"] for p in run.trace) < SETTLE_BELOW
-    exact = _exact_count(E_np, U_np, start, run.params, device, settle=mostly_wrong)
+    exact = _exact_count(E_np, U_np, start, run.params, device, settle=mostly_wrong, workers=threads)
     return _fit_result(start, exact, settings, run.phases, run.trace, run.steps, t0, run.setup_end, train_end,
                        run.phases[-1]["stopped_by"])
 
@@ -914,7 +931,7 @@ def _train(start: _Start, settings: FitSettings, rng: np.random.Generator, monit
            progress: bool) -> _Run:
     """Every phase of ``settings.objective`` from the start, each from the previous one's best point."""
     device, V, batch = settings.device, start.QE.shape[0], settings.batch_rows
-    ops: Any = _Numpy() if device in (None, "cpu") else _Torch(device)
+    ops: Any = _Numpy(settings.threads) if device in (None, "cpu") else _Torch(device)
     E, QU = ops.asarray(start.QE), ops.asarray(start.QU)
     U = ops.asarray(start.QU.T) if settings.negatives is None else None  # Q_U^T: the full step's products
     sampler = RowSampler(V, batch, rng)
@@ -961,7 +978,7 @@ _Exact = tuple[np.ndarray, np.ndarray, Any]  # A (d x r), B (r x d), the OV kern
 
 
 def _exact_count(E_np: np.ndarray, U_np: np.ndarray, start: _Start, params: tuple[np.ndarray, np.ndarray],
-                 device: str | None, settle: bool) -> _Exact:
+                 device: str | None, settle: bool, workers: int | None = None) -> _Exact:
     """The fitted map back in the model's coordinates (float64) and its exact full-vocabulary count.
 
     Counts only (``margins=False``: the row-max pass is not needed).  ``settle`` (CPU): a row is
@@ -969,22 +986,25 @@ def _exact_count(E_np: np.ndarray, U_np: np.ndarray, start: _Start, params: tupl
     top-5 and the tie rows are exactly the full scan's, and where most rows are wrong most rows
     stop early (measured on SmolLM2's rank-1 and rank-4 maps: 4-14x less CPU; on its rank-64 map,
     where nearly every row is right, 1.3x more, hence only where the monitor saw most rows wrong).
+    ``workers``: the kernel's threads (None: its own choice; the counts never depend on them).
     """
     A_fit = start.TE_pinv @ params[0].astype(np.float64)  # d x r
     B_fit = params[1].astype(np.float64) @ start.TU_pinv.T  # r x d
     on_cpu = device in (None, "cpu")
     result = full_circuit_topk(E_np, A_fit, B_fit, U_np, device=None if on_cpu else device, margins=False,
-                               k_max=TOP_K if settle and on_cpu else None)
+                               k_max=TOP_K if settle and on_cpu else None, workers=workers if on_cpu else None)
     return A_fit, B_fit, result
 
 
-def _at_bound(E_np: np.ndarray, U_np: np.ndarray, start: _Start, device: str | None) -> _Exact | None:
+def _at_bound(E_np: np.ndarray, U_np: np.ndarray, start: _Start, device: str | None,
+              workers: int | None = None) -> _Exact | None:
     """The start's exact count when it already reaches :func:`copy_bound` (only rank 1 has one
     below V), else None (then nothing was counted)."""
     rank, V = start.A0.shape[1], E_np.shape[0]
     if copy_bound(rank, V) >= V:
         return None
-    exact = _exact_count(E_np, U_np, start, (start.A0, start.B0), device, settle=True)  # rank 1: nearly all wrong
+    exact = _exact_count(E_np, U_np, start, (start.A0, start.B0), device, settle=True,  # rank 1: nearly all wrong
+                         workers=workers)
     top1_rows = round(exact[2].accuracy(1, "pessimistic") * V)
     return exact if top1_rows >= copy_bound(rank, V) else None
 
