@@ -246,8 +246,37 @@ def head_points(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     return rows
 
 
+def as_claim(args: argparse.Namespace) -> dict[str, object]:
+    """``--as-claim``: the curve as the SmolLM2 claim measures it, through the metric
+    ``low_rank.rank_curve`` (its fits and head points side by side on torch's threads, one thread
+    each), with the claim's settings and ``--curve``/``--heads``; one process-wide wall and CPU figure."""
+    from harness.session import Session
+    from harness.testing import measure_metric
+
+    model = Session().model(args.model)
+    params = dict(ranks=[int(r) for r in args.curve.split(",")],
+                  heads=[group.split("+") for group in args.heads.split(",")] if args.heads else [],
+                  seed=args.seed, max_steps=args.new_steps, max_seconds_per_rank=None, device=args.device,
+                  negatives=args.negatives, bulk=args.bulk, bulk_weight=args.bulk_weight,
+                  eval_every=args.new_eval_every, stop_at_bound=args.stop_at_bound)
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    curve = measure_metric(model, "low_rank.rank_curve", **params).value
+    V = int(model.W_E.shape[0])
+    row = {"points": [(p["label"], round(float(p["top1"]) * V), p["top1"], p["top5"]) for p in curve],
+           "wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(cpu_seconds() - cpu, 1),
+           "torch_threads": environment(args.device)["torch_threads"], "loadavg_1": round(os.getloadavg()[0], 1)}
+    print("as the claim measures it:", json.dumps(row), flush=True)
+    return row
+
+
 def main_curve(W_E: np.ndarray, W_U: np.ndarray, args: argparse.Namespace) -> int:
     """``--curve``: the old and the new method's curves, side by side (and ``--heads``)."""
+    if args.as_claim:
+        row = as_claim(args)
+        if args.json is not None:
+            args.json.write_text(json.dumps({"as_claim": row, "args": vars(args) | {"json": str(args.json)}}, indent=1,
+                                            default=str))
+        return 0
     methods = ["new", "old"] if args.method == "both" else [args.method]  # the new one first: the shorter
     results = {method: curve(W_E, W_U, args, method) for method in methods}
     summary = compare_curves(results["old"], results["new"]) if len(methods) == 2 else {}
@@ -293,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bulk-weight", type=float, default=0.1, help="with --curve: the bulk's weight (new method)")
     parser.add_argument("--heads", default="18.6,17.3,17.4,17.3+17.4+18.6",
                         help="with --curve and --model: head groups whose exact points to time ('' for none)")
+    parser.add_argument("--as-claim", action="store_true",
+                        help="with --curve and --model: the curve through the metric, as the claim measures it")
     parser.add_argument("--no-stop-at-bound", dest="stop_at_bound", action="store_false",
                         help="with --curve: train rank 1 even when its start is at the rank-1 bound (new method)")
     args = parser.parse_args(argv)
