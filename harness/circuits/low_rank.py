@@ -78,7 +78,12 @@ Threads (CPU).  The set-up and the steps run on one BLAS thread: the logits tile
 count), each tile the same single-threaded product whatever the workers, so a fit is the same bit
 for bit on one thread or several (before, two-threaded BLAS took other paths: 518 / 22,836 /
 49,130 against one thread's 575 / 22,868 / 49,128 on SmolLM2, and spent up to twice the CPU
-spinning).  The exact count runs the OV kernel's own workers (its counts never depend on them).
+spinning).  The row-wise passes of the cross-entropy step (the bulk's logits and the softmax) run in
+row blocks on the workers, and the largest backward product beside the others, with the same
+numbers.  The exact count runs the OV kernel's own workers (its counts never depend on them), or
+``threads`` of them when given.  Because of this invariance a rank curve
+(:func:`harness.metrics.low_rank.rank_curve`) runs its fits side by side, one thread each: one
+fit's serial parts (the step's small products, Adam, the exact count's set-up) then overlap another's work.
 
 Determinism.  Given the seed, the sequence of batches, updates and evaluations is fixed (CPU
 float32 kernels, any thread count; on CUDA up to its matmul determinism); only where a

@@ -181,6 +181,8 @@ def rank_curve(
     W_E and W_U allow are fitted at the largest possible rank (``details.effective_rank``).
     Details: each trained fit's summary (steps, loss, stopping reason, trace).  ``negatives``,
     ``eval_every``, ``bulk``, ``bulk_weight``, ``stop_at_bound``: as for ``low_rank.achievable_accuracy``.
+    On the CPU without a time budget (``max_seconds_per_rank: null``) the fits and head points run
+    side by side on torch's threads, one thread each (:func:`_side_by_side`): the same curve.
     """
     for group in heads:
         for name in group:
