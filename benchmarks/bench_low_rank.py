@@ -35,7 +35,9 @@ the restricted step (``--negatives`` hardest columns per row) with a sampled bul
 uniform columns per step, weight ``--bulk-weight``), ``--new-steps`` per phase, monitored every
 ``--new-eval-every`` steps, rank 1 not trained when its start is at the rank-1 bound
 (``--no-stop-at-bound`` to train it); then the head points (``--heads``: the same exact
-counts, the whole scan against rows settled at five entries above their diagonal).  Per rank it
+counts, the whole scan against rows settled at five entries above their diagonal).  ``--as-claim``: the
+curve through the metric ``low_rank.rank_curve`` with the claim's settings, its fits and head points
+side by side on torch's threads, one wall and CPU figure.  Per rank it
 prints the exact top-1/top-5, wall and CPU seconds (user + system of this process, its worker
 threads included) and the load average, then the CPU and wall ratios beside
 the 3x target and whether every rank's top-1 is the same or better.  ``--method new`` (or
@@ -52,6 +54,15 @@ idle main job, 371.8 s for the four fits below). Measured 2026-12-07, new method
 alone, load 1.8-6.5: 7.0 / 50.2 / 67.4 / 99.8 = 224.4 s. The CPU seconds of one run move by a
 third with the machine's other work. One thread (``OMP_NUM_THREADS=1``, load 4.3-5.8): 3.5 / 30.9 /
 33.1 / 54.9 = 122.4 s (the code before, load ~6: 137.1 s): two threads now cost what one does.
+
+Then the fold's vectorised threshold test, the cross-entropy's row-wise passes on the workers and
+the backward's largest product beside the others (the same fits bit for bit), measured 2026-12-07
+interleaved with the code before (``--method new``, two threads, load 3.8-4.8, whole process under
+``/usr/bin/time``): CPU 3.3 / 17.4 / 20.6 / 39.4 = 80.7 s against 2.8 / 28.1 / 28.3 / 50.9 = 110.1 s,
+the same top-1 tokens. ``--as-claim`` (fits and head points side by side, one thread each, as the
+claim runs now): 91.6 s of CPU and 139.5 s of wall at load 4.9; the two lanes' thread CPU 46.5 and
+47.6 s (rank 64 then the three-head group; ranks 16, 4, 1 and three head points), so about 50 s of
+wall where the two cores are idle.
 
 Before that, measured (SmolLM2-135M, seed 0, two threads, load average 7.1 falling to 2.4, new
 first): top-1 tokens old 2 / 431 / 20,625 / 49,126, new 2 / 518 / 22,836 / 49,130 (same or
