@@ -35,7 +35,9 @@ the restricted step (``--negatives`` hardest columns per row) with a sampled bul
 uniform columns per step, weight ``--bulk-weight``), ``--new-steps`` per phase, monitored every
 ``--new-eval-every`` steps, rank 1 not trained when its start is at the rank-1 bound
 (``--no-stop-at-bound`` to train it); then the head points (``--heads``: the same exact
-counts, the whole scan against rows settled at five entries above their diagonal).  Per rank it
+counts, the whole scan against rows settled at five entries above their diagonal).  ``--as-claim``: the
+curve through the metric ``low_rank.rank_curve`` with the claim's settings, its fits and head points
+side by side on torch's threads, one wall and CPU figure.  Per rank it
 prints the exact top-1/top-5, wall and CPU seconds (user + system of this process, its worker
 threads included) and the load average, then the CPU and wall ratios beside
 the 3x target and whether every rank's top-1 is the same or better.  ``--method new`` (or
@@ -52,6 +54,15 @@ idle main job, 371.8 s for the four fits below). Measured 2026-12-07, new method
 alone, load 1.8-6.5: 7.0 / 50.2 / 67.4 / 99.8 = 224.4 s. The CPU seconds of one run move by a
 third with the machine's other work. One thread (``OMP_NUM_THREADS=1``, load 4.3-5.8): 3.5 / 30.9 /
 33.1 / 54.9 = 122.4 s (the code before, load ~6: 137.1 s): two threads now cost what one does.
+
+Then the fold's vectorised threshold test, the cross-entropy's row-wise passes on the workers and
+the backward's largest product beside the others (the same fits bit for bit), measured 2026-12-07
+interleaved with the code before (``--method new``, two threads, load 3.8-4.8, whole process under
+``/usr/bin/time``): CPU 3.3 / 17.4 / 20.6 / 39.4 = 80.7 s against 2.8 / 28.1 / 28.3 / 50.9 = 110.1 s,
+the same top-1 tokens. ``--as-claim`` (fits and head points side by side, one thread each, as the
+claim runs now): 91.6 s of CPU and 139.5 s of wall at load 4.9; the two lanes' thread CPU 46.5 and
+47.6 s (rank 64 then the three-head group; ranks 16, 4, 1 and three head points), so about 50 s of
+wall where the two cores are idle.
 
 Before that, measured (SmolLM2-135M, seed 0, two threads, load average 7.1 falling to 2.4, new
 first): top-1 tokens old 2 / 431 / 20,625 / 49,126, new 2 / 518 / 22,836 / 49,130 (same or
@@ -246,8 +257,37 @@ def head_points(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     return rows
 
 
+def as_claim(args: argparse.Namespace) -> dict[str, object]:
+    """``--as-claim``: the curve as the SmolLM2 claim measures it, through the metric
+    ``low_rank.rank_curve`` (its fits and head points side by side on torch's threads, one thread
+    each), with the claim's settings and ``--curve``/``--heads``; one process-wide wall and CPU figure."""
+    from harness.session import Session
+    from harness.testing import measure_metric
+
+    model = Session().model(args.model)
+    params = dict(ranks=[int(r) for r in args.curve.split(",")],
+                  heads=[group.split("+") for group in args.heads.split(",")] if args.heads else [],
+                  seed=args.seed, max_steps=args.new_steps, max_seconds_per_rank=None, device=args.device,
+                  negatives=args.negatives, bulk=args.bulk, bulk_weight=args.bulk_weight,
+                  eval_every=args.new_eval_every, stop_at_bound=args.stop_at_bound)
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    curve = measure_metric(model, "low_rank.rank_curve", **params).value
+    V = int(model.W_E.shape[0])
+    row = {"points": [(p["label"], round(float(p["top1"]) * V), p["top1"], p["top5"]) for p in curve],
+           "wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(cpu_seconds() - cpu, 1),
+           "torch_threads": environment(args.device)["torch_threads"], "loadavg_1": round(os.getloadavg()[0], 1)}
+    print("as the claim measures it:", json.dumps(row), flush=True)
+    return row
+
+
 def main_curve(W_E: np.ndarray, W_U: np.ndarray, args: argparse.Namespace) -> int:
     """``--curve``: the old and the new method's curves, side by side (and ``--heads``)."""
+    if args.as_claim:
+        row = as_claim(args)
+        if args.json is not None:
+            args.json.write_text(json.dumps({"as_claim": row, "args": vars(args) | {"json": str(args.json)}}, indent=1,
+                                            default=str))
+        return 0
     methods = ["new", "old"] if args.method == "both" else [args.method]  # the new one first: the shorter
     results = {method: curve(W_E, W_U, args, method) for method in methods}
     summary = compare_curves(results["old"], results["new"]) if len(methods) == 2 else {}
@@ -293,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bulk-weight", type=float, default=0.1, help="with --curve: the bulk's weight (new method)")
     parser.add_argument("--heads", default="18.6,17.3,17.4,17.3+17.4+18.6",
                         help="with --curve and --model: head groups whose exact points to time ('' for none)")
+    parser.add_argument("--as-claim", action="store_true",
+                        help="with --curve and --model: the curve through the metric, as the claim measures it")
     parser.add_argument("--no-stop-at-bound", dest="stop_at_bound", action="store_false",
                         help="with --curve: train rank 1 even when its start is at the rank-1 bound (new method)")
     args = parser.parse_args(argv)

@@ -210,6 +210,28 @@ def test_factor_rows_is_the_r_by_V_product() -> None:
     np.testing.assert_allclose(two.T, whole, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bulk", [True, False])
+def test_ce_softmax_in_row_blocks_is_the_whole_matrix_pass(bulk: bool) -> None:
+    """The restricted cross-entropy's softmax over ``[d, vals, bulk]`` in row blocks on one or two
+    threads: the bits of the whole-matrix passes (the bulk's product by row blocks: bitwise where the
+    BLAS computes a row block as it does the whole, as on this project's CPU)."""
+    rng = np.random.default_rng(9)
+    b, V, r, K, m = 700, 3000, 5, 6, 400  # 700 rows x 407 columns: two cache-sized row blocks (644 + 56 rows)
+    P, Qm = rng.standard_normal((b, r), dtype=np.float32), rng.standard_normal((r, V), dtype=np.float32)
+    idx = rng.permutation(V)[:b]
+    vals = -np.sort(-rng.standard_normal((b, K), dtype=np.float32) * 3, axis=1)
+    diag = rng.standard_normal(b, dtype=np.float32)
+    S = np.sort(rng.choice(V, m, replace=False)) if bulk else None
+    ops = lr._Numpy(1)
+    with single_threaded_blas():
+        parts = [diag[:, None], vals] + ([ls.bulk_logits(ops, P @ Qm[:, S], S, idx, vals, V, 0.1)] if bulk else [])
+        whole = ops.softmax_rows(np.concatenate(parts, axis=1))
+        for threads in (1, 2):
+            lse, G = lr._Numpy(threads).ce_softmax(diag, vals, P, Qm, S, idx, V, 0.1)
+            np.testing.assert_array_equal(lse, whole[0])
+            np.testing.assert_array_equal(G, whole[1])
+
+
 def test_the_fit_is_the_same_on_one_and_two_threads() -> None:
     """Set-up and steps run on one BLAS thread, the tiles dealt to the workers: the same fit bit for bit."""
     E, U = coupled_problem(700, 24, 7)
@@ -223,6 +245,33 @@ def test_the_fit_is_the_same_on_one_and_two_threads() -> None:
     np.testing.assert_array_equal(fits[0].B, fits[1].B)
     assert len(fits[0].trace) == len(fits[1].trace)  # zip below would drop a longer second trace's tail
     assert fits[0].trace == [dict(p, seconds=q["seconds"]) for p, q in zip(fits[1].trace, fits[0].trace)]
+
+
+def test_a_curve_side_by_side_is_the_curve_in_turn() -> None:
+    """On two torch threads a step-budgeted curve runs its fits and head points side by side, one
+    thread each: the same points and the same fits (traces included) as one after the other."""
+    params = dict(ranks=[1, 2, 8], heads=[["0.0"], ["0.1"], ["0.0", "0.1"]], max_steps=12, max_seconds_per_rank=None,
+                  device="cpu", negatives=4, bulk=16, bulk_weight=0.1, eval_every=6, stop_at_bound=True)
+    curves = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            curves.append(rank_curve_on_split_copier(**params))
+    finally:
+        torch.set_num_threads(1)
+    in_turn, side_by_side = curves
+    assert side_by_side.value == in_turn.value
+    timing = {"setup_seconds", "train_seconds", "eval_seconds", "wall_seconds", "seconds_per_step"}
+
+    def comparable(fit: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in fit.items() if k not in timing}
+        out["trace"] = [{k: v for k, v in point.items() if k != "seconds"} for point in fit["trace"]]
+        out["settings"] = {k: v for k, v in fit["settings"].items() if k != "threads"}
+        return out
+
+    for rank, fit in in_turn.details["fits"].items():
+        assert fit["settings"]["threads"] == 1 and side_by_side.details["fits"][rank]["settings"]["threads"] == 1
+        assert comparable(side_by_side.details["fits"][rank]) == comparable(fit)
 
 
 def test_bases_kept_under_the_given_weights_key() -> None:

@@ -56,7 +56,9 @@ CPU seconds of the four fits (user + system; ``bench_low_rank.py --curve 1,4,16,
 the full step 371.8 (two threads, 2026-12-07); the restricted step 174.5 (two threads, load 3-7),
 224.4 and 215.1 in later runs (load 2-10); with the thread-invariant tiles and the compiled fold and
 backward below 89.8, 112.3 and 119.8 in three runs (two threads, load 5-12; one of them at the same
-time as the 215.1 run of the code before), the same exact counts. A curve's fits share the
+time as the 215.1 run of the code before), the same exact counts; with the fold's vectorised threshold test and
+the cross-entropy's row-wise passes on the threads 80.7 against 110.1 for the code before, interleaved
+(two threads, load 4-5), the same fits bit for bit. A curve's fits share the
 orthonormal bases (computed once per (W_E, W_U), found by the caller's ``weights_key``).
 
 Rank 1 (``stop_at_bound``).  Any rank-1 map copies at most two rows (:func:`copy_bound`); a
@@ -78,7 +80,12 @@ Threads (CPU).  The set-up and the steps run on one BLAS thread: the logits tile
 count), each tile the same single-threaded product whatever the workers, so a fit is the same bit
 for bit on one thread or several (before, two-threaded BLAS took other paths: 518 / 22,836 /
 49,130 against one thread's 575 / 22,868 / 49,128 on SmolLM2, and spent up to twice the CPU
-spinning).  The exact count runs the OV kernel's own workers (its counts never depend on them).
+spinning).  The row-wise passes of the cross-entropy step (the bulk's logits and the softmax) run in
+row blocks on the workers, and the largest backward product beside the others, with the same
+numbers.  The exact count runs the OV kernel's own workers (its counts never depend on them), or
+``threads`` of them when given.  Because of this invariance a rank curve
+(:func:`harness.metrics.low_rank.rank_curve`) runs its fits side by side, one thread each: one
+fit's serial parts (the step's small products, Adam, the exact count's set-up) then overlap another's work.
 
 Determinism.  Given the seed, the sequence of batches, updates and evaluations is fixed (CPU
 float32 kernels, any thread count; on CUDA up to its matmul determinism); only where a
@@ -90,6 +97,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -99,7 +107,8 @@ import numpy as np
 
 from harness.circuits.factored import as_numpy
 from harness.circuits.low_rank_sparse import (
-    hard_negatives_compiled, hard_negatives_torch, hardest_from_factors, restricted_grads, sparse_backward,
+    backward_products, bulk_logits, hard_negatives_compiled, hard_negatives_torch, hardest_from_factors,
+    restricted_grads, sparse_backward,
 )
 from harness.circuits.ov_tiles import map_blocks, single_threaded_blas
 from harness.circuits.ov_topk import full_circuit_topk
@@ -370,6 +379,26 @@ class _Numpy:
                         n_unique: int) -> tuple[np.ndarray, np.ndarray]:
         return sparse_backward(G, C, P, QmT, inverse, n_unique)
 
+    def backward_products(self, Er: np.ndarray, dP: np.ndarray, H: np.ndarray, QU: np.ndarray, uniq: np.ndarray,
+                          Gs: np.ndarray | None, QmT: np.ndarray, S: np.ndarray | None,
+                          P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The restricted step's dense products (:func:`backward_products`), the largest of them,
+        ``H^T Q_U[uniq]`` (a gather of the batch's distinct columns, ~21,000 of Q_U's rows at rank 64,
+        and an r x n_u x k_U product: ~40 ms a cross-entropy step there), on a second thread beside
+        the others: the same products in the same order of additions, so the same numbers."""
+        if self.threads < 2:
+            return backward_products(Er, dP, H, QU, uniq, Gs, QmT, S, P)
+        main = _pool(self.threads).submit(lambda: H.T @ QU[uniq])
+        try:
+            dA = Er.T @ dP
+            extra = None
+            if S is not None:
+                dA = dA + Er.T @ (Gs @ QmT[S])
+                extra = (Gs.T @ P).T @ QU[S]
+        finally:
+            dB = main.result()
+        return dA, dB if extra is None else dB + extra
+
     def cat(self, parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts, axis=1)
 
@@ -379,6 +408,30 @@ class _Numpy:
         e = np.exp(S - m)
         Z = e.sum(1, keepdims=True)
         return (m + np.log(Z))[:, 0], e / Z
+
+    def ce_softmax(self, diag: np.ndarray, vals: np.ndarray, P: np.ndarray, Qm: np.ndarray, S: np.ndarray | None,
+                   idx: np.ndarray, V: int, weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """The restricted cross-entropy's logsumexp and softmax per row over ``[d_i, vals_i, bulk_i]``
+        (b x (1 + K + m); :func:`harness.circuits.low_rank_sparse.bulk_logits` for the bulk), in
+        cache-sized row blocks on the threads: every step of it is row by row (the bulk's product a
+        row block of ``P`` times the gathered ``Qm[:, S]``, the same single-threaded BLAS product per
+        row as the whole one's), so the numbers are those of the whole-matrix passes, which ran on one
+        thread and, with numpy's exp about 9x slower where it returns subnormals (the bulk's far
+        columns at high rank), cost about 60 ms a step at rank 64."""
+        QmS = None if S is None else Qm[:, S]  # r x m, gathered once
+        n, K = vals.shape
+        width = 1 + K + (0 if S is None else len(S))
+        lse = np.empty(n, np.float32)
+        G = np.empty((n, width), np.float32)
+
+        def work(lo: int, hi: int) -> None:
+            parts = [diag[lo:hi, None], vals[lo:hi]]
+            if QmS is not None:
+                parts.append(bulk_logits(self, P[lo:hi] @ QmS, S, idx[lo:hi], vals[lo:hi], V, weight))
+            lse[lo:hi], G[lo:hi] = self.softmax_rows(np.concatenate(parts, axis=1))
+
+        self._chunked(n, width, work)
+        return lse, G
 
     def positive(self, x: np.ndarray) -> np.ndarray:
         return (x > 0).astype(x.dtype)
@@ -452,6 +505,10 @@ class _Torch:
     def factor_rows(self, QU: Any, B: Any) -> Any:
         return (QU @ B.T).contiguous()
 
+    def backward_products(self, Er: Any, dP: Any, H: Any, QU: Any, uniq: Any, Gs: Any, QmT: Any, S: Any,
+                          P: Any) -> tuple[Any, Any]:
+        return backward_products(Er, dP, H, QU, uniq, Gs, QmT, S, P)
+
     def sparse_backward(self, G: Any, C: Any, P: Any, QmT: Any, inverse: Any, n_unique: int) -> tuple[Any, Any]:
         H = self.scatter_rows(n_unique, inverse, (G[:, :, None] * P[:, None, :]).reshape(-1, P.shape[1]))
         return (G[:, :, None] * QmT[C]).sum(1), H
@@ -461,6 +518,13 @@ class _Torch:
 
     def softmax_rows(self, S: Any) -> tuple[Any, Any]:
         return self.t.logsumexp(S, 1), self.t.softmax(S, 1)
+
+    def ce_softmax(self, diag: Any, vals: Any, P: Any, Qm: Any, S: Any, idx: Any, V: int,
+                   weight: float) -> tuple[Any, Any]:
+        parts = [diag[:, None], vals]
+        if S is not None:
+            parts.append(bulk_logits(self, P @ Qm[:, S], S, idx, vals, V, weight))
+        return self.softmax_rows(self.cat(parts))
 
     def positive(self, x: Any) -> Any:
         return (x > 0).to(x.dtype)
@@ -628,14 +692,19 @@ class _Start:
 
 
 _BASES: dict[str, tuple[np.ndarray, ...]] = {}
+_BASES_LOCK = threading.Lock()
 
 
-def _bases(W_E: np.ndarray, W_U: np.ndarray, weights_key: str | None = None) -> tuple[np.ndarray, ...]:
+def _bases(W_E: np.ndarray, W_U: np.ndarray, weights_key: str | None = None,
+           threads: int | None = None) -> tuple[np.ndarray, ...]:
     """``orthonormal_factor`` of W_E and of W_U^T, kept for the last (W_E, W_U) seen: the fits of
     a rank curve share them (two float64 eigendecompositions of d x d Gram matrices, each a V d^2
     product, per fit otherwise).  Known by ``weights_key`` where the caller has one that names
     these exact weights (a model's identity: its weights' sha256 and processing), else by the
-    sha256 of their bytes (about 0.35 s on SmolLM2's)."""
+    sha256 of their bytes (about 0.35 s on SmolLM2's).  The two factorisations run side by side on
+    two of ``threads`` (default torch's) threads (each a V d^2 Gram product and an eigendecomposition
+    on one BLAS thread: the same numbers as one after the other).  Fits running side by side wait
+    for one computation (a lock)."""
     if weights_key is not None:
         key = f"given:{weights_key}"
     else:
@@ -644,22 +713,34 @@ def _bases(W_E: np.ndarray, W_U: np.ndarray, weights_key: str | None = None) -> 
             digest.update(repr((W.dtype.str, W.shape)).encode())
             digest.update(np.ascontiguousarray(W).data)
         key = digest.hexdigest()
-    if key not in _BASES:
-        _BASES.clear()
-        _BASES[key] = (*orthonormal_factor(W_E), *orthonormal_factor(W_U.T))
-    return _BASES[key]
+    with _BASES_LOCK:
+        if key not in _BASES:
+            _BASES.clear()
+            # W_E's and W_U's factors in two threads (each the same single-threaded calls: the same bits)
+            parts = map_blocks(lambda Ws: [orthonormal_factor(W) for W in Ws], [W_E, W_U.T], threads or _threads() or 1)
+            E, U = [factors for part in parts for factors in part]
+            _BASES[key] = (*E, *U)
+        return _BASES[key]
+
+
+def prepare_bases(W_E: Any, W_U: Any, weights_key: str | None = None) -> None:
+    """Compute and keep the orthonormal bases that the fits through these W_E, W_U share
+    (:func:`_bases`, on torch's threads, one BLAS thread each), before fits run side by side."""
+    E_np, U_np = _finite_numpy(W_E), _finite_numpy(W_U)
+    with single_threaded_blas():
+        _bases(E_np, U_np, weights_key)
 
 
 def closed_form_start(
     W_E: np.ndarray, W_U: np.ndarray, rank: int, scale_rows: np.ndarray,
-    init: tuple[np.ndarray, np.ndarray] | None = None, weights_key: str | None = None,
+    init: tuple[np.ndarray, np.ndarray] | None = None, weights_key: str | None = None, threads: int | None = None,
 ) -> _Start:
     """Orthonormal bases, the rank-r least-squares fit of I, scaled to minimise the CE on rows.
 
     ``init = (A, B)`` (d x r, r x d; e.g. an earlier fit's) replaces the closed form: it starts from
-    ``A' = T_E A``, ``B' = B T_U^T`` at its own scale (``scale`` 1).  ``weights_key``: see :func:`_bases`.
+    ``A' = T_E A``, ``B' = B T_U^T`` at its own scale (``scale`` 1).  ``weights_key``, ``threads``: see :func:`_bases`.
     """
-    QE, TE, TE_pinv, QU, TU, TU_pinv = _bases(W_E, W_U, weights_key)
+    QE, TE, TE_pinv, QU, TU, TU_pinv = _bases(W_E, W_U, weights_key, threads)
     if init is not None:
         A, B = (np.asarray(x, dtype=np.float64) for x in init)
         if A.shape[0] != W_E.shape[1] or B.shape[1] != W_E.shape[1] or A.shape[1] != B.shape[0]:
@@ -779,6 +860,7 @@ def fit_low_rank_copying(
     bulk_weight: float = 1.0,
     stop_at_bound: bool = False,
     weights_key: str | None = None,
+    threads: int | None = None,
 ) -> LowRankFit:
     """Find ``A`` (d x r), ``B`` (r x d) maximising the top-1 copying accuracy of ``W_E A B W_U``.
 
@@ -797,6 +879,9 @@ def fit_low_rank_copying(
     matrix can (:func:`copy_bound`, counted exactly) is not trained (``stopped_by: "bound"``).
     ``weights_key``: a string naming exactly these W_E and W_U (a model's identity key), under
     which the orthonormal bases are kept between fits instead of hashing the weights' bytes.
+    ``threads``: worker threads for the fit's tiles and its exact count (default: torch's thread
+    count for the tiles, the OV kernel's own workers for the count); the fit is the same on any
+    number, so several fits can run side by side on one thread each (:func:`harness.metrics.low_rank.rank_curve`).
     """
     t0 = time.perf_counter()
     E_np, U_np = _finite_numpy(W_E), _finite_numpy(W_U)
@@ -817,23 +902,23 @@ def fit_low_rank_copying(
     settings = FitSettings(
         rank, seed, objective, batch, lr, margin_lr, lr_decay, max_decays, patience,
         eval_every or max(10, math.ceil(V / batch / 2)), min(eval_rows, V), max_steps, max_seconds, adam_betas,
-        device or "cpu", _threads(), negatives, None if bulk is None else min(bulk, V), bulk_weight,
+        device or "cpu", threads or _threads(), negatives, None if bulk is None else min(bulk, V), bulk_weight,
         stop_at_bound,
     )
     rng = np.random.default_rng(seed)
     monitor_rows = np.sort(rng.permutation(V)[: settings.eval_rows])
     with single_threaded_blas():  # set-up and steps: the same numbers on any number of threads
         start = closed_form_start(E_np, U_np, rank, monitor_rows[: min(SCALE_ROWS, len(monitor_rows))], init,
-                                  weights_key)
+                                  weights_key, threads)
         if stop_at_bound:
-            reached = _at_bound(E_np, U_np, start, device)
+            reached = _at_bound(E_np, U_np, start, device, threads)
             if reached is not None:  # the exact count was the set-up: no training, no second count
                 now = time.perf_counter()
                 return _fit_result(start, reached, settings, [], [], 0, t0, now, now, "bound")
         run = _train(start, settings, rng, monitor_rows, t0, progress)
     train_end = time.perf_counter()
     mostly_wrong = max(p["monitor_top5"] for p in run.trace) < SETTLE_BELOW
-    exact = _exact_count(E_np, U_np, start, run.params, device, settle=mostly_wrong)
+    exact = _exact_count(E_np, U_np, start, run.params, device, settle=mostly_wrong, workers=threads)
     return _fit_result(start, exact, settings, run.phases, run.trace, run.steps, t0, run.setup_end, train_end,
                        run.phases[-1]["stopped_by"])
 
@@ -853,7 +938,7 @@ def _train(start: _Start, settings: FitSettings, rng: np.random.Generator, monit
            progress: bool) -> _Run:
     """Every phase of ``settings.objective`` from the start, each from the previous one's best point."""
     device, V, batch = settings.device, start.QE.shape[0], settings.batch_rows
-    ops: Any = _Numpy() if device in (None, "cpu") else _Torch(device)
+    ops: Any = _Numpy(settings.threads) if device in (None, "cpu") else _Torch(device)
     E, QU = ops.asarray(start.QE), ops.asarray(start.QU)
     U = ops.asarray(start.QU.T) if settings.negatives is None else None  # Q_U^T: the full step's products
     sampler = RowSampler(V, batch, rng)
@@ -900,7 +985,7 @@ _Exact = tuple[np.ndarray, np.ndarray, Any]  # A (d x r), B (r x d), the OV kern
 
 
 def _exact_count(E_np: np.ndarray, U_np: np.ndarray, start: _Start, params: tuple[np.ndarray, np.ndarray],
-                 device: str | None, settle: bool) -> _Exact:
+                 device: str | None, settle: bool, workers: int | None = None) -> _Exact:
     """The fitted map back in the model's coordinates (float64) and its exact full-vocabulary count.
 
     Counts only (``margins=False``: the row-max pass is not needed).  ``settle`` (CPU): a row is
@@ -908,22 +993,25 @@ def _exact_count(E_np: np.ndarray, U_np: np.ndarray, start: _Start, params: tupl
     top-5 and the tie rows are exactly the full scan's, and where most rows are wrong most rows
     stop early (measured on SmolLM2's rank-1 and rank-4 maps: 4-14x less CPU; on its rank-64 map,
     where nearly every row is right, 1.3x more, hence only where the monitor saw most rows wrong).
+    ``workers``: the kernel's threads (None: its own choice; the counts never depend on them).
     """
     A_fit = start.TE_pinv @ params[0].astype(np.float64)  # d x r
     B_fit = params[1].astype(np.float64) @ start.TU_pinv.T  # r x d
     on_cpu = device in (None, "cpu")
     result = full_circuit_topk(E_np, A_fit, B_fit, U_np, device=None if on_cpu else device, margins=False,
-                               k_max=TOP_K if settle and on_cpu else None)
+                               k_max=TOP_K if settle and on_cpu else None, workers=workers if on_cpu else None)
     return A_fit, B_fit, result
 
 
-def _at_bound(E_np: np.ndarray, U_np: np.ndarray, start: _Start, device: str | None) -> _Exact | None:
+def _at_bound(E_np: np.ndarray, U_np: np.ndarray, start: _Start, device: str | None,
+              workers: int | None = None) -> _Exact | None:
     """The start's exact count when it already reaches :func:`copy_bound` (only rank 1 has one
     below V), else None (then nothing was counted)."""
     rank, V = start.A0.shape[1], E_np.shape[0]
     if copy_bound(rank, V) >= V:
         return None
-    exact = _exact_count(E_np, U_np, start, (start.A0, start.B0), device, settle=True)  # rank 1: nearly all wrong
+    exact = _exact_count(E_np, U_np, start, (start.A0, start.B0), device, settle=True,  # rank 1: nearly all wrong
+                         workers=workers)
     top1_rows = round(exact[2].accuracy(1, "pessimistic") * V)
     return exact if top1_rows >= copy_bound(rank, V) else None
 

@@ -20,13 +20,15 @@ Accuracies count ties with the diagonal as wrong.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Annotated, Any, Callable, Literal
 
 import torch
 from pydantic import Field
 
 from harness.circuits.factored import FactoredCircuit
-from harness.circuits.low_rank import TOP_K, LowRankFit, Objective, fit_low_rank_copying
+from harness.circuits.low_rank import TOP_K, LowRankFit, Objective, fit_low_rank_copying, prepare_bases
+from harness.circuits.ov_tiles import single_threaded_blas
 from harness.circuits.ov_topk import full_circuit_topk
 from harness.context import MetricContext
 from harness.core.heads import Head, HeadName
@@ -59,9 +61,10 @@ def _fit(
     ctx: MetricContext, rank: int, *, seed: int, max_steps: int | None, max_seconds: float | None,
     batch_rows: int, lr: float, margin_lr: float, objective: Objective, device: Device, negatives: int | None = None,
     eval_every: int | None = None, bulk: int | None = None, bulk_weight: float | None = None,
-    stop_at_bound: bool = False,
+    stop_at_bound: bool = False, threads: int | None = None,
 ) -> LowRankFit:
-    """The fit of these settings, trained once per session (a curve and a single-rank claim share it)."""
+    """The fit of these settings, trained once per session (a curve and a single-rank claim share it).
+    ``threads``: its worker threads (not part of the key: the fit is the same on any number)."""
     settings = dict(rank=rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds, batch_rows=batch_rows,
                     lr=lr, margin_lr=margin_lr, objective=objective, device=_device(device))
     optional = (("negatives", negatives), ("eval_every", eval_every), ("bulk", bulk), ("bulk_weight", bulk_weight),
@@ -72,8 +75,9 @@ def _fit(
     identity = ctx.model.identity
     key = (identity.key, "low_rank.fit", json.dumps(settings, sort_keys=True))
     weights_key = identity.key if identity.weights_sha256 is not None else None  # names these exact weights
+    extra = {} if threads is None else {"threads": threads}
     return ctx.session.memoised(key, lambda: fit_low_rank_copying(
-        ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, weights_key=weights_key, **settings))
+        ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, weights_key=weights_key, **settings, **extra))
 
 
 @metric("low_rank.achievable_accuracy", fitted=True, heavy=True, value=Table(numbered("top")))
@@ -121,14 +125,16 @@ def achievable_accuracy(
     return Measurement({"top1": fit.top1, "top5": fit.top5}, None, fit.summary(), bound="lower")
 
 
-def head_point(model: ModelHandle, group: list[str], device: Device) -> dict[str, object]:
-    """The curve point of the heads' effective OV circuit: numerical rank, top-1, top-5."""
+def head_point(model: ModelHandle, group: list[str], device: Device, workers: int | None = None) -> dict[str, object]:
+    """The curve point of the heads' effective OV circuit: numerical rank, top-1, top-5 (``workers``:
+    the OV kernel's threads, None for its own choice; the counts never depend on them)."""
     parsed = [_parse_head(model, name) for name in group]
     circuit = FactoredCircuit.ov_of_heads(model.W_V, model.W_O, [(h.layer, h.head) for h in parsed]).double()
     rank = circuit.numerical_rank()  # of the d x d OV matrix itself
     on = _device(device)  # top-1 and top-5 only: on the CPU a row is settled at TOP_K = 5 entries above its diagonal
     result = full_circuit_topk(model.W_E, circuit.left, circuit.right, model.W_U, device=on,
-                               margins=False, k_max=None if on is not None else TOP_K)
+                               margins=False, k_max=None if on is not None else TOP_K,
+                               workers=workers if on is None else None)
     names = [str(h) for h in parsed]
     return {"label": group_label(names), "rank": rank, "top1": result.accuracy(1, "pessimistic"),
             "top5": result.accuracy(5, "pessimistic"), "kind": "head", "heads": names}
@@ -175,27 +181,69 @@ def rank_curve(
     W_E and W_U allow are fitted at the largest possible rank (``details.effective_rank``).
     Details: each trained fit's summary (steps, loss, stopping reason, trace).  ``negatives``,
     ``eval_every``, ``bulk``, ``bulk_weight``, ``stop_at_bound``: as for ``low_rank.achievable_accuracy``.
+    On the CPU without a time budget (``max_seconds_per_rank: null``) the fits and head points run
+    side by side on torch's threads, one thread each (:func:`_side_by_side`): the same curve.
     """
     for group in heads:
         for name in group:
             _parse_head(ctx.model, name)
     points: list[dict[str, object]] = []
     fits: dict[str, dict[str, object]] = {}
-    for rank in sorted(set(ranks)):
-        fit = _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds_per_rank, batch_rows=batch_rows,
-                   lr=lr, margin_lr=margin_lr, objective=objective, device=device, negatives=negatives,
-                   eval_every=eval_every, bulk=bulk, bulk_weight=bulk_weight, stop_at_bound=stop_at_bound)
-        points.append({"label": rank_label(rank), "rank": rank, "top1": fit.top1, "top5": fit.top5,
+    ordered = sorted(set(ranks))
+    groups = [list(dict.fromkeys(group)) for group in heads]
+
+    def fit(rank: int, threads: int | None = None) -> LowRankFit:
+        return _fit(ctx, rank, seed=seed, max_steps=max_steps, max_seconds=max_seconds_per_rank, batch_rows=batch_rows,
+                    lr=lr, margin_lr=margin_lr, objective=objective, device=device, negatives=negatives,
+                    eval_every=eval_every, bulk=bulk, bulk_weight=bulk_weight, stop_at_bound=stop_at_bound,
+                    threads=threads)
+
+    lanes = _lanes(device, len(ordered) + len(groups), max_seconds_per_rank)
+    if lanes > 1:
+        trained, measured = _side_by_side(ctx, lanes, ordered, groups, fit, device)
+    else:
+        trained = {rank: fit(rank) for rank in ordered}
+        measured = [head_point(ctx.model, group, device) for group in groups]
+    for rank in ordered:
+        found = trained[rank]
+        points.append({"label": rank_label(rank), "rank": rank, "top1": found.top1, "top5": found.top5,
                        "kind": "trained", "heads": [], "bound": "lower"})
-        fits[str(rank)] = fit.summary()
-    for group in heads:
-        points.append(head_point(ctx.model, list(dict.fromkeys(group)), device))
+        fits[str(rank)] = found.summary()
+    points += measured
     summary = {
         "effective_rank": {r: f["effective_rank"] for r, f in fits.items()},
         "fits": fits,
         "ties": "pessimistic",
     }
     return Measurement(points, None, summary)
+
+
+def _lanes(device: Device, jobs: int, max_seconds: float | None) -> int:
+    """How many of the curve's fits and head points run side by side: torch's thread count on the
+    CPU (one thread each), else 1.  A fit with a time budget runs alone (a side-by-side neighbour
+    would eat into it, and where it stops would depend on the neighbour)."""
+    if _device(device) is not None or max_seconds is not None:
+        return 1
+    return max(1, min(torch.get_num_threads(), jobs))
+
+
+def _side_by_side(ctx: MetricContext, lanes: int, ranks: list[int], groups: list[list[str]],
+                  fit: Callable[..., LowRankFit], device: Device) -> tuple[dict[int, LowRankFit], list[dict[str, object]]]:
+    """The curve's fits and head points on ``lanes`` threads, one thread each, the largest first
+    (fits from the highest rank down, then head groups from the largest): every fit is the same on
+    one thread as on several (:func:`harness.circuits.low_rank.fit_low_rank_copying`) and every
+    count the same on any number of workers, so the curve is the one computed in turn, while the
+    serial parts of one fit's steps overlap another's work.  BLAS stays single-threaded throughout
+    (a fit ending must not hand BLAS its threads back while another runs)."""
+    model = ctx.model
+    prepare_bases(model.W_E, model.W_U, model.identity.key if model.identity.weights_sha256 is not None else None)
+    order = sorted(range(len(groups)), key=lambda k: -len(groups[k]))
+    with single_threaded_blas(), ThreadPoolExecutor(lanes, thread_name_prefix="rank-curve") as pool:
+        fit_jobs: dict[int, Future[LowRankFit]] = {rank: pool.submit(fit, rank, 1) for rank in sorted(ranks, reverse=True)}
+        head_jobs: dict[int, Future[Any]] = {k: pool.submit(head_point, model, groups[k], device, 1) for k in order}
+        trained = {rank: job.result() for rank, job in fit_jobs.items()}
+        measured = [head_jobs[k].result() for k in range(len(groups))]
+    return trained, measured
 
 
 def _parse_head(model: ModelHandle, name: str) -> Head:
