@@ -213,8 +213,7 @@ def test_factor_rows_is_the_r_by_V_product() -> None:
 @pytest.mark.parametrize("bulk", [True, False])
 def test_ce_softmax_in_row_blocks_is_the_whole_matrix_pass(bulk: bool) -> None:
     """The restricted cross-entropy's softmax over ``[d, vals, bulk]`` in row blocks on one or two
-    threads: the bits of the whole-matrix passes (the bulk's product by row blocks: bitwise where the
-    BLAS computes a row block as it does the whole, as on this project's CPU)."""
+    threads: the bits of the whole-matrix passes (the bulk's product formed whole, the rest row by row)."""
     rng = np.random.default_rng(9)
     b, V, r, K, m = 700, 3000, 5, 6, 400  # 700 rows x 407 columns: two cache-sized row blocks (644 + 56 rows)
     P, Qm = rng.standard_normal((b, r), dtype=np.float32), rng.standard_normal((r, V), dtype=np.float32)
@@ -226,6 +225,28 @@ def test_ce_softmax_in_row_blocks_is_the_whole_matrix_pass(bulk: bool) -> None:
     with single_threaded_blas():
         parts = [diag[:, None], vals] + ([ls.bulk_logits(ops, P @ Qm[:, S], S, idx, vals, V, 0.1)] if bulk else [])
         whole = ops.softmax_rows(np.concatenate(parts, axis=1))
+        for threads in (1, 2):
+            lse, G = lr._Numpy(threads).ce_softmax(diag, vals, P, Qm, S, idx, V, 0.1)
+            np.testing.assert_array_equal(lse, whole[0])
+            np.testing.assert_array_equal(G, whole[1])
+
+
+def test_ce_softmax_with_a_short_last_row_block_is_the_whole_matrix_pass() -> None:
+    """At rank 64 with a bulk, 2048 rows of width 1 + 32 + 351 = 384 fall into row blocks of 682, 682,
+    682 and 2 rows: the softmax is still the whole-matrix pass's bit for bit (a 2-row block's
+    product by OpenBLAS is not always the whole product's rows, so the product must not be split)."""
+    rng = np.random.default_rng(9)
+    b, V, r, K, m = 2048, 3000, 64, 32, 351
+    assert b % (lr.CHUNK_FLOATS // (1 + K + m)) == 2
+    P, Qm = rng.standard_normal((b, r), dtype=np.float32), rng.standard_normal((r, V), dtype=np.float32)
+    idx = rng.integers(0, V, b)
+    vals = -np.sort(-rng.standard_normal((b, K), dtype=np.float32) * 3, axis=1)
+    diag = rng.standard_normal(b, dtype=np.float32)
+    S = np.sort(rng.choice(V, m, replace=False))
+    ops = lr._Numpy(1)
+    with single_threaded_blas():
+        bulk = ls.bulk_logits(ops, P @ Qm[:, S], S, idx, vals, V, 0.1)
+        whole = ops.softmax_rows(np.concatenate([diag[:, None], vals, bulk], axis=1))
         for threads in (1, 2):
             lse, G = lr._Numpy(threads).ce_softmax(diag, vals, P, Qm, S, idx, V, 0.1)
             np.testing.assert_array_equal(lse, whole[0])

@@ -413,12 +413,14 @@ class _Numpy:
                    idx: np.ndarray, V: int, weight: float) -> tuple[np.ndarray, np.ndarray]:
         """The restricted cross-entropy's logsumexp and softmax per row over ``[d_i, vals_i, bulk_i]``
         (b x (1 + K + m); :func:`harness.circuits.low_rank_sparse.bulk_logits` for the bulk), in
-        cache-sized row blocks on the threads: every step of it is row by row (the bulk's product a
-        row block of ``P`` times the gathered ``Qm[:, S]``, the same single-threaded BLAS product per
-        row as the whole one's), so the numbers are those of the whole-matrix passes, which ran on one
-        thread and, with numpy's exp about 9x slower where it returns subnormals (the bulk's far
-        columns at high rank), cost about 60 ms a step at rank 64."""
-        QmS = None if S is None else Qm[:, S]  # r x m, gathered once
+        cache-sized row blocks on the threads.  The bulk's product ``Ls = P Qm[:, S]`` (b x r x m) is
+        formed whole, as before, on the calling thread; the rest is row by row (mask, log-weight,
+        max, exp, sum), so the numbers are those of the whole-matrix passes, which ran on one thread
+        and, with numpy's exp about 9x slower where it returns subnormals (the bulk's far columns at
+        high rank), cost about 60 ms a step at rank 64.  (A row block's product is not always the
+        whole product's rows bit for bit: OpenBLAS computes a block of 1-5 rows by another kernel,
+        e.g. at r = 64, so the product is not split.)"""
+        Ls = None if S is None else P @ Qm[:, S]  # b x m, one product: the bits of the passes before
         n, K = vals.shape
         width = 1 + K + (0 if S is None else len(S))
         lse = np.empty(n, np.float32)
@@ -426,8 +428,8 @@ class _Numpy:
 
         def work(lo: int, hi: int) -> None:
             parts = [diag[lo:hi, None], vals[lo:hi]]
-            if QmS is not None:
-                parts.append(bulk_logits(self, P[lo:hi] @ QmS, S, idx[lo:hi], vals[lo:hi], V, weight))
+            if Ls is not None:
+                parts.append(bulk_logits(self, Ls[lo:hi], S, idx[lo:hi], vals[lo:hi], V, weight))
             lse[lo:hi], G[lo:hi] = self.softmax_rows(np.concatenate(parts, axis=1))
 
         self._chunked(n, width, work)
