@@ -122,3 +122,28 @@ def test_the_kernel_calibrates_for_a_large_problem_and_counts_the_same(tmp_path:
     for name in ("above", "ties", "ties_below"):
         assert np.array_equal(getattr(calibrated, name), getattr(other, name)), name
     assert np.array_equal(np.sign(calibrated.margin), np.sign(other.margin))
+
+
+def _burn_in_another_thread() -> None:
+    """CPU work (a fixed amount, whatever the load) in a second thread, waited for."""
+    import threading
+
+    worker = threading.Thread(target=lambda: sum(i * i for i in range(2_000_000)))
+    worker.start()
+    worker.join()
+
+
+def test_a_one_thread_measure_ignores_the_other_threads() -> None:
+    """A rank curve's fits run side by side in threads while one of them calibrates a one-worker
+    scan: the process's CPU clock would charge the neighbours' work to the tile being measured."""
+    process = cal.cpu_seconds(_burn_in_another_thread)
+    own = cal.cpu_seconds(_burn_in_another_thread, own_thread=True)
+    assert process > 0.05 and own < process / 5
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_calibration_scan_uses_the_thread_clock_for_one_worker(workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    clocks: list[bool] = []
+    monkeypatch.setattr(ov_topk, "cpu_seconds", lambda run, own_thread=False: clocks.append(own_thread) or 1.0)
+    ov_topk._calibration_scan(4, workers, True)(256, 1024)
+    assert clocks == [workers == 1]

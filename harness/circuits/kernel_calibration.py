@@ -11,7 +11,8 @@ load 5-6): the scan's CPU time per entry ranged from 2.5 ns (512 x 1024 tiles) t
 So for a large problem the kernel measures instead: for each candidate tile of :data:`CANDIDATES`
 (and the rule's), the kernel's own scan (:func:`harness.circuits.ov_topk._scan_numpy`, row max
 included) of a seeded synthetic problem of the same rank, ``CAL_ROWS`` rows per worker x
-``CAL_KEYS`` keys, run by the same number of worker threads; process CPU seconds, the minimum over
+``CAL_KEYS`` keys, run by the same number of worker threads; process CPU seconds (one worker: that
+thread's, on one BLAS thread, so that threads working beside it do not count), the minimum over
 ``REPEATS`` interleaved rounds (the rounds interleave the candidates, so a burst of load from
 elsewhere hits all of them).  The fastest tile wins, unless the rule's own tile is within 5% of it
 (on a loaded machine single figures spread by 5-10%: a near-tie is no reason to move).  That costs
@@ -174,8 +175,12 @@ def _blas_core() -> str | None:
     return next((str(i.get("architecture")) for i in threadpool_info() if i.get("user_api") == "blas"), None)
 
 
-def cpu_seconds(run: Callable[[], object]) -> float:
-    """Process CPU seconds (every thread) of ``run()``."""
-    start = time.process_time()
+def cpu_seconds(run: Callable[[], object], own_thread: bool = False) -> float:
+    """CPU seconds of ``run()``: the process's (every thread), or with ``own_thread`` the calling
+    thread's alone, for a run that works in the calling thread only (a one-worker scan on one BLAS
+    thread), so that other threads of the process, such as a rank curve's fits side by side
+    (:func:`harness.metrics.low_rank.rank_curve`), are not charged to it."""
+    clock = time.thread_time if own_thread else time.process_time
+    start = clock()
     run()
-    return time.process_time() - start
+    return clock() - start

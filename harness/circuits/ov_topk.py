@@ -79,12 +79,14 @@ from harness.circuits.ov_topk_device import device_topk
 from harness.circuits.ov_tiles import (  # noqa: F401  (_CHUNK, _lane_sums: part of this module's interface)
     _CHUNK,
     Scan,
+    _blas_controller,
     _cat,
     _lane_sums,
     _thresholds,
     count_tile,
     fused_counting,
     map_blocks,
+    single_threaded_blas,
 )
 
 TiePolicy = Literal["argmax", "pessimistic", "optimistic"]
@@ -448,14 +450,24 @@ def cpu_plan(workers: int | None = None, r: int | None = None, entries: int = 0,
 
 def _calibration_scan(r: int, workers: int, fused: bool) -> Measure:
     """CPU seconds of the kernel's scan (row max included) of a seeded normal problem of rank ``r``:
-    ``CAL_ROWS`` rows per worker x ``CAL_KEYS`` keys, ``workers`` threads, with a given tile."""
+    ``CAL_ROWS`` rows per worker x ``CAL_KEYS`` keys, ``workers`` threads, with a given tile.  One
+    worker scans in the calling thread on one BLAS thread and is timed by that thread's clock
+    (a rank curve's fits calibrate in threads side by side: the process clock would add theirs)."""
     rng = np.random.default_rng(0)
     P32 = (rng.standard_normal((CAL_ROWS * workers, r)) / math.sqrt(r)).astype(np.float32)
     QT32 = rng.standard_normal((CAL_KEYS, r)).astype(np.float32)
     T = np.full(len(P32), 1e-5)  # a band as thin as a real one: a few entries per row block
 
+    own_thread = workers == 1 and _blas_controller() is not None  # else BLAS may work in its own threads
+
     def measure(block_rows: int, block_cols: int) -> float:
-        return cpu_seconds(lambda: _scan_numpy(P32, QT32, T, 0, block_rows, block_cols, workers, True, fused))
+        def scan() -> None:
+            _scan_numpy(P32, QT32, T, 0, block_rows, block_cols, workers, True, fused)
+
+        if not own_thread:
+            return cpu_seconds(scan)
+        with single_threaded_blas():
+            return cpu_seconds(scan, own_thread=True)
 
     return measure
 
