@@ -56,16 +56,22 @@ def test_norm_runs_once_per_block_and_pass(shape: str) -> None:
 
 
 def test_a_new_input_is_normalised_afresh() -> None:
-    """The memo serves only the tensor it was given: another input (even with equal values) is computed."""
+    """Inside a block's forward the memo serves only the tensor it was given: another input (even
+    with equal values) is computed; outside it every call is computed."""
     once = hooked_model("smollm2-like")
     norm_once_per_block(once)
     norm = once.blocks[0].ln1
-    x, y = torch.randn(2, 3, 64), torch.randn(2, 3, 64)
-    first = norm(x)
-    other = norm(y)
-    assert other is not first and torch.equal(other, type(norm).forward(norm, y))
-    assert norm(y) is other and norm(y) is other  # the two calls that follow share it
-    assert norm(y) is not other  # a fourth call computes again
+    x = torch.randn(2, 3, 64)
+    y = x.clone()
+    norm.__dict__["_norm_once_memo"] = []  # as the block's forward opens it
+    try:
+        first = norm(x)
+        assert norm(x) is first and norm(x) is first
+        other = norm(y)
+        assert other is not first and torch.equal(other, first)
+    finally:
+        norm.__dict__["_norm_once_memo"] = None
+    assert norm(x) is not norm(x)  # outside the block's forward: nothing kept
 
 
 def test_per_head_inputs_are_left_alone() -> None:
@@ -80,3 +86,24 @@ def test_model_handles_are_wrapped_once() -> None:
     ad_hoc_handle(hooked, "gpt2-like")
     assert all("forward" in block.ln1.__dict__ for block in hooked.blocks)
     assert norm_once_per_block(hooked) == 0  # already wrapped
+
+
+def test_a_norm_called_outside_its_block_keeps_nothing() -> None:
+    """A norm computed on its own (a metric normalising a residual itself) must not be served to
+    the next pass given the same tensor: there a hook on the norm edits what the attention reads."""
+    plain, once = hooked_model("smollm2-like"), hooked_model("smollm2-like")
+    norm_once_per_block(once)
+    x = torch.randn(2, 5, plain.cfg.d_model)
+
+    def zero(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        return torch.zeros_like(act)
+
+    outs = []
+    with torch.no_grad():
+        for model in (plain, once):
+            model.blocks[0].ln1(x)
+            with model.hooks(fwd_hooks=[("blocks.0.ln1.hook_normalized", zero)]):
+                outs.append(model.blocks[0](x))
+    assert torch.equal(*outs)
+    assert once.blocks[0].ln1.__dict__["_norm_once_memo"] is None
+
