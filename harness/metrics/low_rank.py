@@ -74,10 +74,17 @@ def _fit(
             settings[name] = value
     identity = ctx.model.identity
     key = (identity.key, "low_rank.fit", json.dumps(settings, sort_keys=True))
-    weights_key = identity.key if identity.weights_sha256 is not None else None  # names these exact weights
     extra = {} if threads is None else {"threads": threads}
     return ctx.session.memoised(key, lambda: fit_low_rank_copying(
-        ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, weights_key=weights_key, **settings, **extra))
+        ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, weights_key=_weights_key(ctx.model), **settings,
+        **extra))
+
+
+def _weights_key(model: ModelHandle) -> str | None:
+    """The key under which the fits keep the orthonormal bases of ``model``'s W_E and W_U: its
+    identity's, where that names these exact weights (a sha256 of them), else None (then the
+    bases are found by the hash of the weights' bytes)."""
+    return model.identity.key if model.identity.weights_sha256 is not None else None
 
 
 @metric("low_rank.achievable_accuracy", fitted=True, heavy=True, value=Table(numbered("top")))
@@ -236,7 +243,7 @@ def _side_by_side(ctx: MetricContext, lanes: int, ranks: list[int], groups: list
     serial parts of one fit's steps overlap another's work.  BLAS stays single-threaded throughout
     (a fit ending must not hand BLAS its threads back while another runs)."""
     model = ctx.model
-    prepare_bases(model.W_E, model.W_U, model.identity.key if model.identity.weights_sha256 is not None else None)
+    prepare_bases(model.W_E, model.W_U, _weights_key(model))  # the key _fit gives the fits
     order = sorted(range(len(groups)), key=lambda k: -len(groups[k]))
     with single_threaded_blas(), ThreadPoolExecutor(lanes, thread_name_prefix="rank-curve") as pool:
         fit_jobs: dict[int, Future[LowRankFit]] = {rank: pool.submit(fit, rank, 1) for rank in sorted(ranks, reverse=True)}
