@@ -64,19 +64,24 @@ def tokens(seed: int = 1, batch: int = 4, pos: int = 12) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
+def assert_same_activations(plain: HookedTransformer, other: HookedTransformer) -> None:
+    """The two models' logits and every cached activation on :func:`tokens` are equal bit for bit."""
+    with torch.no_grad():
+        logits_a, cache_a = plain.run_with_cache(tokens())
+        logits_b, cache_b = other.run_with_cache(tokens())
+    assert torch.equal(logits_a, logits_b)
+    assert set(cache_a.keys()) == set(cache_b.keys())
+    for name in cache_a.keys():
+        assert torch.equal(cache_a[name], cache_b[name]), name
+
+
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_weights_stored_as_multiplied_change_no_activation(shape: str) -> None:
     plain, restrided = hooked_model(shape), hooked_model(shape)
     assert store_as_multiplied(restrided) > 0
     for (name, a), (_, b) in zip(plain.named_parameters(), restrided.named_parameters()):
         assert a.shape == b.shape and torch.equal(a, b), name
-    with torch.no_grad():
-        logits_a, cache_a = plain.run_with_cache(tokens())
-        logits_b, cache_b = restrided.run_with_cache(tokens())
-    assert torch.equal(logits_a, logits_b)
-    assert set(cache_a.keys()) == set(cache_b.keys())
-    for name in cache_a.keys():
-        assert torch.equal(cache_a[name], cache_b[name]), name
+    assert_same_activations(plain, restrided)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

@@ -15,7 +15,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from harness.core.norm_once import norm_once_per_block
 from harness.testing import ad_hoc_handle
-from tests.test_fast_patching import SHAPES, hooked_model, tokens
+from tests.test_fast_patching import SHAPES, assert_same_activations, hooked_model, tokens
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,13 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_norm_once_changes_no_activation(shape: str) -> None:
     plain, once = hooked_model(shape), hooked_model(shape)
     assert norm_once_per_block(once) == once.cfg.n_layers
-    with torch.no_grad():
-        logits_a, cache_a = plain.run_with_cache(tokens())
-        logits_b, cache_b = once.run_with_cache(tokens())
-    assert torch.equal(logits_a, logits_b)
-    assert set(cache_a.keys()) == set(cache_b.keys())
-    for name in cache_a.keys():
-        assert torch.equal(cache_a[name], cache_b[name]), name
+    assert_same_activations(plain, once)
 
 
 def count_norm_calls(model: HookedTransformer) -> int:
