@@ -108,7 +108,7 @@ import numpy as np
 from harness.circuits.factored import as_numpy
 from harness.circuits.low_rank_sparse import (
     backward_products, bulk_logits, hard_negatives_compiled, hard_negatives_torch, hardest_from_factors,
-    restricted_grads, sparse_backward,
+    products_beside_columns, restricted_grads, sparse_backward, with_bulk,
 )
 from harness.circuits.ov_tiles import map_blocks, single_threaded_blas
 from harness.circuits.ov_topk import full_circuit_topk
@@ -388,16 +388,12 @@ class _Numpy:
         the others: the same products in the same order of additions, so the same numbers."""
         if self.threads < 2:
             return backward_products(Er, dP, H, QU, uniq, Gs, QmT, S, P)
-        main = _pool(self.threads).submit(lambda: H.T @ QU[uniq])
+        columns = _pool(self.threads).submit(lambda: H.T @ QU[uniq])
         try:
-            dA = Er.T @ dP
-            extra = None
-            if S is not None:
-                dA = dA + Er.T @ (Gs @ QmT[S])
-                extra = (Gs.T @ P).T @ QU[S]
+            dA, bulk_dB = products_beside_columns(Er, dP, Gs, QmT, S, P, QU)
         finally:
-            dB = main.result()
-        return dA, dB if extra is None else dB + extra
+            dB = columns.result()
+        return dA, with_bulk(dB, bulk_dB)
 
     def cat(self, parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts, axis=1)

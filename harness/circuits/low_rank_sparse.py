@@ -320,13 +320,24 @@ def restricted_grads(
 def backward_products(Er: Any, dP: Any, H: Any, QU: Any, uniq: Any, Gs: Any, QmT: Any, S: Any,
                       P: Any) -> tuple[Any, Any]:
     """``dA' = E[rows]^T dP`` and ``dB' = H^T Q_U[uniq]`` (r x k_U), plus, with a sampled bulk ``S``
-    (b x m gradients ``Gs``), its dense part ``E[rows]^T (Gs (B'U)^T[S])`` and ``(Gs^T P)^T Q_U[S]``."""
+    (b x m gradients ``Gs``), its dense part (:func:`products_beside_columns`)."""
+    dA, bulk_dB = products_beside_columns(Er, dP, Gs, QmT, S, P, QU)
+    return dA, with_bulk(H.T @ QU[uniq], bulk_dB)
+
+
+def products_beside_columns(Er: Any, dP: Any, Gs: Any, QmT: Any, S: Any, P: Any, QU: Any) -> tuple[Any, Any]:
+    """Every backward product but ``H^T Q_U[uniq]``: ``dA' = E[rows]^T dP``, plus, with a sampled
+    bulk ``S``, ``E[rows]^T (Gs (B'U)^T[S])``; and the bulk's part of dB', ``(Gs^T P)^T Q_U[S]``
+    (None without a bulk)."""
     dA = Er.T @ dP
-    dB = H.T @ QU[uniq]  # r x k_U
-    if S is not None:  # the sampled bulk's dense part: b x m gradients
-        dA = dA + Er.T @ (Gs @ QmT[S])
-        dB = dB + (Gs.T @ P).T @ QU[S]
-    return dA, dB
+    if S is None:
+        return dA, None
+    return dA + Er.T @ (Gs @ QmT[S]), (Gs.T @ P).T @ QU[S]  # the sampled bulk's dense part: b x m gradients
+
+
+def with_bulk(dB: Any, bulk_dB: Any) -> Any:
+    """``dB' = H^T Q_U[uniq]`` plus the bulk's part where there is one."""
+    return dB if bulk_dB is None else dB + bulk_dB
 
 
 def bulk_logits(ops: Any, Ls: Any, S: Any, idx: Any, vals: Any, V: int, weight: float = 1.0) -> Any:

@@ -74,10 +74,9 @@ def _fit(
             settings[name] = value
     identity = ctx.model.identity
     key = (identity.key, "low_rank.fit", json.dumps(settings, sort_keys=True))
-    extra = {} if threads is None else {"threads": threads}
     return ctx.session.memoised(key, lambda: fit_low_rank_copying(
-        ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, weights_key=_weights_key(ctx.model), **settings,
-        **extra))
+        ctx.model.W_E, ctx.model.W_U, progress=ctx.session.progress, weights_key=_weights_key(ctx.model), threads=threads,
+        **settings))
 
 
 def _weights_key(model: ModelHandle) -> str | None:
