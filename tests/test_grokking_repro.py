@@ -75,12 +75,42 @@ def test_shipped_run_used_the_trainers_default_recipe() -> None:
     assert meta()["training"]["flush_denormal"] is True
 
 
+PREFIX_EPOCHS = 300
+"""The retrained prefix: memorisation (train loss under 1e-2 at epoch 293 in the shipped run), before grokking."""
+
+CROSS_CPU_TRAIN_REL, CROSS_CPU_TEST_REL, CROSS_CPU_EPOCHS = 0.10, 0.03, 5
+"""Where the CPU differs from the shipped run's, the largest relative difference accepted between the retrained
+and the shipped train loss (any epoch) and test loss (every 100 epochs), and the largest shift of the epoch
+the train loss first falls under 1e-2. Measured on an AMD EPYC (Zen 4) against the Intel Xeon run: 3.6% and
+0.7%, 3 epochs (4.2%, 0.6% and 3 epochs with the generic kernels); seed 1 instead of 0: 19% and 5.1%; a
+learning rate 10% lower never gets under 1e-2 by epoch 300."""
+
+
+def first_epoch_below(losses: list[float], level: float) -> int | None:
+    return next((epoch for epoch, loss in enumerate(losses) if loss < level), None)
+
+
 @pytest.mark.slow
-def test_retraining_a_prefix_reproduces_the_shipped_snapshot_bitwise() -> None:
-    """Same seed, one thread, deterministic kernels, the shipped run's flag for subnormals: epoch 300
-    again, bit for bit (same torch build and CPU kind)."""
-    tc = shipped_config()
-    state = train(tc, None, epochs=300)["state"]
-    shipped = read_state_dict(REPRO_NAME, REPRO_DIR / "epoch-300.safetensors")
-    differing = [k for k in shipped if not torch.equal(shipped[k], state[k])]
-    assert not differing, f"retrained epoch 300 differs from the shipped snapshot in {differing}"
+def test_retraining_a_prefix_reproduces_the_shipped_run() -> None:
+    """Same seed, one thread, deterministic kernels, the shipped run's flag for subnormals: epoch 300 again.
+    On the torch build and CPU model the run records, bit for bit. On another CPU the first step already
+    rounds differently and memorisation amplifies it (at epoch 300 an AMD EPYC's weights differ from the
+    Intel-trained snapshot by up to 0.32, of entries up to 0.43), so there the run's course is compared
+    instead: the train loss at every epoch, the test loss every 100 epochs, and the epoch memorisation
+    reaches 1e-2 (:data:`CROSS_CPU_TRAIN_REL`: tight enough to tell another seed)."""
+    info = meta()
+    out = train(shipped_config(), None, epochs=PREFIX_EPOCHS)
+    if (out["log"]["cpu"], out["log"]["torch"]) == (info["cpu"], info["torch"]):
+        shipped = read_state_dict(REPRO_NAME, REPRO_DIR / f"epoch-{PREFIX_EPOCHS}.safetensors")
+        differing = [k for k in shipped if not torch.equal(shipped[k], out["state"][k])]
+        assert not differing, f"retrained epoch {PREFIX_EPOCHS} differs from the shipped snapshot in {differing}"
+        return
+    log = json.loads((REPRO_DIR / "log.json").read_text())
+    retrained, shipped_train = out["log"]["train_loss"], log["train_loss"][: PREFIX_EPOCHS + 1]
+    assert len(retrained) == len(shipped_train)
+    assert retrained == pytest.approx(shipped_train, rel=CROSS_CPU_TRAIN_REL)
+    shipped_test = dict(zip(log["test_epoch"], log["test_loss"]))
+    for epoch, loss in zip(out["log"]["test_epoch"], out["log"]["test_loss"]):
+        assert loss == pytest.approx(shipped_test[epoch], rel=CROSS_CPU_TEST_REL), epoch
+    landmark = first_epoch_below(shipped_train, 1e-2)
+    assert landmark is not None and first_epoch_below(retrained, 1e-2) == pytest.approx(landmark, abs=CROSS_CPU_EPOCHS)
