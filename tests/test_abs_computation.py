@@ -13,6 +13,7 @@ from harness.core.model_identity import ModelIdentity
 from harness.core.toy_handle import ToyModelHandle
 from harness.core.toy_shape import ToyShape
 from harness.session import Session
+from tests.retrain_support import assert_claims_hold_on_retrained, assert_same_training
 
 E7 = RECIPES["tms-abs-10f10d"]
 
@@ -149,13 +150,19 @@ def test_abs_metrics_refuse_a_tied_model() -> None:
 
 @pytest.mark.slow
 def test_retraining_reproduces_the_committed_abs_model() -> None:
-    """Retrain E7 seed 0 (one thread, about 40 s) and compare W1, W2, b_final with the committed weights."""
+    """Retrain E7 seed 0 (one thread, about 40 s) and compare W1, W2, b_final with the committed weights
+    (:func:`~tests.retrain_support.assert_same_training`); every course claim on it keeps its verdict on the
+    retrained weights."""
+    import json
+
     from safetensors.torch import load_file
 
+    from fixtures.sources.tms import MANIFEST, retrained_handle
     from fixtures.tms.train import train, weights_file
 
     torch.set_num_threads(1)
     trained = train(E7, 0)
     committed = load_file(str(weights_file(E7, 0)))
-    for name in ("W", "W2", "b_final"):
-        assert torch.allclose(trained[name], committed[name], atol=1e-4)
+    assert set(committed) == {"W", "W2", "b_final"}
+    assert_same_training(trained, committed, json.loads(MANIFEST.read_text())["models"][f"{E7.name}@seed=0"])
+    assert_claims_hold_on_retrained(E7.name, retrained_handle(E7.name, E7, 0, trained))

@@ -16,6 +16,7 @@ from harness.core.toy_handle import ToyModelHandle
 from harness.core.toy_shape import ToyShape
 from harness.runner import measure
 from harness.session import Session
+from tests.retrain_support import assert_claims_hold_on_retrained, assert_same_training, kernels_match
 
 MANIFEST_ROWS = json.loads(MANIFEST.read_text())["models"]
 
@@ -108,20 +109,23 @@ def test_superposition_metric_refuses_an_instance_outside_the_model() -> None:
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_retraining_reproduces_committed_weights(name: str) -> None:
     """Retrain each recipe's seed 0 (one thread) and compare every committed tensor (W, b_final, and W2
-    of the |x| models) with the retrained one: equal to float32 noise (bit for bit on the CPU kernels that
-    trained them). With the fast step (``benchmarks/bench_tms_step.py``) the small recipes take seconds of CPU
-    each, ``tms-100f20d``, ``tms-abs-100f40d`` and ``tms-200f20d`` (E8) minutes; ``tms-5f2d`` also runs in the
-    default tests (``tests/test_tms_fast_step.py``). The other seeds are retrained by
+    of the |x| models) with the retrained one (:func:`~tests.retrain_support.assert_same_training`: bit for
+    bit on the kernels that trained them, else the same solution moved by rounding), then run every course
+    claim on the model against the retrained weights: each keeps its expected verdict. With the fast step
+    (``benchmarks/bench_tms_step.py``) the small recipes take seconds of CPU each, ``tms-100f20d``,
+    ``tms-abs-100f40d`` and ``tms-200f20d`` (E8) minutes; ``tms-5f2d`` also runs in the default tests
+    (``tests/test_tms_fast_step.py``). The other seeds are retrained by
     ``python -m fixtures.tms.train RECIPE --seeds S``."""
     from safetensors.torch import load_file
+
+    from fixtures.sources.tms import retrained_handle
 
     torch.set_num_threads(1)
     recipe = RECIPES[name]
     trained = train(recipe, 0)
     committed = load_file(str(weights_file(recipe, 0)))
-    assert set(committed) <= set(trained)
-    for tensor in committed:
-        assert torch.allclose(trained[tensor], committed[tensor], atol=1e-4), tensor
+    assert_same_training(trained, committed, json.loads(MANIFEST.read_text())["models"][f"{name}@seed=0"])
+    assert_claims_hold_on_retrained(name, retrained_handle(name, recipe, 0, trained))
 
 
 def test_instances_train_independently() -> None:
@@ -163,9 +167,14 @@ def test_committed_saes_load_with_recipe_and_base_hash(key: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("key", sorted(SAE_ROWS))
 def test_retraining_an_sae_reproduces_its_committed_weights(key: str) -> None:
-    """Retrain a committed SAE on its committed base model (one thread) and compare every tensor with the
-    committed file: equal to float32 noise. Every committed SAE (its manifest's rows), 1-2 minutes each on an
-    idle core (about 20 minutes in all); ``python -m fixtures.tms.sae RECIPE --seeds S`` rewrites one."""
+    """Retrain a committed SAE on its committed base model (one thread): every tensor bit for bit where the
+    manifest row records this process's kernels (:func:`~tests.retrain_support.assert_same_training`); on any
+    CPU, every course claim on the SAE keeps its expected verdict on the retrained weights. An SAE's training
+    is not continuous in its rounding (a JumpReLU latent crossing its threshold, a dead latent resampled): on
+    an AMD EPYC against the Intel-trained files, ``sae-5f2d-jumprelu@seed=1`` keeps 15 of its 16 instances
+    within 0.07 of the committed tensors and sends one elsewhere (``b_enc`` 0.41 apart), so no entry-wise
+    tolerance holds across CPUs. Every committed SAE (its manifest's rows), 1-2 minutes each on an idle core
+    (about 20 minutes in all); ``python -m fixtures.tms.sae RECIPE --seeds S`` rewrites one."""
     from safetensors.torch import load_file
 
     from fixtures.tms.sae import sae_base, sae_weights_file, train_sae
@@ -176,7 +185,7 @@ def test_retraining_an_sae_reproduces_its_committed_weights(key: str) -> None:
     recipe = SAE_RECIPES[name]
     W_base, p = sae_base(recipe)
     trained = train_sae(recipe, W_base, p, int(seed))
-    committed = load_file(str(sae_weights_file(recipe, int(seed))))
-    assert committed.keys() <= trained.keys()
-    for tensor in committed:
-        assert torch.allclose(trained[tensor], committed[tensor], atol=1e-4), tensor
+    if kernels_match(SAE_ROWS[key]):
+        assert_same_training(trained, load_file(str(sae_weights_file(recipe, int(seed)))), SAE_ROWS[key])
+    names = (key, name) if int(seed) == 0 else (key,)
+    assert_claims_hold_on_retrained(names, retrained_sae_handle(key, name, int(seed), trained))
