@@ -3,15 +3,16 @@
 Training amplifies last-bit differences. The same recipe, seed and thread count give the committed
 tensors bit for bit only on the kernels that trained them: the torch version, the vector unit and the
 CPU model (:func:`fixtures.tms.train.kernels`; MKL picks its matrix-product code by CPU), which a
-manifest row may record. Elsewhere the retrained tensors are the same solution moved by rounding.
-Measured on an AMD EPYC (Zen 4, AVX-512), one thread, against weights trained on an Intel Xeon
-(AVX-512), the largest |retrained - committed| entry as a fraction of the weights' scale (their
-largest |entry|): ``tms-4f2d-corr`` 0.3%, ``tms-100f20d`` 0.3%, ``tms-abs-10f10d`` 1.6%, the
+manifest row may record (:func:`assert_bitwise_where_trained`). Elsewhere no entry-wise tolerance
+holds for every model. Measured on an AMD EPYC (Zen 4, AVX-512), one thread, against the files trained
+on an Intel Xeon (AVX-512), the largest |retrained - committed| entry as a fraction of the weights'
+largest |entry|: ``tms-4f2d-corr`` 0.3%, ``tms-100f20d`` 0.3%, ``tms-abs-10f10d`` 1.6%, the
 double-descent model at b = 5 1.2% (2.6% with the generic kernels: ``ATEN_CPU_CAPABILITY=default``,
-``MKL_CBWR=COMPATIBLE``). Seeds 0 and 1 of one recipe differ by 128% or more of the scale in ``W``
-(every recipe with two seeds): :data:`CROSS_CPU_REL` sits 4x above the drift and 13x below a change
-of seed, and the claims on the model must keep their verdicts on the retrained weights
-(:func:`assert_claims_hold_on_retrained`).
+``MKL_CBWR=COMPATIBLE``), while ``tms-abs-100f40d`` sent 4 of its 7 instances to other solutions
+(108%; the other three within 4.5%) and a JumpReLU SAE one of its 16 instances. Every one of the 12
+claims on ``tms-abs-100f40d`` still kept its verdict on those weights: across CPUs, what a retrain must
+reproduce is the claims (:func:`assert_claims_hold_on_retrained`). A model no claim can run on
+retrained (the double-descent sweep) is held to :data:`CROSS_CPU_REL` (:func:`assert_within_rounding`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from typing import Mapping
 import torch
 
 CROSS_CPU_REL = 0.1
-"""Largest |retrained - committed| entry accepted where the kernels may differ from those that trained the
-weights, as a fraction of the committed weights' largest |entry| (module docstring)."""
+"""For :func:`assert_within_rounding`: the largest |retrained - committed| entry accepted, as a fraction of
+the committed weights' largest |entry|: about 4x the drift of the double-descent model at b = 5 (2.6%),
+and 13x below the difference between two seeds of every toy-model recipe that ships two (128% or more;
+the sweep ships one seed)."""
 
 CLAIMS = Path(__file__).resolve().parent.parent / "claims" / "arena"
 
@@ -37,22 +40,28 @@ def kernels_match(row: Mapping[str, object]) -> bool:
     return all(row.get(key) == value for key, value in kernels().items())
 
 
-def assert_same_training(trained: Mapping[str, torch.Tensor], committed: Mapping[str, torch.Tensor],
-                         row: Mapping[str, object] | None = None) -> None:
-    """Every committed tensor equals the retrained one: bit for bit where ``row`` (the weights' manifest
-    row) records this process's kernels; else each entry within :data:`CROSS_CPU_REL` of the committed
-    weights' largest |entry| (the same solution, moved by rounding)."""
+def assert_bitwise_where_trained(trained: Mapping[str, torch.Tensor], committed: Mapping[str, torch.Tensor],
+                                 row: Mapping[str, object]) -> bool:
+    """Where ``row`` (the weights' manifest row) records this process's kernels, assert every committed
+    tensor equals the retrained one bit for bit and return True; elsewhere compare nothing, return False."""
     assert committed.keys() <= trained.keys(), sorted(set(committed) - set(trained))
-    if row is not None and kernels_match(row):
-        for key, tensor in committed.items():
-            assert torch.equal(trained[key], tensor), f"{key}: not bit for bit on the kernels that trained it"
-        return
+    if not kernels_match(row):
+        return False
+    for key, tensor in committed.items():
+        assert torch.equal(trained[key], tensor), f"{key}: not bit for bit on the kernels that trained it"
+    return True
+
+
+def assert_within_rounding(trained: Mapping[str, torch.Tensor], committed: Mapping[str, torch.Tensor]) -> None:
+    """Every committed tensor within :data:`CROSS_CPU_REL` of the committed weights' largest |entry| of the
+    retrained one: the same solution, moved by rounding."""
+    assert committed.keys() <= trained.keys(), sorted(set(committed) - set(trained))
     scale = max(float(tensor.abs().max()) for tensor in committed.values())
     for key, tensor in committed.items():
         drift = float((trained[key] - tensor).abs().max())
         assert drift <= CROSS_CPU_REL * scale, (
             f"{key}: retrained differs from committed by {drift:.3g}, more than {CROSS_CPU_REL:g} of the weights' "
-            f"scale {scale:.3g} (rounding amplified by training moves them by a few percent across CPUs)")
+            f"scale {scale:.3g}")
 
 
 def _names_model(text: str, names: tuple[str, ...]) -> bool:

@@ -17,7 +17,7 @@ from harness.core.toy_ddd_handle import DoubleDescentHandle
 from harness.core.toy_shape import ToyShape
 from harness.metrics.double_descent import ddd_curve, ddd_peak, dimensionality_rows
 from harness.session import Session
-from tests.retrain_support import assert_same_training
+from tests.retrain_support import assert_bitwise_where_trained, assert_within_rounding
 
 
 def test_lr_schedule_is_the_courses() -> None:
@@ -103,8 +103,9 @@ def test_a_memorising_sweep_point_is_recognised() -> None:
 
 @pytest.mark.slow
 def test_retraining_reproduces_the_committed_sweep_at_b5() -> None:
-    """Retrain tms-ddd at b = 5 (one thread, about a minute) and compare with the committed weights (the same
-    solution moved by rounding: :func:`~tests.retrain_support.assert_same_training`); the other sizes are
+    """Retrain tms-ddd at b = 5 (one thread, about a minute) and compare with the committed weights: bit for
+    bit where the manifest row records this process's kernels, else the same solution moved by rounding
+    (:func:`~tests.retrain_support.assert_within_rounding`; no claim runs on a retrained sweep); the other sizes are
     retrained by ``python -m fixtures.tms.ddd`` (about 45 minutes of wall time on the shared CPU)."""
     from safetensors.torch import load_file
 
@@ -113,4 +114,6 @@ def test_retraining_reproduces_the_committed_sweep_at_b5() -> None:
     torch.set_num_threads(1)
     trained = train(CUT_DOWN, 5, 0)
     committed = load_file(str(weights_file(CUT_DOWN, 5, 0)))
-    assert_same_training(trained, committed, json.loads(DDD_MANIFEST.read_text())["models"][f"{CUT_DOWN.name}@b=5,seed=0"])
+    row = json.loads(DDD_MANIFEST.read_text())["models"][f"{CUT_DOWN.name}@b=5,seed=0"]
+    if not assert_bitwise_where_trained(trained, committed, row):
+        assert_within_rounding(trained, committed)
