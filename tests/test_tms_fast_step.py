@@ -1,5 +1,6 @@
 """The toy models' fast training step (fixtures.tms.fast_step) against the autograd loop it replaces, and one
-retrain in the default run: ``tms-5f2d`` seed 0 retrained from its recipe equals its committed weights."""
+retrain in the default run: ``tms-5f2d`` seed 0 retrained from its recipe equals its committed weights on the
+kernels that trained them, and keeps every claim's verdict on any CPU."""
 
 from __future__ import annotations
 
