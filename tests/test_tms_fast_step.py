@@ -98,3 +98,12 @@ def test_retraining_tms_5f2d_reproduces_its_committed_weights() -> None:
         torch.set_num_threads(threads)
     assert_bitwise_where_trained(trained, load_file(str(weights_file(recipe, 0))), row)
     assert_claims_hold_on_retrained("tms-5f2d", retrained_handle("tms-5f2d", recipe, 0, trained), at_least=20)
+
+
+def test_the_claims_check_on_retrained_weights_fails_on_an_untrained_model() -> None:
+    """The control for the check above: the recipe's seeded init (no training) under ``tms-5f2d``'s names
+    breaks at least one claim on the model, so a retrain that trained nothing would not pass."""
+    recipe = RECIPES["tms-5f2d"]
+    untrained = initial_params(recipe, torch.Generator().manual_seed(0))
+    with pytest.raises(AssertionError, match=r"1\.5\.4\."):  # names the claim whose verdict changed
+        assert_claims_hold_on_retrained("tms-5f2d", retrained_handle("tms-5f2d", recipe, 0, untrained))
