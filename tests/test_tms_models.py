@@ -190,3 +190,16 @@ def test_retraining_an_sae_reproduces_its_committed_weights(key: str) -> None:
     assert_bitwise_where_trained(trained, load_file(str(sae_weights_file(recipe, int(seed)))), SAE_ROWS[key])
     names = (key, name) if int(seed) == 0 else (key,)
     assert_claims_hold_on_retrained(names, retrained_sae_handle(key, name, int(seed), trained))
+
+
+def test_the_claims_check_on_a_retrained_sae_fails_on_an_untrained_one() -> None:
+    """The control for the SAE retraining test: the recipe's seeded init (no training) under
+    ``sae-5f2d-jumprelu@seed=1``'s name breaks a claim on it (its JumpReLU shrinkage claim is refuted)."""
+    from fixtures.sources.tms import retrained_sae_handle
+    from fixtures.tms.sae_recipes import SAE_RECIPES
+    from fixtures.tms.sae_variants import variant_init
+
+    key, name = "sae-5f2d-jumprelu@seed=1", "sae-5f2d-jumprelu"
+    untrained = variant_init(SAE_RECIPES[name], 2, torch.Generator().manual_seed(1))
+    with pytest.raises(AssertionError, match=r"1\.5\.4\.sae\."):  # names the claim whose verdict changed
+        assert_claims_hold_on_retrained((key,), retrained_sae_handle(key, name, 1, untrained))
