@@ -125,7 +125,7 @@ def test_retraining_reproduces_committed_weights(name: str) -> None:
     recipe = RECIPES[name]
     trained = train(recipe, 0)
     committed = load_file(str(weights_file(recipe, 0)))
-    assert_bitwise_where_trained(trained, committed, json.loads(MANIFEST.read_text())["models"][f"{name}@seed=0"])
+    assert_bitwise_where_trained(trained, committed, MANIFEST_ROWS[f"{name}@seed=0"])
     assert_claims_hold_on_retrained(name, retrained_handle(name, recipe, 0, trained))
 
 
