@@ -91,13 +91,14 @@ def hf_ref(gguf_available: None) -> Iterator[tuple[Any, Any]]:
 
 
 @pytest.fixture(scope="module")
-def hooked(gguf_available: None) -> Any:
-    """The HookedTransformer under test (cache hit: a few seconds), its block weights re-strided as
+def hooked(hf_ref: tuple[Any, Any]) -> Any:
+    """The HookedTransformer under test as every load reads it from the cache (a miss converts
+    ``hf_ref``, writes the cache and reads it back: no second GGUF parse), its block weights re-strided as
     the registry's handle stores them (:func:`~harness.core.weight_layout.store_as_multiplied`:
     the same values, each pass bit for bit the same, without TransformerLens copying the gated
     MLP's weights in every block of every pass: a SmolLM2 pass costs about half the CPU)."""
     start = time.perf_counter()
-    model = load_smollm2_hooked()
+    model = load_smollm2_hooked(reference=hf_ref)
     LOAD_STATS["load_smollm2_hooked_s"] = time.perf_counter() - start
     LOAD_STATS["peak_rss_after_hooked_mib"] = _peak_rss_mib()
     assert store_as_multiplied(model) > 0
@@ -192,6 +193,19 @@ def test_cached_weights_equal_fresh_conversion(hf_ref: tuple[Any, Any], hooked: 
     assert params.keys() == fresh.keys()
     mismatched = [k for k, value in fresh.items() if not torch.equal(params[k].detach(), value)]
     assert not mismatched
+
+
+def test_a_reference_is_converted_instead_of_parsing_the_gguf_again(
+    hf_ref: tuple[Any, Any], hooked: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built from a reference the caller holds (no GGUF parse), the model equals the cached one and
+    the reference's tokenizer is left as it was (the model's copy is set up for TransformerLens)."""
+    monkeypatch.setattr(smollm2_module, "load_smollm2_transformers", lambda: pytest.fail("parsed the GGUF again"))
+    add_bos = hf_ref[1].add_bos_token
+    model = load_smollm2_hooked(use_cache=False, reference=hf_ref)
+    assert hf_ref[1].add_bos_token == add_bos and model.tokenizer is not hf_ref[1]
+    params = dict(hooked.named_parameters())
+    assert all(torch.equal(params[name].detach(), value.detach()) for name, value in model.named_parameters())
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
