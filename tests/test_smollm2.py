@@ -12,9 +12,12 @@ it these tests fail, naming the install command.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -156,6 +159,35 @@ def test_cache_dir_follows_env_and_identity(
     cache_dir = smollm2_cache_dir()
     assert cache_dir.parent == tmp_path
     assert cache_dir.name.startswith(f"smollm2-{smollm2_sha256()[:16]}-p")
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_loads_racing_on_a_cold_cache_convert_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, locked: bool) -> None:
+    """Two loads meeting a cold cache at once (two xdist workers): one converts, the other waits on
+    the cache's lock and reads the entry written; without the lock (the control) both convert."""
+    conversions: list[int] = []
+
+    def converted(reference: Any) -> tuple[dict, str]:
+        conversions.append(threading.get_ident())
+        time.sleep(0.3)  # the other load arrives meanwhile
+        return {"w": torch.ones(1)}, "tokenizer"
+
+    def write(target: Path, params: dict, tokenizer: str) -> None:
+        target.mkdir(exist_ok=True)  # (unlocked, the two writes may overlap)
+        (target / "meta.json").write_text(tokenizer)
+
+    def read(target: Path) -> tuple[dict, str] | None:
+        return ({"w": torch.ones(1)}, (target / "meta.json").read_text()) if (target / "meta.json").is_file() else None
+
+    monkeypatch.setattr(smollm2_module, "_converted", converted)
+    monkeypatch.setattr(smollm2_module, "_write_cache", write)
+    monkeypatch.setattr(smollm2_module, "_read_cache", read)
+    if not locked:
+        monkeypatch.setattr(smollm2_module, "_converting", lambda target: contextlib.nullcontext())
+    with ThreadPoolExecutor(2) as pool:
+        loads = list(pool.map(lambda _: smollm2_module._cached_or_converted(tmp_path / "entry", None), range(2)))
+    assert [tokenizer for _, tokenizer in loads] == ["tokenizer", "tokenizer"]
+    assert len(conversions) == (1 if locked else 2)
 
 
 def test_gguf_is_the_pinned_file(gguf_available: None) -> None:
