@@ -1,5 +1,6 @@
 """``Forward.prefetch``: the direct-attribution metrics read every kind of activation and the logits
-from one pass; their values equal the ones read kind by kind (one pass each), bit for bit."""
+from one pass; their values equal the ones read kind by kind (one pass each), bit for bit. Logits
+read after a pass that cached activations come from its final residual stream, not a second pass."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 import pytest
 import torch
 
+from harness.core.finite import NonFiniteModelError
 from harness.core.model_handle import Forward
 from harness.session import Session
-from harness.testing import measure_metric
+from harness.testing import measure_metric, random_handle
 from tests.ioi_dataset_support import dataset_model, train_dataset_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,9 +55,9 @@ def test_one_pass_gives_the_values_of_one_pass_per_kind(tokenizer: Any, monkeypa
     new_passes = counted(monkeypatch, prefetch=True)
     new = measure_metric(model, metric, inputs=INPUTS, session=Session(), **params)
     assert new.value == old.value and new.uncertainty == old.uncertainty and new.details == old.details
-    clean_kinds = 4 + (normalization is not None) + 1  # embed, pos_embed, z, mlp_out [, scale], then the logits
+    clean_kinds = 4 + (normalization is not None)  # embed, pos_embed, z, mlp_out [, scale]; the logits from the held final residual
     ablation = metric == "ioi.ablated_attribution"
-    assert len(old_passes) == clean_kinds + ablation  # (+ the ABC run's z)
+    assert len(old_passes) == clean_kinds + ablation and "logits" not in old_passes  # (+ the ABC run's z)
     assert len(new_passes) == 1 + ablation and new_passes[0] == "logits"
 
 
@@ -71,7 +73,32 @@ def test_prefetch_skips_what_is_held_and_checks_the_logits(tokenizer: Any) -> No
     with torch.no_grad():
         model._hooked.W_U.mul_(float("inf"))
     broken = model.run_with_cache(tokens)
-    from harness.core.finite import NonFiniteModelError
-
     with pytest.raises(NonFiniteModelError):
         broken.prefetch(["hook_embed"], logits=True)
+
+
+@pytest.mark.parametrize(("normalization", "positional", "d_mlp", "gated"), [
+    (None, "shortformer", None, False), ("LN", "standard", 6, False), ("LNPre", "standard", 6, False),
+    ("RMS", "rotary", 6, True), ("RMSPre", "rotary", 6, True),
+])
+def test_logits_after_activations_are_the_plain_pass_s_without_a_second_pass(
+    monkeypatch: pytest.MonkeyPatch, normalization: str | None, positional: str, d_mlp: int | None, gated: bool,
+) -> None:
+    """Logits read after the activations: the final norm and unembedding of the held residual stream,
+    bit for bit the plain pass's logits, and no second pass through the blocks; a non-finite
+    unembedding is still caught."""
+    model = random_handle(7, n_layers=3, d_model=8, d_head=4, d_vocab=12, n_ctx=10, normalization=normalization,
+                          positional=positional, d_mlp=d_mlp, gated=gated)
+    tokens = torch.randint(0, 12, (3, 9), generator=torch.Generator().manual_seed(0))
+    plain = model.run_with_cache(tokens).logits
+    passes = counted(monkeypatch, prefetch=True)
+    forward = model.run_with_cache(tokens)
+    forward.activations["pattern", 0]
+    assert torch.equal(forward.logits, plain)
+    assert passes == [None]  # the pattern's pass only
+    with torch.no_grad():
+        model._hooked.W_U[0, 0] = float("nan")
+    broken = model.run_with_cache(tokens)
+    broken.activations["pattern", 0]
+    with pytest.raises(NonFiniteModelError):
+        broken.logits

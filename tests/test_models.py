@@ -662,7 +662,8 @@ def test_forward_holds_only_the_kinds_read_and_equals_one_full_cache() -> None:
     activations = forward.activations
     assert activations.held == frozenset()
     pattern = activations["pattern", 1]
-    assert activations.held == {f"blocks.{layer}.attn.hook_pattern" for layer in range(model.shape.n_layers)}
+    final_residual = f"blocks.{model.shape.n_layers - 1}.hook_resid_post"  # kept by every pass, for the logits
+    assert activations.held == {f"blocks.{layer}.attn.hook_pattern" for layer in range(model.shape.n_layers)} | {final_residual}
     full_logits, full = model._hooked.run_with_cache(tokens)
     assert torch.equal(pattern, full["pattern", 1])
     for key in (("z", 0), ("resid_pre", 1), "embed", "blocks.0.attn.hook_q", ("attn_out", 1)):

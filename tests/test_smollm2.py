@@ -218,26 +218,17 @@ def test_hand_built_config_matches_gguf(hf_ref: tuple[Any, Any], hooked: Any) ->
     assert hooked.cfg.normalization_type == cfg.normalization_type == expected_norm
 
 
-def test_cached_weights_equal_fresh_conversion(hf_ref: tuple[Any, Any], hooked: Any) -> None:
-    """The loaded parameters are exactly GGUF -> transformers -> convert -> process."""
-    fresh = process_smollm2_state_dict(convert_smollm2_state_dict(hf_ref[0]))
+def test_cached_weights_equal_fresh_conversion(hf_ref: tuple[Any, Any], hooked: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loaded parameters are exactly GGUF -> transformers -> convert -> process, converted here
+    as a cache miss converts a reference the caller holds: without parsing the GGUF again, the
+    tokenizer a copy (the model's is set up for TransformerLens in place, the reference's is not)."""
+    monkeypatch.setattr(smollm2_module, "load_smollm2_transformers", lambda: pytest.fail("parsed the GGUF again"))
+    fresh, tokenizer = smollm2_module._converted(hf_ref)
+    assert tokenizer is not hf_ref[1] and tokenizer.get_vocab() == hf_ref[1].get_vocab()
     params = dict(hooked.named_parameters())
     assert params.keys() == fresh.keys()
     mismatched = [k for k, value in fresh.items() if not torch.equal(params[k].detach(), value)]
     assert not mismatched
-
-
-def test_a_reference_is_converted_instead_of_parsing_the_gguf_again(
-    hf_ref: tuple[Any, Any], hooked: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Built from a reference the caller holds (no GGUF parse), the model equals the cached one and
-    the reference's tokenizer is left as it was (the model's copy is set up for TransformerLens)."""
-    monkeypatch.setattr(smollm2_module, "load_smollm2_transformers", lambda: pytest.fail("parsed the GGUF again"))
-    add_bos = hf_ref[1].add_bos_token
-    model = load_smollm2_hooked(use_cache=False, reference=hf_ref)
-    assert hf_ref[1].add_bos_token == add_bos and model.tokenizer is not hf_ref[1]
-    params = dict(hooked.named_parameters())
-    assert all(torch.equal(params[name].detach(), value.detach()) for name, value in model.named_parameters())
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)

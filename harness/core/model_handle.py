@@ -101,7 +101,10 @@ class Forward:
     """Logits [batch, pos, d_vocab] and activations of one forward pass on ``tokens``, each computed when first read.
 
     Logits are not kept by the passes that cache activations (50 sequences of 101 tokens have
-    1 GB of GPT-2 logits): a metric that reads them runs the plain pass once.
+    1 GB of GPT-2 logits), but every such pass keeps the residual stream after the last block
+    (``blocks.<L-1>.hook_resid_post``, [batch, pos, d_model]): logits read later are the final
+    norm and the unembedding of it (:meth:`_logits_from_final_residual`), not a second pass
+    through every block. Only a metric that reads the logits first runs the plain pass.
     """
 
     def __init__(self, hooked: "HookedTransformer", tokens: Tensor, model_name: str = "") -> None:
@@ -109,13 +112,33 @@ class Forward:
         self._tokens = tokens
         self._logits: Tensor | None = None
         self._model_name = model_name
+        self._final_residual = f"blocks.{hooked.cfg.n_layers - 1}.hook_resid_post"
         self.activations = Activations(self._capture, hooked.hook_dict)
 
     @property
     def logits(self) -> Tensor:
         if self._logits is None:
-            self._logits = self._finite(self._checked_pass(return_type="logits"))
+            if self._final_residual in self.activations.held:
+                self._logits = self._finite(self._logits_from_final_residual())
+            else:
+                self._logits = self._finite(self._checked_pass(return_type="logits"))
         return self._logits
+
+    @torch.inference_mode()
+    def _logits_from_final_residual(self) -> Tensor:
+        """TransformerLens's forward from after the last block (``start_at_layer = n_layers``: the
+        final norm, then the unembedding) on the held residual stream: the very operations the plain
+        pass applies to that same tensor, so the logits are the plain pass's bit for bit; the
+        final norm's hook points are checked as in every pass."""
+
+        def check(activation: Tensor, hook: Any) -> None:
+            reason = first_non_finite_activation(None, [(hook.name, activation)])
+            if reason is not None:
+                raise NonFiniteModelError(self._model_name, reason)
+
+        resid = self.activations[self._final_residual]
+        return self._hooked.run_with_hooks(resid, start_at_layer=self._hooked.cfg.n_layers, return_type="logits",
+                                           fwd_hooks=[(lambda name: True, check)])
 
     def _finite(self, logits: Tensor) -> Tensor:
         """``logits``, or :class:`~harness.core.finite.NonFiniteModelError` if any is NaN or infinite."""
@@ -148,13 +171,15 @@ class Forward:
         return self._capturing_pass(names_filter, return_type=None)[0]
 
     def _capturing_pass(self, names_filter: Callable[[str], bool], *, return_type: str | None) -> tuple[dict[str, Tensor], Any]:
-        """(the activations of the hook points ``names_filter`` accepts, the pass's output) of one checked pass."""
+        """(the activations of the hook points ``names_filter`` accepts, the pass's output) of one checked
+        pass; a pass without the logits also keeps the residual stream after the last block (see :class:`Forward`)."""
         cache: dict[str, Tensor] = {}
+        keep = names_filter if return_type is not None else (lambda name: name == self._final_residual or names_filter(name))
 
         def store(activation: Tensor, hook: Any) -> None:
             cache[hook.name] = activation.detach()
 
-        out = self._checked_pass(return_type=return_type, extra_hooks=[(names_filter, store)])
+        out = self._checked_pass(return_type=return_type, extra_hooks=[(keep, store)])
         return cache, out
 
     @torch.inference_mode()
