@@ -190,6 +190,20 @@ def test_loads_racing_on_a_cold_cache_convert_once(monkeypatch: pytest.MonkeyPat
     assert len(conversions) == (1 if locked else 2)
 
 
+def test_a_lock_held_too_long_costs_a_conversion_not_a_hang(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Another process holding the cache's lock past the timeout: the load warns and converts itself."""
+    from filelock import FileLock
+
+    monkeypatch.setattr(smollm2_module, "CONVERSION_LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(smollm2_module, "_converted", lambda reference: ({"w": torch.ones(1)}, "tokenizer"))
+    monkeypatch.setattr(smollm2_module, "_replace_cache", lambda target, params, tokenizer: False)
+    monkeypatch.setattr(smollm2_module, "_read_cache", lambda target: None)
+    target = tmp_path / "entry"
+    with FileLock(str(tmp_path / "entry.lock")), pytest.warns(UserWarning, match="without the cache's lock"):
+        params, tokenizer = smollm2_module._cached_or_converted(target, None)
+    assert tokenizer == "tokenizer" and torch.equal(params["w"], torch.ones(1))
+
+
 def test_gguf_is_the_pinned_file(gguf_available: None) -> None:
     """The installed GGUF is the one these claims were calibrated on."""
     assert smollm2_sha256() == SMOLLM2_GGUF_SHA256

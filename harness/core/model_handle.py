@@ -130,15 +130,9 @@ class Forward:
         final norm, then the unembedding) on the held residual stream: the very operations the plain
         pass applies to that same tensor, so the logits are the plain pass's bit for bit; the
         final norm's hook points are checked as in every pass."""
-
-        def check(activation: Tensor, hook: Any) -> None:
-            reason = first_non_finite_activation(None, [(hook.name, activation)])
-            if reason is not None:
-                raise NonFiniteModelError(self._model_name, reason)
-
         resid = self.activations[self._final_residual]
         return self._hooked.run_with_hooks(resid, start_at_layer=self._hooked.cfg.n_layers, return_type="logits",
-                                           fwd_hooks=[(lambda name: True, check)])
+                                           fwd_hooks=[(lambda name: True, self._check_finite)])
 
     def _finite(self, logits: Tensor) -> Tensor:
         """``logits``, or :class:`~harness.core.finite.NonFiniteModelError` if any is NaN or infinite."""
@@ -189,14 +183,14 @@ class Forward:
         even where the metric reads something downstream that hides it (TransformerLens zeroes
         the NaN that overflowing scores make in the pattern), raises
         :class:`~harness.core.finite.NonFiniteModelError`."""
-
-        def check(activation: Tensor, hook: Any) -> None:
-            reason = first_non_finite_activation(None, [(hook.name, activation)])
-            if reason is not None:
-                raise NonFiniteModelError(self._model_name, reason)
-
-        hooks = [(lambda name: True, check), *extra_hooks]
+        hooks = [(lambda name: True, self._check_finite), *extra_hooks]
         return self._hooked.run_with_hooks(self._tokens, return_type=return_type, fwd_hooks=hooks)
+
+    def _check_finite(self, activation: Tensor, hook: Any) -> None:
+        """A hook: :class:`~harness.core.finite.NonFiniteModelError` if ``activation`` holds NaN or infinity."""
+        reason = first_non_finite_activation(None, [(hook.name, activation)])
+        if reason is not None:
+            raise NonFiniteModelError(self._model_name, reason)
 
 
 class KeyValuePrefix:
