@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import resource
 import threading
 import time
@@ -173,8 +174,9 @@ def test_loads_racing_on_a_cold_cache_convert_once(monkeypatch: pytest.MonkeyPat
         return {"w": torch.ones(1)}, "tokenizer"
 
     def write(target: Path, params: dict, tokenizer: str) -> None:
-        target.mkdir(exist_ok=True)  # (unlocked, the two writes may overlap)
-        (target / "meta.json").write_text(tokenizer)
+        target.mkdir(exist_ok=True)  # (unlocked, the two writes may overlap: each file written whole)
+        (target / f"meta.{threading.get_ident()}").write_text(tokenizer)
+        os.replace(target / f"meta.{threading.get_ident()}", target / "meta.json")
 
     def read(target: Path) -> tuple[dict, str] | None:
         return ({"w": torch.ones(1)}, (target / "meta.json").read_text()) if (target / "meta.json").is_file() else None
