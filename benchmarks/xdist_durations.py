@@ -18,28 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_main_job import ROOT, readme_test_command  # noqa: E402
+from bench_main_job import ROOT, run_tests  # noqa: E402
 
 OUTPUT = ROOT / "tests" / "xdist_durations.json"
 
 
 def measured_run(caches: Path, out: Path, label: str) -> dict[str, float]:
-    """The README's test command with the caches under ``caches``: each work unit's seconds."""
-    env = {**os.environ, "INTERP_CLAIMS_CACHE": str(caches / "weights"),
-           "INTERP_CLAIMS_MEASUREMENT_CACHE": str(caches / "measurements")}
-    command = readme_test_command() + ["--claims-xdist-durations-out", str(out)]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    summary = (done.stdout.strip().splitlines() or [done.stderr[-500:]])[-1]
-    print(f"{label}: {summary}")
-    if done.returncode != 0:
-        raise SystemExit(f"{label} run failed (exit {done.returncode}): durations not written")
+    """The README's test command with every cache under ``caches``: each work unit's seconds."""
+    done = run_tests([], caches, ["--claims-xdist-durations-out", str(out)])
+    print(f"{label}: {done['summary']} ({done['wall']:.1f} s)")
+    if done["code"] != 0:
+        raise SystemExit(f"{label} run failed (exit {done['code']}): durations not written")
     return json.loads(out.read_text())
 
 
