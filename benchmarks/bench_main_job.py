@@ -113,12 +113,12 @@ def readme_test_command() -> list[str]:
     raise SystemExit("README.md: no test command (a '-m pytest' line) in its first lines")
 
 
-def run_tests(paths: list[str], caches: Path | None = None, extra: list[str] = []) -> dict:
+def run_tests(paths: list[str], caches: Path | None = None, extra: tuple[str, ...] = ()) -> dict:
     """The README's test command in a fresh process (on ``paths`` when given, with ``extra`` options):
     wall, CPU of it and its workers (user + system), load averages, exit status and the last line of
     its summary. ``caches``: a folder for every cache the run writes (SmolLM2's converted weights, the
     untrained controls, the measurements), empty for a fresh clone's first run; else the user's."""
-    command = readme_test_command() + paths + extra
+    command = [*readme_test_command(), *paths, *extra]
     env = dict(os.environ)
     if caches is not None:
         env.update(INTERP_CLAIMS_CACHE=str(caches / "weights"), INTERP_CLAIMS_MEASUREMENT_CACHE=str(caches / "measurements"))

@@ -30,7 +30,7 @@ OUTPUT = ROOT / "tests" / "xdist_durations.json"
 
 def measured_run(caches: Path, out: Path, label: str) -> dict[str, float]:
     """The README's test command with every cache under ``caches``: each work unit's seconds."""
-    done = run_tests([], caches, ["--claims-xdist-durations-out", str(out)])
+    done = run_tests([], caches, ("--claims-xdist-durations-out", str(out)))
     print(f"{label}: {done['summary']} ({done['wall']:.1f} s)")
     if done["code"] != 0:
         raise SystemExit(f"{label} run failed (exit {done['code']}): durations not written")
